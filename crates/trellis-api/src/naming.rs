@@ -1,0 +1,75 @@
+//! Deterministic names for the kernel objects Trellis creates.
+
+/// Prefix of every interface Trellis creates (DESIGN.md: "Interfaces Trellis creates start with `trl`").
+pub const LINK_PREFIX: &str = "trl";
+
+/// Maximum length of a Linux interface name (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// Default name of the node bridge that pod veths attach to.
+pub const DEFAULT_BRIDGE: &str = "trl0";
+
+/// The host-side veth name of one attachment: `trl` + 12 hex digits of a stable
+/// 64-bit FNV-1a hash of `container_id/ifname`. Both the plugin and the agent derive
+/// it, so either can find the link of an attachment without asking the other.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id
+        .as_bytes()
+        .iter()
+        .chain(b"/")
+        .chain(ifname.as_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{LINK_PREFIX}{:012x}", h >> 16)
+}
+
+/// Check an interface name the way the kernel's `dev_valid_name` does, returning a
+/// human-readable reason when it is not valid.
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > IFNAME_MAX {
+        return Err(format!(
+            "is {} bytes long, the kernel allows at most {IFNAME_MAX}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err("may not be '.' or '..'".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("contains the forbidden character {c:?}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_name_is_stable_and_fits() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        assert!(a.len() <= IFNAME_MAX, "{a}");
+        assert!(a.starts_with("trl"));
+    }
+
+    #[test]
+    fn ifname_validation() {
+        assert!(validate_ifname("eth0").is_ok());
+        assert!(validate_ifname("").is_err());
+        assert!(validate_ifname("a234567890123456").is_err());
+        assert!(validate_ifname("a/b").is_err());
+        assert!(validate_ifname("a b").is_err());
+        assert!(validate_ifname("..").is_err());
+    }
+}
