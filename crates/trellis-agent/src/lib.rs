@@ -1,0 +1,9 @@
+//! The Trellis node agent: owns IPAM for its node's pod subnet ([`ipam`]), serves the
+//! CNI plugin on a unix socket ([`cni_server`]), keeps the node bridge and its nftables
+//! table ([`nat`]) in the desired state, and reconciles reservations against live
+//! attachments ([`node`]).
+
+pub mod cni_server;
+pub mod ipam;
+pub mod nat;
+pub mod node;

@@ -1,0 +1,449 @@
+//! The node's CNI backend: what happens on the agent side of ADD, DEL, CHECK, GC and
+//! STATUS, plus the reconcile loop that repairs whatever a crash left behind.
+//!
+//! Invariants:
+//! - an address is committed to the IPAM file before the plugin learns it;
+//! - an attachment's port mappings are in nftables only while it holds its address;
+//! - starting never flushes: the bridge, the table and the links are adopted as found.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use tokio::sync::Notify;
+use trellis_api::agent::{
+    codes, AddRequest, AgentStatus, Attachment, GcRequest, Lease, Op, Response,
+};
+use trellis_api::naming::{host_veth_name, LINK_PREFIX};
+use trellis_net::{sysctl, Netlink};
+
+use crate::ipam::{Ipam, IpamError, Reservation};
+use crate::nat::{self, NatConfig, PortElement};
+
+/// Device group that marks host veths waiting for deletion ("trl" in ASCII).
+pub const RETIRED_GROUP: u32 = 0x0074_726c;
+
+/// How the agent runs on this node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's pod subnet.
+    pub pod_subnet: Ipv4Net,
+    /// Destinations not masqueraded (defaults to the pod subnet).
+    pub cluster_cidrs: Vec<Ipv4Net>,
+    /// Addresses never handed out.
+    pub excluded: Vec<Ipv4Net>,
+    /// The bridge pods attach to.
+    pub bridge: String,
+    /// Pod MTU; `None` = the MTU of the link carrying the default route (1500 without one).
+    pub mtu: Option<u32>,
+    /// Directory of the IPAM file.
+    pub state_dir: PathBuf,
+    /// A reservation whose veth is missing for longer than this is released by the sweep.
+    pub orphan_grace: Duration,
+}
+
+/// The agent's per-node state, shared by the socket server and the reconcile loop.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    ipam: Ipam,
+    nl: Netlink,
+    mtu: u32,
+    retired: Notify,
+    /// Serialises kernel changes for one attachment against the sweep.
+    ops: tokio::sync::Mutex<()>,
+}
+
+/// What start-up found and did, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartReport {
+    /// Bridge created (false: adopted).
+    pub bridge_created: bool,
+    /// Gateway address added (false: already there).
+    pub gateway_added: bool,
+    /// nftables table written (false: adopted unchanged).
+    pub table_written: bool,
+    /// Reservations loaded from the state file.
+    pub reservations: usize,
+}
+
+fn ipam_response(e: IpamError) -> Response {
+    let code = match &e {
+        IpamError::Exhausted(_) => codes::POOL_EXHAUSTED,
+        IpamError::InUse { .. } => codes::ADDRESS_IN_USE,
+        IpamError::NotAllowed { .. } => codes::ADDRESS_NOT_ALLOWED,
+        IpamError::PortInUse { .. } => codes::PORT_IN_USE,
+        IpamError::SubnetChanged { .. } | IpamError::SubnetTooSmall(_) => codes::INVALID_CONFIG,
+        IpamError::Store(_) => codes::IO_FAILURE,
+    };
+    Response::error(code, e.to_string())
+}
+
+fn kernel_response(what: &str, e: impl std::fmt::Display) -> Response {
+    Response::error(codes::KERNEL, format!("{what}: {e}"))
+}
+
+impl Node {
+    /// Open the IPAM file, adopt or create the bridge and the nftables table. Must run
+    /// inside the node's network namespace, on a tokio runtime.
+    pub async fn start(cfg: NodeConfig) -> Result<(Arc<Node>, StartReport), String> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| format!("create state dir {}: {e}", cfg.state_dir.display()))?;
+        let ipam = Ipam::open(
+            &cfg.state_dir.join("ipam.redb"),
+            cfg.pod_subnet,
+            cfg.excluded.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        let nl = Netlink::connect().map_err(|e| e.to_string())?;
+        let mtu = match cfg.mtu {
+            Some(m) => m,
+            None => default_route_mtu(&nl).await.unwrap_or(1500),
+        };
+        let had_bridge = nl
+            .link(&cfg.bridge)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some();
+        let br = nl
+            .ensure_bridge(&cfg.bridge, mtu)
+            .await
+            .map_err(|e| e.to_string())?;
+        let gw = ipam.gateway_net();
+        let had_gw = nl
+            .addrs(br.index)
+            .await
+            .map_err(|e| e.to_string())?
+            .contains(&gw);
+        if !had_gw {
+            nl.add_addr(br.index, gw).await.map_err(|e| e.to_string())?;
+        }
+        sysctl::ensure("net/ipv4/ip_forward", "1").map_err(|e| e.to_string())?;
+        let nat_cfg = NatConfig {
+            pod_subnet: ipam.subnet(),
+            cluster_cidrs: if cfg.cluster_cidrs.is_empty() {
+                vec![ipam.subnet()]
+            } else {
+                cfg.cluster_cidrs.clone()
+            },
+            bridge: cfg.bridge.clone(),
+        };
+        let action = nat::ensure_table(&nat_cfg).map_err(|e| e.to_string())?;
+        let report = StartReport {
+            bridge_created: !had_bridge,
+            gateway_added: !had_gw,
+            table_written: action == nat::TableAction::Written,
+            reservations: ipam.list().len(),
+        };
+        let node = Arc::new(Node {
+            cfg,
+            ipam,
+            nl,
+            mtu,
+            retired: Notify::new(),
+            ops: tokio::sync::Mutex::new(()),
+        });
+        Ok((node, report))
+    }
+
+    /// The IPAM (for tests and status).
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+
+    /// Handle one plugin request.
+    pub async fn handle(&self, op: Op) -> Response {
+        match op {
+            Op::Add(r) => self.add(r).await,
+            Op::Del(a) => self.del(&a).await,
+            Op::Check(a) => match self.ipam.get(&a) {
+                Some(r) => Response::Lease(self.lease(&r, true)),
+                None => Response::error(
+                    codes::UNKNOWN_CONTAINER,
+                    format!(
+                        "no address is reserved for container {} interface {}",
+                        a.container_id, a.ifname
+                    ),
+                ),
+            },
+            Op::Gc(g) => self.gc(&g).await,
+            Op::Status => Response::Status(self.status()),
+        }
+    }
+
+    /// Free/used counts.
+    pub fn status(&self) -> AgentStatus {
+        let reserved = self.ipam.list().len() as u32;
+        AgentStatus {
+            subnet: self.ipam.subnet(),
+            free: self.ipam.capacity().saturating_sub(reserved),
+            reserved,
+        }
+    }
+
+    fn lease(&self, r: &Reservation, existing: bool) -> Lease {
+        Lease {
+            address: Ipv4Net::new(r.ip, self.ipam.subnet().prefix_len()).expect("prefix"),
+            gateway: self.ipam.gateway(),
+            bridge: self.cfg.bridge.clone(),
+            mtu: self.mtu,
+            port_mappings: r.port_mappings.clone(),
+            existing,
+        }
+    }
+
+    async fn add(&self, req: AddRequest) -> Response {
+        let _g = self.ops.lock().await;
+        let host = host_veth_name(&req.container_id, &req.ifname);
+        let link = match self.nl.link(&host).await {
+            Ok(l) => l,
+            Err(e) => return kernel_response("look up host veth", e),
+        };
+        let held = self.ipam.get(&req.attachment()).is_some();
+        if let Some(l) = &link {
+            if held && l.group != RETIRED_GROUP {
+                return Response::error(
+                    codes::ALREADY_ATTACHED,
+                    format!(
+                        "container {} already has interface {} (host side {host}); DEL it first",
+                        req.container_id, req.ifname
+                    ),
+                );
+            }
+            // A retired link waiting for the background delete, or debris of a crashed
+            // ADD that holds no address: remove it now so the name is free.
+            if let Err(e) = self.nl.del_link(l.index).await {
+                if !e.is_not_found() {
+                    return kernel_response("remove stale host veth", e);
+                }
+            }
+        }
+        let ipam_req = req.clone();
+        let (r, existing) = match self.ipam.reserve(&ipam_req) {
+            Ok(x) => x,
+            Err(e) => return ipam_response(e),
+        };
+        if !existing {
+            let add: Vec<PortElement> = r
+                .port_mappings
+                .iter()
+                .map(|pm| PortElement::new(r.ip, pm))
+                .collect();
+            if let Err(e) = nat::update_ports(&add, &[]) {
+                // leave nothing behind
+                let _ = self.ipam.release(&req.attachment());
+                return kernel_response("program port mappings", e);
+            }
+        }
+        Response::Lease(self.lease(&r, existing))
+    }
+
+    async fn del(&self, a: &Attachment) -> Response {
+        let _g = self.ops.lock().await;
+        let mut errors = Vec::new();
+        self.retire_link(&host_veth_name(&a.container_id, &a.ifname), &mut errors)
+            .await;
+        if let Some(r) = self.ipam.get(a) {
+            let del: Vec<PortElement> = r
+                .port_mappings
+                .iter()
+                .map(|pm| PortElement::new(r.ip, pm))
+                .collect();
+            if let Err(e) = nat::update_ports(&[], &del) {
+                errors.push(format!("remove port mappings: {e}"));
+            }
+            if let Err(e) = self.ipam.release(a) {
+                errors.push(format!("release {}: {e}", r.ip));
+            }
+        }
+        if errors.is_empty() {
+            Response::Released
+        } else {
+            Response::error(codes::KERNEL, errors.join("; "))
+        }
+    }
+
+    /// Detach a host veth at once (down + retired group) and let the background task
+    /// delete it: the kernel's delete waits for an RCU grace period (~15 ms each), the
+    /// group delete pays it once for many links.
+    async fn retire_link(&self, name: &str, errors: &mut Vec<String>) {
+        match self.nl.link(name).await {
+            Ok(Some(l)) => {
+                if let Err(e) = self.nl.retire(l.index, RETIRED_GROUP).await {
+                    if !e.is_not_found() {
+                        errors.push(format!("detach {name}: {e}"));
+                    }
+                }
+                self.retired.notify_one();
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(format!("look up {name}: {e}")),
+        }
+    }
+
+    async fn gc(&self, g: &GcRequest) -> Response {
+        let valid: HashSet<&Attachment> = g.valid_attachments.iter().collect();
+        let mut released = Vec::new();
+        let mut errors = Vec::new();
+        for r in self.ipam.list() {
+            if valid.contains(&r.attachment) {
+                continue;
+            }
+            match self.del(&r.attachment).await {
+                Response::Released => released.push(r.attachment),
+                Response::Error(e) => errors.push(e.msg),
+                _ => {}
+            }
+        }
+        // Host veths of attachments the runtime no longer knows.
+        let keep: HashSet<String> = g
+            .valid_attachments
+            .iter()
+            .map(|a| host_veth_name(&a.container_id, &a.ifname))
+            .collect();
+        let _g = self.ops.lock().await;
+        self.retire_unknown_links(&keep, &mut errors).await;
+        if errors.is_empty() {
+            Response::Collected(released)
+        } else {
+            Response::error(codes::KERNEL, errors.join("; "))
+        }
+    }
+
+    async fn retire_unknown_links(&self, keep: &HashSet<String>, errors: &mut Vec<String>) {
+        let Ok(Some(br)) = self.nl.link(&self.cfg.bridge).await else {
+            return;
+        };
+        let links = match self.nl.links().await {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(format!("list links: {e}"));
+                return;
+            }
+        };
+        for l in links {
+            if l.master == Some(br.index)
+                && l.name.starts_with(LINK_PREFIX)
+                && l.group != RETIRED_GROUP
+                && !keep.contains(&l.name)
+            {
+                self.retire_link(&l.name, errors).await;
+            }
+        }
+    }
+
+    /// One reconcile pass: release reservations whose veth has been gone longer than
+    /// the grace period, retire veths on the bridge that hold no reservation, and bring
+    /// the port maps to exactly the reservations' mappings.
+    pub async fn sweep(&self) -> Result<SweepReport, String> {
+        let _g = self.ops.lock().await;
+        let links = self.nl.links().await.map_err(|e| e.to_string())?;
+        let live: HashSet<&str> = links
+            .iter()
+            .filter(|l| l.group != RETIRED_GROUP)
+            .map(|l| l.name.as_str())
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut report = SweepReport::default();
+        for r in self.ipam.list() {
+            let name = host_veth_name(&r.attachment.container_id, &r.attachment.ifname);
+            if !live.contains(name.as_str())
+                && now.saturating_sub(r.created) >= self.cfg.orphan_grace.as_secs()
+            {
+                tracing::info!(ip = %r.ip, container = %r.attachment.container_id, "releasing orphaned reservation (its veth is gone)");
+                self.ipam
+                    .release(&r.attachment)
+                    .map_err(|e| e.to_string())?;
+                report.released += 1;
+            }
+        }
+        let keep: HashSet<String> = self
+            .ipam
+            .list()
+            .iter()
+            .map(|r| host_veth_name(&r.attachment.container_id, &r.attachment.ifname))
+            .collect();
+        let mut errors = Vec::new();
+        let before = self.retired_count().await;
+        self.retire_unknown_links(&keep, &mut errors).await;
+        report.links_retired = self.retired_count().await.saturating_sub(before);
+        let want: BTreeSet<PortElement> = self
+            .ipam
+            .list()
+            .iter()
+            .flat_map(|r| r.port_mappings.iter().map(|pm| PortElement::new(r.ip, pm)))
+            .collect();
+        let (a, d) = nat::sync_ports(&want).map_err(|e| e.to_string())?;
+        report.ports_added = a;
+        report.ports_deleted = d;
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        Ok(report)
+    }
+
+    async fn retired_count(&self) -> usize {
+        self.nl
+            .links()
+            .await
+            .map(|l| l.iter().filter(|l| l.group == RETIRED_GROUP).count())
+            .unwrap_or(0)
+    }
+
+    /// Delete retired links in batches, forever.
+    pub async fn run_deleter(self: Arc<Self>) {
+        loop {
+            self.retired.notified().await;
+            if let Err(e) = self.nl.del_group(RETIRED_GROUP).await {
+                tracing::warn!("deleting retired links: {e}");
+            }
+        }
+    }
+
+    /// Run [`Node::sweep`] every `every`, forever (the first one right away).
+    pub async fn run_sweeper(self: Arc<Self>, every: Duration) {
+        loop {
+            match self.sweep().await {
+                Ok(r) if r != SweepReport::default() => tracing::info!(?r, "sweep repaired drift"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("sweep: {e}"),
+            }
+            // Retired links left by a previous run are deleted too.
+            self.retired.notify_one();
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// What one sweep changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Reservations released.
+    pub released: usize,
+    /// Links detached for deletion.
+    pub links_retired: usize,
+    /// Port elements added.
+    pub ports_added: usize,
+    /// Port elements deleted.
+    pub ports_deleted: usize,
+}
+
+async fn default_route_mtu(nl: &Netlink) -> Option<u32> {
+    let routes = nl.routes().await.ok()?;
+    let oif = routes
+        .iter()
+        .find(|(dst, _, _)| dst.prefix_len() == 0 && dst.addr() == Ipv4Addr::UNSPECIFIED)?
+        .2?;
+    nl.links()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|l| l.index == oif)
+        .map(|l| l.mtu)
+}
