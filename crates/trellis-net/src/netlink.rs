@@ -107,8 +107,9 @@ impl Netlink {
     }
 
     /// Make sure a bridge `name` exists and is up; returns it. An existing bridge is
-    /// adopted as it is (only brought up if it was down).
-    pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<LinkInfo> {
+    /// adopted as it is (only brought up if it was down). A new bridge gets the fixed
+    /// `mac`, so its address does not follow whichever port joined first.
+    pub async fn ensure_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<LinkInfo> {
         if let Some(l) = self.link(name).await? {
             if l.kind.as_deref() != Some("bridge") {
                 return Err(NetError::Netlink {
@@ -122,7 +123,11 @@ impl Netlink {
             }
             return Ok(l);
         }
-        let msg = LinkBridge::new(name).mtu(mtu).up().build();
+        let msg = LinkBridge::new(name)
+            .mtu(mtu)
+            .address(mac.to_vec())
+            .up()
+            .build();
         self.handle
             .link()
             .add(msg)

@@ -1,0 +1,95 @@
+//! `trellis agent`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use trellis_agent::cni_server;
+use trellis_agent::node::{Node, NodeConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// This node's pod subnet (single-node mode), e.g. 10.244.1.0/24.
+    #[arg(long)]
+    pod_cidr: Ipv4Net,
+    /// Pod CIDRs of the whole cluster: traffic to them is not masqueraded
+    /// (default: the pod subnet).
+    #[arg(long = "cluster-cidr")]
+    cluster_cidrs: Vec<Ipv4Net>,
+    /// Addresses of the pod subnet never handed out (repeatable).
+    #[arg(long = "exclude")]
+    excluded: Vec<Ipv4Net>,
+    /// The bridge pods attach to.
+    #[arg(long, default_value = trellis_api::naming::DEFAULT_BRIDGE)]
+    bridge: String,
+    /// Pod MTU (default: the MTU of the link carrying the default route).
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Directory for the IPAM state file.
+    #[arg(long, default_value = "/var/lib/trellis")]
+    state_dir: PathBuf,
+    /// The unix socket the CNI plugin connects to.
+    #[arg(long, default_value = trellis_api::agent::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Seconds between reconcile sweeps.
+    #[arg(long, default_value_t = 30)]
+    sweep_interval: u64,
+    /// Seconds a reservation may lack its veth before the sweep releases it.
+    #[arg(long, default_value_t = 60)]
+    orphan_grace: u64,
+}
+
+pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(why) = trellis_api::naming::validate_ifname(&a.bridge) {
+        anyhow::bail!("--bridge {:?} {why}", a.bridge);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let cfg = NodeConfig {
+            pod_subnet: a.pod_cidr,
+            cluster_cidrs: a.cluster_cidrs,
+            excluded: a.excluded,
+            bridge: a.bridge,
+            mtu: a.mtu,
+            state_dir: a.state_dir,
+            orphan_grace: Duration::from_secs(a.orphan_grace),
+        };
+        let (node, report) = Node::start(cfg).await.map_err(anyhow::Error::msg)?;
+        tracing::info!(?report, "node ready");
+        let listener = cni_server::bind(&a.socket)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("CNI socket")?;
+        tracing::info!(socket = %a.socket.display(), "serving the CNI plugin");
+        tokio::spawn(node.clone().run_deleter());
+        tokio::spawn(
+            node.clone()
+                .run_sweeper(Duration::from_secs(a.sweep_interval)),
+        );
+        let server = tokio::spawn(cni_server::serve(listener, node));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = server => {}
+        }
+        // Leave every kernel object in place: pods keep their network while the agent
+        // is down. Only the socket goes, so plugins get "try again later".
+        let _ = std::fs::remove_file(&a.socket);
+        tracing::info!("stopped; kernel state left in place");
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,5 @@
+//! The `trellis-cni` plugin executable (all logic in the `trellis-cni` crate).
+
+fn main() {
+    trellis_cni::main()
+}
