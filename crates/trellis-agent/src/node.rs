@@ -108,11 +108,14 @@ impl Node {
             .await
             .map_err(|e| e.to_string())?
             .is_some();
+        let gw = ipam.gateway_net();
+        let o = gw.addr().octets();
+        // locally administered, derived from the gateway address (like 0a:58:<ip>)
+        let mac = [0x0a, 0x58, o[0], o[1], o[2], o[3]];
         let br = nl
-            .ensure_bridge(&cfg.bridge, mtu)
+            .ensure_bridge(&cfg.bridge, mtu, mac)
             .await
             .map_err(|e| e.to_string())?;
-        let gw = ipam.gateway_net();
         let had_gw = nl
             .addrs(br.index)
             .await
