@@ -393,15 +393,17 @@ impl Lab {
         .map_err(|e| LabError::Io(format!("write {}: {e}", p.display())))
     }
 
-    /// Load a persistent lab by name (for `trellis lab down|exec|status`).
+    /// Load a lab by name (for `trellis lab down|exec|status` and the stale sweep).
     pub fn load(name: &str) -> Result<Lab> {
         let p = Path::new(STATE_ROOT).join(name).join("lab.json");
         let data = std::fs::read(&p)
             .map_err(|e| LabError::Invalid(format!("no lab {name} ({}: {e})", p.display())))?;
         let state: LabState = serde_json::from_slice(&data)
             .map_err(|e| LabError::Io(format!("{}: {e}", p.display())))?;
+        // A loaded lab is a view: dropping it never tears anything down; only an
+        // explicit destroy() does.
         Ok(Lab {
-            persistent: state.owner.is_none(),
+            persistent: true,
             state,
             children: Vec::new(),
         })
@@ -535,9 +537,9 @@ pub fn sweep_stale() -> usize {
         let Ok(lab) = Lab::load(&name) else { continue };
         if let Some(owner) = lab.state.owner {
             if !Path::new(&format!("/proc/{owner}")).exists() {
-                let mut lab = lab;
-                lab.persistent = false;
-                drop(lab);
+                for e in lab.destroy() {
+                    eprintln!("trellis-lab: sweeping stale lab {name}: {e}");
+                }
                 n += 1;
             }
         }
