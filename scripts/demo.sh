@@ -1,0 +1,9 @@
+#!/bin/sh
+# Build Trellis and bring up the demo lab (see README). `trellis lab down demo` removes it.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq iproute2 nftables iputils-ping busybox-static >/dev/null
+cargo build --release --locked
+./target/release/trellis lab down demo >/dev/null 2>&1 || true
+exec ./target/release/trellis lab up --name demo --nodes "${NODES:-3}" --pods "${PODS:-2}"

@@ -1,0 +1,9 @@
+#!/bin/sh
+# Install what the tests drive (real kernel, real runtime, reference plugins), then run
+# every test. Needs root: tests build network namespaces (never touching the root one).
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq iproute2 nftables iptables iputils-ping conntrack busybox-static \
+    containernetworking-plugins podman runc util-linux >/dev/null
+cargo test --workspace --locked
