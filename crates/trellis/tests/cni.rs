@@ -290,7 +290,9 @@ fn bad_input_is_rejected_and_changes_nothing() {
     let before = snapshot(&lab);
     let good_env = cni_env("ADD", "victim", &path);
     let c = |extra: serde_json::Value| conf(&lab, "1.1.0", extra);
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u64, &str)> = vec![
+    // (what, environment, stdin, expected code, fragment the message must contain)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u64, &'a str);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", good_env.clone(), b"{\"cniVersion\": ".to_vec(), 6, "not valid JSON"),
         ("no CNI_COMMAND", good_env[1..].to_vec(), c(json!({})).to_string().into_bytes(), 4, "CNI_COMMAND"),
         ("bad CNI_COMMAND", vec![("CNI_COMMAND", "ATTACH"), good_env[1], good_env[2], good_env[3]], c(json!({})).to_string().into_bytes(), 4, "CNI_COMMAND"),
