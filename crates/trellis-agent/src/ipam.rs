@@ -1,7 +1,8 @@
 //! Node IPAM: hands out addresses of the node's pod subnet, durably.
 //!
 //! Every reservation is committed to an embedded redb file before it is returned, so a
-//! `kill -9` at any point never lets an address be handed out twice. The network,
+//! `kill -9` at any point never lets an address be handed out twice. Releases are
+//! committed without a sync (see [`Ipam::release`]). The network,
 //! gateway and broadcast addresses and any excluded range are never handed out.
 //! Allocation walks forward from the last address handed out (like host-local), so a
 //! just-released address is not reused at once.
@@ -271,7 +272,7 @@ impl Ipam {
         } else {
             st.cursor
         };
-        self.persist(|res, meta| {
+        self.persist(true, |res, meta| {
             res.insert(
                 u32::from(ip),
                 serde_json::to_string(&r).expect("serializes").as_str(),
@@ -310,7 +311,11 @@ impl Ipam {
         let Some(ip) = st.by_attachment.get(att).copied() else {
             return Ok(None);
         };
-        self.persist(|res, _| {
+        // A release need not reach the disk before we answer: if it is lost in a crash,
+        // the reservation comes back, its veth is gone, and the sweep frees it again.
+        // (A lost *reservation* would be a duplicate address, so those are synced.)
+        // The next synced commit persists it anyway.
+        self.persist(false, |res, _| {
             res.remove(u32::from(ip))?;
             Ok(())
         })?;
@@ -351,12 +356,17 @@ impl Ipam {
 
     fn persist(
         &self,
+        durable: bool,
         f: impl FnOnce(
             &mut redb::Table<u32, &str>,
             &mut redb::Table<&str, &str>,
         ) -> Result<(), redb::StorageError>,
     ) -> Result<(), IpamError> {
-        let w = self.db.begin_write().map_err(store_err)?;
+        let mut w = self.db.begin_write().map_err(store_err)?;
+        if !durable {
+            w.set_durability(redb::Durability::None)
+                .map_err(store_err)?;
+        }
         {
             let mut res = w.open_table(RESERVATIONS).map_err(store_err)?;
             let mut meta = w.open_table(META).map_err(store_err)?;

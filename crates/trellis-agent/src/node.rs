@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use tokio::sync::Notify;
 use trellis_api::agent::{
     codes, AddRequest, AgentStatus, Attachment, GcRequest, Lease, Op, Response,
 };
@@ -52,7 +51,8 @@ pub struct Node {
     ipam: Ipam,
     nl: Netlink,
     mtu: u32,
-    retired: Notify,
+    /// Wakes the link deleter thread (see [`spawn_link_deleter`]).
+    retired: std::sync::mpsc::Sender<()>,
     /// Serialises kernel changes for one attachment against the sweep.
     ops: tokio::sync::Mutex<()>,
 }
@@ -146,7 +146,7 @@ impl Node {
             ipam,
             nl,
             mtu,
-            retired: Notify::new(),
+            retired: spawn_link_deleter()?,
             ops: tokio::sync::Mutex::new(()),
         });
         Ok((node, report))
@@ -280,7 +280,7 @@ impl Node {
                         errors.push(format!("detach {name}: {e}"));
                     }
                 }
-                self.retired.notify_one();
+                let _ = self.retired.send(());
             }
             Ok(None) => {}
             Err(e) => errors.push(format!("look up {name}: {e}")),
@@ -399,16 +399,6 @@ impl Node {
             .unwrap_or(0)
     }
 
-    /// Delete retired links in batches, forever.
-    pub async fn run_deleter(self: Arc<Self>) {
-        loop {
-            self.retired.notified().await;
-            if let Err(e) = self.nl.del_group(RETIRED_GROUP).await {
-                tracing::warn!("deleting retired links: {e}");
-            }
-        }
-    }
-
     /// Run [`Node::sweep`] every `every`, forever (the first one right away).
     pub async fn run_sweeper(self: Arc<Self>, every: Duration) {
         loop {
@@ -418,7 +408,7 @@ impl Node {
                 Err(e) => tracing::warn!("sweep: {e}"),
             }
             // Retired links left by a previous run are deleted too.
-            self.retired.notify_one();
+            let _ = self.retired.send(());
             tokio::time::sleep(every).await;
         }
     }
@@ -435,6 +425,54 @@ pub struct SweepReport {
     pub ports_added: usize,
     /// Port elements deleted.
     pub ports_deleted: usize,
+}
+
+/// How long the deleter waits after a wake-up to gather more retired links into one
+/// kernel batch.
+const DELETE_COALESCE: Duration = Duration::from_millis(20);
+
+/// Start the thread that deletes retired links. It has its own OS thread and its own
+/// netlink socket because the kernel performs a link delete inside the `sendto` call,
+/// waiting for an RCU grace period (~15-20 ms): on the shared connection that wait would
+/// stall every ADD and DEL behind it. The thread inherits the caller's network
+/// namespace; it ends when the [`Node`] (the only sender) is dropped.
+fn spawn_link_deleter() -> Result<std::sync::mpsc::Sender<()>, String> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    std::thread::Builder::new()
+        .name("link-deleter".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("link deleter runtime: {e}")));
+                    return;
+                }
+            };
+            let nl = match rt.block_on(async { Netlink::connect() }) {
+                Ok(nl) => nl,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("link deleter netlink: {e}")));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            while rx.recv().is_ok() {
+                std::thread::sleep(DELETE_COALESCE);
+                while rx.try_recv().is_ok() {}
+                if let Err(e) = rt.block_on(nl.del_group(RETIRED_GROUP)) {
+                    tracing::warn!("deleting retired links: {e}");
+                }
+            }
+        })
+        .map_err(|e| format!("spawn link deleter: {e}"))?;
+    ready_rx
+        .recv()
+        .map_err(|_| "link deleter thread died".to_string())??;
+    Ok(tx)
 }
 
 async fn default_route_mtu(nl: &Netlink) -> Option<u32> {

@@ -74,7 +74,6 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::msg)
             .context("CNI socket")?;
         tracing::info!(socket = %a.socket.display(), "serving the CNI plugin");
-        tokio::spawn(node.clone().run_deleter());
         tokio::spawn(
             node.clone()
                 .run_sweeper(Duration::from_secs(a.sweep_interval)),
