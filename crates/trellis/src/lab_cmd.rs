@@ -193,16 +193,17 @@ fn up(nodes: usize, pods: usize, name: &str) -> anyhow::Result<ExitCode> {
     println!("to the node address. Pods on different nodes reach each other once the");
     println!("cluster backends land (multi-host milestone); until then '-' is expected there.");
     println!();
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "trellis".into());
     println!("Where to look:");
-    println!("  trellis lab exec {name} n1 -- ip -br addr          # bridge trl0 and pod veths");
-    println!(
-        "  trellis lab exec {name} n1 -- nft list table ip trellis   # masquerade + host ports"
-    );
-    println!("  trellis lab exec {name} n1-p1 -- ip route           # pod default route");
+    println!("  {me} lab exec {name} n1 -- ip -br addr          # bridge trl0 and pod veths");
+    println!("  {me} lab exec {name} n1 -- nft list table ip trellis   # masquerade + host ports");
+    println!("  {me} lab exec {name} n1-p1 -- ip route           # pod default route");
     println!(
         "  less {}/agent-n1.log                    # agent log",
         lab.dir().display()
     );
-    println!("  trellis lab down {name}");
+    println!("  {me} lab down {name}");
     Ok(ExitCode::SUCCESS)
 }
