@@ -113,6 +113,8 @@ pub struct Ipam {
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
     excluded: Vec<Ipv4Net>,
+    /// Addresses that can ever be handed out (computed once: STATUS asks often).
+    capacity: u32,
     db: redb::Database,
     state: Mutex<State>,
 }
@@ -166,13 +168,19 @@ impl Ipam {
             }
             w.commit().map_err(store_err)?;
         }
-        Ok(Ipam {
+        let mut ipam = Ipam {
             subnet,
             gateway,
             excluded,
+            capacity: 0,
             db,
             state: Mutex::new(st),
-        })
+        };
+        let (first, last) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
+        ipam.capacity = (first..=last)
+            .filter(|i| ipam.forbidden(Ipv4Addr::from(*i)).is_none())
+            .count() as u32;
+        Ok(ipam)
     }
 
     /// The pod subnet.
@@ -212,11 +220,17 @@ impl Ipam {
 
     /// Number of addresses that can ever be handed out.
     pub fn capacity(&self) -> u32 {
-        let first = u32::from(self.subnet.network());
-        let last = u32::from(self.subnet.broadcast());
-        (first..=last)
-            .filter(|i| self.forbidden(Ipv4Addr::from(*i)).is_none())
-            .count() as u32
+        self.capacity
+    }
+
+    /// Number of reservations.
+    pub fn len(&self) -> usize {
+        self.state.lock().expect("ipam lock").by_ip.len()
+    }
+
+    /// True when nothing is reserved.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Reserve an address for the attachment in `req`. A retried ADD for an attachment

@@ -106,21 +106,17 @@ fn skeleton_rules(cfg: &NatConfig) -> Vec<(&'static str, String)> {
 }
 
 fn config_hash(cfg: &NatConfig) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |s: &str| {
-        for b in s.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for (c, r) in skeleton_rules(cfg) {
-        feed(c);
-        feed(&r);
-    }
-    feed(&cfg.pod_subnet.to_string());
-    for c in &cfg.cluster_cidrs {
-        feed(&c.to_string());
-    }
+    let rules = skeleton_rules(cfg);
+    let cidrs: Vec<String> = std::iter::once(cfg.pod_subnet)
+        .chain(cfg.cluster_cidrs.iter().copied())
+        .map(|c| c.to_string())
+        .collect();
+    let h = trellis_api::naming::fnv1a64(
+        rules
+            .iter()
+            .flat_map(|(c, r)| [c.as_bytes(), r.as_bytes()])
+            .chain(cidrs.iter().map(|c| c.as_bytes())),
+    );
     format!("trellis:{:08x}", h >> 32)
 }
 
@@ -199,12 +195,12 @@ fn table_matches(cur: &serde_json::Value, cfg: &NatConfig, tag: &str) -> bool {
     let mut want_cluster = cfg.cluster_cidrs.clone();
     want_cluster.sort();
     cluster.sort();
-    rules.len() == want.len()
+    let mut have_chains: Vec<&str> = rules.iter().map(|(c, _)| c.as_str()).collect();
+    let mut want_chains: Vec<&str> = want.iter().map(|(c, _)| *c).collect();
+    have_chains.sort_unstable();
+    want_chains.sort_unstable();
+    have_chains == want_chains
         && rules.iter().all(|(_, c)| c == tag)
-        && want.iter().all(|(c, _)| {
-            rules.iter().filter(|(rc, _)| rc == c).count()
-                == want.iter().filter(|(wc, _)| wc == c).count()
-        })
         && sets == want_sets
         && pod_subnets == vec![cfg.pod_subnet]
         && cluster == want_cluster

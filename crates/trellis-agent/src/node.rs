@@ -17,7 +17,7 @@ use trellis_api::agent::{
     codes, AddRequest, AgentStatus, Attachment, GcRequest, Lease, Op, Response,
 };
 use trellis_api::naming::{host_veth_name, LINK_PREFIX};
-use trellis_net::{sysctl, Netlink};
+use trellis_net::{sysctl, LinkInfo, Netlink};
 
 use crate::ipam::{Ipam, IpamError, Reservation};
 use crate::nat::{self, NatConfig, PortElement};
@@ -103,16 +103,11 @@ impl Node {
             Some(m) => m,
             None => default_route_mtu(&nl).await.unwrap_or(1500),
         };
-        let had_bridge = nl
-            .link(&cfg.bridge)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_some();
         let gw = ipam.gateway_net();
         let o = gw.addr().octets();
         // locally administered, derived from the gateway address (like 0a:58:<ip>)
         let mac = [0x0a, 0x58, o[0], o[1], o[2], o[3]];
-        let br = nl
+        let (br, bridge_created) = nl
             .ensure_bridge(&cfg.bridge, mtu, mac)
             .await
             .map_err(|e| e.to_string())?;
@@ -136,10 +131,10 @@ impl Node {
         };
         let action = nat::ensure_table(&nat_cfg).map_err(|e| e.to_string())?;
         let report = StartReport {
-            bridge_created: !had_bridge,
+            bridge_created,
             gateway_added: !had_gw,
             table_written: action == nat::TableAction::Written,
-            reservations: ipam.list().len(),
+            reservations: ipam.len(),
         };
         let node = Arc::new(Node {
             cfg,
@@ -179,7 +174,7 @@ impl Node {
 
     /// Free/used counts.
     pub fn status(&self) -> AgentStatus {
-        let reserved = self.ipam.list().len() as u32;
+        let reserved = self.ipam.len() as u32;
         AgentStatus {
             subnet: self.ipam.subnet(),
             free: self.ipam.capacity().saturating_sub(reserved),
@@ -247,20 +242,27 @@ impl Node {
     async fn del(&self, a: &Attachment) -> Response {
         let _g = self.ops.lock().await;
         let mut errors = Vec::new();
-        self.retire_link(&host_veth_name(&a.container_id, &a.ifname), &mut errors)
-            .await;
-        if let Some(r) = self.ipam.get(a) {
-            let del: Vec<PortElement> = r
-                .port_mappings
-                .iter()
-                .map(|pm| PortElement::new(r.ip, pm))
-                .collect();
-            if let Err(e) = nat::update_ports(&[], &del) {
-                errors.push(format!("remove port mappings: {e}"));
+        let name = host_veth_name(&a.container_id, &a.ifname);
+        match self.nl.link(&name).await {
+            Ok(Some(l)) => self.retire(&l, &mut errors).await,
+            Ok(None) => {}
+            Err(e) => errors.push(format!("look up {name}: {e}")),
+        }
+        match self.ipam.release(a) {
+            Ok(Some(r)) => {
+                let del: Vec<PortElement> = r
+                    .port_mappings
+                    .iter()
+                    .map(|pm| PortElement::new(r.ip, pm))
+                    .collect();
+                // If this fails the sweep removes the elements: they no longer match
+                // any reservation.
+                if let Err(e) = nat::update_ports(&[], &del) {
+                    errors.push(format!("remove port mappings: {e}"));
+                }
             }
-            if let Err(e) = self.ipam.release(a) {
-                errors.push(format!("release {}: {e}", r.ip));
-            }
+            Ok(None) => {}
+            Err(e) => errors.push(format!("release: {e}")),
         }
         if errors.is_empty() {
             Response::Released
@@ -269,22 +271,16 @@ impl Node {
         }
     }
 
-    /// Detach a host veth at once (down + retired group) and let the background task
+    /// Detach a host veth at once (down + retired group) and let the deleter thread
     /// delete it: the kernel's delete waits for an RCU grace period (~15 ms each), the
     /// group delete pays it once for many links.
-    async fn retire_link(&self, name: &str, errors: &mut Vec<String>) {
-        match self.nl.link(name).await {
-            Ok(Some(l)) => {
-                if let Err(e) = self.nl.retire(l.index, RETIRED_GROUP).await {
-                    if !e.is_not_found() {
-                        errors.push(format!("detach {name}: {e}"));
-                    }
-                }
-                let _ = self.retired.send(());
+    async fn retire(&self, l: &LinkInfo, errors: &mut Vec<String>) {
+        if let Err(e) = self.nl.retire(l.index, RETIRED_GROUP).await {
+            if !e.is_not_found() {
+                errors.push(format!("detach {}: {e}", l.name));
             }
-            Ok(None) => {}
-            Err(e) => errors.push(format!("look up {name}: {e}")),
         }
+        let _ = self.retired.send(());
     }
 
     async fn gc(&self, g: &GcRequest) -> Response {
@@ -308,7 +304,12 @@ impl Node {
             .map(|a| host_veth_name(&a.container_id, &a.ifname))
             .collect();
         let _g = self.ops.lock().await;
-        self.retire_unknown_links(&keep, &mut errors).await;
+        match self.nl.links().await {
+            Ok(links) => {
+                self.retire_unknown_links(&links, &keep, &mut errors).await;
+            }
+            Err(e) => errors.push(format!("list links: {e}")),
+        }
         if errors.is_empty() {
             Response::Collected(released)
         } else {
@@ -316,26 +317,29 @@ impl Node {
         }
     }
 
-    async fn retire_unknown_links(&self, keep: &HashSet<String>, errors: &mut Vec<String>) {
-        let Ok(Some(br)) = self.nl.link(&self.cfg.bridge).await else {
-            return;
+    /// Retire the `trl…` veths on the bridge (in `links`, one dump) whose names are not
+    /// in `keep`; returns how many.
+    async fn retire_unknown_links(
+        &self,
+        links: &[LinkInfo],
+        keep: &HashSet<String>,
+        errors: &mut Vec<String>,
+    ) -> usize {
+        let Some(br) = links.iter().find(|l| l.name == self.cfg.bridge) else {
+            return 0;
         };
-        let links = match self.nl.links().await {
-            Ok(l) => l,
-            Err(e) => {
-                errors.push(format!("list links: {e}"));
-                return;
-            }
-        };
+        let mut n = 0;
         for l in links {
             if l.master == Some(br.index)
                 && l.name.starts_with(LINK_PREFIX)
                 && l.group != RETIRED_GROUP
                 && !keep.contains(&l.name)
             {
-                self.retire_link(&l.name, errors).await;
+                self.retire(l, errors).await;
+                n += 1;
             }
         }
+        n
     }
 
     /// One reconcile pass: release reservations whose veth has been gone longer than
@@ -354,6 +358,7 @@ impl Node {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let mut report = SweepReport::default();
+        let mut kept = Vec::new();
         for r in self.ipam.list() {
             let name = host_veth_name(&r.attachment.container_id, &r.attachment.ifname);
             if !live.contains(name.as_str())
@@ -364,23 +369,16 @@ impl Node {
                     .release(&r.attachment)
                     .map_err(|e| e.to_string())?;
                 report.released += 1;
+            } else {
+                kept.push((name, r));
             }
         }
-        let keep: HashSet<String> = self
-            .ipam
-            .list()
-            .iter()
-            .map(|r| host_veth_name(&r.attachment.container_id, &r.attachment.ifname))
-            .collect();
+        let keep: HashSet<String> = kept.iter().map(|(name, _)| name.clone()).collect();
         let mut errors = Vec::new();
-        let before = self.retired_count().await;
-        self.retire_unknown_links(&keep, &mut errors).await;
-        report.links_retired = self.retired_count().await.saturating_sub(before);
-        let want: BTreeSet<PortElement> = self
-            .ipam
-            .list()
+        report.links_retired = self.retire_unknown_links(&links, &keep, &mut errors).await;
+        let want: BTreeSet<PortElement> = kept
             .iter()
-            .flat_map(|r| r.port_mappings.iter().map(|pm| PortElement::new(r.ip, pm)))
+            .flat_map(|(_, r)| r.port_mappings.iter().map(|pm| PortElement::new(r.ip, pm)))
             .collect();
         let (a, d) = nat::sync_ports(&want).map_err(|e| e.to_string())?;
         report.ports_added = a;
@@ -389,14 +387,6 @@ impl Node {
             return Err(errors.join("; "));
         }
         Ok(report)
-    }
-
-    async fn retired_count(&self) -> usize {
-        self.nl
-            .links()
-            .await
-            .map(|l| l.iter().filter(|l| l.group == RETIRED_GROUP).count())
-            .unwrap_or(0)
     }
 
     /// Run [`Node::sweep`] every `every`, forever (the first one right away).

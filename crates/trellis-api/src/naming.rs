@@ -13,17 +13,19 @@ pub const DEFAULT_BRIDGE: &str = "trl0";
 /// 64-bit FNV-1a hash of `container_id/ifname`. Both the plugin and the agent derive
 /// it, so either can find the link of an attachment without asking the other.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let h = fnv1a64([container_id.as_bytes(), b"/", ifname.as_bytes()]);
+    format!("{LINK_PREFIX}{:012x}", h >> 16)
+}
+
+/// 64-bit FNV-1a over the concatenation of `parts`: a stable hash for names and
+/// fingerprints that must not change between builds (unlike `std`'s hasher).
+pub fn fnv1a64<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id
-        .as_bytes()
-        .iter()
-        .chain(b"/")
-        .chain(ifname.as_bytes())
-    {
+    for b in parts.into_iter().flatten() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{LINK_PREFIX}{:012x}", h >> 16)
+    h
 }
 
 /// Check an interface name the way the kernel's `dev_valid_name` does, returning a

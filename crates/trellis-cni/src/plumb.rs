@@ -42,16 +42,24 @@ pub fn add(
                     format!("bridge {} does not exist on this node (is the agent running in this network namespace?)", lease.bridge),
                 )
             })?;
-        if cont.link(&env.ifname).await.map_err(kernel)?.is_some() {
-            return Err(CniError::new(
-                codes::KERNEL,
-                format!("interface {} already exists in the container namespace {}", env.ifname, env.netns),
-            ));
-        }
         let host_name = host_veth_name(&env.container_id, &env.ifname);
+        // The agent removed any stale host link of this name before answering, so
+        // "exists" here means the container already has an interface called CNI_IFNAME.
         host.create_veth(&host_name, br.index, mtu, &env.ifname, netns, mac)
             .await
-            .map_err(kernel)?;
+            .map_err(|e| {
+                if e.is_exists() {
+                    CniError::new(
+                        codes::KERNEL,
+                        format!(
+                            "interface {} already exists in the container namespace {}",
+                            env.ifname, env.netns
+                        ),
+                    )
+                } else {
+                    kernel(e)
+                }
+            })?;
         let c = cont.link(&env.ifname).await.map_err(kernel)?.ok_or_else(|| {
             CniError::new(codes::KERNEL, format!("{} vanished from the container after creation", env.ifname))
         })?;

@@ -106,10 +106,16 @@ impl Netlink {
         }
     }
 
-    /// Make sure a bridge `name` exists and is up; returns it. An existing bridge is
-    /// adopted as it is (only brought up if it was down). A new bridge gets the fixed
-    /// `mac`, so its address does not follow whichever port joined first.
-    pub async fn ensure_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<LinkInfo> {
+    /// Make sure a bridge `name` exists and is up; returns it and whether it was created.
+    /// An existing bridge is adopted as it is (only brought up if it was down). A new
+    /// bridge gets the fixed `mac`, so its address does not follow whichever port joined
+    /// first.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mtu: u32,
+        mac: [u8; 6],
+    ) -> Result<(LinkInfo, bool)> {
         if let Some(l) = self.link(name).await? {
             if l.kind.as_deref() != Some("bridge") {
                 return Err(NetError::Netlink {
@@ -121,7 +127,7 @@ impl Netlink {
             if !l.up {
                 self.set_up(l.index).await?;
             }
-            return Ok(l);
+            return Ok((l, false));
         }
         let msg = LinkBridge::new(name)
             .mtu(mtu)
@@ -134,11 +140,12 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| nl_err(format!("create bridge {name}"), e))?;
-        self.link(name).await?.ok_or_else(|| NetError::Netlink {
+        let l = self.link(name).await?.ok_or_else(|| NetError::Netlink {
             op: format!("create bridge {name}"),
             msg: "created but not found".into(),
             errno: None,
-        })
+        })?;
+        Ok((l, true))
     }
 
     /// Create a veth pair in one request: `host` here (attached to `master`, up) and

@@ -28,23 +28,12 @@ fn ns(lab: &Lab, pod: &str) -> String {
         .to_string()
 }
 
-fn agent_reserved(lab: &Lab) -> u64 {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(lab.agent_paths(0).socket).unwrap();
-    s.write_all(b"{\"version\":1,\"op\":\"status\"}\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    v["status"]["reserved"].as_u64().unwrap()
+fn agent_reserved(lab: &Lab) -> u32 {
+    common::agent_reserved(lab, 0)
 }
 
 fn hostport_elements(lab: &Lab) -> usize {
-    let t = nft_table(lab, &lab.state.nodes[0].netns);
-    t.lines().filter(|l| l.contains(" : 10.244.")).count()
-        + t.lines()
-            .filter(|l| l.contains("elements = {") && l.contains(" : "))
-            .map(|l| l.matches(", ").count())
-            .sum::<usize>()
+    common::hostport_elements(lab, &lab.state.nodes[0].netns)
 }
 
 fn no_host_veths(lab: &Lab) -> bool {
@@ -422,7 +411,7 @@ fn hundred_concurrent_adds_then_dels() {
     });
     let distinct: BTreeSet<&String> = results.iter().collect();
     assert_eq!(distinct.len(), n, "duplicate addresses handed out");
-    assert_eq!(agent_reserved(lab), n as u64);
+    assert_eq!(agent_reserved(lab), n as u32);
     assert_eq!(host_veths(lab, &lab.state.nodes[0].netns).len(), n);
     assert_eq!(
         hostport_elements(lab),

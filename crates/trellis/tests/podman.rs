@@ -6,15 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{host_veths, lab_with_agents, plugin};
-use trellis_api::agent::Response;
 use trellis_lab::{netns_path, wait_for};
 
 const PAGE: &str = "hello-from-podman-on-trellis";
@@ -168,17 +165,6 @@ fn busybox_rootfs(root: &Path) {
     std::fs::write(root.join("www/index.html"), PAGE).unwrap();
 }
 
-fn agent_reserved(socket: &Path) -> u32 {
-    let mut s = UnixStream::connect(socket).expect("connect agent");
-    s.write_all(b"{\"version\":1,\"op\":\"status\"}\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    match serde_json::from_str(&line) {
-        Ok(Response::Status(st)) => st.reserved,
-        other => panic!("unexpected status answer {line:?}: {other:?}"),
-    }
-}
-
 #[test]
 fn podman_containers_on_trellis() {
     common::require(&["podman", "runc", "nsenter", "ip", "nft", "/bin/busybox"]);
@@ -237,14 +223,15 @@ fn podman_containers_on_trellis() {
         "host veths left: {:?}",
         host_veths(&lab, &node)
     );
-    assert_eq!(agent_reserved(&socket), 0, "agent still holds reservations");
-    let map = lab
-        .exec(
-            &node,
-            &["nft", "list", "map", "ip", "trellis", "hostport_any"],
-        )
-        .unwrap();
-    let map = String::from_utf8_lossy(&map.stdout);
-    assert!(!map.contains("elements"), "port mappings left: {map}");
+    assert_eq!(
+        common::agent_reserved(&lab, 0),
+        0,
+        "agent still holds reservations"
+    );
+    assert_eq!(
+        common::hostport_elements(&lab, &node),
+        0,
+        "port mappings left"
+    );
     drop(podman);
 }

@@ -88,13 +88,7 @@ fn agent_kill9_and_restart_loses_nothing() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let agent_pid = lab
-        .state
-        .procs
-        .iter()
-        .find(|p| p.what == "agent n1")
-        .unwrap()
-        .pid;
+    let agent_pid = common::pid_of(&lab, "agent n1");
     lab.stop(agent_pid, true); // SIGKILL
     std::thread::sleep(Duration::from_millis(300));
     lab.start_agent(&trellis(), 0, &[]).unwrap();
@@ -166,13 +160,7 @@ fn sweep_releases_orphans() {
     let mut lab = common::lab_with_agents(1);
     let node = lab.state.nodes[0].netns.clone();
     // restart the agent with a short grace and sweep interval
-    let pid = lab
-        .state
-        .procs
-        .iter()
-        .find(|p| p.what == "agent n1")
-        .unwrap()
-        .pid;
+    let pid = common::pid_of(&lab, "agent n1");
     lab.stop(pid, false);
     lab.start_agent(
         &trellis(),
@@ -180,15 +168,7 @@ fn sweep_releases_orphans() {
         &["--orphan-grace", "1", "--sweep-interval", "1"],
     )
     .unwrap();
-    use std::io::{BufRead, BufReader, Write};
-    let call = |line: &str| {
-        let mut s = std::os::unix::net::UnixStream::connect(lab.agent_paths(0).socket).unwrap();
-        s.write_all(line.as_bytes()).unwrap();
-        s.write_all(b"\n").unwrap();
-        let mut out = String::new();
-        BufReader::new(&s).read_line(&mut out).unwrap();
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()
-    };
+    let call = |line: &str| common::agent_raw(&lab, 0, line);
     let r = call(
         r#"{"version":1,"op":"add","containerId":"crashed","ifname":"eth0","netns":"/x","portMappings":[{"hostPort":18099,"containerPort":80,"protocol":"tcp"}]}"#,
     );

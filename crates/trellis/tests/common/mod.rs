@@ -100,3 +100,57 @@ pub fn nft_table(lab: &Lab, netns: &str) -> String {
         .expect("nft list");
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// How many addresses node `node`'s agent holds, asked through the plugin's own client.
+pub fn agent_reserved(lab: &Lab, node: usize) -> u32 {
+    use trellis_api::agent::{Op, Response};
+    let socket = lab.agent_paths(node).socket;
+    match trellis_cni::agent_client::call(&socket.display().to_string(), Op::Status) {
+        Ok(Response::Status(s)) => s.reserved,
+        Ok(other) => panic!("unexpected status answer: {other:?}"),
+        Err(e) => panic!("agent status: {:?}", trellis_cni::error::CniError::from(e)),
+    }
+}
+
+/// Send one raw protocol line to node `node`'s agent (for malformed or future requests
+/// the typed client cannot produce) and return the decoded answer.
+pub fn agent_raw(lab: &Lab, node: usize, line: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(lab.agent_paths(node).socket)
+        .expect("connect agent");
+    s.write_all(line.as_bytes()).unwrap();
+    s.write_all(b"\n").unwrap();
+    let mut out = String::new();
+    BufReader::new(&s).read_line(&mut out).unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Number of port-mapping elements (both maps) in a node namespace's `ip trellis` table.
+pub fn hostport_elements(lab: &Lab, netns: &str) -> usize {
+    ["hostport_any", "hostport_ip"]
+        .iter()
+        .map(|m| {
+            let out = lab
+                .exec(netns, &["nft", "-j", "list", "map", "ip", "trellis", m])
+                .expect("nft list map");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft JSON");
+            v["nftables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o["map"]["elem"].as_array())
+                .map(|e| e.len())
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+/// PID of the process the lab recorded as `what` (e.g. `agent n1`).
+pub fn pid_of(lab: &Lab, what: &str) -> u32 {
+    lab.state
+        .procs
+        .iter()
+        .find(|p| p.what == what)
+        .unwrap_or_else(|| panic!("lab runs no {what}"))
+        .pid
+}
