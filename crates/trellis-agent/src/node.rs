@@ -16,7 +16,7 @@ use ipnet::Ipv4Net;
 use trellis_api::agent::{
     codes, AddRequest, AgentStatus, Attachment, GcRequest, Lease, Op, Response,
 };
-use trellis_api::naming::{host_veth_name, LINK_PREFIX};
+use trellis_api::naming::{fnv1a64, host_veth_name, LINK_PREFIX};
 use trellis_net::{sysctl, LinkInfo, Netlink};
 
 use crate::ipam::{Ipam, IpamError, Reservation};
@@ -53,9 +53,16 @@ pub struct Node {
     mtu: u32,
     /// Wakes the link deleter thread (see [`spawn_link_deleter`]).
     retired: std::sync::mpsc::Sender<()>,
-    /// Serialises kernel changes for one attachment against the sweep.
-    ops: tokio::sync::Mutex<()>,
+    /// Plugin requests hold it shared, the sweep and GC's link pass exclusively: a
+    /// sweep never sees half an ADD or DEL.
+    ops: tokio::sync::RwLock<()>,
+    /// Serialises requests for the same attachment (by hash); different attachments
+    /// proceed in parallel.
+    attachment_locks: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Number of per-attachment lock shards.
+const ATTACHMENT_LOCK_SHARDS: usize = 64;
 
 /// What start-up found and did, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +149,10 @@ impl Node {
             nl,
             mtu,
             retired: spawn_link_deleter()?,
-            ops: tokio::sync::Mutex::new(()),
+            ops: tokio::sync::RwLock::new(()),
+            attachment_locks: (0..ATTACHMENT_LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         });
         Ok((node, report))
     }
@@ -193,8 +203,23 @@ impl Node {
         }
     }
 
+    /// Take the locks a plugin request on `a` needs: the shared side of `ops` and the
+    /// attachment's shard.
+    async fn lock_attachment(
+        &self,
+        a: &Attachment,
+    ) -> (
+        tokio::sync::RwLockReadGuard<'_, ()>,
+        tokio::sync::MutexGuard<'_, ()>,
+    ) {
+        let shared = self.ops.read().await;
+        let h = fnv1a64([a.container_id.as_bytes(), b"/", a.ifname.as_bytes()]);
+        let shard = (h % self.attachment_locks.len() as u64) as usize;
+        (shared, self.attachment_locks[shard].lock().await)
+    }
+
     async fn add(&self, req: AddRequest) -> Response {
-        let _g = self.ops.lock().await;
+        let _g = self.lock_attachment(&req.attachment()).await;
         let host = host_veth_name(&req.container_id, &req.ifname);
         let link = match self.nl.link(&host).await {
             Ok(l) => l,
@@ -240,7 +265,7 @@ impl Node {
     }
 
     async fn del(&self, a: &Attachment) -> Response {
-        let _g = self.ops.lock().await;
+        let _g = self.lock_attachment(a).await;
         let mut errors = Vec::new();
         let name = host_veth_name(&a.container_id, &a.ifname);
         match self.nl.link(&name).await {
@@ -303,7 +328,7 @@ impl Node {
             .iter()
             .map(|a| host_veth_name(&a.container_id, &a.ifname))
             .collect();
-        let _g = self.ops.lock().await;
+        let _g = self.ops.write().await;
         match self.nl.links().await {
             Ok(links) => {
                 self.retire_unknown_links(&links, &keep, &mut errors).await;
@@ -346,7 +371,7 @@ impl Node {
     /// the grace period, retire veths on the bridge that hold no reservation, and bring
     /// the port maps to exactly the reservations' mappings.
     pub async fn sweep(&self) -> Result<SweepReport, String> {
-        let _g = self.ops.lock().await;
+        let _g = self.ops.write().await;
         let links = self.nl.links().await.map_err(|e| e.to_string())?;
         let live: HashSet<&str> = links
             .iter()
@@ -417,9 +442,12 @@ pub struct SweepReport {
     pub ports_deleted: usize,
 }
 
-/// How long the deleter waits after a wake-up to gather more retired links into one
-/// kernel batch.
-const DELETE_COALESCE: Duration = Duration::from_millis(20);
+/// The deleter deletes once no link has been retired for this long, so a burst of DELs
+/// is one kernel batch after the burst (a delete holds the RTNL lock through an RCU
+/// grace period, which would stall the burst's own netlink requests).
+const DELETE_QUIET: Duration = Duration::from_millis(50);
+/// ... but never waits longer than this after the first retirement.
+const DELETE_MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// Start the thread that deletes retired links. It has its own OS thread and its own
 /// netlink socket because the kernel performs a link delete inside the `sendto` call,
@@ -451,8 +479,13 @@ fn spawn_link_deleter() -> Result<std::sync::mpsc::Sender<()>, String> {
             };
             let _ = ready_tx.send(Ok(()));
             while rx.recv().is_ok() {
-                std::thread::sleep(DELETE_COALESCE);
-                while rx.try_recv().is_ok() {}
+                let first = std::time::Instant::now();
+                while first.elapsed() < DELETE_MAX_DELAY {
+                    match rx.recv_timeout(DELETE_QUIET) {
+                        Ok(()) => continue,
+                        Err(_) => break,
+                    }
+                }
                 if let Err(e) = rt.block_on(nl.del_group(RETIRED_GROUP)) {
                     tracing::warn!("deleting retired links: {e}");
                 }
