@@ -42,14 +42,7 @@ pub struct AgentArgs {
 }
 
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    crate::init_tracing();
     if let Err(why) = trellis_api::naming::validate_ifname(&a.bridge) {
         anyhow::bail!("--bridge {:?} {why}", a.bridge);
     }

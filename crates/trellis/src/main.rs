@@ -1,8 +1,9 @@
-//! The `trellis` command: `trellis agent` runs the node agent, `trellis lab` manages
-//! network-namespace labs. Thin: each subcommand calls into its crate.
+//! The `trellis` command: `trellis agent` runs the node agent, `trellis server` the API
+//! server, `trellis lab` manages network-namespace labs. Thin: each subcommand calls into its crate.
 
 mod agent_cmd;
 mod lab_cmd;
+mod server_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,21 @@ enum Cmd {
     /// Network-namespace labs: `up`, `down`, `exec`, `status`.
     #[command(subcommand)]
     Lab(lab_cmd::LabCmd),
+    /// The API server: `init`, `token`, `run`.
+    #[command(subcommand)]
+    Server(server_cmd::ServerCmd),
+}
+
+/// Logs to stderr, filtered by `TRELLIS_LOG` (default `info`).
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +43,7 @@ fn main() -> std::process::ExitCode {
     let res = match cli.cmd {
         Cmd::Agent(a) => agent_cmd::run(a),
         Cmd::Lab(l) => lab_cmd::run(l),
+        Cmd::Server(c) => server_cmd::run(c),
     };
     match res {
         Ok(code) => code,

@@ -1,0 +1,673 @@
+//! Allocators and the per-kind rules of create, update and delete.
+//!
+//! Every allocation is a key under `/alloc/` whose value is the key of its owner; it is
+//! written in the same store transaction as the owner, with a precondition that the key
+//! is absent. Two servers racing for the same value: one transaction wins, the other
+//! gets a conflict on that key and picks again. A value the client asked for (a
+//! `spec.clusterIP`, a `nodePort`, a `vni`) is not picked again: its conflict is an
+//! error naming the field.
+//!
+//! | allocation | key | owner |
+//! |---|---|---|
+//! | cluster IP | `/alloc/clusterips/<ip>` | the Service |
+//! | node port | `/alloc/nodeports/<port>` | the Service |
+//! | VNI | `/alloc/vnis/<vni>` | the Network |
+//! | node subnet | `/alloc/subnets/<network>/<addr>-<len>` | `{"node": …}`, attached to the node's grace lease |
+//! | network set | `/alloc/networks` | bumped by every Network change, so overlap checks are serialised |
+//!
+//! Node liveness: a heartbeat keeps two store leases per node alive: `live`
+//! (`node_lease_ttl`, key `/leases/nodes/<node>`) and `grace` (`node_lease_ttl +
+//! subnet_grace`, key `/leases/grace/<node>`). Subnet allocations hang on the grace
+//! lease: a node that comes back within the grace period finds its subnets; after it,
+//! they are free for others.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use trellis_api::objects::{AnyObject, Kind, Network, Service, ServiceType, SubnetLease};
+use trellis_store::{KeyValue, LeaseId, Precondition, StoreError, Txn};
+
+use crate::resources::{kind_prefix, object_key, stored_bytes, to_typed};
+use crate::{ApiError, Server};
+
+/// The guard key bumped by every Network create, update and delete.
+const NETWORKS_GUARD: &str = "/alloc/networks";
+
+/// The store writes an object change needs besides the object itself, and how to react
+/// when one of their preconditions fails.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Checks and writes to add to the object's transaction.
+    pub txn: Txn,
+    /// Allocation keys the client asked for, with the error to answer when taken.
+    requested: Vec<(String, ApiError)>,
+}
+
+impl Plan {
+    /// A conflict on `key`: an error for a requested value, `Ok` (retry) otherwise.
+    pub fn on_conflict(&self, key: &str) -> Result<(), ApiError> {
+        match self.requested.iter().find(|(k, _)| k == key) {
+            Some((_, e)) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn claim(&mut self, key: String, owner: &str) {
+        self.txn = std::mem::take(&mut self.txn)
+            .check(key.clone(), Precondition::Absent)
+            .put(key, owner.as_bytes().to_vec(), None);
+    }
+
+    fn claim_requested(&mut self, key: String, owner: &str, err: ApiError) {
+        self.requested.push((key.clone(), err));
+        self.claim(key, owner);
+    }
+
+    fn release(&mut self, key: String) {
+        self.txn = std::mem::take(&mut self.txn).delete(key);
+    }
+}
+
+fn clusterip_key(ip: Ipv4Addr) -> String {
+    format!("/alloc/clusterips/{ip}")
+}
+fn nodeport_key(port: u16) -> String {
+    format!("/alloc/nodeports/{port}")
+}
+fn vni_key(vni: u32) -> String {
+    format!("/alloc/vnis/{vni}")
+}
+fn subnet_prefix(network: &str) -> String {
+    format!("/alloc/subnets/{network}/")
+}
+fn subnet_key(network: &str, cidr: Ipv4Net) -> String {
+    format!("/alloc/subnets/{network}/{}-{}", cidr.addr(), cidr.prefix_len())
+}
+
+/// Who holds an allocation (the owner key, or the node for subnets).
+async fn holders(s: &Server, prefix: &str) -> Result<Vec<KeyValue>, ApiError> {
+    Ok(s.store.list(prefix).await?.0)
+}
+
+/// The last path element of every key under `prefix`.
+async fn taken(s: &Server, prefix: &str) -> Result<HashSet<String>, ApiError> {
+    Ok(holders(s, prefix)
+        .await?
+        .into_iter()
+        .filter_map(|kv| kv.key.strip_prefix(prefix).map(str::to_string))
+        .collect())
+}
+
+/// A start point that spreads concurrent allocators over the range, so racing servers
+/// rarely collide.
+fn spread(n: u64) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    if n == 0 {
+        0
+    } else {
+        (t ^ (t >> 7).wrapping_mul(0x9e37_79b9)) % n
+    }
+}
+
+/// What to add to a create's transaction; fills allocated fields into `obj`.
+pub async fn plan_create(s: &Server, key: &str, obj: &mut AnyObject) -> Result<Plan, ApiError> {
+    let mut plan = Plan::default();
+    match obj {
+        AnyObject::Network(n) => {
+            network_guard(s, &mut plan, n).await?;
+            if let Some(v) = n.spec.vni {
+                n.status.vni = Some(v);
+                plan.claim_requested(
+                    vni_key(v),
+                    key,
+                    ApiError::invalid(format!("spec.vni: {v} is already used by another network")),
+                );
+            } else {
+                let v = pick_vni(s).await?;
+                n.status.vni = Some(v);
+                plan.claim(vni_key(v), key);
+            }
+        }
+        AnyObject::Service(svc) => {
+            service_cluster_ip(s, &mut plan, key, svc, None).await?;
+            service_node_ports(s, &mut plan, key, svc, None).await?;
+        }
+        AnyObject::Node(_) | AnyObject::Pod(_) | AnyObject::Endpoint(_) => {}
+    }
+    Ok(plan)
+}
+
+/// What to add to an update's transaction: immutable fields, kept allocations, status
+/// kept when the update leaves it out.
+pub async fn plan_update(
+    s: &Server,
+    key: &str,
+    old: &AnyObject,
+    new: &mut AnyObject,
+) -> Result<Plan, ApiError> {
+    let mut plan = Plan::default();
+    match (old, new) {
+        (AnyObject::Network(o), AnyObject::Network(n)) => {
+            if n.spec.cidr != o.spec.cidr {
+                return Err(immutable("spec.cidr", &o.spec.cidr));
+            }
+            if n.spec.node_subnet_prefix != o.spec.node_subnet_prefix {
+                return Err(immutable("spec.nodeSubnetPrefix", &o.spec.node_subnet_prefix));
+            }
+            network_guard(s, &mut plan, n).await?;
+            let old_vni = o.vni();
+            match n.spec.vni {
+                Some(v) if Some(v) != old_vni => {
+                    plan.claim_requested(
+                        vni_key(v),
+                        key,
+                        ApiError::invalid(format!("spec.vni: {v} is already used by another network")),
+                    );
+                    if let Some(ov) = old_vni {
+                        plan.release(vni_key(ov));
+                    }
+                    n.status.vni = Some(v);
+                }
+                _ => n.status.vni = old_vni,
+            }
+        }
+        (AnyObject::Service(o), AnyObject::Service(n)) => {
+            if n.status == Default::default() {
+                n.status = o.status.clone();
+            }
+            service_cluster_ip(s, &mut plan, key, n, Some(o)).await?;
+            service_node_ports(s, &mut plan, key, n, Some(o)).await?;
+        }
+        (AnyObject::Node(o), AnyObject::Node(n)) => {
+            if n.status == Default::default() {
+                n.status = o.status.clone();
+            }
+        }
+        _ => {}
+    }
+    Ok(plan)
+}
+
+/// What to add to a delete's transaction: the object's allocations go with it.
+pub async fn plan_delete(s: &Server, _key: &str, old: &AnyObject) -> Result<Plan, ApiError> {
+    let mut plan = Plan::default();
+    match old {
+        AnyObject::Network(n) => {
+            let guard = s.store.get(NETWORKS_GUARD).await?;
+            guard_check(&mut plan, guard.as_ref(), n.metadata.name.as_str());
+            if let Some(v) = n.vni() {
+                plan.release(vni_key(v));
+            }
+            for kv in holders(s, &subnet_prefix(&n.metadata.name)).await? {
+                plan.release(kv.key);
+            }
+        }
+        AnyObject::Service(svc) => {
+            if let Some(ip) = cluster_ip(svc) {
+                plan.release(clusterip_key(ip));
+            }
+            for p in &svc.spec.ports {
+                if let Some(np) = p.node_port {
+                    plan.release(nodeport_key(np));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(plan)
+}
+
+fn immutable(field: &str, was: &impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(format!("{field}: field is immutable (was {was})"))
+}
+
+fn guard_check(plan: &mut Plan, guard: Option<&KeyValue>, name: &str) {
+    let p = match guard {
+        Some(kv) => Precondition::Revision(kv.mod_revision),
+        None => Precondition::Absent,
+    };
+    plan.txn = std::mem::take(&mut plan.txn)
+        .check(NETWORKS_GUARD, p)
+        .put(NETWORKS_GUARD, name.as_bytes().to_vec(), None);
+}
+
+/// Overlap check against every other network, serialised through the guard key: a
+/// concurrent network change makes this transaction fail and the request re-check.
+async fn network_guard(s: &Server, plan: &mut Plan, n: &Network) -> Result<(), ApiError> {
+    let guard = s.store.get(NETWORKS_GUARD).await?;
+    let (items, _) = s.store.list(&kind_prefix(Kind::Network, None)).await?;
+    let mut others = Vec::with_capacity(items.len());
+    for kv in &items {
+        if let AnyObject::Network(o) = to_typed(kv)? {
+            others.push(o);
+        }
+    }
+    n.check_overlap(&others)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    guard_check(plan, guard.as_ref(), &n.metadata.name);
+    Ok(())
+}
+
+async fn pick_vni(s: &Server) -> Result<u32, ApiError> {
+    let used = taken(s, "/alloc/vnis/").await?;
+    let (lo, hi) = (*s.cfg.vni_range.start(), *s.cfg.vni_range.end());
+    let n = u64::from(hi - lo) + 1;
+    // Low VNIs first (readable), from a spread start among the first thousand.
+    let start = spread(n.min(1000));
+    (0..n)
+        .map(|i| lo + ((start + i) % n) as u32)
+        .find(|v| !used.contains(&v.to_string()))
+        .ok_or_else(|| ApiError::invalid("spec.vni: no free VNI left"))
+}
+
+fn cluster_ip(svc: &Service) -> Option<Ipv4Addr> {
+    svc.spec.cluster_ip.as_deref().and_then(|s| s.parse().ok())
+}
+
+fn wants_cluster_ip(svc: &Service) -> bool {
+    svc.spec.type_ != ServiceType::ExternalName
+}
+
+fn wants_node_ports(svc: &Service) -> bool {
+    matches!(
+        svc.spec.type_,
+        ServiceType::NodePort | ServiceType::LoadBalancer
+    )
+}
+
+/// A Service's cluster IP: the requested one (checked and claimed), the old one (kept;
+/// it is immutable), or a free one from the service CIDR.
+async fn service_cluster_ip(
+    s: &Server,
+    plan: &mut Plan,
+    key: &str,
+    svc: &mut Service,
+    old: Option<&Service>,
+) -> Result<(), ApiError> {
+    let old_ip = old.and_then(|o| o.spec.cluster_ip.clone());
+    if !wants_cluster_ip(svc) {
+        if let Some(ip) = old.and_then(cluster_ip) {
+            plan.release(clusterip_key(ip));
+        }
+        if svc.spec.cluster_ip.is_some() {
+            return Err(ApiError::invalid(
+                "spec.clusterIP: must be empty for type ExternalName",
+            ));
+        }
+        return Ok(());
+    }
+    match (&svc.spec.cluster_ip, &old_ip) {
+        (None, Some(o)) => {
+            svc.spec.cluster_ip = Some(o.clone());
+            return Ok(());
+        }
+        (Some(n), Some(o)) if n == o => return Ok(()),
+        (Some(_), Some(o)) => return Err(immutable("spec.clusterIP", o)),
+        _ => {}
+    }
+    let cidr = s.cfg.service_cidr;
+    match svc.spec.cluster_ip.as_deref() {
+        Some(trellis_api::objects::CLUSTER_IP_NONE) => Ok(()),
+        Some(ip) => {
+            let ip: Ipv4Addr = ip.parse().map_err(|_| {
+                ApiError::invalid(format!("spec.clusterIP: {ip:?} is not an IPv4 address or None"))
+            })?;
+            if !cidr.contains(&ip) || ip == cidr.network() || ip == cidr.broadcast() {
+                return Err(ApiError::invalid(format!(
+                    "spec.clusterIP: {ip} is not a usable address of the service range {cidr}"
+                )));
+            }
+            plan.claim_requested(
+                clusterip_key(ip),
+                key,
+                ApiError::invalid(format!("spec.clusterIP: {ip} is already allocated")),
+            );
+            Ok(())
+        }
+        None => {
+            let used = taken(s, "/alloc/clusterips/").await?;
+            let first = u32::from(cidr.network()) + 1;
+            let n = u64::from(u32::from(cidr.broadcast()) - first);
+            let start = spread(n);
+            let ip = (0..n)
+                .map(|i| Ipv4Addr::from(first + ((start + i) % n) as u32))
+                .find(|ip| !used.contains(&ip.to_string()))
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("spec.clusterIP: the service range {cidr} is full"))
+                })?;
+            svc.spec.cluster_ip = Some(ip.to_string());
+            plan.claim(clusterip_key(ip), key);
+            Ok(())
+        }
+    }
+}
+
+/// A Service's node ports: requested ones checked against the range and claimed, old
+/// ones kept for the same port, the rest picked; ports the update dropped are released.
+async fn service_node_ports(
+    s: &Server,
+    plan: &mut Plan,
+    key: &str,
+    svc: &mut Service,
+    old: Option<&Service>,
+) -> Result<(), ApiError> {
+    let old_ports: Vec<_> = old.map(|o| o.spec.ports.clone()).unwrap_or_default();
+    let old_set: BTreeSet<u16> = old_ports.iter().filter_map(|p| p.node_port).collect();
+    let mut keep = BTreeSet::new();
+    if !wants_node_ports(svc) {
+        for (i, p) in svc.spec.ports.iter().enumerate() {
+            if p.node_port.is_some() {
+                return Err(ApiError::invalid(format!(
+                    "spec.ports[{i}].nodePort: only for type NodePort or LoadBalancer"
+                )));
+            }
+        }
+    } else {
+        svc.spec
+            .validate_node_ports(&s.cfg.node_port_range)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let mut used: Option<HashSet<String>> = None;
+        let range = s.cfg.node_port_range.clone();
+        let mut mine = BTreeSet::new();
+        for i in 0..svc.spec.ports.len() {
+            let p = &svc.spec.ports[i];
+            match p.node_port {
+                Some(np) => {
+                    if !mine.insert(np) {
+                        return Err(ApiError::invalid(format!(
+                            "spec.ports[{i}].nodePort: {np} is used twice in this service"
+                        )));
+                    }
+                    if old_set.contains(&np) {
+                        keep.insert(np);
+                    } else {
+                        plan.claim_requested(
+                            nodeport_key(np),
+                            key,
+                            ApiError::invalid(format!(
+                                "spec.ports[{i}].nodePort: {np} is already allocated"
+                            )),
+                        );
+                    }
+                }
+                None => {
+                    // Keep the node port the same port had before.
+                    let prev = old_ports
+                        .iter()
+                        .find(|o| o.port == p.port && o.protocol == p.protocol)
+                        .and_then(|o| o.node_port)
+                        .filter(|np| !mine.contains(np));
+                    let np = match prev {
+                        Some(np) => {
+                            keep.insert(np);
+                            np
+                        }
+                        None => {
+                            if used.is_none() {
+                                used = Some(taken(s, "/alloc/nodeports/").await?);
+                            }
+                            let used = used.as_ref().expect("filled above");
+                            let lo = *range.start();
+                            let n = u64::from(range.end() - lo) + 1;
+                            let start = spread(n);
+                            let np = (0..n)
+                                .map(|j| lo + ((start + j) % n) as u16)
+                                .find(|np| !used.contains(&np.to_string()) && !mine.contains(np))
+                                .ok_or_else(|| {
+                                    ApiError::invalid(format!(
+                                        "spec.ports[{i}].nodePort: no free node port in {}-{}",
+                                        range.start(),
+                                        range.end()
+                                    ))
+                                })?;
+                            plan.claim(nodeport_key(np), key);
+                            np
+                        }
+                    };
+                    mine.insert(np);
+                    svc.spec.ports[i].node_port = Some(np);
+                }
+            }
+        }
+    }
+    for np in old_set.difference(&keep) {
+        plan.release(nodeport_key(*np));
+    }
+    Ok(())
+}
+
+// ---- node liveness and subnets
+
+const LIVE_PREFIX: &str = "/leases/nodes/";
+const GRACE_PREFIX: &str = "/leases/grace/";
+
+/// The value of a subnet allocation.
+#[derive(Debug, Serialize, Deserialize)]
+struct SubnetHolder {
+    node: String,
+}
+
+/// Keep the node's lease under `prefix` alive, creating a new one when it expired.
+/// Returns the lease and whether it already existed.
+async fn ensure_lease(
+    s: &Server,
+    prefix: &str,
+    node: &str,
+    ttl: Duration,
+) -> Result<(LeaseId, bool), ApiError> {
+    let key = format!("{prefix}{node}");
+    for _ in 0..8 {
+        let cur = s.store.get(&key).await?;
+        if let Some(kv) = &cur {
+            if let Some(id) = kv.lease {
+                match s.store.lease_keep_alive(id).await {
+                    Ok(_) => return Ok((id, true)),
+                    Err(StoreError::LeaseNotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let id = s.store.lease_grant(ttl).await?;
+        let pre = match &cur {
+            Some(kv) => Precondition::Revision(kv.mod_revision),
+            None => Precondition::Absent,
+        };
+        match s
+            .store
+            .txn(Txn::new().check(key.clone(), pre).put(key.clone(), node.as_bytes().to_vec(), Some(id)))
+            .await
+        {
+            Ok(_) => return Ok((id, false)),
+            Err(StoreError::Conflict { .. }) => {
+                // Another server renewed it first: use theirs.
+                let _ = s.store.lease_revoke(id).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(format!("lease of node {node} kept changing; retry")))
+}
+
+/// A heartbeat: keep the node's leases alive. Returns true when the node was alive
+/// already (false: it had expired, or this is its first heartbeat).
+pub async fn heartbeat(s: &Server, node: &str) -> Result<bool, ApiError> {
+    if s.store.get(&object_key(Kind::Node, None, node)).await?.is_none() {
+        return Err(ApiError::not_found(format!("Node {node:?} (create it first)")));
+    }
+    let ttl = s.cfg.node_lease_ttl;
+    let (_, live) = ensure_lease(s, LIVE_PREFIX, node, ttl).await?;
+    ensure_lease(s, GRACE_PREFIX, node, ttl + s.cfg.subnet_grace).await?;
+    if !live {
+        set_node_status(s, node, |st| st.ready = true).await?;
+    }
+    Ok(live)
+}
+
+/// Change a Node's status with read-modify-CAS.
+pub async fn set_node_status(
+    s: &Server,
+    node: &str,
+    f: impl Fn(&mut trellis_api::objects::NodeStatus),
+) -> Result<(), ApiError> {
+    let key = object_key(Kind::Node, None, node);
+    for _ in 0..16 {
+        let Some(kv) = s.store.get(&key).await? else {
+            return Ok(());
+        };
+        let AnyObject::Node(mut n) = to_typed(&kv)? else {
+            return Ok(());
+        };
+        let before = n.status.clone();
+        f(&mut n.status);
+        if n.status == before {
+            return Ok(());
+        }
+        n.status.heartbeat_time = Some(trellis_api::objects::format_rfc3339(
+            std::time::SystemTime::now(),
+        ));
+        match s
+            .store
+            .update(&key, stored_bytes(&AnyObject::Node(n)), kv.mod_revision, None)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(format!("status of node {node} kept changing")))
+}
+
+/// The node's subnet of `network`: the one it holds, or the first free one.
+pub async fn acquire_subnet(s: &Server, node: &str, network: &str) -> Result<SubnetLease, ApiError> {
+    let net = match s.store.get(&object_key(Kind::Network, None, network)).await? {
+        Some(kv) => match to_typed(&kv)? {
+            AnyObject::Network(n) => n,
+            _ => return Err(ApiError::internal("network key holds another kind")),
+        },
+        None => return Err(ApiError::not_found(format!("Network {network:?}"))),
+    };
+    heartbeat(s, node).await?;
+    let (grace, _) = ensure_lease(s, GRACE_PREFIX, node, s.cfg.node_lease_ttl + s.cfg.subnet_grace).await?;
+    let prefix = subnet_prefix(network);
+    for _ in 0..64 {
+        let held = holders(s, &prefix).await?;
+        let mut used = HashSet::new();
+        let mut mine = None;
+        for kv in &held {
+            let cidr = parse_subnet_key(&prefix, &kv.key);
+            let holder: Option<SubnetHolder> = serde_json::from_slice(&kv.value).ok();
+            if holder.as_ref().is_some_and(|h| h.node == node) {
+                mine = cidr.map(|c| (c, kv.clone()));
+            }
+            if let Some(c) = cidr {
+                used.insert(c);
+            }
+        }
+        let value = serde_json::to_vec(&SubnetHolder { node: node.to_string() })
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let (cidr, txn) = match mine {
+            Some((cidr, kv)) if kv.lease == Some(grace) => {
+                publish_lease(s, node, network, cidr).await?;
+                return Ok(lease_of(network, cidr));
+            }
+            // Held, but on an older grace lease: move it to the current one.
+            Some((cidr, kv)) => (
+                cidr,
+                Txn::new()
+                    .check(kv.key.clone(), Precondition::Revision(kv.mod_revision))
+                    .put(kv.key, value, Some(grace)),
+            ),
+            None => {
+                let free = net
+                    .spec
+                    .cidr
+                    .subnets(net.spec.node_subnet_prefix)
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .find(|c| !used.contains(c))
+                    .ok_or_else(|| {
+                        ApiError::conflict(format!(
+                            "network {network} ({}) has no free /{} subnet left",
+                            net.spec.cidr, net.spec.node_subnet_prefix
+                        ))
+                    })?;
+                let k = subnet_key(network, free);
+                (
+                    free,
+                    Txn::new()
+                        .check(k.clone(), Precondition::Absent)
+                        .put(k, value, Some(grace)),
+                )
+            }
+        };
+        match s.store.txn(txn).await {
+            Ok(_) => {
+                publish_lease(s, node, network, cidr).await?;
+                return Ok(lease_of(network, cidr));
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::LeaseNotFound(_)) => {
+                return Err(ApiError::unavailable("node lease expired meanwhile; retry"))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict("subnet allocation kept racing; retry"))
+}
+
+fn parse_subnet_key(prefix: &str, key: &str) -> Option<Ipv4Net> {
+    let (a, l) = key.strip_prefix(prefix)?.split_once('-')?;
+    Ipv4Net::new(a.parse().ok()?, l.parse().ok()?).ok()
+}
+
+fn lease_of(network: &str, cidr: Ipv4Net) -> SubnetLease {
+    SubnetLease::new(network, cidr)
+}
+
+/// Record the lease in the Node's status (agents watch Nodes).
+async fn publish_lease(s: &Server, node: &str, network: &str, cidr: Ipv4Net) -> Result<(), ApiError> {
+    set_node_status(s, node, |st| {
+        st.leases.retain(|l| l.network != network);
+        st.leases.push(lease_of(network, cidr));
+        st.leases.sort_by(|a, b| a.network.cmp(&b.network));
+    })
+    .await
+}
+
+/// Keep Node status in step with the leases the store expires: a node whose live lease
+/// expired is not ready; a subnet whose grace lease expired leaves its node's status.
+/// Every server runs it; the updates are idempotent.
+pub async fn run_node_lifecycle(s: std::sync::Arc<Server>) {
+    use futures::StreamExt;
+    loop {
+        let mut w = match s.store.watch("/leases/nodes/", 0).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("node lifecycle watch: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(item) = w.next().await {
+            let Ok(trellis_store::WatchItem::Event(trellis_store::Event::Delete { key, .. })) = item
+            else {
+                continue;
+            };
+            if let Some(node) = key.strip_prefix(LIVE_PREFIX) {
+                if s.store.get(&key).await.ok().flatten().is_none() {
+                    tracing::info!(node, "node lease expired: not ready");
+                    if let Err(e) = set_node_status(&s, node, |st| st.ready = false).await {
+                        tracing::warn!(node, "marking not ready: {e}");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,525 @@
+//! The object endpoints: list, get, create, update, delete and watch, the same for every
+//! kind; what differs per kind (allocations, immutable fields, cross-object rules) is
+//! in [`crate::alloc`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+use trellis_api::objects::{self, AnyObject, Kind, ValidationError};
+use trellis_store::{KeyValue, Precondition, Revision, StoreError};
+
+use crate::alloc;
+use crate::auth::Role;
+use crate::{watch, ApiError, Server};
+
+/// How often a create or update is retried when an allocation it chose automatically
+/// was taken by a concurrent request.
+const ALLOC_RETRIES: usize = 16;
+
+/// The store key of an object.
+pub fn object_key(kind: Kind, ns: Option<&str>, name: &str) -> String {
+    match ns {
+        Some(ns) => format!("/registry/{}/{ns}/{name}", kind.plural()),
+        None => format!("/registry/{}/{name}", kind.plural()),
+    }
+}
+
+/// The store prefix of a kind (in one namespace, or all).
+pub fn kind_prefix(kind: Kind, ns: Option<&str>) -> String {
+    match ns {
+        Some(ns) => format!("/registry/{}/{ns}/", kind.plural()),
+        None => format!("/registry/{}/", kind.plural()),
+    }
+}
+
+/// A stored object as the API shows it: its JSON with `metadata.resourceVersion` set to
+/// the key's mod revision.
+pub fn to_object(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
+    v["metadata"]["resourceVersion"] = Value::String(kv.mod_revision.to_string());
+    Ok(v)
+}
+
+/// A stored object, typed.
+pub fn to_typed(kv: &KeyValue) -> Result<AnyObject, ApiError> {
+    AnyObject::from_value(to_object(kv)?)
+        .map_err(|e| ApiError::internal(format!("stored object {} does not parse: {e}", kv.key)))
+}
+
+/// The bytes an object is stored as (without its resourceVersion, which is the key's).
+pub fn stored_bytes(obj: &AnyObject) -> Vec<u8> {
+    let mut v = obj.to_value();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn kind_of(plural: &str) -> Result<Kind, ApiError> {
+    Kind::from_plural(plural).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "resource type {plural:?} (known: networks, nodes, pods, endpoints, services)"
+        ))
+    })
+}
+
+fn invalid(e: ValidationError) -> ApiError {
+    ApiError::invalid(e.to_string())
+}
+
+/// Decode a request body: YAML when the content type says so, JSON otherwise.
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<AnyObject, ApiError> {
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if ct.contains("yaml") {
+        let mut docs = objects::parse_yaml(body.as_ref()).map_err(invalid)?;
+        match docs.len() {
+            1 => Ok(docs.remove(0)),
+            n => Err(ApiError::bad_request(format!(
+                "the body must hold exactly one object, found {n}"
+            ))),
+        }
+    } else {
+        objects::parse_json(body).map_err(invalid)
+    }
+}
+
+fn parse_rv(s: Option<&str>, field: &str) -> Result<Option<Revision>, ApiError> {
+    match s {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse::<Revision>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("{field}: {s:?} is not a resourceVersion"))),
+    }
+}
+
+/// The node an object belongs to, for node-token authorization.
+fn node_of(obj: &AnyObject) -> Option<&str> {
+    match obj {
+        AnyObject::Endpoint(e) => Some(e.spec.node.as_str()),
+        AnyObject::Node(n) => Some(n.metadata.name.as_str()),
+        _ => None,
+    }
+}
+
+/// Where a request points: the kind, and the namespace for namespaced kinds.
+struct Target {
+    kind: Kind,
+    ns: Option<String>,
+}
+
+impl Target {
+    /// From the URL. A namespaced kind at a cluster path (`/v1/services`) gets its
+    /// namespace from the object later; a cluster kind under `/namespaces/` is an error.
+    fn new(plural: &str, ns: Option<String>) -> Result<Self, ApiError> {
+        let kind = kind_of(plural)?;
+        if !kind.namespaced() && ns.is_some() {
+            return Err(ApiError::not_found(format!(
+                "{plural} are not namespaced: use /v1/{plural}"
+            )));
+        }
+        Ok(Target { kind, ns })
+    }
+
+    fn key(&self, name: &str) -> Result<String, ApiError> {
+        if self.kind.namespaced() && self.ns.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "{} are namespaced: use /v1/namespaces/<ns>/{}/{name}",
+                self.kind.plural(),
+                self.kind.plural()
+            )));
+        }
+        Ok(object_key(self.kind, self.ns.as_deref(), name))
+    }
+
+    /// Check the object against the URL and fill its namespace from it.
+    fn adopt(&self, obj: &mut AnyObject, name: Option<&str>) -> Result<(), ApiError> {
+        if obj.kind() != self.kind {
+            return Err(ApiError::bad_request(format!(
+                "kind: {} does not match the URL ({})",
+                obj.kind().as_str(),
+                self.kind.plural()
+            )));
+        }
+        if let Some(n) = name {
+            if obj.name() != n {
+                return Err(ApiError::bad_request(format!(
+                    "metadata.name: {:?} does not match the URL ({n:?})",
+                    obj.name()
+                )));
+            }
+        }
+        if self.kind.namespaced() {
+            let ns = self
+                .ns
+                .as_deref()
+                .or(obj.namespace())
+                .unwrap_or(objects::DEFAULT_NAMESPACE)
+                .to_string();
+            if obj.namespace().is_some_and(|o| o != ns) {
+                return Err(ApiError::bad_request(format!(
+                    "metadata.namespace: {:?} does not match the URL ({ns:?})",
+                    obj.namespace().unwrap_or_default()
+                )));
+            }
+            obj.default_namespace(&ns);
+        }
+        Ok(())
+    }
+}
+
+// ---- list / watch
+
+/// `GET /v1/<plural>`: all objects (across namespaces), or a watch.
+pub async fn list_all(
+    State(s): State<Arc<Server>>,
+    Path(plural): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    list(s, Target::new(&plural, None)?, q).await
+}
+
+/// `GET /v1/namespaces/<ns>/<plural>`.
+pub async fn list_ns(
+    State(s): State<Arc<Server>>,
+    Path((ns, plural)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    list(s, Target::new(&plural, Some(ns))?, q).await
+}
+
+fn is_true(q: &HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v == "true" || v == "1")
+}
+
+async fn list(s: Arc<Server>, t: Target, q: HashMap<String, String>) -> Result<Response, ApiError> {
+    let prefix = kind_prefix(t.kind, t.ns.as_deref());
+    if is_true(&q, "watch") {
+        let rv = parse_rv(q.get("resourceVersion").map(String::as_str), "resourceVersion")?;
+        let body = watch::watch(
+            s.clone(),
+            prefix,
+            t.kind.as_str(),
+            rv,
+            is_true(&q, "allowWatchBookmarks"),
+        )
+        .await?;
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+            body,
+        )
+            .into_response());
+    }
+    let (items, rev) = s.store.list(&prefix).await?;
+    let selector = q.get("labelSelector").map(|s| parse_selector(s)).transpose()?;
+    let items: Vec<Value> = items
+        .iter()
+        .map(to_object)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|o| selector.as_ref().is_none_or(|sel| matches_labels(o, sel)))
+        .collect();
+    Ok(Json(json!({
+        "apiVersion": objects::API_VERSION,
+        "kind": format!("{}List", t.kind.as_str()),
+        "metadata": {"resourceVersion": rev.to_string()},
+        "items": items,
+    }))
+    .into_response())
+}
+
+/// `a=b,c=d` → pairs.
+fn parse_selector(s: &str) -> Result<Vec<(String, String)>, ApiError> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("labelSelector: {p:?} is not key=value"))
+                })
+        })
+        .collect()
+}
+
+fn matches_labels(o: &Value, sel: &[(String, String)]) -> bool {
+    sel.iter()
+        .all(|(k, v)| o["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+}
+
+// ---- get
+
+/// `GET /v1/<plural>/<name>`.
+pub async fn get_cluster(
+    State(s): State<Arc<Server>>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    get(s, Target::new(&plural, None)?, name).await
+}
+
+/// `GET /v1/namespaces/<ns>/<plural>/<name>`.
+pub async fn get_ns(
+    State(s): State<Arc<Server>>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    get(s, Target::new(&plural, Some(ns))?, name).await
+}
+
+async fn get(s: Arc<Server>, t: Target, name: String) -> Result<Response, ApiError> {
+    let key = t.key(&name)?;
+    match s.store.get(&key).await? {
+        Some(kv) => Ok(Json(to_object(&kv)?).into_response()),
+        None => Err(ApiError::not_found(format!("{} {name:?}", t.kind.as_str()))),
+    }
+}
+
+// ---- create
+
+/// `POST /v1/<plural>`.
+pub async fn create_cluster(
+    State(s): State<Arc<Server>>,
+    Extension(role): Extension<Role>,
+    Path(plural): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create(s, role, Target::new(&plural, None)?, headers, body).await
+}
+
+/// `POST /v1/namespaces/<ns>/<plural>`.
+pub async fn create_ns(
+    State(s): State<Arc<Server>>,
+    Extension(role): Extension<Role>,
+    Path((ns, plural)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create(s, role, Target::new(&plural, Some(ns))?, headers, body).await
+}
+
+async fn create(
+    s: Arc<Server>,
+    role: Role,
+    mut t: Target,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut obj = parse_body(&headers, &body)?;
+    t.adopt(&mut obj, None)?;
+    if t.kind.namespaced() {
+        t.ns = obj.namespace().map(str::to_string);
+    }
+    role.check_write(t.kind.plural(), obj.name(), node_of(&obj))?;
+    obj.metadata_mut().resource_version = None;
+    obj.metadata_mut()
+        .set_creation_time(std::time::SystemTime::now());
+    let key = t.key(obj.name())?;
+    // The object's own rules first; again after allocation filled fields in.
+    obj.validate().map_err(invalid)?;
+    for _ in 0..ALLOC_RETRIES {
+        let mut candidate = obj.clone();
+        let mut plan = alloc::plan_create(&s, &key, &mut candidate).await?;
+        candidate.validate().map_err(invalid)?;
+        let txn = std::mem::take(&mut plan.txn)
+            .check(key.clone(), Precondition::Absent)
+            .put(key.clone(), stored_bytes(&candidate), None);
+        match s.store.txn(txn).await {
+            Ok(rev) => {
+                candidate.metadata_mut().set_revision(rev as u64);
+                return Ok((StatusCode::CREATED, Json(candidate.to_value())).into_response());
+            }
+            Err(StoreError::Conflict { key: k, .. }) if k == key => {
+                return Err(ApiError::already_exists(format!(
+                    "{} {:?}",
+                    t.kind.as_str(),
+                    obj.name()
+                )))
+            }
+            Err(StoreError::Conflict { key: k, .. }) => plan.on_conflict(&k)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(
+        "allocation kept racing with other requests; retry",
+    ))
+}
+
+// ---- update
+
+/// `PUT /v1/<plural>/<name>`.
+pub async fn update_cluster(
+    State(s): State<Arc<Server>>,
+    Extension(role): Extension<Role>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    update(s, role, Target::new(&plural, None)?, name, headers, body).await
+}
+
+/// `PUT /v1/namespaces/<ns>/<plural>/<name>`.
+pub async fn update_ns(
+    State(s): State<Arc<Server>>,
+    Extension(role): Extension<Role>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    update(s, role, Target::new(&plural, Some(ns))?, name, headers, body).await
+}
+
+async fn update(
+    s: Arc<Server>,
+    role: Role,
+    t: Target,
+    name: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut obj = parse_body(&headers, &body)?;
+    t.adopt(&mut obj, Some(&name))?;
+    let key = t.key(&name)?;
+    let wanted_rv = obj.metadata().revision().map(|r| r as Revision);
+    obj.validate().map_err(invalid)?;
+    for _ in 0..ALLOC_RETRIES {
+        let cur = s
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("{} {name:?}", t.kind.as_str())))?;
+        let rv = wanted_rv.unwrap_or(cur.mod_revision);
+        if rv != cur.mod_revision {
+            return Err(stale(t.kind, &name, rv, cur.mod_revision));
+        }
+        let old = to_typed(&cur)?;
+        role.check_write(t.kind.plural(), &name, node_of(&old))?;
+        role.check_write(t.kind.plural(), &name, node_of(&obj))?;
+        let mut candidate = obj.clone();
+        candidate.metadata_mut().creation_timestamp = old.metadata().creation_timestamp.clone();
+        candidate.metadata_mut().resource_version = None;
+        let mut plan = alloc::plan_update(&s, &key, &old, &mut candidate).await?;
+        candidate.validate().map_err(invalid)?;
+        let txn = std::mem::take(&mut plan.txn)
+            .check(key.clone(), Precondition::Revision(rv))
+            .put(key.clone(), stored_bytes(&candidate), None);
+        match s.store.txn(txn).await {
+            Ok(rev) => {
+                candidate.metadata_mut().set_revision(rev as u64);
+                return Ok(Json(candidate.to_value()).into_response());
+            }
+            Err(StoreError::Conflict { key: k, actual, .. }) if k == key => {
+                if wanted_rv.is_some() {
+                    return Err(stale(t.kind, &name, rv, actual.unwrap_or(0)));
+                }
+            }
+            Err(StoreError::Conflict { key: k, .. }) => plan.on_conflict(&k)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict("update kept racing with other requests; retry"))
+}
+
+fn stale(kind: Kind, name: &str, rv: Revision, cur: Revision) -> ApiError {
+    ApiError::conflict(format!(
+        "{} {name:?} was modified: resourceVersion {rv} is stale (current {cur}); read it again and retry",
+        kind.as_str()
+    ))
+}
+
+// ---- delete
+
+/// `DELETE /v1/<plural>/<name>`.
+pub async fn delete_cluster(
+    State(s): State<Arc<Server>>,
+    Extension(role): Extension<Role>,
+    Path((plural, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    delete(s, role, Target::new(&plural, None)?, name, q).await
+}
+
+/// `DELETE /v1/namespaces/<ns>/<plural>/<name>`.
+pub async fn delete_ns(
+    State(s): State<Arc<Server>>,
+    Extension(role): Extension<Role>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    delete(s, role, Target::new(&plural, Some(ns))?, name, q).await
+}
+
+async fn delete(
+    s: Arc<Server>,
+    role: Role,
+    t: Target,
+    name: String,
+    q: HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let key = t.key(&name)?;
+    let wanted_rv = parse_rv(q.get("resourceVersion").map(String::as_str), "resourceVersion")?;
+    for _ in 0..ALLOC_RETRIES {
+        let cur = s
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("{} {name:?}", t.kind.as_str())))?;
+        let rv = wanted_rv.unwrap_or(cur.mod_revision);
+        if rv != cur.mod_revision {
+            return Err(stale(t.kind, &name, rv, cur.mod_revision));
+        }
+        let old = to_typed(&cur)?;
+        role.check_write(t.kind.plural(), &name, node_of(&old))?;
+        let plan = alloc::plan_delete(&s, &key, &old).await?;
+        let txn = plan
+            .txn
+            .check(key.clone(), Precondition::Revision(rv))
+            .delete(key.clone());
+        match s.store.txn(txn).await {
+            Ok(_) => return Ok(Json(to_object(&cur)?).into_response()),
+            Err(StoreError::Conflict { key: k, actual, .. }) if k == key => {
+                if wanted_rv.is_some() || actual.is_none() {
+                    return Err(stale(t.kind, &name, rv, actual.unwrap_or(0)));
+                }
+            }
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict("delete kept racing with other requests; retry"))
+}
+
+// ---- node liveness and subnet leases
+
+/// `POST /v1/nodes/<name>/heartbeat`: renew the node's liveness.
+pub async fn heartbeat(
+    State(s): State<Arc<Server>>,
+    Extension(role): Extension<Role>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    role.check_node(&name)?;
+    let renewed = alloc::heartbeat(&s, &name).await?;
+    Ok(Json(json!({"node": name, "renewed": renewed})).into_response())
+}
+
+/// `POST /v1/nodes/<name>/subnets/<network>`: the node's subnet of a network, allocated
+/// on first call and the same one on every later call (also after restarts, while the
+/// node's grace period has not run out).
+pub async fn acquire_subnet(
+    State(s): State<Arc<Server>>,
+    Extension(role): Extension<Role>,
+    Path((name, network)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    role.check_node(&name)?;
+    let lease = alloc::acquire_subnet(&s, &name, &network).await?;
+    Ok(Json(lease).into_response())
+}
