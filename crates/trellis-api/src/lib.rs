@@ -1,5 +1,11 @@
-//! Trellis wire types shared by processes: today the agent <-> CNI plugin protocol
-//! ([`agent`]); the cluster API objects join in a later milestone. No kernel code here.
+//! Trellis wire types shared by processes, no kernel code:
+//!
+//! - [`objects`]: the cluster API objects (`apiVersion: trellis/v1`: Network, Node, Pod,
+//!   Endpoint, Service), parsed from JSON or YAML manifests and validated, with errors
+//!   that name the offending field;
+//! - [`agent`]: the agent <-> CNI plugin protocol;
+//! - [`naming`]: deterministic names of the kernel objects Trellis creates.
 
 pub mod agent;
 pub mod naming;
+pub mod objects;

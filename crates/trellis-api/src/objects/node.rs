@@ -1,0 +1,234 @@
+//! `Node`: one host running a Trellis agent.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::network::check_network_address;
+use super::{
+    parse_rfc3339, validate_dns1123_label, validate_dns1123_subdomain, validate_mac, Kind, Object,
+    Spec, ValidationError,
+};
+
+/// A `Node` object (cluster-scoped, plural `nodes`). Its name is a DNS-1123 subdomain
+/// (usually the host name); its labels are in `metadata.labels`.
+pub type Node = Object<NodeSpec>;
+
+/// `spec` of a [`Node`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// The node's underlay address: where other nodes send its pods' traffic.
+    pub address: Ipv4Addr,
+}
+
+/// `status` of a [`Node`] (agent- and server-set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Whether the node's agent is up and its heartbeat recent.
+    #[serde(default)]
+    pub ready: bool,
+    /// The agent's last heartbeat, RFC 3339 ([`format_rfc3339`](super::format_rfc3339)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_time: Option<String>,
+    /// The node's subnet in each network, at most one per network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<SubnetLease>,
+    /// Names of the nodes this node's agent cannot currently reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_peers: Vec<String>,
+}
+
+/// One node's subnet of one network, and what peers need to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SubnetLease {
+    /// The network's name.
+    pub network: String,
+    /// The node's pod subnet, carved from the network's cidr.
+    pub cidr: Ipv4Net,
+    /// MAC address of the node's VXLAN device (vxlan, hybrid backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
+    /// Anything else a backend needs to publish (opaque to the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_data: Option<serde_json::Value>,
+}
+
+impl SubnetLease {
+    /// A lease without backend data.
+    pub fn new(network: impl Into<String>, cidr: Ipv4Net) -> Self {
+        SubnetLease {
+            network: network.into(),
+            cidr,
+            vtep_mac: None,
+            backend_data: None,
+        }
+    }
+}
+
+impl Node {
+    /// This node's lease in `network`, if any.
+    pub fn lease(&self, network: &str) -> Option<&SubnetLease> {
+        self.status.leases.iter().find(|l| l.network == network)
+    }
+}
+
+impl Spec for NodeSpec {
+    const KIND: Kind = Kind::Node;
+    type Status = NodeStatus;
+
+    fn validate(&self, status: &NodeStatus) -> Result<(), ValidationError> {
+        check_unicast(self.address).map_err(|m| ValidationError::new("spec.address", m))?;
+        status.validate().map_err(|e| e.under("status"))
+    }
+}
+
+/// Refuse addresses that cannot be a host's own: unspecified, loopback, broadcast,
+/// multicast.
+pub(crate) fn check_unicast(addr: Ipv4Addr) -> Result<(), String> {
+    let what = if addr.is_unspecified() {
+        "the unspecified address"
+    } else if addr.is_loopback() {
+        "a loopback address"
+    } else if addr.is_broadcast() {
+        "the broadcast address"
+    } else if addr.is_multicast() {
+        "a multicast address"
+    } else {
+        return Ok(());
+    };
+    Err(format!("{addr} is {what}"))
+}
+
+impl NodeStatus {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(t) = &self.heartbeat_time {
+            parse_rfc3339(t).map_err(|m| ValidationError::new("heartbeatTime", m))?;
+        }
+        let mut networks = BTreeSet::new();
+        for (i, lease) in self.leases.iter().enumerate() {
+            let at = |f: &str| format!("leases[{i}].{f}");
+            validate_dns1123_label(&lease.network)
+                .map_err(|m| ValidationError::new(at("network"), m))?;
+            if !networks.insert(&lease.network) {
+                return Err(ValidationError::new(
+                    at("network"),
+                    format!("a second lease in network {:?}", lease.network),
+                ));
+            }
+            check_network_address(lease.cidr).map_err(|m| ValidationError::new(at("cidr"), m))?;
+            if let Some(mac) = &lease.vtep_mac {
+                validate_mac(mac).map_err(|m| ValidationError::new(at("vtepMac"), m))?;
+            }
+        }
+        for (i, peer) in self.unreachable_peers.iter().enumerate() {
+            validate_dns1123_subdomain(peer)
+                .map_err(|m| ValidationError::new(format!("unreachablePeers[{i}]"), m))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::ObjectMeta;
+
+    fn node(name: &str) -> Node {
+        Node::new(
+            ObjectMeta::named(name),
+            NodeSpec {
+                address: "192.168.50.2".parse().unwrap(),
+            },
+        )
+    }
+
+    #[track_caller]
+    fn assert_err(n: &Node, field: &str, fragment: &str) {
+        let e = n.validate().expect_err("should not validate");
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.message.contains(fragment), "{e:?} lacks {fragment:?}");
+    }
+
+    #[test]
+    fn valid_node() {
+        let mut n = node("node-1.lab.example");
+        n.validate().unwrap();
+        n.metadata.labels.insert("zone".into(), "a".into());
+        n.status = NodeStatus {
+            ready: true,
+            heartbeat_time: Some("2024-05-01T12:00:00Z".into()),
+            leases: vec![SubnetLease {
+                vtep_mac: Some("0a:58:0a:f4:01:02".into()),
+                backend_data: Some(serde_json::json!({"port": 8472})),
+                ..SubnetLease::new("pods", "10.244.1.0/24".parse().unwrap())
+            }],
+            unreachable_peers: vec!["node-2".into()],
+        };
+        n.validate().unwrap();
+        assert_eq!(n.lease("pods").unwrap().cidr.to_string(), "10.244.1.0/24");
+        assert!(n.lease("other").is_none());
+    }
+
+    #[test]
+    fn names() {
+        // A Node name may be a subdomain (a host name), up to 253 characters.
+        let long = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(long.len(), 253);
+        node(&long).validate().unwrap();
+        assert_err(&node(&format!("{long}e")), "metadata.name", "at most 253");
+        assert_err(&node("Node1"), "metadata.name", "uppercase");
+        assert_err(&node("node..1"), "metadata.name", "empty part");
+        let mut n = node("n");
+        n.metadata.namespace = Some("default".into());
+        assert_err(&n, "metadata.namespace", "cluster-scoped");
+    }
+
+    #[test]
+    fn address() {
+        for (addr, what) in [
+            ("0.0.0.0", "unspecified"),
+            ("127.0.0.1", "loopback"),
+            ("255.255.255.255", "broadcast"),
+            ("224.0.0.1", "multicast"),
+        ] {
+            let mut n = node("n");
+            n.spec.address = addr.parse().unwrap();
+            assert_err(&n, "spec.address", what);
+        }
+    }
+
+    #[test]
+    fn status_rules() {
+        let mut n = node("n");
+        n.status.heartbeat_time = Some("yesterday".into());
+        assert_err(&n, "status.heartbeatTime", "not an RFC 3339 time");
+        n.status.heartbeat_time = None;
+        n.status.leases = vec![
+            SubnetLease::new("pods", "10.244.1.0/24".parse().unwrap()),
+            SubnetLease::new("pods", "10.244.2.0/24".parse().unwrap()),
+        ];
+        assert_err(&n, "status.leases[1].network", "a second lease");
+        n.status.leases[1].network = "Other".into();
+        assert_err(&n, "status.leases[1].network", "uppercase");
+        n.status.leases[1].network = "other".into();
+        n.status.leases[1].cidr = "10.244.2.1/24".parse().unwrap();
+        assert_err(&n, "status.leases[1].cidr", "did you mean 10.244.2.0/24?");
+        n.status.leases[1].cidr = "10.244.2.0/24".parse().unwrap();
+        n.status.leases[1].vtep_mac = Some("zz".into());
+        assert_err(&n, "status.leases[1].vtepMac", "not a MAC address");
+        n.status.leases[1].vtep_mac = None;
+        n.status.unreachable_peers = vec!["ok".into(), "Bad".into()];
+        assert_err(&n, "status.unreachablePeers[1]", "uppercase");
+    }
+}
