@@ -89,8 +89,10 @@ impl Config {
 
     /// Read a config file.
     pub fn load(path: &Path) -> Result<Config> {
-        let b = std::fs::read(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
-        serde_json::from_slice(&b).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))
+        let b = std::fs::read(path)
+            .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+        serde_json::from_slice(&b)
+            .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))
     }
 
     /// Write it (readable by its owner only: it may hold a token).
@@ -101,7 +103,8 @@ impl Config {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(err)?;
         }
-        let body = serde_json::to_vec_pretty(self).map_err(|e| ClientError::Config(e.to_string()))?;
+        let body =
+            serde_json::to_vec_pretty(self).map_err(|e| ClientError::Config(e.to_string()))?;
         std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -137,7 +140,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("server", &self.server).finish()
+        f.debug_struct("Client")
+            .field("server", &self.server)
+            .finish()
     }
 }
 
@@ -221,7 +226,12 @@ impl Client {
     }
 
     /// One request; the JSON answer, or the server's error.
-    pub async fn request(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Value> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Result<Value> {
         let resp = self.send(method, path, body).await?;
         let status = resp.status();
         let bytes = resp
@@ -243,8 +253,12 @@ impl Client {
 
     /// POST a JSON value.
     pub async fn post(&self, path: &str, v: &Value) -> Result<Value> {
-        self.request(Method::POST, path, Some((json_bytes(v), "application/json")))
-            .await
+        self.request(
+            Method::POST,
+            path,
+            Some((json_bytes(v), "application/json")),
+        )
+        .await
     }
 
     /// PUT a JSON value.
@@ -260,7 +274,12 @@ impl Client {
 
     /// Watch `path` (a list path, e.g. from [`list_path`]) from `resource_version`
     /// (None: the current objects as ADDED events first).
-    pub async fn watch(&self, path: &str, resource_version: Option<&str>, bookmarks: bool) -> Result<WatchEvents> {
+    pub async fn watch(
+        &self,
+        path: &str,
+        resource_version: Option<&str>,
+        bookmarks: bool,
+    ) -> Result<WatchEvents> {
         let mut p = format!("{path}?watch=true");
         if let Some(rv) = resource_version {
             p.push_str(&format!("&resourceVersion={rv}"));

@@ -84,7 +84,11 @@ fn subnet_prefix(network: &str) -> String {
     format!("/alloc/subnets/{network}/")
 }
 fn subnet_key(network: &str, cidr: Ipv4Net) -> String {
-    format!("/alloc/subnets/{network}/{}-{}", cidr.addr(), cidr.prefix_len())
+    format!(
+        "/alloc/subnets/{network}/{}-{}",
+        cidr.addr(),
+        cidr.prefix_len()
+    )
 }
 
 /// Who holds an allocation (the owner key, or the node for subnets).
@@ -158,7 +162,10 @@ pub async fn plan_update(
                 return Err(immutable("spec.cidr", &o.spec.cidr));
             }
             if n.spec.node_subnet_prefix != o.spec.node_subnet_prefix {
-                return Err(immutable("spec.nodeSubnetPrefix", &o.spec.node_subnet_prefix));
+                return Err(immutable(
+                    "spec.nodeSubnetPrefix",
+                    &o.spec.node_subnet_prefix,
+                ));
             }
             network_guard(s, &mut plan, n).await?;
             let old_vni = o.vni();
@@ -167,7 +174,9 @@ pub async fn plan_update(
                     plan.claim_requested(
                         vni_key(v),
                         key,
-                        ApiError::invalid(format!("spec.vni: {v} is already used by another network")),
+                        ApiError::invalid(format!(
+                            "spec.vni: {v} is already used by another network"
+                        )),
                     );
                     if let Some(ov) = old_vni {
                         plan.release(vni_key(ov));
@@ -232,9 +241,11 @@ fn guard_check(plan: &mut Plan, guard: Option<&KeyValue>, name: &str) {
         Some(kv) => Precondition::Revision(kv.mod_revision),
         None => Precondition::Absent,
     };
-    plan.txn = std::mem::take(&mut plan.txn)
-        .check(NETWORKS_GUARD, p)
-        .put(NETWORKS_GUARD, name.as_bytes().to_vec(), None);
+    plan.txn = std::mem::take(&mut plan.txn).check(NETWORKS_GUARD, p).put(
+        NETWORKS_GUARD,
+        name.as_bytes().to_vec(),
+        None,
+    );
 }
 
 /// Overlap check against every other network, serialised through the guard key: a
@@ -316,7 +327,9 @@ async fn service_cluster_ip(
         Some(trellis_api::objects::CLUSTER_IP_NONE) => Ok(()),
         Some(ip) => {
             let ip: Ipv4Addr = ip.parse().map_err(|_| {
-                ApiError::invalid(format!("spec.clusterIP: {ip:?} is not an IPv4 address or None"))
+                ApiError::invalid(format!(
+                    "spec.clusterIP: {ip:?} is not an IPv4 address or None"
+                ))
             })?;
             if !cidr.contains(&ip) || ip == cidr.network() || ip == cidr.broadcast() {
                 return Err(ApiError::invalid(format!(
@@ -480,7 +493,11 @@ async fn ensure_lease(
         };
         match s
             .store
-            .txn(Txn::new().check(key.clone(), pre).put(key.clone(), node.as_bytes().to_vec(), Some(id)))
+            .txn(Txn::new().check(key.clone(), pre).put(
+                key.clone(),
+                node.as_bytes().to_vec(),
+                Some(id),
+            ))
             .await
         {
             Ok(_) => return Ok((id, false)),
@@ -491,14 +508,22 @@ async fn ensure_lease(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::conflict(format!("lease of node {node} kept changing; retry")))
+    Err(ApiError::conflict(format!(
+        "lease of node {node} kept changing; retry"
+    )))
 }
 
 /// A heartbeat: keep the node's leases alive. Returns true when the node was alive
 /// already (false: it had expired, or this is its first heartbeat).
 pub async fn heartbeat(s: &Server, node: &str) -> Result<bool, ApiError> {
-    if s.store.get(&object_key(Kind::Node, None, node)).await?.is_none() {
-        return Err(ApiError::not_found(format!("Node {node:?} (create it first)")));
+    if s.store
+        .get(&object_key(Kind::Node, None, node))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "Node {node:?} (create it first)"
+        )));
     }
     let ttl = s.cfg.node_lease_ttl;
     let (_, live) = ensure_lease(s, LIVE_PREFIX, node, ttl).await?;
@@ -533,7 +558,12 @@ pub async fn set_node_status(
         ));
         match s
             .store
-            .update(&key, stored_bytes(&AnyObject::Node(n)), kv.mod_revision, None)
+            .update(
+                &key,
+                stored_bytes(&AnyObject::Node(n)),
+                kv.mod_revision,
+                None,
+            )
             .await
         {
             Ok(_) => return Ok(()),
@@ -541,12 +571,22 @@ pub async fn set_node_status(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::conflict(format!("status of node {node} kept changing")))
+    Err(ApiError::conflict(format!(
+        "status of node {node} kept changing"
+    )))
 }
 
 /// The node's subnet of `network`: the one it holds, or the first free one.
-pub async fn acquire_subnet(s: &Server, node: &str, network: &str) -> Result<SubnetLease, ApiError> {
-    let net = match s.store.get(&object_key(Kind::Network, None, network)).await? {
+pub async fn acquire_subnet(
+    s: &Server,
+    node: &str,
+    network: &str,
+) -> Result<SubnetLease, ApiError> {
+    let net = match s
+        .store
+        .get(&object_key(Kind::Network, None, network))
+        .await?
+    {
         Some(kv) => match to_typed(&kv)? {
             AnyObject::Network(n) => n,
             _ => return Err(ApiError::internal("network key holds another kind")),
@@ -554,7 +594,13 @@ pub async fn acquire_subnet(s: &Server, node: &str, network: &str) -> Result<Sub
         None => return Err(ApiError::not_found(format!("Network {network:?}"))),
     };
     heartbeat(s, node).await?;
-    let (grace, _) = ensure_lease(s, GRACE_PREFIX, node, s.cfg.node_lease_ttl + s.cfg.subnet_grace).await?;
+    let (grace, _) = ensure_lease(
+        s,
+        GRACE_PREFIX,
+        node,
+        s.cfg.node_lease_ttl + s.cfg.subnet_grace,
+    )
+    .await?;
     let prefix = subnet_prefix(network);
     for _ in 0..64 {
         let held = holders(s, &prefix).await?;
@@ -570,8 +616,10 @@ pub async fn acquire_subnet(s: &Server, node: &str, network: &str) -> Result<Sub
                 used.insert(c);
             }
         }
-        let value = serde_json::to_vec(&SubnetHolder { node: node.to_string() })
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let value = serde_json::to_vec(&SubnetHolder {
+            node: node.to_string(),
+        })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
         let (cidr, txn) = match mine {
             Some((cidr, kv)) if kv.lease == Some(grace) => {
                 publish_lease(s, node, network, cidr).await?;
@@ -631,7 +679,12 @@ fn lease_of(network: &str, cidr: Ipv4Net) -> SubnetLease {
 }
 
 /// Record the lease in the Node's status (agents watch Nodes).
-async fn publish_lease(s: &Server, node: &str, network: &str, cidr: Ipv4Net) -> Result<(), ApiError> {
+async fn publish_lease(
+    s: &Server,
+    node: &str,
+    network: &str,
+    cidr: Ipv4Net,
+) -> Result<(), ApiError> {
     set_node_status(s, node, |st| {
         st.leases.retain(|l| l.network != network);
         st.leases.push(lease_of(network, cidr));
@@ -655,7 +708,8 @@ pub async fn run_node_lifecycle(s: std::sync::Arc<Server>) {
             }
         };
         while let Some(item) = w.next().await {
-            let Ok(trellis_store::WatchItem::Event(trellis_store::Event::Delete { key, .. })) = item
+            let Ok(trellis_store::WatchItem::Event(trellis_store::Event::Delete { key, .. })) =
+                item
             else {
                 continue;
             };

@@ -146,7 +146,9 @@ impl Tokens {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("missing bearer token (Authorization: Bearer …)"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("missing bearer token (Authorization: Bearer …)")
+            })?;
         let hash = sha256_hex(token);
         let mut st = self
             .state
@@ -170,10 +172,17 @@ impl Role {
 
     /// Refuse unless the role may write an object of `plural` named `name` whose node
     /// (for Endpoints: `spec.node`) is `node`.
-    pub fn check_write(&self, plural: &str, name: &str, node: Option<&str>) -> Result<(), ApiError> {
+    pub fn check_write(
+        &self,
+        plural: &str,
+        name: &str,
+        node: Option<&str>,
+    ) -> Result<(), ApiError> {
         match self {
             Role::Admin => Ok(()),
-            Role::ReadOnly => Err(ApiError::forbidden("read-only token: writes are not allowed")),
+            Role::ReadOnly => Err(ApiError::forbidden(
+                "read-only token: writes are not allowed",
+            )),
             Role::Node { node: me } => {
                 let ok = match plural {
                     "nodes" => name == me,
@@ -212,19 +221,31 @@ mod tests {
         let admin = add_token(dir.path(), Role::Admin).unwrap();
         let node = add_token(dir.path(), Role::Node { node: "n1".into() }).unwrap();
         let t = Tokens::from_dir(dir.path());
-        assert_eq!(t.authenticate(Some(&format!("Bearer {admin}"))).unwrap(), Role::Admin);
+        assert_eq!(
+            t.authenticate(Some(&format!("Bearer {admin}"))).unwrap(),
+            Role::Admin
+        );
         let r = t.authenticate(Some(&format!("Bearer {node}"))).unwrap();
         assert!(r.check_write("nodes", "n1", None).is_ok());
-        assert_eq!(r.check_write("nodes", "n2", None).unwrap_err().reason, "Forbidden");
+        assert_eq!(
+            r.check_write("nodes", "n2", None).unwrap_err().reason,
+            "Forbidden"
+        );
         assert!(r.check_write("endpoints", "e", Some("n1")).is_ok());
         assert!(r.check_write("endpoints", "e", Some("n2")).is_err());
         assert!(r.check_write("services", "s", None).is_err());
-        assert_eq!(t.authenticate(Some("Bearer nope")).unwrap_err().reason, "Unauthorized");
+        assert_eq!(
+            t.authenticate(Some("Bearer nope")).unwrap_err().reason,
+            "Unauthorized"
+        );
         assert!(t.authenticate(None).is_err());
         // a token added later is picked up
         let ro = add_token(dir.path(), Role::ReadOnly).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         let _ = std::fs::File::open(dir.path().join(TOKENS_FILE));
-        assert_eq!(t.authenticate(Some(&format!("Bearer {ro}"))).unwrap(), Role::ReadOnly);
+        assert_eq!(
+            t.authenticate(Some(&format!("Bearer {ro}"))).unwrap(),
+            Role::ReadOnly
+        );
     }
 }

@@ -28,7 +28,11 @@ impl ApiError {
     }
     /// 404.
     pub fn not_found(what: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{what} not found"),
+        )
     }
     /// 409, create of an existing object.
     pub fn already_exists(what: impl std::fmt::Display) -> Self {
@@ -60,7 +64,11 @@ impl ApiError {
     }
     /// 503.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        )
     }
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
@@ -84,9 +92,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => ApiError::unavailable(format!("store unavailable: {m}")),
-            StoreError::Conflict { key, .. } => {
-                ApiError::conflict(format!("concurrent change to {key}; read it again and retry"))
-            }
+            StoreError::Conflict { key, .. } => ApiError::conflict(format!(
+                "concurrent change to {key}; read it again and retry"
+            )),
             e => ApiError::internal(e.to_string()),
         }
     }

@@ -205,7 +205,10 @@ fn is_true(q: &HashMap<String, String>, k: &str) -> bool {
 async fn list(s: Arc<Server>, t: Target, q: HashMap<String, String>) -> Result<Response, ApiError> {
     let prefix = kind_prefix(t.kind, t.ns.as_deref());
     if is_true(&q, "watch") {
-        let rv = parse_rv(q.get("resourceVersion").map(String::as_str), "resourceVersion")?;
+        let rv = parse_rv(
+            q.get("resourceVersion").map(String::as_str),
+            "resourceVersion",
+        )?;
         let body = watch::watch(
             s.clone(),
             prefix,
@@ -221,7 +224,10 @@ async fn list(s: Arc<Server>, t: Target, q: HashMap<String, String>) -> Result<R
             .into_response());
     }
     let (items, rev) = s.store.list(&prefix).await?;
-    let selector = q.get("labelSelector").map(|s| parse_selector(s)).transpose()?;
+    let selector = q
+        .get("labelSelector")
+        .map(|s| parse_selector(s))
+        .transpose()?;
     let items: Vec<Value> = items
         .iter()
         .map(to_object)
@@ -375,7 +381,15 @@ pub async fn update_ns(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    update(s, role, Target::new(&plural, Some(ns))?, name, headers, body).await
+    update(
+        s,
+        role,
+        Target::new(&plural, Some(ns))?,
+        name,
+        headers,
+        body,
+    )
+    .await
 }
 
 async fn update(
@@ -426,7 +440,9 @@ async fn update(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::conflict("update kept racing with other requests; retry"))
+    Err(ApiError::conflict(
+        "update kept racing with other requests; retry",
+    ))
 }
 
 fn stale(kind: Kind, name: &str, rv: Revision, cur: Revision) -> ApiError {
@@ -466,7 +482,10 @@ async fn delete(
     q: HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let key = t.key(&name)?;
-    let wanted_rv = parse_rv(q.get("resourceVersion").map(String::as_str), "resourceVersion")?;
+    let wanted_rv = parse_rv(
+        q.get("resourceVersion").map(String::as_str),
+        "resourceVersion",
+    )?;
     for _ in 0..ALLOC_RETRIES {
         let cur = s
             .store
@@ -495,7 +514,9 @@ async fn delete(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::conflict("delete kept racing with other requests; retry"))
+    Err(ApiError::conflict(
+        "delete kept racing with other requests; retry",
+    ))
 }
 
 // ---- node liveness and subnet leases

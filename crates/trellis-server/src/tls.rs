@@ -36,12 +36,14 @@ pub fn init(dir: &Path, names: &[String]) -> Result<bool, String> {
 
     let key = KeyPair::generate().map_err(err)?;
     let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    p.distinguished_name.push(DnType::CommonName, "trellis server");
+    p.distinguished_name
+        .push(DnType::CommonName, "trellis server");
     for n in names {
-        p.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(n.clone().try_into().map_err(err)?),
-        });
+        p.subject_alt_names
+            .push(match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(n.clone().try_into().map_err(err)?),
+            });
     }
     let cert = p.signed_by(&key, &issuer).map_err(err)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -36,9 +36,7 @@ fn event_line(e: &Event, kind: &str) -> Option<Value> {
             };
             json!({"type": t, "object": to_object(kv).ok()?})
         }
-        Event::Delete {
-            revision, prev, ..
-        } => {
+        Event::Delete { revision, prev, .. } => {
             let mut obj = to_object(prev.as_ref()?).ok()?;
             // The object as it was, at the revision of its deletion.
             obj["metadata"]["resourceVersion"] = Value::String(revision.to_string());
