@@ -19,7 +19,10 @@ use trellis_store::etcd::EtcdStore;
 use trellis_store::Store;
 
 fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -142,8 +145,13 @@ fn main() {
         let eps = cluster.endpoints();
         let ets: Arc<dyn Store> = Arc::new(EtcdStore::connect(&eps).await.unwrap());
         let plain = etcd_client::Client::connect(&eps, None).await.unwrap();
-        println!("store operations per second, N={n} per op, {c} concurrent tasks, 200-byte values");
-        println!("{:<8} {:>12} {:>12} {:>12} {:>14}", "op", "embedded", "etcd store", "plain etcd", "store/plain");
+        println!(
+            "store operations per second, N={n} per op, {c} concurrent tasks, 200-byte values"
+        );
+        println!(
+            "{:<8} {:>12} {:>12} {:>12} {:>14}",
+            "op", "embedded", "etcd store", "plain etcd", "store/plain"
+        );
         let mut worst: f64 = f64::INFINITY;
         for op in OPS {
             let e = bench_store(emb.clone(), "/bench/emb/", op, n, c).await;
@@ -151,7 +159,14 @@ fn main() {
             let t = bench_store(ets.clone(), "/bench/trl/", op, n, c).await;
             let p = bench_plain(plain.clone(), "/bench/plain/", op, n, c).await;
             worst = worst.min(t / p);
-            println!("{:<8} {:>12.0} {:>12.0} {:>12.0} {:>14.2}", format!("{op:?}").to_lowercase(), e, t, p, t / p);
+            println!(
+                "{:<8} {:>12.0} {:>12.0} {:>12.0} {:>14.2}",
+                format!("{op:?}").to_lowercase(),
+                e,
+                t,
+                p,
+                t / p
+            );
         }
         println!(
             "target: etcd store within 2x of the plain client (ratio >= 0.5): worst {:.2} {}",
