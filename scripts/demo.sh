@@ -3,7 +3,7 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq iproute2 nftables iputils-ping busybox-static >/dev/null
+apt-get install -y -qq iproute2 nftables iputils-ping busybox-static protobuf-compiler >/dev/null
 cargo build --release --locked
 ./target/release/trellis lab down demo >/dev/null 2>&1 || true
 exec ./target/release/trellis lab up --name demo --nodes "${NODES:-3}" --pods "${PODS:-2}"
