@@ -193,10 +193,8 @@ pub async fn plan_update(
             service_cluster_ip(s, &mut plan, key, n, Some(o)).await?;
             service_node_ports(s, &mut plan, key, n, Some(o)).await?;
         }
-        (AnyObject::Node(o), AnyObject::Node(n)) => {
-            if n.status == Default::default() {
-                n.status = o.status.clone();
-            }
+        (AnyObject::Node(o), AnyObject::Node(n)) if n.status == Default::default() => {
+            n.status = o.status.clone();
         }
         _ => {}
     }

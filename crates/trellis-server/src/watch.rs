@@ -26,7 +26,7 @@ async fn send(tx: &Tx, v: &Value) -> bool {
     tx.send(Ok(Bytes::from(line))).await.is_ok()
 }
 
-fn event_line(e: &Event, kind: &str) -> Option<Value> {
+fn event_line(e: &Event) -> Option<Value> {
     Some(match e {
         Event::Put(kv) => {
             let t = if kv.create_revision == kv.mod_revision {
@@ -40,7 +40,6 @@ fn event_line(e: &Event, kind: &str) -> Option<Value> {
             let mut obj = to_object(prev.as_ref()?).ok()?;
             // The object as it was, at the revision of its deletion.
             obj["metadata"]["resourceVersion"] = Value::String(revision.to_string());
-            let _ = kind;
             json!({"type": "DELETED", "object": obj})
         }
     })
@@ -83,7 +82,7 @@ pub async fn watch(
                     let line = match item {
                         Some(Ok(WatchItem::Event(e))) => {
                             last = last.max(e.revision());
-                            match event_line(&e, kind) {
+                            match event_line(&e) {
                                 Some(l) => l,
                                 None => continue,
                             }

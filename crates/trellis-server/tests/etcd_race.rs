@@ -4,7 +4,6 @@
 
 mod common;
 #[path = "../../trellis-store/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod etcd;
 
 use std::collections::HashSet;

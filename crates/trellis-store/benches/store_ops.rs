@@ -7,7 +7,6 @@
 //! TRELLIS_BENCH_CONCURRENCY=32).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;
