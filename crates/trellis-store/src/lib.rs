@@ -173,7 +173,8 @@ pub enum StoreError {
     /// The lease does not exist (never granted, revoked or expired).
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),
-    /// The store cannot be reached now; retrying later may work.
+    /// The store cannot be reached now; retrying later may work. For a transaction with
+    /// writes the outcome is unknown: re-read before assuming nothing happened.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// A compaction was asked for a revision the store does not have.
@@ -183,7 +184,7 @@ pub enum StoreError {
         requested: Revision,
         /// The newest revision.
         current: Revision,
-        /// The oldest kept revision.
+        /// The compaction mark: the oldest revision still readable.
         compacted: Revision,
     },
     /// Anything else the backend reports.
@@ -205,13 +206,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)>;
 
     /// Apply a transaction; returns its revision (the current revision when it has no
-    /// writes).
+    /// writes). The same key twice among the writes is a [`StoreError::Backend`] error.
     async fn txn(&self, txn: Txn) -> Result<Revision>;
 
     /// The newest revision.
     async fn revision(&self) -> Result<Revision>;
 
-    /// Grant a lease that expires `ttl` after its last keep-alive.
+    /// Grant a lease that expires `ttl` after its last keep-alive. A backend may round
+    /// the TTL up (etcd: whole seconds, at least its minimum of about 2 s).
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId>;
 
     /// Renew a lease; returns its TTL.
@@ -224,7 +226,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream>;
 
     /// Forget history before `revision`: a later watch from an older revision gets a
-    /// [`WatchItem::Resync`].
+    /// [`WatchItem::Resync`]. Compacting at or below the current mark is a no-op; a
+    /// future revision, or one below 1, is [`StoreError::InvalidCompaction`].
     async fn compact(&self, revision: Revision) -> Result<()>;
 
     /// Create `key`; fails with [`StoreError::Conflict`] if it exists.
