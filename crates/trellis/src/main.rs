@@ -1,7 +1,9 @@
 //! The `trellis` command: `trellis agent` runs the node agent, `trellis server` the API
-//! server, `trellis lab` manages network-namespace labs. Thin: each subcommand calls into its crate.
+//! server, `trellis lab` manages network-namespace labs; `apply`, `get`, `delete`,
+//! `watch` and `config` are the API client. Thin: each subcommand calls into its crate.
 
 mod agent_cmd;
+mod cli_cmd;
 mod lab_cmd;
 mod server_cmd;
 
@@ -24,6 +26,9 @@ enum Cmd {
     /// The API server: `init`, `token`, `run`.
     #[command(subcommand)]
     Server(server_cmd::ServerCmd),
+    /// The client: `apply`, `get`, `delete`, `watch`, `config`.
+    #[command(flatten)]
+    Cli(cli_cmd::CliCmd),
 }
 
 /// Logs to stderr, filtered by `TRELLIS_LOG` (default `info`).
@@ -44,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Agent(a) => agent_cmd::run(a),
         Cmd::Lab(l) => lab_cmd::run(l),
         Cmd::Server(c) => server_cmd::run(c),
+        Cmd::Cli(c) => cli_cmd::run(c),
     };
     match res {
         Ok(code) => code,
