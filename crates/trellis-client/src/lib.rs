@@ -195,10 +195,18 @@ impl Client {
         &self.server
     }
 
-    fn transport(&self, e: impl std::fmt::Display) -> ClientError {
+    fn transport(&self, e: impl std::error::Error) -> ClientError {
+        // The outer message ("client error (Connect)") rarely says why: add the causes.
+        let mut msg = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
         ClientError::Transport {
             server: self.server.clone(),
-            msg: e.to_string(),
+            msg,
         }
     }
 

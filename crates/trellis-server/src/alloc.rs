@@ -692,12 +692,22 @@ async fn publish_lease(
 }
 
 /// Keep Node status in step with the leases the store expires: a node whose live lease
-/// expired is not ready; a subnet whose grace lease expired leaves its node's status.
-/// Every server runs it; the updates are idempotent.
+/// expired is not ready; a node whose grace lease expired lost its subnets (the store
+/// deleted their keys with the lease). Every server runs it; the updates are idempotent.
+/// Each (re)start first reconciles every Node against the lease keys, so expiries that
+/// happened while no server watched are caught too.
 pub async fn run_node_lifecycle(s: std::sync::Arc<Server>) {
     use futures::StreamExt;
     loop {
-        let mut w = match s.store.watch("/leases/nodes/", 0).await {
+        let rev = match reconcile_node_status(&s).await {
+            Ok(rev) => rev,
+            Err(e) => {
+                tracing::warn!("node lifecycle: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut w = match s.store.watch("/leases/", rev + 1).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!("node lifecycle watch: {e}");
@@ -706,20 +716,57 @@ pub async fn run_node_lifecycle(s: std::sync::Arc<Server>) {
             }
         };
         while let Some(item) = w.next().await {
-            let Ok(trellis_store::WatchItem::Event(trellis_store::Event::Delete { key, .. })) =
-                item
-            else {
-                continue;
+            let key = match item {
+                Ok(trellis_store::WatchItem::Event(trellis_store::Event::Delete {
+                    key, ..
+                })) => key,
+                // A resync or an error: start over with a full reconcile.
+                Ok(trellis_store::WatchItem::Resync { .. }) | Err(_) => break,
+                Ok(_) => continue,
             };
-            if let Some(node) = key.strip_prefix(LIVE_PREFIX) {
-                if s.store.get(&key).await.ok().flatten().is_none() {
-                    tracing::info!(node, "node lease expired: not ready");
-                    if let Err(e) = set_node_status(&s, node, |st| st.ready = false).await {
-                        tracing::warn!(node, "marking not ready: {e}");
-                    }
-                }
+            if let Err(e) = on_lease_gone(&s, &key).await {
+                tracing::warn!(key, "node lifecycle: {e}");
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// React to the deletion of a lease key (if it is still gone).
+async fn on_lease_gone(s: &Server, key: &str) -> Result<(), ApiError> {
+    if s.store.get(key).await?.is_some() {
+        return Ok(());
+    }
+    if let Some(node) = key.strip_prefix(LIVE_PREFIX) {
+        tracing::info!(node, "node lease expired: not ready");
+        set_node_status(s, node, |st| st.ready = false).await?;
+    } else if let Some(node) = key.strip_prefix(GRACE_PREFIX) {
+        tracing::info!(node, "node grace period over: its subnets are free");
+        set_node_status(s, node, |st| st.leases.clear()).await?;
+    }
+    Ok(())
+}
+
+/// Bring every Node's `ready` and `leases` in line with the lease keys; returns the
+/// revision the check was made at.
+async fn reconcile_node_status(s: &Server) -> Result<trellis_store::Revision, ApiError> {
+    let (live, rev) = s.store.list(LIVE_PREFIX).await?;
+    let (grace, _) = s.store.list(GRACE_PREFIX).await?;
+    let (nodes, _) = s.store.list(&kind_prefix(Kind::Node, None)).await?;
+    let has = |set: &[KeyValue], prefix: &str, n: &str| {
+        set.iter().any(|kv| kv.key.strip_prefix(prefix) == Some(n))
+    };
+    for kv in &nodes {
+        let AnyObject::Node(n) = to_typed(kv)? else {
+            continue;
+        };
+        let name = n.metadata.name.as_str();
+        if n.status.ready && !has(&live, LIVE_PREFIX, name) {
+            set_node_status(s, name, |st| st.ready = false).await?;
+        }
+        if !n.status.leases.is_empty() && !has(&grace, GRACE_PREFIX, name) {
+            set_node_status(s, name, |st| st.leases.clear()).await?;
+        }
+    }
+    Ok(rev)
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 use trellis_api::objects::{self, AnyObject, Kind, ValidationError};
-use trellis_store::{KeyValue, Precondition, Revision, StoreError};
+use trellis_store::{KeyValue, Precondition, Revision, StoreError, Txn};
 
 use crate::alloc;
 use crate::auth::Role;
@@ -332,13 +332,24 @@ async fn create(
     let key = t.key(obj.name())?;
     // The object's own rules first; again after allocation filled fields in.
     obj.validate().map_err(invalid)?;
+    if s.store.get(&key).await?.is_some() {
+        return Err(ApiError::already_exists(format!(
+            "{} {:?}",
+            t.kind.as_str(),
+            obj.name()
+        )));
+    }
     for _ in 0..ALLOC_RETRIES {
         let mut candidate = obj.clone();
         let mut plan = alloc::plan_create(&s, &key, &mut candidate).await?;
         candidate.validate().map_err(invalid)?;
-        let txn = std::mem::take(&mut plan.txn)
-            .check(key.clone(), Precondition::Absent)
-            .put(key.clone(), stored_bytes(&candidate), None);
+        // The object's own check first, so an existing object is reported as such and
+        // not as a taken allocation.
+        let mut txn = Txn::new().check(key.clone(), Precondition::Absent);
+        let extra = std::mem::take(&mut plan.txn);
+        txn.checks.extend(extra.checks);
+        txn.ops.extend(extra.ops);
+        let txn = txn.put(key.clone(), stored_bytes(&candidate), None);
         match s.store.txn(txn).await {
             Ok(rev) => {
                 candidate.metadata_mut().set_revision(rev as u64);

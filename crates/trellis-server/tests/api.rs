@@ -122,6 +122,16 @@ async fn every_verb() {
     assert_eq!(status_of(c.get("/v1/networks/pods").await).0, 404);
     assert_eq!(status_of(c.delete("/v1/networks/pods").await).0, 404);
     assert_eq!(status_of(c.get("/v1/widgets").await).0, 404);
+    // a server that is not there: the cause is in the message
+    let dead = Client::new(&trellis_client::Config {
+        server: "http://127.0.0.1:1".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    match dead.get("/v1/networks").await {
+        Err(ClientError::Transport { msg, .. }) => assert!(msg.contains("refused"), "{msg}"),
+        other => panic!("expected a transport error, got {other:?}"),
+    }
     // its VNI was released: a new network may take it explicitly
     let mut again = network("pods2", "10.244.0.0/16");
     again["spec"]["vni"] = created["status"]["vni"].clone();
@@ -287,6 +297,10 @@ async fn validation_errors_name_the_field_and_change_nothing() {
     let (after, rev_after) = store.list("/").await.unwrap();
     assert_eq!(before, after, "a refused request changed the store");
     assert_eq!(rev_before, rev_after);
+    // re-creating an existing object that names its own allocations: AlreadyExists
+    let (st, msg) = status_of(c.post("/v1/namespaces/default/services", &svc).await);
+    assert_eq!(st, 409, "{msg}");
+    assert!(msg.contains("already exists"), "{msg}");
     // immutable fields on update
     let mut s2 = svc.clone();
     s2["spec"]["clusterIP"] = json!("10.96.0.77");
