@@ -104,13 +104,18 @@ fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
     names.extend(a.sans.iter().cloned());
     let made = tls::init(&a.dir, &names).map_err(anyhow::Error::msg)?;
     if !made {
-        eprintln!("{}: already initialised (CA exists); nothing changed", a.dir.display());
+        eprintln!(
+            "{}: already initialised (CA exists); nothing changed",
+            a.dir.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let admin = auth::add_token(&a.dir, Role::Admin).map_err(anyhow::Error::msg)?;
     let ro = auth::add_token(&a.dir, Role::ReadOnly).map_err(anyhow::Error::msg)?;
-    auth::write_private(&a.dir.join("admin.token"), admin.as_bytes()).map_err(anyhow::Error::msg)?;
-    auth::write_private(&a.dir.join("readonly.token"), ro.as_bytes()).map_err(anyhow::Error::msg)?;
+    auth::write_private(&a.dir.join("admin.token"), admin.as_bytes())
+        .map_err(anyhow::Error::msg)?;
+    auth::write_private(&a.dir.join("readonly.token"), ro.as_bytes())
+        .map_err(anyhow::Error::msg)?;
     println!(
         "initialised {dir}: CA {dir}/{ca}, admin token {dir}/admin.token, read-only token {dir}/readonly.token",
         dir = a.dir.display(),
@@ -132,15 +137,19 @@ fn parse_range(s: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
 
 async fn serve_main(a: RunArgs) -> anyhow::Result<ExitCode> {
     crate::init_tracing();
-    let store_spec = a.store.clone().unwrap_or_else(|| {
-        format!("embedded:{}", a.dir.join("store.redb").display())
-    });
+    let store_spec = a
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("embedded:{}", a.dir.join("store.redb").display()));
     let tls_cfg = if a.insecure_http {
         tracing::warn!("serving plain HTTP: bearer tokens travel in clear text");
         None
     } else {
         Some(tls::server_config(&a.dir).map_err(|e| {
-            anyhow::anyhow!("{e} (run `trellis server init --dir {}` first, or pass --insecure-http)", a.dir.display())
+            anyhow::anyhow!(
+                "{e} (run `trellis server init --dir {}` first, or pass --insecure-http)",
+                a.dir.display()
+            )
         })?)
     };
     if !a.dir.join(auth::TOKENS_FILE).exists() {

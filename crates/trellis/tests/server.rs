@@ -35,7 +35,10 @@ fn run_server(dir: &Path, port: u16) -> ServerProc {
 async fn wait_up(c: &Client) {
     let t = Instant::now();
     while c.get("/v1/pods").await.is_err() {
-        assert!(t.elapsed() < Duration::from_secs(15), "server did not come up");
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "server did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -48,7 +51,11 @@ async fn kill9_loses_no_acknowledged_write() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -86,10 +93,17 @@ async fn kill9_loses_no_acknowledged_write() {
     unsafe { libc::kill(server.0.id() as i32, libc::SIGKILL) };
     let _ = server.0.wait();
     for w in writers {
-        tokio::time::timeout(Duration::from_secs(10), w).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .unwrap()
+            .unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 50, "only {} writes before the kill", acked.len());
+    assert!(
+        acked.len() > 50,
+        "only {} writes before the kill",
+        acked.len()
+    );
     let _server = run_server(dir.path(), port);
     wait_up(&c).await;
     let list = c.get("/v1/namespaces/default/pods").await.unwrap();
@@ -99,8 +113,16 @@ async fn kill9_loses_no_acknowledged_write() {
         .iter()
         .map(|p| p["metadata"]["name"].as_str().unwrap())
         .collect();
-    let lost: Vec<&String> = acked.iter().filter(|n| !stored.contains(n.as_str())).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {lost:?}", lost.len(), acked.len());
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|n| !stored.contains(n.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
     // At most one write per writer was applied without its answer arriving.
     assert!(stored.len() <= acked.len() + 8);
 }
