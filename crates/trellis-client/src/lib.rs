@@ -233,6 +233,15 @@ impl Client {
         self.http.request(req).await.map_err(|e| self.transport(e))
     }
 
+    async fn read_body(&self, resp: hyper::Response<hyper::body::Incoming>) -> Result<Bytes> {
+        Ok(resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.transport(e))?
+            .to_bytes())
+    }
+
     /// One request; the JSON answer, or the server's error.
     pub async fn request(
         &self,
@@ -242,12 +251,7 @@ impl Client {
     ) -> Result<Value> {
         let resp = self.send(method, path, body).await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.transport(e))?
-            .to_bytes();
+        let bytes = self.read_body(resp).await?;
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
@@ -298,13 +302,7 @@ impl Client {
         let resp = self.send(Method::GET, &p, None).await?;
         let status = resp.status();
         if !status.is_success() {
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.transport(e))?
-                .to_bytes();
-            return Err(api_error(status, &bytes));
+            return Err(api_error(status, &self.read_body(resp).await?));
         }
         let server = self.server.clone();
         let body = resp.into_body().into_data_stream();

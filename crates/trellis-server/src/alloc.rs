@@ -28,7 +28,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use trellis_api::objects::{AnyObject, Kind, Network, Service, ServiceType, SubnetLease};
-use trellis_store::{KeyValue, LeaseId, Precondition, StoreError, Txn};
+use trellis_store::{KeyValue, LeaseId, Precondition, StoreError, Txn, TxnOp};
 
 use crate::resources::{kind_prefix, object_key, stored_bytes, to_typed};
 use crate::{ApiError, Server};
@@ -55,10 +55,21 @@ impl Plan {
         }
     }
 
+    fn check(&mut self, key: impl Into<String>, p: Precondition) {
+        self.txn.checks.push((key.into(), p));
+    }
+
+    fn put(&mut self, key: impl Into<String>, value: &str) {
+        self.txn.ops.push(TxnOp::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            lease: None,
+        });
+    }
+
     fn claim(&mut self, key: String, owner: &str) {
-        self.txn = std::mem::take(&mut self.txn)
-            .check(key.clone(), Precondition::Absent)
-            .put(key, owner.as_bytes().to_vec(), None);
+        self.check(key.clone(), Precondition::Absent);
+        self.put(key, owner);
     }
 
     fn claim_requested(&mut self, key: String, owner: &str, err: ApiError) {
@@ -67,7 +78,7 @@ impl Plan {
     }
 
     fn release(&mut self, key: String) {
-        self.txn = std::mem::take(&mut self.txn).delete(key);
+        self.txn.ops.push(TxnOp::Delete { key });
     }
 }
 
@@ -239,11 +250,8 @@ fn guard_check(plan: &mut Plan, guard: Option<&KeyValue>, name: &str) {
         Some(kv) => Precondition::Revision(kv.mod_revision),
         None => Precondition::Absent,
     };
-    plan.txn = std::mem::take(&mut plan.txn).check(NETWORKS_GUARD, p).put(
-        NETWORKS_GUARD,
-        name.as_bytes().to_vec(),
-        None,
-    );
+    plan.check(NETWORKS_GUARD, p);
+    plan.put(NETWORKS_GUARD, name);
 }
 
 /// Overlap check against every other network, serialised through the guard key: a
@@ -511,9 +519,18 @@ async fn ensure_lease(
     )))
 }
 
-/// A heartbeat: keep the node's leases alive. Returns true when the node was alive
-/// already (false: it had expired, or this is its first heartbeat).
-pub async fn heartbeat(s: &Server, node: &str) -> Result<bool, ApiError> {
+/// What a heartbeat found and renewed.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// The node was alive already (false: it had expired, or this is its first
+    /// heartbeat).
+    pub was_alive: bool,
+    /// The grace lease its subnet allocations hang on.
+    pub grace: LeaseId,
+}
+
+/// A heartbeat: keep the node's leases alive.
+pub async fn heartbeat(s: &Server, node: &str) -> Result<Liveness, ApiError> {
     if s.store
         .get(&object_key(Kind::Node, None, node))
         .await?
@@ -524,12 +541,12 @@ pub async fn heartbeat(s: &Server, node: &str) -> Result<bool, ApiError> {
         )));
     }
     let ttl = s.cfg.node_lease_ttl;
-    let (_, live) = ensure_lease(s, LIVE_PREFIX, node, ttl).await?;
-    ensure_lease(s, GRACE_PREFIX, node, ttl + s.cfg.subnet_grace).await?;
-    if !live {
+    let (_, was_alive) = ensure_lease(s, LIVE_PREFIX, node, ttl).await?;
+    let (grace, _) = ensure_lease(s, GRACE_PREFIX, node, ttl + s.cfg.subnet_grace).await?;
+    if !was_alive {
         set_node_status(s, node, |st| st.ready = true).await?;
     }
-    Ok(live)
+    Ok(Liveness { was_alive, grace })
 }
 
 /// Change a Node's status with read-modify-CAS.
@@ -591,14 +608,7 @@ pub async fn acquire_subnet(
         },
         None => return Err(ApiError::not_found(format!("Network {network:?}"))),
     };
-    heartbeat(s, node).await?;
-    let (grace, _) = ensure_lease(
-        s,
-        GRACE_PREFIX,
-        node,
-        s.cfg.node_lease_ttl + s.cfg.subnet_grace,
-    )
-    .await?;
+    let grace = heartbeat(s, node).await?.grace;
     let prefix = subnet_prefix(network);
     for _ in 0..64 {
         let held = holders(s, &prefix).await?;

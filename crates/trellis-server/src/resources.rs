@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 use trellis_api::objects::{self, AnyObject, Kind, ValidationError};
-use trellis_store::{KeyValue, Precondition, Revision, StoreError, Txn};
+use trellis_store::{KeyValue, Precondition, Revision, StoreError};
 
 use crate::alloc;
 use crate::auth::Role;
@@ -118,7 +118,17 @@ struct Target {
     ns: Option<String>,
 }
 
+/// The URL's path parameters: `plural`, and `ns` and `name` where the route has them.
+pub type PathParams = HashMap<String, String>;
+
 impl Target {
+    /// The target and the object name (empty on list and create paths) of a route.
+    fn from_path(p: &PathParams) -> Result<(Self, String), ApiError> {
+        let plural = p.get("plural").map(String::as_str).unwrap_or_default();
+        let t = Target::new(plural, p.get("ns").cloned())?;
+        Ok((t, p.get("name").cloned().unwrap_or_default()))
+    }
+
     /// From the URL. A namespaced kind at a cluster path (`/v1/services`) gets its
     /// namespace from the object later; a cluster kind under `/namespaces/` is an error.
     fn new(plural: &str, ns: Option<String>) -> Result<Self, ApiError> {
@@ -180,29 +190,18 @@ impl Target {
 
 // ---- list / watch
 
-/// `GET /v1/<plural>`: all objects (across namespaces), or a watch.
-pub async fn list_all(
-    State(s): State<Arc<Server>>,
-    Path(plural): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    list(s, Target::new(&plural, None)?, q).await
-}
-
-/// `GET /v1/namespaces/<ns>/<plural>`.
-pub async fn list_ns(
-    State(s): State<Arc<Server>>,
-    Path((ns, plural)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    list(s, Target::new(&plural, Some(ns))?, q).await
-}
-
 fn is_true(q: &HashMap<String, String>, k: &str) -> bool {
     q.get(k).is_some_and(|v| v == "true" || v == "1")
 }
 
-async fn list(s: Arc<Server>, t: Target, q: HashMap<String, String>) -> Result<Response, ApiError> {
+/// `GET /v1/[namespaces/<ns>/]<plural>`: the objects (across namespaces at the cluster
+/// path), or a watch with `?watch=true`.
+pub async fn list(
+    State(s): State<Arc<Server>>,
+    Path(path): Path<PathParams>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (t, _) = Target::from_path(&path)?;
     let prefix = kind_prefix(t.kind, t.ns.as_deref());
     if is_true(&q, "watch") {
         let rv = parse_rv(
@@ -265,23 +264,12 @@ fn matches_labels(o: &Value, sel: &[(String, String)]) -> bool {
 
 // ---- get
 
-/// `GET /v1/<plural>/<name>`.
-pub async fn get_cluster(
+/// `GET /v1/[namespaces/<ns>/]<plural>/<name>`.
+pub async fn get(
     State(s): State<Arc<Server>>,
-    Path((plural, name)): Path<(String, String)>,
+    Path(path): Path<PathParams>,
 ) -> Result<Response, ApiError> {
-    get(s, Target::new(&plural, None)?, name).await
-}
-
-/// `GET /v1/namespaces/<ns>/<plural>/<name>`.
-pub async fn get_ns(
-    State(s): State<Arc<Server>>,
-    Path((ns, plural, name)): Path<(String, String, String)>,
-) -> Result<Response, ApiError> {
-    get(s, Target::new(&plural, Some(ns))?, name).await
-}
-
-async fn get(s: Arc<Server>, t: Target, name: String) -> Result<Response, ApiError> {
+    let (t, name) = Target::from_path(&path)?;
     let key = t.key(&name)?;
     match s.store.get(&key).await? {
         Some(kv) => Ok(Json(to_object(&kv)?).into_response()),
@@ -291,35 +279,15 @@ async fn get(s: Arc<Server>, t: Target, name: String) -> Result<Response, ApiErr
 
 // ---- create
 
-/// `POST /v1/<plural>`.
-pub async fn create_cluster(
+/// `POST /v1/[namespaces/<ns>/]<plural>`.
+pub async fn create(
     State(s): State<Arc<Server>>,
     Extension(role): Extension<Role>,
-    Path(plural): Path<String>,
+    Path(path): Path<PathParams>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    create(s, role, Target::new(&plural, None)?, headers, body).await
-}
-
-/// `POST /v1/namespaces/<ns>/<plural>`.
-pub async fn create_ns(
-    State(s): State<Arc<Server>>,
-    Extension(role): Extension<Role>,
-    Path((ns, plural)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    create(s, role, Target::new(&plural, Some(ns))?, headers, body).await
-}
-
-async fn create(
-    s: Arc<Server>,
-    role: Role,
-    mut t: Target,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+    let (mut t, _) = Target::from_path(&path)?;
     let mut obj = parse_body(&headers, &body)?;
     t.adopt(&mut obj, None)?;
     if t.kind.namespaced() {
@@ -332,24 +300,16 @@ async fn create(
     let key = t.key(obj.name())?;
     // The object's own rules first; again after allocation filled fields in.
     obj.validate().map_err(invalid)?;
-    if s.store.get(&key).await?.is_some() {
-        return Err(ApiError::already_exists(format!(
-            "{} {:?}",
-            t.kind.as_str(),
-            obj.name()
-        )));
-    }
     for _ in 0..ALLOC_RETRIES {
         let mut candidate = obj.clone();
         let mut plan = alloc::plan_create(&s, &key, &mut candidate).await?;
         candidate.validate().map_err(invalid)?;
-        // The object's own check first, so an existing object is reported as such and
-        // not as a taken allocation.
-        let mut txn = Txn::new().check(key.clone(), Precondition::Absent);
-        let extra = std::mem::take(&mut plan.txn);
-        txn.checks.extend(extra.checks);
-        txn.ops.extend(extra.ops);
-        let txn = txn.put(key.clone(), stored_bytes(&candidate), None);
+        // The object's own check first: both stores report the first failing check, so
+        // an existing object is AlreadyExists, not a taken allocation.
+        plan.txn
+            .checks
+            .insert(0, (key.clone(), Precondition::Absent));
+        let txn = std::mem::take(&mut plan.txn).put(key.clone(), stored_bytes(&candidate), None);
         match s.store.txn(txn).await {
             Ok(rev) => {
                 candidate.metadata_mut().set_revision(rev as u64);
@@ -373,44 +333,15 @@ async fn create(
 
 // ---- update
 
-/// `PUT /v1/<plural>/<name>`.
-pub async fn update_cluster(
+/// `PUT /v1/[namespaces/<ns>/]<plural>/<name>`.
+pub async fn update(
     State(s): State<Arc<Server>>,
     Extension(role): Extension<Role>,
-    Path((plural, name)): Path<(String, String)>,
+    Path(path): Path<PathParams>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    update(s, role, Target::new(&plural, None)?, name, headers, body).await
-}
-
-/// `PUT /v1/namespaces/<ns>/<plural>/<name>`.
-pub async fn update_ns(
-    State(s): State<Arc<Server>>,
-    Extension(role): Extension<Role>,
-    Path((ns, plural, name)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    update(
-        s,
-        role,
-        Target::new(&plural, Some(ns))?,
-        name,
-        headers,
-        body,
-    )
-    .await
-}
-
-async fn update(
-    s: Arc<Server>,
-    role: Role,
-    t: Target,
-    name: String,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+    let (t, name) = Target::from_path(&path)?;
     let mut obj = parse_body(&headers, &body)?;
     t.adopt(&mut obj, Some(&name))?;
     let key = t.key(&name)?;
@@ -465,33 +396,14 @@ fn stale(kind: Kind, name: &str, rv: Revision, cur: Revision) -> ApiError {
 
 // ---- delete
 
-/// `DELETE /v1/<plural>/<name>`.
-pub async fn delete_cluster(
+/// `DELETE /v1/[namespaces/<ns>/]<plural>/<name>`.
+pub async fn delete(
     State(s): State<Arc<Server>>,
     Extension(role): Extension<Role>,
-    Path((plural, name)): Path<(String, String)>,
+    Path(path): Path<PathParams>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    delete(s, role, Target::new(&plural, None)?, name, q).await
-}
-
-/// `DELETE /v1/namespaces/<ns>/<plural>/<name>`.
-pub async fn delete_ns(
-    State(s): State<Arc<Server>>,
-    Extension(role): Extension<Role>,
-    Path((ns, plural, name)): Path<(String, String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    delete(s, role, Target::new(&plural, Some(ns))?, name, q).await
-}
-
-async fn delete(
-    s: Arc<Server>,
-    role: Role,
-    t: Target,
-    name: String,
-    q: HashMap<String, String>,
-) -> Result<Response, ApiError> {
+    let (t, name) = Target::from_path(&path)?;
     let key = t.key(&name)?;
     let wanted_rv = parse_rv(
         q.get("resourceVersion").map(String::as_str),
@@ -516,10 +428,10 @@ async fn delete(
             .delete(key.clone());
         match s.store.txn(txn).await {
             Ok(_) => return Ok(Json(to_object(&cur)?).into_response()),
-            Err(StoreError::Conflict { key: k, actual, .. }) if k == key => {
-                if wanted_rv.is_some() || actual.is_none() {
-                    return Err(stale(t.kind, &name, rv, actual.unwrap_or(0)));
-                }
+            // Changed since it was read: refuse if the client named a version, else
+            // read it again (gone meanwhile: the next round answers NotFound).
+            Err(StoreError::Conflict { key: k, actual, .. }) if k == key && wanted_rv.is_some() => {
+                return Err(stale(t.kind, &name, rv, actual.unwrap_or(0)));
             }
             Err(StoreError::Conflict { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -539,8 +451,8 @@ pub async fn heartbeat(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     role.check_node(&name)?;
-    let renewed = alloc::heartbeat(&s, &name).await?;
-    Ok(Json(json!({"node": name, "renewed": renewed})).into_response())
+    let l = alloc::heartbeat(&s, &name).await?;
+    Ok(Json(json!({"node": name, "renewed": l.was_alive})).into_response())
 }
 
 /// `POST /v1/nodes/<name>/subnets/<network>`: the node's subnet of a network, allocated

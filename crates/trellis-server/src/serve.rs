@@ -19,25 +19,22 @@ use crate::{resources, Server};
 /// namespaces).
 pub fn router(server: Arc<Server>) -> Router {
     let api = Router::new()
-        .route(
-            "/v1/{plural}",
-            get(resources::list_all).post(resources::create_cluster),
-        )
+        .route("/v1/{plural}", get(resources::list).post(resources::create))
         .route(
             "/v1/{plural}/{name}",
-            get(resources::get_cluster)
-                .put(resources::update_cluster)
-                .delete(resources::delete_cluster),
+            get(resources::get)
+                .put(resources::update)
+                .delete(resources::delete),
         )
         .route(
             "/v1/namespaces/{ns}/{plural}",
-            get(resources::list_ns).post(resources::create_ns),
+            get(resources::list).post(resources::create),
         )
         .route(
             "/v1/namespaces/{ns}/{plural}/{name}",
-            get(resources::get_ns)
-                .put(resources::update_ns)
-                .delete(resources::delete_ns),
+            get(resources::get)
+                .put(resources::update)
+                .delete(resources::delete),
         )
         .route("/v1/nodes/{name}/heartbeat", post(resources::heartbeat))
         .route(

@@ -403,14 +403,16 @@ impl Writer {
     fn commit(&self, batch: Vec<Request>, expired: Vec<LeaseId>) {
         let mut replies = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
-        let mut leases = match self.leases.lock() {
-            Ok(l) => l,
-            Err(_) => return,
-        };
         let result = (|| -> Result<Revision> {
             let w = self.db.begin_write().map_err(backend)?;
             let revision;
             {
+                // Held while the batch is applied, released before the fsync below so
+                // keep-alives do not wait for the disk.
+                let mut leases = self
+                    .leases
+                    .lock()
+                    .map_err(|_| backend("lease lock poisoned"))?;
                 let meta_t = w.open_table(META).map_err(backend)?;
                 let current = meta(&meta_t, META_REVISION)?;
                 let mut t = Tables {
@@ -449,7 +451,6 @@ impl Writer {
         })();
         match result {
             Ok(revision) => {
-                drop(leases);
                 if !events.is_empty() {
                     // No receivers is fine.
                     let _ = self.events.send(Arc::new(Batch { events, revision }));
@@ -459,11 +460,11 @@ impl Writer {
             Err(e) => {
                 tracing::error!("store commit failed: {e}");
                 // The in-memory lease index may hold changes that were not committed.
-                match load_leases(&self.db) {
-                    Ok(l) => *leases = l,
-                    Err(e) => tracing::error!("reloading leases: {e}"),
+                match (load_leases(&self.db), self.leases.lock()) {
+                    (Ok(l), Ok(mut leases)) => *leases = l,
+                    (Err(e), _) => tracing::error!("reloading leases: {e}"),
+                    (_, Err(_)) => tracing::error!("lease lock poisoned"),
                 }
-                drop(leases);
                 replies.into_iter().for_each(|r| r.fail(e.clone()));
             }
         }

@@ -16,7 +16,6 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
 use futures::StreamExt;
-use serde::Deserialize;
 use serde_json::Value;
 use trellis_api::objects::{self, AnyObject, Kind, ServiceType, DEFAULT_NAMESPACE};
 use trellis_client::{list_path, object_path, Client, ClientError, Config};
@@ -432,8 +431,8 @@ fn documents(bytes: &[u8]) -> Vec<Result<Value, String>> {
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| matches!(b, b'{' | b'['));
-    let mut docs = Vec::new();
     if json {
+        let mut docs = Vec::new();
         for v in serde_json::Deserializer::from_slice(bytes).into_iter::<Value>() {
             let stop = v.is_err();
             docs.push(v.map_err(|e| format!("invalid JSON: {e}")));
@@ -441,17 +440,13 @@ fn documents(bytes: &[u8]) -> Vec<Result<Value, String>> {
                 break;
             }
         }
+        docs
     } else {
-        for doc in serde_yaml_ng::Deserializer::from_slice(bytes) {
-            let v = Value::deserialize(doc);
-            let stop = v.is_err();
-            docs.push(v.map_err(|e| format!("invalid YAML: {e}")));
-            if stop {
-                break;
-            }
-        }
+        objects::yaml_documents(bytes)
+            .into_iter()
+            .map(|d| d.map_err(|e| format!("invalid YAML: {e}")))
+            .collect()
     }
-    docs
 }
 
 /// The objects of one document: itself, or the items of a list (a JSON array or a
@@ -491,11 +486,7 @@ fn load_manifests(files: &[String], ns: &NsArgs) -> Result<Vec<Manifest>, Vec<St
                 continue;
             }
         };
-        let name = if file == "-" {
-            "<stdin>"
-        } else {
-            file.as_str()
-        };
+        let name = display_name(file);
         for (d, doc) in documents(&bytes).into_iter().enumerate() {
             let doc = match doc {
                 Ok(v) => v,
@@ -588,28 +579,20 @@ async fn apply_one(client: &Client, m: &Manifest) -> Result<&'static str, Client
     let mut exists = false;
     let mut last = None;
     for _ in 0..APPLY_ATTEMPTS {
-        let mut create_error = None;
         if !exists {
             match client.post(&m.list_path(), &body).await {
                 Ok(_) => return Ok("created"),
                 Err(e) if has_reason(&e, "AlreadyExists") => {}
-                // The server checks requested allocations (a clusterIP or nodePort the
-                // manifest names, as in `get -o yaml` output) before existence: the
-                // object may exist and hold them itself.
-                Err(e) if has_reason(&e, "Invalid") => create_error = Some(e),
                 Err(e) => return Err(e),
             }
         }
         let current = match client.get(&m.path()).await {
             Ok(v) => v,
-            Err(e) if has_reason(&e, "NotFound") => match create_error {
-                Some(e) => return Err(e),
-                None => {
-                    // Deleted since: create it again.
-                    exists = false;
-                    continue;
-                }
-            },
+            Err(e) if has_reason(&e, "NotFound") => {
+                // Deleted since: create it again.
+                exists = false;
+                continue;
+            }
             Err(e) => return Err(e),
         };
         exists = true;

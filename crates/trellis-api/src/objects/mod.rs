@@ -517,14 +517,31 @@ pub fn parse_json(bytes: &[u8]) -> Result<AnyObject, ValidationError> {
     AnyObject::from_value(value)
 }
 
+/// The `---`-separated documents of a YAML input as JSON values (an empty document is
+/// `null`), in order; a syntax error is the last item.
+pub fn yaml_documents<T: AsRef<[u8]> + ?Sized>(
+    input: &T,
+) -> Vec<Result<serde_json::Value, String>> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_slice(input.as_ref()) {
+        let v = serde_json::Value::deserialize(doc).map_err(|e| e.to_string());
+        let stop = v.is_err();
+        docs.push(v);
+        if stop {
+            break;
+        }
+    }
+    docs
+}
+
 /// Parse a YAML stream of one or more manifests separated by `---` (empty documents are
 /// skipped). Each document goes through the same path as [`parse_json`], so errors are
 /// the same; when the stream holds several documents, a message ends with
 /// `(YAML document N)`, counting from 1. Takes `&str` or `&[u8]`.
 pub fn parse_yaml<T: AsRef<[u8]> + ?Sized>(input: &T) -> Result<Vec<AnyObject>, ValidationError> {
     let mut values = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_slice(input.as_ref()).enumerate() {
-        let value = serde_json::Value::deserialize(doc).map_err(|e| {
+    for (i, doc) in yaml_documents(input).into_iter().enumerate() {
+        let value = doc.map_err(|e| {
             ValidationError::new("", format!("invalid YAML (document {}): {e}", i + 1))
         })?;
         values.push(value);
