@@ -1,0 +1,1 @@
+//! The `udp` backend's packet pump: TUN device <-> UDP socket, in userspace.
