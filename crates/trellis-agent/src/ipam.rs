@@ -42,6 +42,9 @@ pub struct Reservation {
     /// Pod name from `CNI_ARGS`.
     #[serde(default)]
     pub pod_name: Option<String>,
+    /// Endpoint labels from `CNI_ARGS` (`LABELS=`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// IPAM failures.
@@ -280,6 +283,7 @@ impl Ipam {
             port_mappings: req.port_mappings.clone(),
             pod_namespace: req.pod_namespace.clone(),
             pod_name: req.pod_name.clone(),
+            labels: req.labels.clone(),
         };
         let cursor = if req.requested_ip.is_none() {
             u32::from(ip)
@@ -411,6 +415,7 @@ mod tests {
             port_mappings: vec![],
             pod_namespace: None,
             pod_name: None,
+            labels: Default::default(),
         }
     }
 

@@ -50,7 +50,11 @@ pub struct Node {
     cfg: NodeConfig,
     ipam: Ipam,
     nl: Netlink,
-    mtu: u32,
+    /// Pod MTU handed to new attachments (cluster mode changes it with the backend).
+    mtu: std::sync::atomic::AtomicU32,
+    /// Bumped whenever the set of reservations changes (cluster mode publishes
+    /// Endpoints from it).
+    changed: tokio::sync::watch::Sender<u64>,
     /// Wakes the link deleter thread (see [`spawn_link_deleter`]).
     retired: std::sync::mpsc::Sender<()>,
     /// Plugin requests hold it shared, the sweep and GC's link pass exclusively: a
@@ -147,7 +151,8 @@ impl Node {
             cfg,
             ipam,
             nl,
-            mtu,
+            mtu: std::sync::atomic::AtomicU32::new(mtu),
+            changed: tokio::sync::watch::channel(0).0,
             retired: spawn_link_deleter()?,
             ops: tokio::sync::RwLock::new(()),
             attachment_locks: (0..ATTACHMENT_LOCK_SHARDS)
@@ -160,6 +165,26 @@ impl Node {
     /// The IPAM (for tests and status).
     pub fn ipam(&self) -> &Ipam {
         &self.ipam
+    }
+
+    /// A receiver that sees a new value whenever a reservation is made or released.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn notify_changed(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The MTU new attachments get.
+    pub fn mtu(&self) -> u32 {
+        self.mtu.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Change the MTU for new attachments and the bridge (existing pods keep theirs
+    /// until they are recreated; the bridge follows its smallest port anyway).
+    pub fn set_mtu(&self, mtu: u32) {
+        self.mtu.store(mtu, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Handle one plugin request.
@@ -197,7 +222,7 @@ impl Node {
             address: Ipv4Net::new(r.ip, self.ipam.subnet().prefix_len()).expect("prefix"),
             gateway: self.ipam.gateway(),
             bridge: self.cfg.bridge.clone(),
-            mtu: self.mtu,
+            mtu: self.mtu(),
             port_mappings: r.port_mappings.clone(),
             existing,
         }
@@ -261,6 +286,9 @@ impl Node {
                 return kernel_response("program port mappings", e);
             }
         }
+        if !existing {
+            self.notify_changed();
+        }
         Response::Lease(self.lease(&r, existing))
     }
 
@@ -285,6 +313,7 @@ impl Node {
                 if let Err(e) = nat::update_ports(&[], &del) {
                     errors.push(format!("remove port mappings: {e}"));
                 }
+                self.notify_changed();
             }
             Ok(None) => {}
             Err(e) => errors.push(format!("release: {e}")),
@@ -394,6 +423,7 @@ impl Node {
                     .release(&r.attachment)
                     .map_err(|e| e.to_string())?;
                 report.released += 1;
+                self.notify_changed();
             } else {
                 kept.push((name, r));
             }

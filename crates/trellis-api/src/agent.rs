@@ -142,6 +142,10 @@ pub struct AddRequest {
     /// `K8S_POD_NAME` from `CNI_ARGS`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// Labels for the attachment's Endpoint, from `LABELS=k1=v1,k2=v2` in `CNI_ARGS`
+    /// (a Pod object of the same namespace/name, when it exists, wins).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// One published port.

@@ -484,6 +484,24 @@ impl Env {
         }
     }
 
+    /// `LABELS=k1=v1,k2=v2` from `CNI_ARGS`: the Endpoint's labels, validated like
+    /// object labels.
+    pub fn labels(&self) -> Result<BTreeMap<String, String>, CniError> {
+        let mut out = BTreeMap::new();
+        let Some(s) = self.args.get("LABELS") else {
+            return Ok(out);
+        };
+        for kv in s.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                CniError::env("CNI_ARGS", format!("LABELS: {kv:?} is not key=value"))
+            })?;
+            out.insert(k.to_string(), v.to_string());
+        }
+        trellis_api::objects::validate_labels(&out)
+            .map_err(|e| CniError::env("CNI_ARGS", format!("LABELS{}: {}", e.field, e.message)))?;
+        Ok(out)
+    }
+
     /// `MAC=` from `CNI_ARGS`, validated.
     pub fn requested_mac(&self) -> Result<Option<[u8; 6]>, CniError> {
         match self.args.get("MAC") {

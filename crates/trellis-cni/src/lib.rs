@@ -78,6 +78,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value, CniError> {
         port_mappings: conf.port_mappings.clone(),
         pod_namespace: env.args.get("K8S_POD_NAMESPACE").cloned(),
         pod_name: env.args.get("K8S_POD_NAME").cloned(),
+        labels: env.labels()?,
     };
     let lease = match call(&conf.agent_socket, Op::Add(req))? {
         Response::Lease(l) => l,

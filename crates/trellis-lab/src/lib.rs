@@ -10,6 +10,7 @@
 //! Cleanup: [`Lab`] removes its processes (by PID) and namespaces on drop — success,
 //! failure or panic. [`sweep_stale`] removes labs whose owning process is gone.
 
+pub mod cluster;
 pub mod cni;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,8 @@ pub const NS_PREFIX: &str = "trlab-";
 pub const STATE_ROOT: &str = "/run/trellis-lab";
 /// The underlay subnet (the same inside every lab: labs are isolated from each other).
 pub const UNDERLAY_PREFIX: &str = "192.168.77";
+/// The second underlay segment of [`Lab::join_remote_node`], routed by the underlay.
+pub const REMOTE_PREFIX: &str = "192.168.78";
 
 /// Lab failures.
 #[derive(Debug, thiserror::Error)]
@@ -221,10 +224,44 @@ impl Lab {
         ip(&["-n", ns, "link", "set", "lo", "up"])
     }
 
+    /// Add one more node on the underlay segment; returns its index.
+    pub fn join_node(&mut self) -> Result<usize> {
+        let i = self.state.nodes.len() + 1;
+        self.add_node(i)?;
+        self.save()?;
+        Ok(i - 1)
+    }
+
+    /// Add one more node on a second, routed segment ([`REMOTE_PREFIX`]`.0/24`, the
+    /// underlay namespace routes between the two): a peer that is not on the others' L2
+    /// segment. Returns its index.
+    pub fn join_remote_node(&mut self) -> Result<usize> {
+        let u = self.state.underlay.clone();
+        let gw = format!("{REMOTE_PREFIX}.1/24");
+        let has_gw = run(Command::new("ip").args(["-n", &u, "-br", "addr", "show", "trlu0"]))
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&gw))
+            .unwrap_or(false);
+        if !has_gw {
+            ip(&["-n", &u, "addr", "add", &gw, "dev", "trlu0"])?;
+            self.exec(&u, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        }
+        let i = self.state.nodes.len() + 1;
+        self.add_node_at(i, REMOTE_PREFIX)?;
+        self.save()?;
+        Ok(i - 1)
+    }
+
     fn add_node(&mut self, i: usize) -> Result<()> {
+        self.add_node_at(i, UNDERLAY_PREFIX)
+    }
+
+    fn add_node_at(&mut self, i: usize, prefix: &str) -> Result<()> {
         let name = format!("n{i}");
         let netns = format!("{NS_PREFIX}{}-{name}", self.state.name);
-        let addr: Ipv4Addr = format!("{UNDERLAY_PREFIX}.{}", 10 + i)
+        if i > 200 {
+            return Err(LabError::Invalid(format!("node index {i} too large")));
+        }
+        let addr: Ipv4Addr = format!("{prefix}.{}", 10 + i)
             .parse()
             .map_err(|_| LabError::Invalid(format!("node index {i} too large")))?;
         ip(&["netns", "add", &netns])?;
@@ -256,7 +293,7 @@ impl Lab {
             "add",
             "default",
             "via",
-            &format!("{UNDERLAY_PREFIX}.1"),
+            &format!("{prefix}.1"),
         ])?;
         Ok(())
     }

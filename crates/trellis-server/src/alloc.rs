@@ -545,6 +545,7 @@ pub async fn heartbeat(s: &Server, node: &str) -> Result<Liveness, ApiError> {
     let (grace, _) = ensure_lease(s, GRACE_PREFIX, node, ttl + s.cfg.subnet_grace).await?;
     if !was_alive {
         set_node_status(s, node, |st| st.ready = true).await?;
+        set_endpoints_ready(s, node, true).await?;
     }
     Ok(Liveness { was_alive, grace })
 }
@@ -591,7 +592,35 @@ pub async fn set_node_status(
     )))
 }
 
-/// The node's subnet of `network`: the one it holds, or the first free one.
+/// Mark every Endpoint published for `node` ready or not ready (the node's liveness
+/// decides whether its pods should get traffic).
+async fn set_endpoints_ready(s: &Server, node: &str, ready: bool) -> Result<(), ApiError> {
+    let prefix = format!("/registry/{}/", Kind::Endpoint.plural());
+    let (items, _) = s.store.list(&prefix).await?;
+    for kv in items {
+        let AnyObject::Endpoint(mut ep) = to_typed(&kv)? else {
+            continue;
+        };
+        if ep.spec.node != node || ep.spec.ready == ready {
+            continue;
+        }
+        ep.spec.ready = ready;
+        match s
+            .store
+            .update(&kv.key, stored_bytes(&AnyObject::Endpoint(ep)), kv.mod_revision, None)
+            .await
+        {
+            // Changed meanwhile (the agent republished it): the newer write wins.
+            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The node's subnet of `network`: the one it holds, or the first free one. Subnets
+/// overlapping the network's reserved ranges or holding a node's underlay address (an
+/// `l2` network shares the hosts' segment) are never handed out.
 pub async fn acquire_subnet(
     s: &Server,
     node: &str,
@@ -610,6 +639,19 @@ pub async fn acquire_subnet(
     };
     let grace = heartbeat(s, node).await?.grace;
     let prefix = subnet_prefix(network);
+    let mut host_addrs = Vec::new();
+    for kv in s.store.list(&kind_prefix(Kind::Node, None)).await?.0 {
+        if let AnyObject::Node(n) = to_typed(&kv)? {
+            host_addrs.push(n.spec.address);
+        }
+    }
+    let blocked = |c: &Ipv4Net| {
+        net.spec
+            .reserved
+            .iter()
+            .any(|r| r.contains(c) || c.contains(r))
+            || host_addrs.iter().any(|a| c.contains(a))
+    };
     for _ in 0..64 {
         let held = holders(s, &prefix).await?;
         let mut used = HashSet::new();
@@ -646,7 +688,7 @@ pub async fn acquire_subnet(
                     .cidr
                     .subnets(net.spec.node_subnet_prefix)
                     .map_err(|e| ApiError::internal(e.to_string()))?
-                    .find(|c| !used.contains(c))
+                    .find(|c| !used.contains(c) && !blocked(c))
                     .ok_or_else(|| {
                         ApiError::conflict(format!(
                             "network {network} ({}) has no free /{} subnet left",
@@ -750,6 +792,7 @@ async fn on_lease_gone(s: &Server, key: &str) -> Result<(), ApiError> {
     if let Some(node) = key.strip_prefix(LIVE_PREFIX) {
         tracing::info!(node, "node lease expired: not ready");
         set_node_status(s, node, |st| st.ready = false).await?;
+        set_endpoints_ready(s, node, false).await?;
     } else if let Some(node) = key.strip_prefix(GRACE_PREFIX) {
         tracing::info!(node, "node grace period over: its subnets are free");
         set_node_status(s, node, |st| st.leases.clear()).await?;
@@ -773,6 +816,7 @@ async fn reconcile_node_status(s: &Server) -> Result<trellis_store::Revision, Ap
         let name = n.metadata.name.as_str();
         if n.status.ready && !has(&live, LIVE_PREFIX, name) {
             set_node_status(s, name, |st| st.ready = false).await?;
+            set_endpoints_ready(s, name, false).await?;
         }
         if !n.status.leases.is_empty() && !has(&grace, GRACE_PREFIX, name) {
             set_node_status(s, name, |st| st.leases.clear()).await?;

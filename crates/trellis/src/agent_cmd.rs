@@ -1,4 +1,4 @@
-//! `trellis agent`.
+//! `trellis agent`: single-node mode (`--pod-cidr`) or cluster mode (`--server`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,14 +6,45 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
+use trellis_agent::cluster::{self, ClusterConfig};
 use trellis_agent::cni_server;
 use trellis_agent::node::{Node, NodeConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
     /// This node's pod subnet (single-node mode), e.g. 10.244.1.0/24.
+    #[arg(long, required_unless_present = "server", conflicts_with = "server")]
+    pod_cidr: Option<Ipv4Net>,
+    /// Cluster mode: the Trellis server (`https://host:6443`); the subnet comes from it.
+    #[arg(long, requires = "node")]
+    server: Option<String>,
+    /// Cluster mode: the node's bearer token (`trellis server token --node NAME`).
+    #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Cluster mode: a file holding the token (instead of --token).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Cluster mode: the CA certificate that signed the server's certificate.
     #[arg(long)]
-    pod_cidr: Ipv4Net,
+    ca: Option<PathBuf>,
+    /// Cluster mode: this node's name.
+    #[arg(long)]
+    node: Option<String>,
+    /// Cluster mode: the Network this agent serves.
+    #[arg(long, default_value = "default")]
+    network: String,
+    /// Cluster mode: the underlay link (default: the one carrying the default route).
+    #[arg(long)]
+    uplink: Option<String>,
+    /// Cluster mode: the underlay address (default: the uplink's first IPv4 address).
+    #[arg(long)]
+    address: Option<std::net::Ipv4Addr>,
+    /// Cluster mode: seconds between heartbeats (keep well under the server's lease TTL).
+    #[arg(long, default_value_t = 5.0)]
+    heartbeat: f64,
+    /// Cluster mode: seconds between fabric drift checks and Endpoint re-publication.
+    #[arg(long, default_value_t = 30.0)]
+    resync: f64,
     /// Pod CIDRs of the whole cluster: traffic to them is not masqueraded
     /// (default: the pod subnet).
     #[arg(long = "cluster-cidr")]
@@ -51,17 +82,45 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let cfg = NodeConfig {
-            pod_subnet: a.pod_cidr,
-            cluster_cidrs: a.cluster_cidrs,
-            excluded: a.excluded,
-            bridge: a.bridge,
-            mtu: a.mtu,
-            state_dir: a.state_dir,
-            orphan_grace: Duration::from_secs(a.orphan_grace),
+        let node = match (&a.server, a.pod_cidr) {
+            (Some(server), _) => {
+                let cfg = ClusterConfig {
+                    client: trellis_client::Config {
+                        server: server.clone(),
+                        ca: a.ca.clone(),
+                        token: a.token.clone(),
+                        token_file: a.token_file.clone(),
+                    },
+                    node: a.node.clone().context("--node is required with --server")?,
+                    network: a.network.clone(),
+                    uplink: a.uplink.clone(),
+                    address: a.address,
+                    bridge: a.bridge.clone(),
+                    state_dir: a.state_dir.clone(),
+                    heartbeat: Duration::from_secs_f64(a.heartbeat),
+                    resync: Duration::from_secs_f64(a.resync),
+                    orphan_grace: Duration::from_secs(a.orphan_grace),
+                };
+                let (node, joined) = cluster::start(cfg).await?;
+                tracing::info!(subnet = %joined.subnet, uplink = joined.local.uplink, "node ready (cluster mode)");
+                node
+            }
+            (None, Some(pod_subnet)) => {
+                let cfg = NodeConfig {
+                    pod_subnet,
+                    cluster_cidrs: a.cluster_cidrs,
+                    excluded: a.excluded,
+                    bridge: a.bridge,
+                    mtu: a.mtu,
+                    state_dir: a.state_dir,
+                    orphan_grace: Duration::from_secs(a.orphan_grace),
+                };
+                let (node, report) = Node::start(cfg).await.map_err(anyhow::Error::msg)?;
+                tracing::info!(?report, "node ready");
+                node
+            }
+            (None, None) => anyhow::bail!("either --pod-cidr or --server is required"),
         };
-        let (node, report) = Node::start(cfg).await.map_err(anyhow::Error::msg)?;
-        tracing::info!(?report, "node ready");
         let listener = cni_server::bind(&a.socket)
             .await
             .map_err(anyhow::Error::msg)

@@ -4,15 +4,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use trellis_lab::{cni, Lab};
+use trellis_lab::cluster::{network_manifest, Timing};
+use trellis_lab::Lab;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum LabCmd {
-    /// Create a lab: an underlay, N nodes each running an agent, P pods per node.
+    /// Create a lab: an underlay with the Trellis server, N nodes each running an agent
+    /// in cluster mode, P pods per node, and print the reachability matrix.
     Up {
         /// Number of nodes.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// The Network's backend: vxlan, host-gw, hybrid, udp or l2.
+        #[arg(long, default_value = "vxlan")]
+        backend: String,
         /// Pods per node.
         #[arg(long, default_value_t = 2)]
         pods: usize,
@@ -57,7 +62,12 @@ fn sibling(bin: &str) -> anyhow::Result<PathBuf> {
 
 pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        LabCmd::Up { nodes, pods, name } => up(nodes, pods, &name),
+        LabCmd::Up {
+            nodes,
+            backend,
+            pods,
+            name,
+        } => up(nodes, &backend, pods, &name),
         LabCmd::Down { name, all } => {
             let names = if all {
                 trellis_lab::list_persistent()
@@ -84,7 +94,13 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
             let ns = lab.resolve(&target).with_context(|| {
                 format!("lab {name} has no namespace {target:?} (try u, n1, n1-p1)")
             })?;
-            let status = lab.command(&ns, &argv[0]).args(&argv[1..]).status()?;
+            let mut c = lab.command(&ns, &argv[0]);
+            c.args(&argv[1..]);
+            // The CLI inside the lab talks to the lab's server as admin.
+            if lab.client_config().exists() && std::env::var_os("TRELLIS_CONFIG").is_none() {
+                c.env("TRELLIS_CONFIG", lab.client_config());
+            }
+            let status = c.status()?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
         }
         LabCmd::Status { name } => {
@@ -111,14 +127,16 @@ fn print_status(lab: &Lab) {
         s.underlay,
         trellis_lab::UNDERLAY_PREFIX
     );
-    for (i, n) in s.nodes.iter().enumerate() {
-        println!(
-            "  node {:<4} {:<28} {}  pods {}",
-            n.name,
-            n.netns,
-            n.addr,
-            cni::pod_cidr(i)
-        );
+    if let Some(server) = s.notes.get("server") {
+        println!("  server    {server} (in the underlay namespace)");
+    }
+    for n in &s.nodes {
+        let subnet = s
+            .notes
+            .get(&format!("subnet {}", n.name))
+            .map(String::as_str)
+            .unwrap_or("-");
+        println!("  node {:<4} {:<28} {}  pods {}", n.name, n.netns, n.addr, subnet);
     }
     for p in &s.pods {
         let ip = p.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
@@ -129,19 +147,33 @@ fn print_status(lab: &Lab) {
     }
 }
 
-fn up(nodes: usize, pods: usize, name: &str) -> anyhow::Result<ExitCode> {
+fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<ExitCode> {
+    if !["vxlan", "host-gw", "hybrid", "udp", "l2"].contains(&backend) {
+        bail!("--backend {backend:?}: expected vxlan, host-gw, hybrid, udp or l2");
+    }
     let trellis = std::env::current_exe()?;
     let plugin = sibling("trellis-cni")?;
     let mut lab = Lab::new_persistent(name, nodes)?;
-    // Until the lab is complete, a failure tears it down (Drop); persist() at the end.
+    // Until the lab is complete, a failure tears it down; persist() at the end.
+    let timing = Timing::default();
     let res = (|| -> anyhow::Result<()> {
+        lab.start_server(&trellis, &timing)?;
+        lab.apply(&trellis, &network_manifest("default", backend))?;
         for n in 0..nodes {
-            lab.start_agent(&trellis, n, &[])?;
+            lab.start_cluster_agent(&trellis, n, "default", &timing)?;
+        }
+        for n in 0..nodes {
             for p in 1..=pods {
                 let pod = lab.add_pod(n, &format!("p{p}"))?;
-                lab.cni_add_pod(&plugin, &pod.netns)?;
+                let ip = lab.cni_add_pod(&plugin, &pod.netns)?;
+                let key = format!("subnet {}", lab.state.nodes[n].name);
+                if !lab.state.notes.contains_key(&key) {
+                    let subnet = ipnet::Ipv4Net::new(ip, 24).map(|n| n.trunc().to_string())?;
+                    lab.state.notes.insert(key, subnet);
+                }
             }
         }
+        lab.save()?;
         Ok(())
     })();
     if let Err(e) = res {
@@ -151,59 +183,80 @@ fn up(nodes: usize, pods: usize, name: &str) -> anyhow::Result<ExitCode> {
     lab.persist()?;
     print_status(&lab);
     println!();
-    println!("reachability (ping; rows = from, columns = to):");
-    let targets: Vec<(String, std::net::Ipv4Addr)> = lab
-        .state
-        .pods
-        .iter()
-        .filter_map(|p| p.ip.map(|ip| (p.name.clone(), ip)))
-        .chain(std::iter::once((
-            "underlay".to_string(),
-            format!("{}.1", trellis_lab::UNDERLAY_PREFIX)
-                .parse()
-                .expect("ip"),
-        )))
-        .collect();
-    print!("{:>10}", "");
+    // Give every agent a moment to see every other node's lease.
+    let all_ok = trellis_lab::wait_for(std::time::Duration::from_secs(10), || {
+        matrix(&lab).iter().all(|row| row.1.iter().all(|ok| *ok))
+    });
+    println!("reachability over {backend} (ping; rows = from, columns = to):");
+    let targets = targets(&lab);
+    print!("{:>8}", "");
     for (t, _) in &targets {
-        print!(" {t:>9}");
+        print!(" {t:>6}");
     }
     println!();
+    for (src, row) in matrix(&lab) {
+        print!("{src:>8}");
+        for ok in row {
+            print!(" {:>6}", if ok { "ok" } else { "-" });
+        }
+        println!();
+    }
+    println!();
+    if !all_ok {
+        println!("(some paths failed; see the agent logs below)");
+        println!();
+    }
+    let me = trellis.display().to_string();
+    println!("Where to look:");
+    println!("  {me} lab exec {name} u -- {me} get nodes -o wide      # the cluster, from the lab's server");
+    println!("  {me} lab exec {name} u -- {me} get endpoints -A        # one Endpoint per pod");
+    println!("  {me} lab exec {name} n1 -- ip route                    # routes to the other nodes' pods (proto 116)");
+    println!("  {me} lab exec {name} n1 -- bridge fdb show | grep dst  # vxlan peers");
+    println!("  {me} lab exec {name} n1-p1 -- ping {}", targets.last().map(|t| t.1.to_string()).unwrap_or_default());
+    println!("  less {}/agent-n1.log {}/server.log", lab.dir().display(), lab.dir().display());
+    println!("  {me} lab down {name}");
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Every pod and node address, by short name.
+fn targets(lab: &Lab) -> Vec<(String, std::net::Ipv4Addr)> {
+    lab.state
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.addr))
+        .chain(
+            lab.state
+                .pods
+                .iter()
+                .filter_map(|p| p.ip.map(|ip| (p.name.clone(), ip))),
+        )
+        .collect()
+}
+
+/// Ping from every node and pod to every target, in parallel; rows in order.
+fn matrix(lab: &Lab) -> Vec<(String, Vec<bool>)> {
+    let targets = targets(lab);
     let sources: Vec<(String, String)> = lab
         .state
         .nodes
         .iter()
         .map(|n| (n.name.clone(), n.netns.clone()))
-        .chain(
-            lab.state
-                .pods
-                .iter()
-                .map(|p| (p.name.clone(), p.netns.clone())),
-        )
+        .chain(lab.state.pods.iter().map(|p| (p.name.clone(), p.netns.clone())))
         .collect();
-    for (s, ns) in &sources {
-        print!("{s:>10}");
-        for (_, ip) in &targets {
-            print!(" {:>9}", if lab.ping(ns, *ip) { "ok" } else { "-" });
-        }
-        println!();
-    }
-    println!();
-    println!("Pods on one node share its bridge trl0; traffic leaving a node is masqueraded");
-    println!("to the node address. Pods on different nodes reach each other once the");
-    println!("cluster backends land (multi-host milestone); until then '-' is expected there.");
-    println!();
-    let me = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "trellis".into());
-    println!("Where to look:");
-    println!("  {me} lab exec {name} n1 -- ip -br addr          # bridge trl0 and pod veths");
-    println!("  {me} lab exec {name} n1 -- nft list table ip trellis   # masquerade + host ports");
-    println!("  {me} lab exec {name} n1-p1 -- ip route           # pod default route");
-    println!(
-        "  less {}/agent-n1.log                    # agent log",
-        lab.dir().display()
-    );
-    println!("  {me} lab down {name}");
-    Ok(ExitCode::SUCCESS)
+    std::thread::scope(|s| {
+        let handles: Vec<_> = sources
+            .iter()
+            .map(|(name, ns)| {
+                let targets = &targets;
+                s.spawn(move || {
+                    let row = targets.iter().map(|(_, ip)| lab.ping(ns, *ip)).collect();
+                    (name.clone(), row)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("ping thread"))
+            .collect()
+    })
 }

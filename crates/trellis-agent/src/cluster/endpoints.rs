@@ -1,0 +1,164 @@
+//! Publishing an Endpoint per attachment: the desired set is computed from the IPAM's
+//! reservations, compared with the Endpoints the server holds for this node (label
+//! [`NODE_LABEL`]), and the difference is written. Runs after every reservation change
+//! and periodically, so a crash between an ADD and its publication, or a server that was
+//! down, is repaired by the next pass.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use trellis_api::naming::fnv1a64;
+use trellis_client::Client;
+
+use crate::ipam::Reservation;
+use crate::node::Node;
+
+/// Label naming the node that published an Endpoint.
+pub const NODE_LABEL: &str = "trellis.io/node";
+/// Label naming the Endpoint's network.
+pub const NETWORK_LABEL: &str = "trellis.io/network";
+
+/// The Endpoint name of an attachment: stable, unique per node and attachment.
+pub fn endpoint_name(node: &str, r: &Reservation) -> String {
+    let h = fnv1a64([
+        node.as_bytes(),
+        b"/",
+        r.attachment.container_id.as_bytes(),
+        b"/",
+        r.attachment.ifname.as_bytes(),
+    ]);
+    let base = r.pod_name.as_deref().unwrap_or("ep");
+    let base = &base[..base.len().min(40)];
+    format!("{base}-{h:012x}").chars().take(53).collect()
+}
+
+/// Keeps this node's Endpoints equal to its reservations.
+#[derive(Debug)]
+pub struct Publisher {
+    pub(super) client: Client,
+    pub(super) node_name: String,
+    pub(super) network: String,
+    pub(super) node: Arc<Node>,
+}
+
+impl Publisher {
+    async fn desired(&self) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        for r in self.node.ipam().list() {
+            let ns = r.pod_namespace.clone().unwrap_or_else(|| "default".into());
+            let mut labels = r.labels.clone();
+            if let Some(pod) = &r.pod_name {
+                let path = format!("/v1/namespaces/{ns}/pods/{pod}");
+                if let Ok(p) = self.client.get(&path).await {
+                    if let Some(m) = p["metadata"]["labels"].as_object() {
+                        labels = m
+                            .iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect();
+                    }
+                }
+            }
+            labels.insert(NODE_LABEL.into(), self.node_name.clone());
+            labels.insert(NETWORK_LABEL.into(), self.network.clone());
+            let name = endpoint_name(&self.node_name, &r);
+            let mut spec = json!({
+                "containerId": r.attachment.container_id,
+                "ifname": r.attachment.ifname,
+                "network": self.network,
+                "node": self.node_name,
+                "ip": r.ip,
+                "ready": true,
+            });
+            if let Some(pod) = &r.pod_name {
+                spec["podName"] = json!(pod);
+            }
+            out.insert(
+                format!("{ns}/{name}"),
+                json!({
+                    "apiVersion": "trellis/v1",
+                    "kind": "Endpoint",
+                    "metadata": {"name": name, "namespace": ns, "labels": labels},
+                    "spec": spec,
+                }),
+            );
+        }
+        out
+    }
+
+    /// One pass; returns (created, updated, deleted).
+    pub async fn sync(&self) -> Result<(usize, usize, usize), trellis_client::ClientError> {
+        let want = self.desired().await;
+        let list = self
+            .client
+            .get(&format!(
+                "/v1/endpoints?labelSelector={NODE_LABEL}={},{NETWORK_LABEL}={}",
+                self.node_name, self.network
+            ))
+            .await?;
+        let mut have: BTreeMap<String, Value> = BTreeMap::new();
+        for o in list["items"].as_array().into_iter().flatten() {
+            let m = &o["metadata"];
+            have.insert(
+                format!(
+                    "{}/{}",
+                    m["namespace"].as_str().unwrap_or_default(),
+                    m["name"].as_str().unwrap_or_default()
+                ),
+                o.clone(),
+            );
+        }
+        let (mut created, mut updated, mut deleted) = (0, 0, 0);
+        for (k, w) in &want {
+            let (ns, name) = k.split_once('/').expect("ns/name");
+            let path = format!("/v1/namespaces/{ns}/endpoints");
+            match have.get(k) {
+                None => {
+                    self.client.post(&path, w).await?;
+                    created += 1;
+                }
+                Some(h) if h["spec"] != w["spec"] || h["metadata"]["labels"] != w["metadata"]["labels"] => {
+                    let mut o = w.clone();
+                    o["metadata"]["resourceVersion"] = h["metadata"]["resourceVersion"].clone();
+                    self.client.put(&format!("{path}/{name}"), &o).await?;
+                    updated += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        for k in have.keys().filter(|k| !want.contains_key(*k)) {
+            let (ns, name) = k.split_once('/').expect("ns/name");
+            match self
+                .client
+                .delete(&format!("/v1/namespaces/{ns}/endpoints/{name}"))
+                .await
+            {
+                Ok(_) => deleted += 1,
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((created, updated, deleted))
+    }
+
+    /// Sync after every reservation change and every `every`, forever.
+    pub async fn run(self, every: Duration) {
+        let mut changes = self.node.subscribe();
+        loop {
+            match self.sync().await {
+                Ok((0, 0, 0)) => {}
+                Ok((c, u, d)) => tracing::info!(created = c, updated = u, deleted = d, "endpoints published"),
+                Err(e) => {
+                    tracing::warn!("publishing endpoints: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}

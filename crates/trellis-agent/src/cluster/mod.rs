@@ -1,0 +1,446 @@
+//! Cluster mode: the agent joins a Trellis server. It registers its Node, heartbeats,
+//! takes its subnet lease of the network it serves, runs the same CNI backend as
+//! single-node mode on that subnet, publishes an Endpoint per attachment
+//! ([`endpoints`]), and keeps the fabric (routes, neighbours, FDB entries, tunnel
+//! devices) in step with the other nodes' leases through the one shared reconciler of
+//! `trellis-fabric`.
+//!
+//! Invariants:
+//! - nothing in the kernel is touched until the first complete list of Nodes and the
+//!   Network arrived: an agent restarting while the server is away changes nothing;
+//! - a peer counts while its Node is ready and holds a lease: when its lease expires its
+//!   routes leave, when it returns with the same subnet they come back unchanged;
+//! - the fabric is re-applied after every change and every `resync` (drift repair).
+
+pub mod endpoints;
+mod informer;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+use trellis_api::objects::{Backend, NetworkSpec, NodeStatus};
+use trellis_client::{Client, ClientError};
+use trellis_fabric::reconcile::Reconciler;
+use trellis_fabric::udp::UdpPump;
+use trellis_fabric::{backend, pod_mtu, Local, NetworkFabric, Peer};
+use trellis_net::Netlink;
+
+use crate::node::{Node, NodeConfig};
+use informer::Informer;
+
+/// How the agent joins the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Server address and credentials.
+    pub client: trellis_client::Config,
+    /// This node's name (its Node object).
+    pub node: String,
+    /// The Network this agent serves.
+    pub network: String,
+    /// The underlay link (default: the one carrying the default route).
+    pub uplink: Option<String>,
+    /// The underlay address (default: the uplink's first IPv4 address).
+    pub address: Option<Ipv4Addr>,
+    /// The pod bridge.
+    pub bridge: String,
+    /// IPAM state directory.
+    pub state_dir: PathBuf,
+    /// Heartbeat period (keep it well under the server's node lease TTL).
+    pub heartbeat: Duration,
+    /// Fabric drift re-check and Endpoint re-publication period.
+    pub resync: Duration,
+    /// See [`NodeConfig::orphan_grace`].
+    pub orphan_grace: Duration,
+}
+
+/// Cluster-mode failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Talking to the server failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The node's own setup failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What the agent learned while joining.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The node subnet leased from the server.
+    pub subnet: Ipv4Net,
+    /// The underlay as detected.
+    pub local: Local,
+}
+
+/// The underlay: `uplink` (or the default route's link), its address and MTU.
+async fn detect_local(nl: &Netlink, cfg: &ClusterConfig) -> Result<Local, ClusterError> {
+    let links = nl
+        .links()
+        .await
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let link = match &cfg.uplink {
+        Some(name) => links.iter().find(|l| &l.name == name),
+        None => {
+            let routes = nl
+                .routes()
+                .await
+                .map_err(|e| ClusterError::Setup(e.to_string()))?;
+            let oif = routes
+                .iter()
+                .find(|(d, _, _)| d.prefix_len() == 0)
+                .and_then(|r| r.2);
+            links.iter().find(|l| Some(l.index) == oif)
+        }
+    }
+    .ok_or_else(|| {
+        ClusterError::Setup(match &cfg.uplink {
+            Some(n) => format!("uplink {n} does not exist"),
+            None => "no default route to find the uplink by; pass --uplink".into(),
+        })
+    })?;
+    let addrs = nl
+        .addrs(link.index)
+        .await
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let segment = match cfg.address {
+        Some(a) => addrs
+            .iter()
+            .find(|n| n.addr() == a)
+            .copied()
+            .ok_or_else(|| ClusterError::Setup(format!("{a} is not an address of {}", link.name)))?,
+        None => *addrs
+            .first()
+            .ok_or_else(|| ClusterError::Setup(format!("uplink {} has no IPv4 address", link.name)))?,
+    };
+    Ok(Local {
+        name: cfg.node.clone(),
+        address: segment.addr(),
+        uplink: link.name.clone(),
+        segment,
+        uplink_mtu: link.mtu,
+    })
+}
+
+/// Create or update our Node with the underlay address.
+async fn register(client: &Client, name: &str, address: Ipv4Addr) -> Result<(), ClientError> {
+    let path = format!("/v1/nodes/{name}");
+    match client.get(&path).await {
+        Ok(mut n) => {
+            if n["spec"]["address"] != json!(address) {
+                n["spec"]["address"] = json!(address);
+                client.put(&path, &n).await?;
+            }
+            Ok(())
+        }
+        Err(e) if e.status() == Some(404) => {
+            let n = json!({"apiVersion": "trellis/v1", "kind": "Node", "metadata": {"name": name}, "spec": {"address": address}});
+            match client.post("/v1/nodes", &n).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.status() == Some(409) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn network_spec(obj: &Value) -> Option<(NetworkSpec, Option<u32>)> {
+    let spec: NetworkSpec = serde_json::from_value(obj["spec"].clone()).ok()?;
+    let vni = spec
+        .vni
+        .or_else(|| obj["status"]["vni"].as_u64().map(|v| v as u32));
+    Some((spec, vni))
+}
+
+/// Join the cluster (retrying until the server answers), start the node's CNI backend
+/// and the background loops. Returns the node for the CNI socket server.
+pub async fn start(cfg: ClusterConfig) -> Result<(Arc<Node>, Joined), ClusterError> {
+    let client = Client::new(&cfg.client)?;
+    let nl = Netlink::connect().map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let local = detect_local(&nl, &cfg).await?;
+    let (subnet, net_obj) = loop {
+        match join(&client, &cfg, &local).await {
+            Ok(x) => break x,
+            // Retry what can heal; a bad configuration ends the agent.
+            Err(e @ ClientError::Config(_)) => return Err(e.into()),
+            Err(ClientError::Api { status, message, .. }) if status == 401 || status == 403 => {
+                return Err(ClusterError::Setup(format!("server refused us: {message}")))
+            }
+            Err(e) => {
+                tracing::warn!("joining the cluster: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let (spec, vni) = network_spec(&net_obj)
+        .ok_or_else(|| ClusterError::Setup(format!("network {} is malformed", cfg.network)))?;
+    let fabric_net = NetworkFabric {
+        name: cfg.network.clone(),
+        backend: spec.backend,
+        vni,
+        mtu: spec.mtu,
+        subnet,
+    };
+    let node_cfg = NodeConfig {
+        pod_subnet: subnet,
+        cluster_cidrs: vec![spec.cidr],
+        excluded: spec
+            .reserved
+            .iter()
+            .copied()
+            .filter(|r| r.contains(&subnet) || subnet.contains(r))
+            .collect(),
+        bridge: cfg.bridge.clone(),
+        mtu: Some(pod_mtu(&fabric_net, &local)),
+        state_dir: cfg.state_dir.clone(),
+        orphan_grace: cfg.orphan_grace,
+    };
+    let (node, report) = Node::start(node_cfg)
+        .await
+        .map_err(|e| ClusterError::Setup(format!("node {subnet}: {e}")))?;
+    tracing::info!(%subnet, backend = spec.backend.as_str(), ?report, "joined the cluster");
+
+    let nodes = Informer::start(client.clone(), "/v1/nodes".into());
+    let networks = Informer::start(client.clone(), "/v1/networks".into());
+    tokio::spawn(heartbeat_loop(
+        client.clone(),
+        cfg.clone(),
+        subnet,
+        local.address,
+    ));
+    let fabric = FabricLoop {
+        client: client.clone(),
+        cfg: cfg.clone(),
+        local: local.clone(),
+        subnet,
+        node: node.clone(),
+        nodes,
+        networks,
+        reconciler: Reconciler::new(nl),
+        pump: None,
+        published_unreachable: None,
+    };
+    tokio::spawn(fabric.run());
+    let publisher = endpoints::Publisher {
+        client,
+        node_name: cfg.node.clone(),
+        network: cfg.network.clone(),
+        node: node.clone(),
+    };
+    tokio::spawn(publisher.run(cfg.resync));
+    Ok((node, Joined { subnet, local }))
+}
+
+/// Register, heartbeat, lease the subnet and read the Network.
+async fn join(
+    client: &Client,
+    cfg: &ClusterConfig,
+    local: &Local,
+) -> Result<(Ipv4Net, Value), ClientError> {
+    register(client, &cfg.node, local.address).await?;
+    client
+        .post(&format!("/v1/nodes/{}/heartbeat", cfg.node), &json!({}))
+        .await?;
+    let lease = client
+        .post(
+            &format!("/v1/nodes/{}/subnets/{}", cfg.node, cfg.network),
+            &json!({}),
+        )
+        .await?;
+    let subnet: Ipv4Net = serde_json::from_value(lease["cidr"].clone())
+        .map_err(|e| ClientError::Decode(format!("subnet lease: {e}")))?;
+    let net = client.get(&format!("/v1/networks/{}", cfg.network)).await?;
+    Ok((subnet, net))
+}
+
+/// Heartbeat forever. After the node's lease lapsed (a partition, a stopped agent) the
+/// subnet lease is renewed too; losing the subnet to another node is fatal for the pods
+/// and logged loudly.
+async fn heartbeat_loop(client: Client, cfg: ClusterConfig, subnet: Ipv4Net, address: Ipv4Addr) {
+    let path = format!("/v1/nodes/{}/heartbeat", cfg.node);
+    loop {
+        tokio::time::sleep(cfg.heartbeat).await;
+        match client.post(&path, &json!({})).await {
+            Ok(v) if v["renewed"] == json!(true) => {}
+            Ok(_) => {
+                tracing::info!("node lease had lapsed; renewing the subnet lease");
+                let p = format!("/v1/nodes/{}/subnets/{}", cfg.node, cfg.network);
+                match client.post(&p, &json!({})).await {
+                    Ok(l) if l["cidr"] == json!(subnet) => {}
+                    Ok(l) => tracing::error!(
+                        "our subnet {subnet} went to another node meanwhile (now offered {}); restart the agent after draining its pods",
+                        l["cidr"]
+                    ),
+                    Err(e) => tracing::warn!("renewing the subnet lease: {e}"),
+                }
+            }
+            Err(e) if e.status() == Some(404) => {
+                tracing::warn!("our Node object is gone; registering again");
+                if let Err(e) = register(&client, &cfg.node, address).await {
+                    tracing::warn!("registering: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("heartbeat: {e}"),
+        }
+    }
+}
+
+/// Everything the fabric loop owns.
+struct FabricLoop {
+    client: Client,
+    cfg: ClusterConfig,
+    local: Local,
+    subnet: Ipv4Net,
+    node: Arc<Node>,
+    nodes: Informer,
+    networks: Informer,
+    reconciler: Reconciler,
+    pump: Option<UdpPump>,
+    published_unreachable: Option<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for FabricLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FabricLoop").field("node", &self.cfg.node).finish()
+    }
+}
+
+impl FabricLoop {
+    /// The network and peers as the informers see them; `None` until both have listed.
+    fn view(&self) -> Option<(NetworkFabric, Vec<Peer>)> {
+        let nets = self.networks.snapshot()?;
+        let nodes = self.nodes.snapshot()?;
+        let (spec, vni) = network_spec(nets.get(&self.cfg.network)?)?;
+        let net = NetworkFabric {
+            name: self.cfg.network.clone(),
+            backend: spec.backend,
+            vni,
+            mtu: spec.mtu,
+            subnet: self.subnet,
+        };
+        let mut peers = Vec::new();
+        for (name, n) in &nodes {
+            if name == &self.cfg.node {
+                continue;
+            }
+            let Ok(status) = serde_json::from_value::<NodeStatus>(n["status"].clone()) else {
+                continue;
+            };
+            let Some(address) = n["spec"]["address"].as_str().and_then(|a| a.parse().ok())
+            else {
+                continue;
+            };
+            if !status.ready {
+                continue;
+            }
+            if let Some(l) = status.leases.iter().find(|l| l.network == self.cfg.network) {
+                peers.push(Peer {
+                    name: name.clone(),
+                    address,
+                    subnet: l.cidr,
+                });
+            }
+        }
+        Some((net, peers))
+    }
+
+    async fn run(mut self) {
+        let mut nodes_changed = self.nodes.subscribe();
+        let mut nets_changed = self.networks.subscribe();
+        let mut last_error = false;
+        loop {
+            if let Some((net, peers)) = self.view() {
+                last_error = !self.sync(&net, &peers).await;
+            }
+            // Coalesce bursts: wait for a change (or the resync tick, sooner after an
+            // error), then take everything that arrived meanwhile in one pass.
+            let tick = if last_error {
+                Duration::from_secs(1)
+            } else {
+                self.cfg.resync
+            };
+            tokio::select! {
+                _ = nodes_changed.changed() => {}
+                _ = nets_changed.changed() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    /// Apply the desired state once; false on error.
+    async fn sync(&mut self, net: &NetworkFabric, peers: &[Peer]) -> bool {
+        let desired = backend::desired(net, &self.local, peers);
+        self.node.set_mtu(pod_mtu(net, &self.local));
+        // The udp backend's pump must exist before routes can point at its device.
+        match (net.backend, desired.tun.iter().next()) {
+            (Backend::Udp, Some(dev)) => {
+                if self.pump.is_none() {
+                    match UdpPump::start(dev, trellis_fabric::UDP_PORT) {
+                        Ok(p) => self.pump = Some(p),
+                        Err(e) => {
+                            tracing::warn!("udp backend: {e}");
+                            return false;
+                        }
+                    }
+                }
+                if let Some(p) = &self.pump {
+                    p.set_peers(
+                        peers
+                            .iter()
+                            .filter(|p| p.subnet != self.subnet)
+                            .map(|p| (p.subnet, SocketAddrV4::new(p.address, trellis_fabric::UDP_PORT)))
+                            .collect(),
+                    );
+                }
+            }
+            _ => self.pump = None,
+        }
+        let ok = match self.reconciler.apply(&desired).await {
+            Ok(r) if r.changes() > 0 => {
+                tracing::info!(?r, peers = peers.len(), backend = net.backend.as_str(), "fabric updated");
+                true
+            }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("fabric: {e}");
+                false
+            }
+        };
+        if self.published_unreachable.as_ref() != Some(&desired.unreachable) {
+            match self.publish_unreachable(&desired.unreachable).await {
+                Ok(()) => self.published_unreachable = Some(desired.unreachable.clone()),
+                Err(e) => tracing::warn!("publishing unreachable peers: {e}"),
+            }
+        }
+        ok
+    }
+
+    /// Record in our Node's status which peers the backend cannot reach.
+    async fn publish_unreachable(&self, peers: &BTreeSet<String>) -> Result<(), ClientError> {
+        let path = format!("/v1/nodes/{}", self.cfg.node);
+        let want: Vec<&String> = peers.iter().collect();
+        for _ in 0..8 {
+            let mut n = self.client.get(&path).await?;
+            if n["status"]["unreachablePeers"] == json!(want)
+                || (want.is_empty() && n["status"]["unreachablePeers"].is_null())
+            {
+                return Ok(());
+            }
+            if !want.is_empty() {
+                tracing::warn!(peers = ?want, "peers unreachable with this backend (not on our segment)");
+            }
+            n["status"]["unreachablePeers"] = json!(want);
+            match self.client.put(&path, &n).await {
+                Err(e) if e.status() == Some(409) => continue,
+                r => return r.map(|_| ()),
+            }
+        }
+        Ok(())
+    }
+}
