@@ -7,9 +7,11 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod sysctl;
+pub mod uplink;
 
 pub use netlink::{LinkInfo, Netlink};
 pub use netns::Netns;
+pub use uplink::UplinkBridge;
 
 /// Errors from kernel operations. Every variant says what was being done.
 #[derive(Debug, thiserror::Error)]

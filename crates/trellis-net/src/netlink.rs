@@ -38,10 +38,10 @@ pub struct LinkInfo {
 /// An rtnetlink connection bound to one network namespace.
 #[derive(Debug, Clone)]
 pub struct Netlink {
-    handle: Handle,
+    pub(crate) handle: Handle,
 }
 
-fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetError {
+pub(crate) fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetError {
     let errno = match &e {
         rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
         _ => None,

@@ -1,0 +1,347 @@
+//! The multi-host pod network in labs of at least three nodes: a server in the underlay,
+//! agents in cluster mode, pods on every node. Full-mesh reachability (ICMP and TCP) for
+//! every backend, nodes joining and leaving, `kill -9` of an agent under a live iperf3
+//! stream, and switching a Network's backend on a live lab.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::{pid_of, plugin, require, trellis};
+use trellis_lab::cluster::{network_manifest, Timing};
+use trellis_lab::{wait_for, Lab};
+
+/// A lab with a server, the `default` Network on `backend`, an agent on each of `nodes`
+/// nodes (plus `remote` nodes on a second, routed segment), and `pods` pods per node,
+/// each serving HTTP on port 8080 with its own name as the page.
+fn cluster_lab(nodes: usize, remote: usize, backend: &str, pods: usize) -> Lab {
+    require(&["ip", "nft", "ping", "busybox", "bridge"]);
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = Lab::new(nodes).expect("create lab");
+    for _ in 0..remote {
+        lab.join_remote_node().expect("remote node");
+    }
+    lab.start_server(&t, &timing).expect("server");
+    lab.apply(&t, &network_manifest("default", backend))
+        .expect("network");
+    for n in 0..lab.state.nodes.len() {
+        lab.start_cluster_agent(&t, n, "default", &timing)
+            .expect("agent");
+    }
+    for n in 0..lab.state.nodes.len() {
+        for p in 1..=pods {
+            add_pod(&mut lab, n, &format!("p{p}"));
+        }
+    }
+    lab
+}
+
+/// ADD a pod on node `n` and start its web server; returns its address.
+fn add_pod(lab: &mut Lab, n: usize, name: &str) -> Ipv4Addr {
+    let pod = lab.add_pod(n, name).unwrap();
+    let ip = lab.cni_add_pod(&plugin(), &pod.netns).expect("ADD");
+    let www = lab.dir().join(format!("www-{}", pod.name));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), &pod.name).unwrap();
+    let mut httpd = std::process::Command::new("busybox");
+    httpd.args(["httpd", "-f", "-p", "8080", "-h"]).arg(&www);
+    lab.spawn(&pod.netns, &format!("httpd {}", pod.name), httpd)
+        .unwrap();
+    ip
+}
+
+/// Fetch a pod's page from `netns`.
+fn http_get(lab: &Lab, netns: &str, ip: Ipv4Addr) -> String {
+    let url = format!("http://{ip}:8080/");
+    lab.exec_any(netns, &["timeout", "2", "busybox", "wget", "-q", "-O-", &url])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Every (source, target) pair that fails: ICMP from every node and pod to every pod
+/// and node, TCP (HTTP) from every node and pod to every pod. Empty when all works.
+fn mesh_failures(lab: &Lab) -> Vec<String> {
+    let sources: Vec<(String, String)> = lab
+        .state
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.netns.clone()))
+        .chain(lab.state.pods.iter().map(|p| (p.name.clone(), p.netns.clone())))
+        .collect();
+    let pods: Vec<(String, Ipv4Addr)> = lab
+        .state
+        .pods
+        .iter()
+        .map(|p| (p.name.clone(), p.ip.expect("pod has an address")))
+        .collect();
+    let nodes: Vec<(String, Ipv4Addr)> = lab
+        .state
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.addr))
+        .collect();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = sources
+            .iter()
+            .map(|(src, ns)| {
+                let (pods, nodes) = (&pods, &nodes);
+                s.spawn(move || {
+                    let mut bad = Vec::new();
+                    for (dst, ip) in pods.iter().chain(nodes.iter()) {
+                        if !lab.ping(ns, *ip) {
+                            bad.push(format!("ping {src} -> {dst} ({ip})"));
+                        }
+                    }
+                    for (dst, ip) in pods {
+                        let got = http_get(lab, ns, *ip);
+                        if got.trim() != dst {
+                            bad.push(format!("tcp {src} -> {dst} ({ip}): got {got:?}"));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Wait up to `t` for a full mesh; panic with the failures and the agent logs.
+fn assert_mesh(lab: &Lab, t: Duration, what: &str) {
+    let mut last = Vec::new();
+    let ok = wait_for(t, || {
+        last = mesh_failures(lab);
+        last.is_empty()
+    });
+    if !ok {
+        let logs: String = lab
+            .state
+            .nodes
+            .iter()
+            .map(|n| {
+                let p = lab.dir().join(format!("agent-{}.log", n.name));
+                let log = std::fs::read_to_string(p).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!("--- agent {} ---\n{}\n", n.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect();
+        panic!("{what}: {} paths fail:\n{}\n{logs}", last.len(), last.join("\n"));
+    }
+}
+
+/// The routes the fabric owns in a node, as text.
+fn owned_routes(lab: &Lab, node: usize) -> String {
+    let ns = &lab.state.nodes[node].netns;
+    let o = lab.exec(ns, &["ip", "route", "show", "proto", "116"]).unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn node_json(lab: &Lab, name: &str) -> serde_json::Value {
+    let out = lab.cli(&trellis(), &["get", "node", name, "-o", "json"]).unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn vxlan_full_mesh() {
+    let lab = cluster_lab(3, 0, "vxlan", 2);
+    assert_mesh(&lab, Duration::from_secs(15), "vxlan");
+    // Static FDB and neighbour entries, no learning.
+    let n1 = &lab.state.nodes[0].netns;
+    let link = String::from_utf8_lossy(&lab.exec(n1, &["ip", "-d", "link"]).unwrap().stdout).into_owned();
+    assert!(link.contains("nolearning"), "{link}");
+    let fdb = lab.exec(n1, &["bridge", "fdb", "show"]).unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    assert_eq!(fdb.lines().filter(|l| l.contains(" dst ")).count(), 2, "{fdb}");
+    // Pod MTU = underlay 1500 - 50.
+    let pod = &lab.state.pods[0].netns;
+    let l = lab.exec(pod, &["ip", "link", "show", "eth0"]).unwrap();
+    assert!(String::from_utf8_lossy(&l.stdout).contains("mtu 1450"));
+}
+
+#[test]
+fn host_gw_full_mesh_and_off_segment_peer_reported() {
+    let lab = cluster_lab(3, 1, "host-gw", 1);
+    // The three same-segment nodes reach each other; the remote one is reported.
+    let n4 = lab.state.nodes[3].name.clone();
+    assert!(wait_for(Duration::from_secs(10), || {
+        node_json(&lab, "n1")["status"]["unreachablePeers"] == serde_json::json!([n4])
+    }), "n1 must report {n4} unreachable: {}", node_json(&lab, "n1"));
+    let routes = owned_routes(&lab, 0);
+    assert_eq!(routes.lines().count(), 2, "{routes}");
+    assert!(routes.contains("via 192.168.77.12 dev eth0"), "{routes}");
+    // Pod MTU = underlay MTU (no encapsulation).
+    let pod = &lab.state.pods[0].netns;
+    let l = lab.exec(pod, &["ip", "link", "show", "eth0"]).unwrap();
+    assert!(String::from_utf8_lossy(&l.stdout).contains("mtu 1500"));
+    let mut same = Lab::load(&lab.state.name).unwrap();
+    // mesh among the same-segment nodes only
+    same.state.nodes.truncate(3);
+    same.state.pods.retain(|p| p.node < 3);
+    assert_mesh(&same, Duration::from_secs(15), "host-gw");
+}
+
+#[test]
+fn hybrid_routes_on_segment_and_tunnels_across() {
+    let lab = cluster_lab(3, 1, "hybrid", 1);
+    assert_mesh(&lab, Duration::from_secs(15), "hybrid");
+    let routes = owned_routes(&lab, 0);
+    assert!(routes.contains("via 192.168.77.12 dev eth0"), "{routes}");
+    assert!(routes.contains("dev trl."), "the remote node goes through vxlan: {routes}");
+    assert!(node_json(&lab, "n1")["status"]["unreachablePeers"].is_null());
+}
+
+#[test]
+fn udp_full_mesh() {
+    let lab = cluster_lab(3, 0, "udp", 1);
+    assert_mesh(&lab, Duration::from_secs(15), "udp");
+    let pod = &lab.state.pods[0].netns;
+    let l = lab.exec(pod, &["ip", "link", "show", "eth0"]).unwrap();
+    assert!(String::from_utf8_lossy(&l.stdout).contains("mtu 1472"));
+}
+
+#[test]
+fn node_joins_and_leaves() {
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = cluster_lab(3, 0, "vxlan", 1);
+    assert_mesh(&lab, Duration::from_secs(15), "3 nodes");
+    // Join a fourth node.
+    let n = lab.join_node().unwrap();
+    lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
+    let ip = add_pod(&mut lab, n, "p1");
+    assert_mesh(&lab, Duration::from_secs(15), "after the join");
+    let subnet = format!("{}.0/24", ip.to_string().rsplit_once('.').unwrap().0);
+    for i in 0..3 {
+        assert!(owned_routes(&lab, i).contains(&subnet));
+    }
+    // It leaves (agent stopped; its lease expires): its routes and FDB entries leave
+    // every other node, its endpoints become not ready.
+    let pid = pid_of(&lab, "agent n4");
+    lab.stop(pid, false);
+    let gone = wait_for(Duration::from_secs(15), || {
+        (0..3).all(|i| !owned_routes(&lab, i).contains(&subnet))
+    });
+    assert!(gone, "routes to {subnet} stay: {}", owned_routes(&lab, 0));
+    let fdb = lab.exec(&lab.state.nodes[0].netns, &["bridge", "fdb", "show"]).unwrap();
+    assert!(!String::from_utf8_lossy(&fdb.stdout).contains("192.168.77.14"));
+    let eps = lab.cli(&t, &["get", "endpoints", "-A", "-o", "json"]).unwrap();
+    let eps: serde_json::Value = serde_json::from_str(&eps).unwrap();
+    let n4: Vec<_> = eps["items"].as_array().unwrap().iter().filter(|e| e["spec"]["node"] == "n4").collect();
+    assert_eq!(n4.len(), 1);
+    assert_eq!(n4[0]["spec"]["ready"], false);
+    // It returns with the same subnet: nothing changes for its pod.
+    lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
+    assert_mesh(&lab, Duration::from_secs(15), "after the return");
+    assert_eq!(lab.state.pods.last().unwrap().ip, Some(ip));
+    assert!(owned_routes(&lab, 0).contains(&subnet));
+    assert!(wait_for(Duration::from_secs(10), || {
+        let eps = lab.cli(&t, &["get", "endpoints", "-A", "-o", "json"]).unwrap();
+        let eps: serde_json::Value = serde_json::from_str(&eps).unwrap();
+        eps["items"].as_array().unwrap().iter().all(|e| e["spec"]["ready"] == true)
+    }));
+}
+
+/// Everything the fabric owns on a node, for before/after comparisons.
+fn fabric_snapshot(lab: &Lab, node: usize) -> String {
+    let ns = &lab.state.nodes[node].netns;
+    let mut s = owned_routes(lab, node);
+    for cmd in [
+        &["bridge", "fdb", "show"][..],
+        &["ip", "neigh", "show", "nud", "permanent"][..],
+        &["ip", "-o", "link"][..],
+    ] {
+        let o = lab.exec(ns, cmd).unwrap();
+        s.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    s
+}
+
+#[test]
+fn agent_kill9_under_iperf3_changes_nothing() {
+    require(&["iperf3"]);
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = cluster_lab(3, 0, "vxlan", 1);
+    assert_mesh(&lab, Duration::from_secs(15), "before");
+    let server_ip = lab.state.pods[1].ip.unwrap();
+    let (srv_ns, cli_ns) = (lab.state.pods[1].netns.clone(), lab.state.pods[0].netns.clone());
+    let mut iperf = std::process::Command::new("iperf3");
+    iperf.args(["-s", "-1"]);
+    lab.spawn(&srv_ns, "iperf3 server", iperf).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before: Vec<String> = (0..3).map(|i| fabric_snapshot(&lab, i)).collect();
+    // `ip monitor` on n1 and n2 records every route, link and neighbour change.
+    let mut monitors = Vec::new();
+    for i in 0..2 {
+        let ns = lab.state.nodes[i].netns.clone();
+        let mut m = std::process::Command::new("ip");
+        m.args(["-4", "monitor", "route", "link"]);
+        monitors.push(lab.spawn(&ns, &format!("monitor n{}", i + 1), m).unwrap());
+    }
+    let client = std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &cli_ns, "iperf3", "-c", &server_ip.to_string(), "-t", "6", "-J"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // kill -9 both ends' agents, restart them while the stream runs.
+    for name in ["agent n1", "agent n2"] {
+        let pid = pid_of(&lab, name);
+        lab.stop(pid, true);
+    }
+    let started = Instant::now();
+    lab.start_cluster_agent(&t, 0, "default", &timing).unwrap();
+    lab.start_cluster_agent(&t, 1, "default", &timing).unwrap();
+    let out = client.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(6), "restart took too long to test");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(out.status.success(), "iperf3 stream broke: {}", String::from_utf8_lossy(&out.stdout));
+    let bytes = report["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(bytes > 0.0, "{report}");
+    // Per-second intervals: none after the restart is empty.
+    let intervals = report["intervals"].as_array().unwrap();
+    assert!(intervals.len() >= 5, "{report}");
+    for iv in intervals {
+        assert!(iv["sum"]["bytes"].as_f64().unwrap_or(0.0) > 0.0, "a second without traffic: {iv}");
+    }
+    // The restarted agents changed nothing: same routes, FDB, neighbours and links, and
+    // the monitors saw no route or link event. Wait one fabric pass first.
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..3 {
+        assert_eq!(fabric_snapshot(&lab, i), before[i], "node n{} changed", i + 1);
+    }
+    for (i, pid) in monitors.into_iter().enumerate() {
+        lab.stop(pid, false);
+        let log = std::fs::read_to_string(lab.dir().join(format!("monitor-n{}.log", i + 1))).unwrap();
+        assert!(log.trim().is_empty(), "n{}: kernel changes on agent restart:\n{log}", i + 1);
+    }
+    for n in ["n1", "n2"] {
+        let log = std::fs::read_to_string(lab.dir().join(format!("agent-{n}.log"))).unwrap();
+        let last_start = log.rfind("joined the cluster").unwrap();
+        assert!(!log[last_start..].contains("fabric updated"), "{n} re-applied:\n{}", &log[last_start..]);
+    }
+}
+
+#[test]
+fn backend_switch_keeps_addresses() {
+    let t = trellis();
+    let lab = cluster_lab(3, 0, "vxlan", 1);
+    assert_mesh(&lab, Duration::from_secs(15), "vxlan");
+    let ips: Vec<_> = lab.state.pods.iter().map(|p| p.ip).collect();
+    lab.apply(&t, &network_manifest("default", "host-gw")).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || {
+        let r = owned_routes(&lab, 0);
+        r.contains("dev eth0") && !r.contains("trl.")
+    }), "{}", owned_routes(&lab, 0));
+    let links = lab.exec(&lab.state.nodes[0].netns, &["ip", "-o", "link"]).unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("trl."), "the vxlan device is removed");
+    assert_mesh(&lab, Duration::from_secs(15), "host-gw");
+    lab.apply(&t, &network_manifest("default", "vxlan")).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || owned_routes(&lab, 0).contains("dev trl.")));
+    assert_mesh(&lab, Duration::from_secs(15), "vxlan again");
+    let after: Vec<_> = lab.state.pods.iter().map(|p| p.ip).collect();
+    assert_eq!(ips, after);
+}
