@@ -34,6 +34,14 @@ pub enum FabricError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// [`reconcile::Reconciler::apply`] applied what it could but some steps failed.
+    #[error("apply fabric: {} step(s) failed: {}", failures.len(), failures.join("; "))]
+    Apply {
+        /// What was changed nevertheless.
+        report: reconcile::ApplyReport,
+        /// One message per failed step, saying what was attempted.
+        failures: Vec<String>,
+    },
 }
 
 /// `rtm_protocol` of every route the fabric installs (`ip route ... proto 116`); routes

@@ -3,12 +3,14 @@
 //! Everything here acts on the namespace it is given (or the caller's current one) and
 //! touches only objects it is told to; policy lives in the agent.
 
+pub mod fabric_ops;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod sysctl;
 pub mod uplink;
 
+pub use fabric_ops::{FdbEntry, NeighbourEntry, RouteEntry, VxlanAttrs, VxlanSpec};
 pub use netlink::{LinkInfo, Netlink};
 pub use netns::Netns;
 pub use uplink::UplinkBridge;
