@@ -42,6 +42,22 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// A reservation whose veth is missing for longer than this is released by the sweep.
     pub orphan_grace: Duration,
+    /// `l2` backend: pods sit on the underlay segment itself (see [`L2Uplink`]).
+    pub l2: Option<L2Uplink>,
+}
+
+/// The `l2` backend's "bridge over the uplink": the uplink is a port of the pod bridge,
+/// which carries the node's own address; pods get addresses of the segment and the
+/// segment's router as their gateway, so machines outside the cluster reach them
+/// directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L2Uplink {
+    /// The underlay link to enslave (e.g. `eth0`).
+    pub uplink: String,
+    /// The segment's router, the pods' default gateway.
+    pub gateway: Ipv4Addr,
+    /// Prefix length of the segment (the pods' address prefix).
+    pub prefix_len: u8,
 }
 
 /// The agent's per-node state, shared by the socket server and the reconcile loop.
@@ -110,26 +126,38 @@ impl Node {
         )
         .map_err(|e| e.to_string())?;
         let nl = Netlink::connect().map_err(|e| e.to_string())?;
-        let mtu = match cfg.mtu {
-            Some(m) => m,
-            None => default_route_mtu(&nl).await.unwrap_or(1500),
+        let (mtu, bridge_created, had_gw) = match &cfg.l2 {
+            Some(l2) => {
+                let b = nl
+                    .ensure_uplink_bridge(&cfg.bridge, &l2.uplink)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (cfg.mtu.unwrap_or(b.mtu), b.created, true)
+            }
+            None => {
+                let mtu = match cfg.mtu {
+                    Some(m) => m,
+                    None => default_route_mtu(&nl).await.unwrap_or(1500),
+                };
+                let gw = ipam.gateway_net();
+                let o = gw.addr().octets();
+                // locally administered, derived from the gateway address (like 0a:58:<ip>)
+                let mac = [0x0a, 0x58, o[0], o[1], o[2], o[3]];
+                let (br, bridge_created) = nl
+                    .ensure_bridge(&cfg.bridge, mtu, mac)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let had_gw = nl
+                    .addrs(br.index)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .contains(&gw);
+                if !had_gw {
+                    nl.add_addr(br.index, gw).await.map_err(|e| e.to_string())?;
+                }
+                (mtu, bridge_created, had_gw)
+            }
         };
-        let gw = ipam.gateway_net();
-        let o = gw.addr().octets();
-        // locally administered, derived from the gateway address (like 0a:58:<ip>)
-        let mac = [0x0a, 0x58, o[0], o[1], o[2], o[3]];
-        let (br, bridge_created) = nl
-            .ensure_bridge(&cfg.bridge, mtu, mac)
-            .await
-            .map_err(|e| e.to_string())?;
-        let had_gw = nl
-            .addrs(br.index)
-            .await
-            .map_err(|e| e.to_string())?
-            .contains(&gw);
-        if !had_gw {
-            nl.add_addr(br.index, gw).await.map_err(|e| e.to_string())?;
-        }
         sysctl::ensure("net/ipv4/ip_forward", "1").map_err(|e| e.to_string())?;
         let nat_cfg = NatConfig {
             pod_subnet: ipam.subnet(),
@@ -218,9 +246,13 @@ impl Node {
     }
 
     fn lease(&self, r: &Reservation, existing: bool) -> Lease {
+        let (prefix, gateway) = match &self.cfg.l2 {
+            Some(l2) => (l2.prefix_len, l2.gateway),
+            None => (self.ipam.subnet().prefix_len(), self.ipam.gateway()),
+        };
         Lease {
-            address: Ipv4Net::new(r.ip, self.ipam.subnet().prefix_len()).expect("prefix"),
-            gateway: self.ipam.gateway(),
+            address: Ipv4Net::new(r.ip, prefix).expect("prefix"),
+            gateway,
             bridge: self.cfg.bridge.clone(),
             mtu: self.mtu(),
             port_mappings: r.port_mappings.clone(),

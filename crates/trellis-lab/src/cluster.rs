@@ -192,8 +192,13 @@ impl Lab {
 }
 
 /// A Network manifest for the lab: `10.244.0.0/16`, /24 per node, the given backend.
+/// An `l2` network is the underlay segment itself (`192.168.77.0/24`), /28 per node,
+/// with the router and the first nodes' addresses (`.0/28`) reserved.
 pub fn network_manifest(name: &str, backend: &str) -> String {
-    format!(
-        "apiVersion: trellis/v1\nkind: Network\nmetadata:\n  name: {name}\nspec:\n  cidr: 10.244.0.0/16\n  backend: {backend}\n"
-    )
+    let head = format!("apiVersion: trellis/v1\nkind: Network\nmetadata:\n  name: {name}\nspec:\n  backend: {backend}\n");
+    if backend == "l2" {
+        format!("{head}  cidr: {UNDERLAY_PREFIX}.0/24\n  nodeSubnetPrefix: 28\n  reserved: [\"{UNDERLAY_PREFIX}.0/28\"]\n")
+    } else {
+        format!("{head}  cidr: 10.244.0.0/16\n")
+    }
 }

@@ -114,6 +114,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                     mtu: a.mtu,
                     state_dir: a.state_dir,
                     orphan_grace: Duration::from_secs(a.orphan_grace),
+                    l2: None,
                 };
                 let (node, report) = Node::start(cfg).await.map_err(anyhow::Error::msg)?;
                 tracing::info!(?report, "node ready");

@@ -165,12 +165,13 @@ fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<Ex
         for n in 0..nodes {
             for p in 1..=pods {
                 let pod = lab.add_pod(n, &format!("p{p}"))?;
-                let ip = lab.cni_add_pod(&plugin, &pod.netns)?;
-                let key = format!("subnet {}", lab.state.nodes[n].name);
-                if !lab.state.notes.contains_key(&key) {
-                    let subnet = ipnet::Ipv4Net::new(ip, 24).map(|n| n.trunc().to_string())?;
-                    lab.state.notes.insert(key, subnet);
-                }
+                lab.cni_add_pod(&plugin, &pod.netns)?;
+            }
+            let node = lab.state.nodes[n].name.clone();
+            let v: serde_json::Value =
+                serde_json::from_str(&lab.cli(&trellis, &["get", "node", &node, "-o", "json"])?)?;
+            if let Some(cidr) = v["status"]["leases"][0]["cidr"].as_str() {
+                lab.state.notes.insert(format!("subnet {node}"), cidr.to_string());
             }
         }
         lab.save()?;

@@ -345,3 +345,31 @@ fn backend_switch_keeps_addresses() {
     let after: Vec<_> = lab.state.pods.iter().map(|p| p.ip).collect();
     assert_eq!(ips, after);
 }
+
+#[test]
+fn l2_pods_live_on_the_underlay_segment() {
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = cluster_lab(3, 0, "l2", 1);
+    assert_mesh(&lab, Duration::from_secs(15), "l2");
+    // Pods have segment addresses outside the reserved range and the hosts' addresses,
+    // and machines outside the cluster (the underlay router) reach them directly.
+    let u = lab.state.underlay.clone();
+    for p in &lab.state.pods {
+        let ip = p.ip.unwrap();
+        assert!(ip.to_string().starts_with("192.168.77."), "{ip}");
+        assert!(ip.octets()[3] >= 16, "{ip} is in the reserved range");
+        assert!(lab.ping(&u, ip), "underlay -> {ip}");
+        assert_eq!(http_get(&lab, &u, ip).trim(), p.name);
+    }
+    // No tunnel, no routes: the segment carries everything.
+    assert!(owned_routes(&lab, 0).trim().is_empty());
+    // A restarted agent adopts the bridged uplink as it is.
+    let before = fabric_snapshot(&lab, 0);
+    let pid = pid_of(&lab, "agent n1");
+    lab.stop(pid, true);
+    lab.start_cluster_agent(&t, 0, "default", &timing).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(fabric_snapshot(&lab, 0), before);
+    assert_mesh(&lab, Duration::from_secs(10), "l2 after restart");
+}

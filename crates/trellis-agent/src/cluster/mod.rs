@@ -30,7 +30,8 @@ use trellis_fabric::udp::UdpPump;
 use trellis_fabric::{backend, pod_mtu, Local, NetworkFabric, Peer};
 use trellis_net::Netlink;
 
-use crate::node::{Node, NodeConfig};
+use crate::node::{L2Uplink, Node, NodeConfig};
+use trellis_api::naming::LINK_PREFIX;
 use informer::Informer;
 
 /// How the agent joins the cluster.
@@ -78,27 +79,46 @@ pub struct Joined {
     pub local: Local,
 }
 
+/// The underlay as found in the kernel.
+#[derive(Debug, Clone)]
+struct Underlay {
+    /// The link carrying the node address (the pod bridge itself once `l2` moved it).
+    local: Local,
+    /// The physical uplink: `local.uplink`, or the bridge's uplink port under `l2`.
+    port: String,
+    /// The default route's gateway.
+    gateway: Option<Ipv4Addr>,
+}
+
 /// The underlay: `uplink` (or the default route's link), its address and MTU.
-async fn detect_local(nl: &Netlink, cfg: &ClusterConfig) -> Result<Local, ClusterError> {
+async fn detect_local(nl: &Netlink, cfg: &ClusterConfig) -> Result<Underlay, ClusterError> {
     let links = nl
         .links()
         .await
         .map_err(|e| ClusterError::Setup(e.to_string()))?;
-    let link = match &cfg.uplink {
+    let routes = nl
+        .routes()
+        .await
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let default = routes.iter().find(|(d, _, _)| d.prefix_len() == 0);
+    let mut link = match &cfg.uplink {
         Some(name) => links.iter().find(|l| &l.name == name),
-        None => {
-            let routes = nl
-                .routes()
-                .await
-                .map_err(|e| ClusterError::Setup(e.to_string()))?;
-            let oif = routes
-                .iter()
-                .find(|(d, _, _)| d.prefix_len() == 0)
-                .and_then(|r| r.2);
-            links.iter().find(|l| Some(l.index) == oif)
+        None => links.iter().find(|l| Some(l.index) == default.and_then(|r| r.2)),
+    };
+    let mut port = link.map(|l| l.name.clone());
+    // Under `l2` the node address lives on the pod bridge and the uplink is its port.
+    if let Some(br) = link.filter(|l| l.name == cfg.bridge) {
+        port = links
+            .iter()
+            .find(|l| l.master == Some(br.index) && !l.name.starts_with(LINK_PREFIX))
+            .map(|l| l.name.clone());
+    } else if let Some(br) = links.iter().find(|l| l.name == cfg.bridge) {
+        // `--uplink eth0` given after l2 enslaved it: the address is on the bridge.
+        if link.is_some_and(|l| l.master == Some(br.index)) {
+            link = Some(br);
         }
     }
-    .ok_or_else(|| {
+    let link = link.ok_or_else(|| {
         ClusterError::Setup(match &cfg.uplink {
             Some(n) => format!("uplink {n} does not exist"),
             None => "no default route to find the uplink by; pass --uplink".into(),
@@ -118,12 +138,16 @@ async fn detect_local(nl: &Netlink, cfg: &ClusterConfig) -> Result<Local, Cluste
             .first()
             .ok_or_else(|| ClusterError::Setup(format!("uplink {} has no IPv4 address", link.name)))?,
     };
-    Ok(Local {
-        name: cfg.node.clone(),
-        address: segment.addr(),
-        uplink: link.name.clone(),
-        segment,
-        uplink_mtu: link.mtu,
+    Ok(Underlay {
+        local: Local {
+            name: cfg.node.clone(),
+            address: segment.addr(),
+            uplink: link.name.clone(),
+            segment,
+            uplink_mtu: link.mtu,
+        },
+        port: port.unwrap_or_else(|| link.name.clone()),
+        gateway: default.and_then(|r| r.1),
     })
 }
 
@@ -163,7 +187,8 @@ fn network_spec(obj: &Value) -> Option<(NetworkSpec, Option<u32>)> {
 pub async fn start(cfg: ClusterConfig) -> Result<(Arc<Node>, Joined), ClusterError> {
     let client = Client::new(&cfg.client)?;
     let nl = Netlink::connect().map_err(|e| ClusterError::Setup(e.to_string()))?;
-    let local = detect_local(&nl, &cfg).await?;
+    let underlay = detect_local(&nl, &cfg).await?;
+    let local = underlay.local.clone();
     let (subnet, net_obj) = loop {
         match join(&client, &cfg, &local).await {
             Ok(x) => break x,
@@ -187,6 +212,26 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Arc<Node>, Joined), ClusterErr
         mtu: spec.mtu,
         subnet,
     };
+    let l2 = if spec.backend == Backend::L2 {
+        if local.segment.trunc() != spec.cidr {
+            return Err(ClusterError::Setup(format!(
+                "network {} (l2) has cidr {} but this node's segment is {}: an l2 network's cidr must be the underlay segment",
+                cfg.network,
+                spec.cidr,
+                local.segment.trunc()
+            )));
+        }
+        let gateway = underlay.gateway.ok_or_else(|| {
+            ClusterError::Setup("l2 backend: no default gateway on the uplink to give pods".into())
+        })?;
+        Some(L2Uplink {
+            uplink: underlay.port.clone(),
+            gateway,
+            prefix_len: spec.cidr.prefix_len(),
+        })
+    } else {
+        None
+    };
     let node_cfg = NodeConfig {
         pod_subnet: subnet,
         cluster_cidrs: vec![spec.cidr],
@@ -200,6 +245,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Arc<Node>, Joined), ClusterErr
         mtu: Some(pod_mtu(&fabric_net, &local)),
         state_dir: cfg.state_dir.clone(),
         orphan_grace: cfg.orphan_grace,
+        l2,
     };
     let (node, report) = Node::start(node_cfg)
         .await
