@@ -373,3 +373,21 @@ fn l2_pods_live_on_the_underlay_segment() {
     assert_eq!(fabric_snapshot(&lab, 0), before);
     assert_mesh(&lab, Duration::from_secs(10), "l2 after restart");
 }
+
+#[test]
+fn pod_mtu_follows_the_underlay() {
+    let mut lab = cluster_lab(3, 0, "vxlan", 1);
+    let n1 = lab.state.nodes[0].netns.clone();
+    lab.exec(&n1, &["ip", "link", "set", "eth0", "mtu", "1400"]).unwrap();
+    // The next fabric pass (resync: 5 s) shrinks the tunnel; new pods get the new MTU.
+    assert!(wait_for(Duration::from_secs(10), || {
+        let l = lab.exec(&n1, &["ip", "-o", "link"]).unwrap();
+        String::from_utf8_lossy(&l.stdout)
+            .lines()
+            .any(|l| l.contains(": trl.") && l.contains("mtu 1350"))
+    }));
+    let pod = lab.add_pod(0, "late").unwrap();
+    lab.cni_add_pod(&plugin(), &pod.netns).unwrap();
+    let l = lab.exec(&pod.netns, &["ip", "link", "show", "eth0"]).unwrap();
+    assert!(String::from_utf8_lossy(&l.stdout).contains("mtu 1350"));
+}

@@ -268,7 +268,9 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Arc<Node>, Joined), ClusterErr
         node: node.clone(),
         nodes,
         networks,
-        reconciler: Reconciler::new(nl),
+        reconciler: Reconciler::new(nl.clone()),
+        nl,
+        started_backend: spec.backend,
         pump: None,
         published_unreachable: None,
     };
@@ -347,6 +349,9 @@ struct FabricLoop {
     nodes: Informer,
     networks: Informer,
     reconciler: Reconciler,
+    nl: Netlink,
+    /// The backend at start (switching to or from `l2` needs a restart).
+    started_backend: Backend,
     pump: Option<UdpPump>,
     published_unreachable: Option<BTreeSet<String>>,
 }
@@ -421,11 +426,33 @@ impl FabricLoop {
 
     /// Apply the desired state once; false on error.
     async fn sync(&mut self, net: &NetworkFabric, peers: &[Peer]) -> bool {
+        if (net.backend == Backend::L2) != (self.started_backend == Backend::L2) {
+            tracing::error!(
+                from = self.started_backend.as_str(),
+                to = net.backend.as_str(),
+                "switching a live network to or from l2 changes every pod's address; drain the node and restart the agent"
+            );
+            return false;
+        }
+        // The underlay MTU may have changed: the pod MTU and the tunnel devices follow.
+        match self.nl.link(&self.local.uplink).await {
+            Ok(Some(l)) if l.mtu != self.local.uplink_mtu => {
+                tracing::info!(from = self.local.uplink_mtu, to = l.mtu, uplink = self.local.uplink, "underlay MTU changed");
+                self.local.uplink_mtu = l.mtu;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reading the uplink: {e}"),
+        }
         let desired = backend::desired(net, &self.local, peers);
         self.node.set_mtu(pod_mtu(net, &self.local));
         // The udp backend's pump must exist before routes can point at its device.
         match (net.backend, desired.tun.iter().next()) {
             (Backend::Udp, Some(dev)) => {
+                // A pump whose device was deleted from outside has stopped: replace it.
+                if self.pump.as_ref().is_some_and(|p| !p.is_running()) {
+                    tracing::warn!("udp pump stopped (its device is gone); starting a new one");
+                    self.pump = None;
+                }
                 if self.pump.is_none() {
                     match UdpPump::start(dev, trellis_fabric::UDP_PORT) {
                         Ok(p) => self.pump = Some(p),
