@@ -74,11 +74,16 @@ impl Lab {
         std::fs::write(self.client_config(), cfg.to_string())
             .map_err(|e| LabError::Io(format!("write client config: {e}")))?;
         let mut c = Command::new(trellis);
-        c.args(["server", "run", "--listen", &format!("{UNDERLAY_PREFIX}.1:6443")])
-            .arg("--dir")
-            .arg(&dir)
-            .args(["--node-lease-ttl", &t.node_lease_ttl.to_string()])
-            .args(["--subnet-grace", &t.subnet_grace.to_string()]);
+        c.args([
+            "server",
+            "run",
+            "--listen",
+            &format!("{UNDERLAY_PREFIX}.1:6443"),
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--node-lease-ttl", &t.node_lease_ttl.to_string()])
+        .args(["--subnet-grace", &t.subnet_grace.to_string()]);
         let u = self.state.underlay.clone();
         let pid = self.spawn(&u, "server", c)?;
         self.state.notes.insert("server".into(), server_url());
@@ -164,7 +169,14 @@ impl Lab {
         let _ = std::fs::remove_file(&p.socket);
         let mut c = Command::new(trellis);
         c.arg("agent")
-            .args(["--server", &server_url(), "--node", &name, "--network", network])
+            .args([
+                "--server",
+                &server_url(),
+                "--node",
+                &name,
+                "--network",
+                network,
+            ])
             .arg("--ca")
             .arg(self.server_dir().join("ca.pem"))
             .arg("--token-file")

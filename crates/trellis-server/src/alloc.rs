@@ -607,7 +607,12 @@ async fn set_endpoints_ready(s: &Server, node: &str, ready: bool) -> Result<(), 
         ep.spec.ready = ready;
         match s
             .store
-            .update(&kv.key, stored_bytes(&AnyObject::Endpoint(ep)), kv.mod_revision, None)
+            .update(
+                &kv.key,
+                stored_bytes(&AnyObject::Endpoint(ep)),
+                kv.mod_revision,
+                None,
+            )
             .await
         {
             // Changed meanwhile (the agent republished it): the newer write wins.

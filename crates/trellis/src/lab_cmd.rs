@@ -136,7 +136,10 @@ fn print_status(lab: &Lab) {
             .get(&format!("subnet {}", n.name))
             .map(String::as_str)
             .unwrap_or("-");
-        println!("  node {:<4} {:<28} {}  pods {}", n.name, n.netns, n.addr, subnet);
+        println!(
+            "  node {:<4} {:<28} {}  pods {}",
+            n.name, n.netns, n.addr, subnet
+        );
     }
     for p in &s.pods {
         let ip = p.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
@@ -171,7 +174,9 @@ fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<Ex
             let v: serde_json::Value =
                 serde_json::from_str(&lab.cli(&trellis, &["get", "node", &node, "-o", "json"])?)?;
             if let Some(cidr) = v["status"]["leases"][0]["cidr"].as_str() {
-                lab.state.notes.insert(format!("subnet {node}"), cidr.to_string());
+                lab.state
+                    .notes
+                    .insert(format!("subnet {node}"), cidr.to_string());
             }
         }
         lab.save()?;
@@ -213,10 +218,21 @@ fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<Ex
     println!("  {me} lab exec {name} u -- {me} get endpoints -A        # one Endpoint per pod");
     println!("  {me} lab exec {name} n1 -- ip route                    # routes to the other nodes' pods (proto 116)");
     println!("  {me} lab exec {name} n1 -- bridge fdb show | grep dst  # vxlan peers");
-    println!("  {me} lab exec {name} n1-p1 -- ping {}", targets.last().map(|t| t.1.to_string()).unwrap_or_default());
-    println!("  less {}/agent-n1.log {}/server.log", lab.dir().display(), lab.dir().display());
+    println!(
+        "  {me} lab exec {name} n1-p1 -- ping {}",
+        targets.last().map(|t| t.1.to_string()).unwrap_or_default()
+    );
+    println!(
+        "  less {}/agent-n1.log {}/server.log",
+        lab.dir().display(),
+        lab.dir().display()
+    );
     println!("  {me} lab down {name}");
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Every pod and node address, by short name.
@@ -242,7 +258,12 @@ fn matrix(lab: &Lab) -> Vec<(String, Vec<bool>)> {
         .nodes
         .iter()
         .map(|n| (n.name.clone(), n.netns.clone()))
-        .chain(lab.state.pods.iter().map(|p| (p.name.clone(), p.netns.clone())))
+        .chain(
+            lab.state
+                .pods
+                .iter()
+                .map(|p| (p.name.clone(), p.netns.clone())),
+        )
         .collect();
     std::thread::scope(|s| {
         let handles: Vec<_> = sources

@@ -55,9 +55,12 @@ fn add_pod(lab: &mut Lab, n: usize, name: &str) -> Ipv4Addr {
 /// Fetch a pod's page from `netns`.
 fn http_get(lab: &Lab, netns: &str, ip: Ipv4Addr) -> String {
     let url = format!("http://{ip}:8080/");
-    lab.exec_any(netns, &["timeout", "2", "busybox", "wget", "-q", "-O-", &url])
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+    lab.exec_any(
+        netns,
+        &["timeout", "2", "busybox", "wget", "-q", "-O-", &url],
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    .unwrap_or_default()
 }
 
 /// Every (source, target) pair that fails: ICMP from every node and pod to every pod
@@ -68,7 +71,12 @@ fn mesh_failures(lab: &Lab) -> Vec<String> {
         .nodes
         .iter()
         .map(|n| (n.name.clone(), n.netns.clone()))
-        .chain(lab.state.pods.iter().map(|p| (p.name.clone(), p.netns.clone())))
+        .chain(
+            lab.state
+                .pods
+                .iter()
+                .map(|p| (p.name.clone(), p.netns.clone())),
+        )
         .collect();
     let pods: Vec<(String, Ipv4Addr)> = lab
         .state
@@ -124,22 +132,34 @@ fn assert_mesh(lab: &Lab, t: Duration, what: &str) {
                 let p = lab.dir().join(format!("agent-{}.log", n.name));
                 let log = std::fs::read_to_string(p).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                format!("--- agent {} ---\n{}\n", n.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "--- agent {} ---\n{}\n",
+                    n.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect();
-        panic!("{what}: {} paths fail:\n{}\n{logs}", last.len(), last.join("\n"));
+        panic!(
+            "{what}: {} paths fail:\n{}\n{logs}",
+            last.len(),
+            last.join("\n")
+        );
     }
 }
 
 /// The routes the fabric owns in a node, as text.
 fn owned_routes(lab: &Lab, node: usize) -> String {
     let ns = &lab.state.nodes[node].netns;
-    let o = lab.exec(ns, &["ip", "route", "show", "proto", "116"]).unwrap();
+    let o = lab
+        .exec(ns, &["ip", "route", "show", "proto", "116"])
+        .unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn node_json(lab: &Lab, name: &str) -> serde_json::Value {
-    let out = lab.cli(&trellis(), &["get", "node", name, "-o", "json"]).unwrap();
+    let out = lab
+        .cli(&trellis(), &["get", "node", name, "-o", "json"])
+        .unwrap();
     serde_json::from_str(&out).unwrap()
 }
 
@@ -149,11 +169,16 @@ fn vxlan_full_mesh() {
     assert_mesh(&lab, Duration::from_secs(15), "vxlan");
     // Static FDB and neighbour entries, no learning.
     let n1 = &lab.state.nodes[0].netns;
-    let link = String::from_utf8_lossy(&lab.exec(n1, &["ip", "-d", "link"]).unwrap().stdout).into_owned();
+    let link =
+        String::from_utf8_lossy(&lab.exec(n1, &["ip", "-d", "link"]).unwrap().stdout).into_owned();
     assert!(link.contains("nolearning"), "{link}");
     let fdb = lab.exec(n1, &["bridge", "fdb", "show"]).unwrap();
     let fdb = String::from_utf8_lossy(&fdb.stdout);
-    assert_eq!(fdb.lines().filter(|l| l.contains(" dst ")).count(), 2, "{fdb}");
+    assert_eq!(
+        fdb.lines().filter(|l| l.contains(" dst ")).count(),
+        2,
+        "{fdb}"
+    );
     // Pod MTU = underlay 1500 - 50.
     let pod = &lab.state.pods[0].netns;
     let l = lab.exec(pod, &["ip", "link", "show", "eth0"]).unwrap();
@@ -165,9 +190,13 @@ fn host_gw_full_mesh_and_off_segment_peer_reported() {
     let lab = cluster_lab(3, 1, "host-gw", 1);
     // The three same-segment nodes reach each other; the remote one is reported.
     let n4 = lab.state.nodes[3].name.clone();
-    assert!(wait_for(Duration::from_secs(10), || {
-        node_json(&lab, "n1")["status"]["unreachablePeers"] == serde_json::json!([n4])
-    }), "n1 must report {n4} unreachable: {}", node_json(&lab, "n1"));
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            node_json(&lab, "n1")["status"]["unreachablePeers"] == serde_json::json!([n4])
+        }),
+        "n1 must report {n4} unreachable: {}",
+        node_json(&lab, "n1")
+    );
     let routes = owned_routes(&lab, 0);
     assert_eq!(routes.lines().count(), 2, "{routes}");
     assert!(routes.contains("via 192.168.77.12 dev eth0"), "{routes}");
@@ -188,7 +217,10 @@ fn hybrid_routes_on_segment_and_tunnels_across() {
     assert_mesh(&lab, Duration::from_secs(15), "hybrid");
     let routes = owned_routes(&lab, 0);
     assert!(routes.contains("via 192.168.77.12 dev eth0"), "{routes}");
-    assert!(routes.contains("dev trl."), "the remote node goes through vxlan: {routes}");
+    assert!(
+        routes.contains("dev trl."),
+        "the remote node goes through vxlan: {routes}"
+    );
     assert!(node_json(&lab, "n1")["status"]["unreachablePeers"].is_null());
 }
 
@@ -224,11 +256,20 @@ fn node_joins_and_leaves() {
         (0..3).all(|i| !owned_routes(&lab, i).contains(&subnet))
     });
     assert!(gone, "routes to {subnet} stay: {}", owned_routes(&lab, 0));
-    let fdb = lab.exec(&lab.state.nodes[0].netns, &["bridge", "fdb", "show"]).unwrap();
+    let fdb = lab
+        .exec(&lab.state.nodes[0].netns, &["bridge", "fdb", "show"])
+        .unwrap();
     assert!(!String::from_utf8_lossy(&fdb.stdout).contains("192.168.77.14"));
-    let eps = lab.cli(&t, &["get", "endpoints", "-A", "-o", "json"]).unwrap();
+    let eps = lab
+        .cli(&t, &["get", "endpoints", "-A", "-o", "json"])
+        .unwrap();
     let eps: serde_json::Value = serde_json::from_str(&eps).unwrap();
-    let n4: Vec<_> = eps["items"].as_array().unwrap().iter().filter(|e| e["spec"]["node"] == "n4").collect();
+    let n4: Vec<_> = eps["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["spec"]["node"] == "n4")
+        .collect();
     assert_eq!(n4.len(), 1);
     assert_eq!(n4[0]["spec"]["ready"], false);
     // It returns with the same subnet: nothing changes for its pod.
@@ -237,9 +278,15 @@ fn node_joins_and_leaves() {
     assert_eq!(lab.state.pods.last().unwrap().ip, Some(ip));
     assert!(owned_routes(&lab, 0).contains(&subnet));
     assert!(wait_for(Duration::from_secs(10), || {
-        let eps = lab.cli(&t, &["get", "endpoints", "-A", "-o", "json"]).unwrap();
+        let eps = lab
+            .cli(&t, &["get", "endpoints", "-A", "-o", "json"])
+            .unwrap();
         let eps: serde_json::Value = serde_json::from_str(&eps).unwrap();
-        eps["items"].as_array().unwrap().iter().all(|e| e["spec"]["ready"] == true)
+        eps["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["spec"]["ready"] == true)
     }));
 }
 
@@ -266,7 +313,10 @@ fn agent_kill9_under_iperf3_changes_nothing() {
     let mut lab = cluster_lab(3, 0, "vxlan", 1);
     assert_mesh(&lab, Duration::from_secs(15), "before");
     let server_ip = lab.state.pods[1].ip.unwrap();
-    let (srv_ns, cli_ns) = (lab.state.pods[1].netns.clone(), lab.state.pods[0].netns.clone());
+    let (srv_ns, cli_ns) = (
+        lab.state.pods[1].netns.clone(),
+        lab.state.pods[0].netns.clone(),
+    );
     let mut iperf = std::process::Command::new("iperf3");
     iperf.args(["-s", "-1"]);
     lab.spawn(&srv_ns, "iperf3 server", iperf).unwrap();
@@ -282,7 +332,17 @@ fn agent_kill9_under_iperf3_changes_nothing() {
     }
     let client = std::thread::spawn(move || {
         std::process::Command::new("ip")
-            .args(["netns", "exec", &cli_ns, "iperf3", "-c", &server_ip.to_string(), "-t", "6", "-J"])
+            .args([
+                "netns",
+                "exec",
+                &cli_ns,
+                "iperf3",
+                "-c",
+                &server_ip.to_string(),
+                "-t",
+                "6",
+                "-J",
+            ])
             .output()
             .unwrap()
     });
@@ -296,32 +356,53 @@ fn agent_kill9_under_iperf3_changes_nothing() {
     lab.start_cluster_agent(&t, 0, "default", &timing).unwrap();
     lab.start_cluster_agent(&t, 1, "default", &timing).unwrap();
     let out = client.join().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(6), "restart took too long to test");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "restart took too long to test"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    assert!(out.status.success(), "iperf3 stream broke: {}", String::from_utf8_lossy(&out.stdout));
-    let bytes = report["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(
+        out.status.success(),
+        "iperf3 stream broke: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let bytes = report["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
     assert!(bytes > 0.0, "{report}");
     // Per-second intervals: none after the restart is empty.
     let intervals = report["intervals"].as_array().unwrap();
     assert!(intervals.len() >= 5, "{report}");
     for iv in intervals {
-        assert!(iv["sum"]["bytes"].as_f64().unwrap_or(0.0) > 0.0, "a second without traffic: {iv}");
+        assert!(
+            iv["sum"]["bytes"].as_f64().unwrap_or(0.0) > 0.0,
+            "a second without traffic: {iv}"
+        );
     }
     // The restarted agents changed nothing: same routes, FDB, neighbours and links, and
     // the monitors saw no route or link event. Wait one fabric pass first.
     std::thread::sleep(Duration::from_secs(2));
-    for i in 0..3 {
-        assert_eq!(fabric_snapshot(&lab, i), before[i], "node n{} changed", i + 1);
+    for (i, b) in before.iter().enumerate() {
+        assert_eq!(&fabric_snapshot(&lab, i), b, "node n{} changed", i + 1);
     }
     for (i, pid) in monitors.into_iter().enumerate() {
         lab.stop(pid, false);
-        let log = std::fs::read_to_string(lab.dir().join(format!("monitor-n{}.log", i + 1))).unwrap();
-        assert!(log.trim().is_empty(), "n{}: kernel changes on agent restart:\n{log}", i + 1);
+        let log =
+            std::fs::read_to_string(lab.dir().join(format!("monitor-n{}.log", i + 1))).unwrap();
+        assert!(
+            log.trim().is_empty(),
+            "n{}: kernel changes on agent restart:\n{log}",
+            i + 1
+        );
     }
     for n in ["n1", "n2"] {
         let log = std::fs::read_to_string(lab.dir().join(format!("agent-{n}.log"))).unwrap();
         let last_start = log.rfind("joined the cluster").unwrap();
-        assert!(!log[last_start..].contains("fabric updated"), "{n} re-applied:\n{}", &log[last_start..]);
+        assert!(
+            !log[last_start..].contains("fabric updated"),
+            "{n} re-applied:\n{}",
+            &log[last_start..]
+        );
     }
 }
 
@@ -331,16 +412,28 @@ fn backend_switch_keeps_addresses() {
     let lab = cluster_lab(3, 0, "vxlan", 1);
     assert_mesh(&lab, Duration::from_secs(15), "vxlan");
     let ips: Vec<_> = lab.state.pods.iter().map(|p| p.ip).collect();
-    lab.apply(&t, &network_manifest("default", "host-gw")).unwrap();
-    assert!(wait_for(Duration::from_secs(10), || {
-        let r = owned_routes(&lab, 0);
-        r.contains("dev eth0") && !r.contains("trl.")
-    }), "{}", owned_routes(&lab, 0));
-    let links = lab.exec(&lab.state.nodes[0].netns, &["ip", "-o", "link"]).unwrap();
-    assert!(!String::from_utf8_lossy(&links.stdout).contains("trl."), "the vxlan device is removed");
+    lab.apply(&t, &network_manifest("default", "host-gw"))
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let r = owned_routes(&lab, 0);
+            r.contains("dev eth0") && !r.contains("trl.")
+        }),
+        "{}",
+        owned_routes(&lab, 0)
+    );
+    let links = lab
+        .exec(&lab.state.nodes[0].netns, &["ip", "-o", "link"])
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("trl."),
+        "the vxlan device is removed"
+    );
     assert_mesh(&lab, Duration::from_secs(15), "host-gw");
-    lab.apply(&t, &network_manifest("default", "vxlan")).unwrap();
-    assert!(wait_for(Duration::from_secs(10), || owned_routes(&lab, 0).contains("dev trl.")));
+    lab.apply(&t, &network_manifest("default", "vxlan"))
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || owned_routes(&lab, 0)
+        .contains("dev trl.")));
     assert_mesh(&lab, Duration::from_secs(15), "vxlan again");
     let after: Vec<_> = lab.state.pods.iter().map(|p| p.ip).collect();
     assert_eq!(ips, after);
@@ -378,7 +471,8 @@ fn l2_pods_live_on_the_underlay_segment() {
 fn pod_mtu_follows_the_underlay() {
     let mut lab = cluster_lab(3, 0, "vxlan", 1);
     let n1 = lab.state.nodes[0].netns.clone();
-    lab.exec(&n1, &["ip", "link", "set", "eth0", "mtu", "1400"]).unwrap();
+    lab.exec(&n1, &["ip", "link", "set", "eth0", "mtu", "1400"])
+        .unwrap();
     // The next fabric pass (resync: 5 s) shrinks the tunnel; new pods get the new MTU.
     assert!(wait_for(Duration::from_secs(10), || {
         let l = lab.exec(&n1, &["ip", "-o", "link"]).unwrap();
@@ -388,6 +482,8 @@ fn pod_mtu_follows_the_underlay() {
     }));
     let pod = lab.add_pod(0, "late").unwrap();
     lab.cni_add_pod(&plugin(), &pod.netns).unwrap();
-    let l = lab.exec(&pod.netns, &["ip", "link", "show", "eth0"]).unwrap();
+    let l = lab
+        .exec(&pod.netns, &["ip", "link", "show", "eth0"])
+        .unwrap();
     assert!(String::from_utf8_lossy(&l.stdout).contains("mtu 1350"));
 }

@@ -118,7 +118,10 @@ impl Publisher {
                     self.client.post(&path, w).await?;
                     created += 1;
                 }
-                Some(h) if h["spec"] != w["spec"] || h["metadata"]["labels"] != w["metadata"]["labels"] => {
+                Some(h)
+                    if h["spec"] != w["spec"]
+                        || h["metadata"]["labels"] != w["metadata"]["labels"] =>
+                {
                     let mut o = w.clone();
                     o["metadata"]["resourceVersion"] = h["metadata"]["resourceVersion"].clone();
                     self.client.put(&format!("{path}/{name}"), &o).await?;
@@ -148,7 +151,9 @@ impl Publisher {
         loop {
             match self.sync().await {
                 Ok((0, 0, 0)) => {}
-                Ok((c, u, d)) => tracing::info!(created = c, updated = u, deleted = d, "endpoints published"),
+                Ok((c, u, d)) => {
+                    tracing::info!(created = c, updated = u, deleted = d, "endpoints published")
+                }
                 Err(e) => {
                     tracing::warn!("publishing endpoints: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;

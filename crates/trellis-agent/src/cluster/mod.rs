@@ -31,8 +31,8 @@ use trellis_fabric::{backend, pod_mtu, Local, NetworkFabric, Peer};
 use trellis_net::Netlink;
 
 use crate::node::{L2Uplink, Node, NodeConfig};
-use trellis_api::naming::LINK_PREFIX;
 use informer::Informer;
+use trellis_api::naming::LINK_PREFIX;
 
 /// How the agent joins the cluster.
 #[derive(Debug, Clone)]
@@ -103,7 +103,9 @@ async fn detect_local(nl: &Netlink, cfg: &ClusterConfig) -> Result<Underlay, Clu
     let default = routes.iter().find(|(d, _, _)| d.prefix_len() == 0);
     let mut link = match &cfg.uplink {
         Some(name) => links.iter().find(|l| &l.name == name),
-        None => links.iter().find(|l| Some(l.index) == default.and_then(|r| r.2)),
+        None => links
+            .iter()
+            .find(|l| Some(l.index) == default.and_then(|r| r.2)),
     };
     let mut port = link.map(|l| l.name.clone());
     // Under `l2` the node address lives on the pod bridge and the uplink is its port.
@@ -133,10 +135,12 @@ async fn detect_local(nl: &Netlink, cfg: &ClusterConfig) -> Result<Underlay, Clu
             .iter()
             .find(|n| n.addr() == a)
             .copied()
-            .ok_or_else(|| ClusterError::Setup(format!("{a} is not an address of {}", link.name)))?,
-        None => *addrs
-            .first()
-            .ok_or_else(|| ClusterError::Setup(format!("uplink {} has no IPv4 address", link.name)))?,
+            .ok_or_else(|| {
+                ClusterError::Setup(format!("{a} is not an address of {}", link.name))
+            })?,
+        None => *addrs.first().ok_or_else(|| {
+            ClusterError::Setup(format!("uplink {} has no IPv4 address", link.name))
+        })?,
     };
     Ok(Underlay {
         local: Local {
@@ -194,7 +198,9 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Arc<Node>, Joined), ClusterErr
             Ok(x) => break x,
             // Retry what can heal; a bad configuration ends the agent.
             Err(e @ ClientError::Config(_)) => return Err(e.into()),
-            Err(ClientError::Api { status, message, .. }) if status == 401 || status == 403 => {
+            Err(ClientError::Api {
+                status, message, ..
+            }) if status == 401 || status == 403 => {
                 return Err(ClusterError::Setup(format!("server refused us: {message}")))
             }
             Err(e) => {
@@ -358,7 +364,9 @@ struct FabricLoop {
 
 impl std::fmt::Debug for FabricLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FabricLoop").field("node", &self.cfg.node).finish()
+        f.debug_struct("FabricLoop")
+            .field("node", &self.cfg.node)
+            .finish()
     }
 }
 
@@ -383,8 +391,7 @@ impl FabricLoop {
             let Ok(status) = serde_json::from_value::<NodeStatus>(n["status"].clone()) else {
                 continue;
             };
-            let Some(address) = n["spec"]["address"].as_str().and_then(|a| a.parse().ok())
-            else {
+            let Some(address) = n["spec"]["address"].as_str().and_then(|a| a.parse().ok()) else {
                 continue;
             };
             if !status.ready {
@@ -437,7 +444,12 @@ impl FabricLoop {
         // The underlay MTU may have changed: the pod MTU and the tunnel devices follow.
         match self.nl.link(&self.local.uplink).await {
             Ok(Some(l)) if l.mtu != self.local.uplink_mtu => {
-                tracing::info!(from = self.local.uplink_mtu, to = l.mtu, uplink = self.local.uplink, "underlay MTU changed");
+                tracing::info!(
+                    from = self.local.uplink_mtu,
+                    to = l.mtu,
+                    uplink = self.local.uplink,
+                    "underlay MTU changed"
+                );
                 self.local.uplink_mtu = l.mtu;
             }
             Ok(_) => {}
@@ -467,7 +479,12 @@ impl FabricLoop {
                         peers
                             .iter()
                             .filter(|p| p.subnet != self.subnet)
-                            .map(|p| (p.subnet, SocketAddrV4::new(p.address, trellis_fabric::UDP_PORT)))
+                            .map(|p| {
+                                (
+                                    p.subnet,
+                                    SocketAddrV4::new(p.address, trellis_fabric::UDP_PORT),
+                                )
+                            })
                             .collect(),
                     );
                 }
@@ -476,7 +493,12 @@ impl FabricLoop {
         }
         let ok = match self.reconciler.apply(&desired).await {
             Ok(r) if r.changes() > 0 => {
-                tracing::info!(?r, peers = peers.len(), backend = net.backend.as_str(), "fabric updated");
+                tracing::info!(
+                    ?r,
+                    peers = peers.len(),
+                    backend = net.backend.as_str(),
+                    "fabric updated"
+                );
                 true
             }
             Ok(_) => true,

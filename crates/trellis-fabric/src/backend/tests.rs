@@ -53,7 +53,11 @@ fn vxlan_has_a_route_neighbour_and_fdb_entry_per_peer() {
     assert_eq!(d.routes.len(), 2);
     assert_eq!(d.neighbours.len(), 2);
     assert_eq!(d.fdb.len(), 2);
-    let r = d.routes.iter().find(|r| r.dst.to_string() == "10.244.2.0/24").unwrap();
+    let r = d
+        .routes
+        .iter()
+        .find(|r| r.dst.to_string() == "10.244.2.0/24")
+        .unwrap();
     assert_eq!(r.via, Some("10.244.2.0".parse().unwrap()));
     assert!(r.onlink);
     assert!(d.fdb.iter().any(|f| f.dst.to_string() == "192.168.78.13"));
@@ -84,9 +88,17 @@ fn host_gw_reports_peers_off_the_segment() {
 fn hybrid_routes_directly_on_segment_and_tunnels_the_rest() {
     let d = desired(&net(Backend::Hybrid), &local(), &peers());
     assert_eq!(d.vxlan.len(), 1);
-    let near = d.routes.iter().find(|r| r.dst.to_string() == "10.244.2.0/24").unwrap();
+    let near = d
+        .routes
+        .iter()
+        .find(|r| r.dst.to_string() == "10.244.2.0/24")
+        .unwrap();
     assert_eq!(near.dev, "eth0");
-    let far = d.routes.iter().find(|r| r.dst.to_string() == "10.244.3.0/24").unwrap();
+    let far = d
+        .routes
+        .iter()
+        .find(|r| r.dst.to_string() == "10.244.3.0/24")
+        .unwrap();
     assert_eq!(far.dev, "trl.7");
     assert_eq!(d.fdb.len(), 1);
     assert!(d.unreachable.is_empty());
@@ -97,10 +109,21 @@ fn udp_routes_into_the_tun_device_and_mtu_follows_overhead() {
     let d = desired(&net(Backend::Udp), &local(), &peers());
     let tun = d.tun.iter().next().unwrap();
     assert_eq!(tun.mtu, 1472);
-    assert!(d.routes.iter().all(|r| r.dev == tun.name && r.via.is_none()));
+    assert!(d
+        .routes
+        .iter()
+        .all(|r| r.dev == tun.name && r.via.is_none()));
     let mut n = net(Backend::Udp);
     n.mtu = Some(1400);
-    assert_eq!(desired(&n, &local(), &peers()).tun.iter().next().unwrap().mtu, 1400);
+    assert_eq!(
+        desired(&n, &local(), &peers())
+            .tun
+            .iter()
+            .next()
+            .unwrap()
+            .mtu,
+        1400
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! the peer's VTEP address (its subnet's network address) on the device.
 
 use crate::{
-    naming, vtep_mac, Desired, Fdb, Local, NetworkFabric, Neighbour, Peer, Route, VxlanDevice,
+    naming, vtep_mac, Desired, Fdb, Local, Neighbour, NetworkFabric, Peer, Route, VxlanDevice,
     VXLAN_PORT,
 };
 
