@@ -487,3 +487,109 @@ fn pod_mtu_follows_the_underlay() {
         .unwrap();
     assert!(String::from_utf8_lossy(&l.stdout).contains("mtu 1350"));
 }
+
+/// The Endpoints the server holds, as (namespace/name, labels, ip, ready).
+fn endpoints(lab: &Lab) -> Vec<serde_json::Value> {
+    let out = lab
+        .cli(&trellis(), &["get", "endpoints", "-A", "-o", "json"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn endpoints_follow_attachments_with_labels() {
+    let t = trellis();
+    let mut lab = cluster_lab(3, 0, "vxlan", 0);
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: shop\n  labels: {app: web, tier: front}\n",
+    )
+    .unwrap();
+    let add = |lab: &mut Lab, node: usize, name: &str, args: &str| {
+        let pod = lab.add_pod(node, name).unwrap();
+        let path = trellis_lab::netns_path(&pod.netns).display().to_string();
+        let out = lab
+            .cni(
+                &plugin(),
+                node,
+                &[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", name),
+                    ("CNI_NETNS", &path),
+                    ("CNI_IFNAME", "eth0"),
+                    ("CNI_ARGS", args),
+                ],
+                &lab.cni_config(node, "1.1.0"),
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        path
+    };
+    add(
+        &mut lab,
+        0,
+        "c1",
+        "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1",
+    );
+    add(&mut lab, 1, "c2", "LABELS=app=db,role=primary");
+    assert!(wait_for(Duration::from_secs(10), || endpoints(&lab).len() == 2));
+    let eps = endpoints(&lab);
+    let web = eps
+        .iter()
+        .find(|e| e["spec"]["podName"] == "web-1")
+        .unwrap();
+    assert_eq!(web["metadata"]["namespace"], "shop");
+    assert_eq!(web["metadata"]["labels"]["app"], "web");
+    assert_eq!(web["metadata"]["labels"]["tier"], "front");
+    assert_eq!(web["metadata"]["labels"]["trellis.io/node"], "n1");
+    assert_eq!(web["spec"]["ready"], true);
+    let db = eps
+        .iter()
+        .find(|e| e["spec"]["containerId"] == "c2")
+        .unwrap();
+    assert_eq!(db["metadata"]["namespace"], "default");
+    assert_eq!(db["metadata"]["labels"]["role"], "primary");
+    assert_eq!(db["spec"]["node"], "n2");
+    // A bad LABELS argument is a clear CNI error that changes nothing.
+    let pod = lab.add_pod(2, "bad").unwrap();
+    let path = trellis_lab::netns_path(&pod.netns).display().to_string();
+    let out = lab
+        .cni(
+            &plugin(),
+            2,
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "c3"),
+                ("CNI_NETNS", &path),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", "LABELS=app"),
+            ],
+            &lab.cni_config(2, "1.1.0"),
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["code"], 4, "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("LABELS"), "{err}");
+    // DEL removes the Endpoint.
+    let out = lab
+        .cni(
+            &plugin(),
+            1,
+            &[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "c2"),
+                ("CNI_NETNS", ""),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            &lab.cni_config(1, "1.1.0"),
+        )
+        .unwrap();
+    assert!(out.status.success());
+    assert!(wait_for(Duration::from_secs(10), || endpoints(&lab).len() == 1));
+}
