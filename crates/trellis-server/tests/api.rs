@@ -679,3 +679,53 @@ async fn node_lease_expiry_and_subnet_reclaim() {
         la
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subnets_avoid_reserved_ranges_and_host_addresses() {
+    let (store, _d) = embedded();
+    let srv = start(store, false, test_config()).await;
+    let c = srv.client(ADMIN);
+    // An l2 network: the hosts' own segment, /28 per node, the router's range reserved.
+    let mut net = network("seg", "192.168.77.0/24");
+    net["spec"]["backend"] = json!("l2");
+    net["spec"]["nodeSubnetPrefix"] = json!(28);
+    net["spec"]["reserved"] = json!(["192.168.77.0/28"]);
+    c.post("/v1/networks", &net).await.unwrap();
+    // n1 sits at .20: the /28 holding it (.16/28) is never leased.
+    c.post("/v1/nodes", &node("n1", "192.168.77.20"))
+        .await
+        .unwrap();
+    c.post("/v1/nodes", &node("n2", "192.168.77.2"))
+        .await
+        .unwrap();
+    let a = c
+        .post("/v1/nodes/n1/subnets/seg", &json!({}))
+        .await
+        .unwrap();
+    let b = c
+        .post("/v1/nodes/n2/subnets/seg", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(a["cidr"], "192.168.77.32/28");
+    assert_eq!(b["cidr"], "192.168.77.48/28");
+    // Endpoints of a node follow its liveness.
+    c.post(
+        "/v1/namespaces/default/endpoints",
+        &endpoint("e1", "n1", "192.168.77.33"),
+    )
+    .await
+    .unwrap();
+    let ready = |c: Client| async move {
+        c.get("/v1/namespaces/default/endpoints/e1").await.unwrap()["spec"]["ready"].clone()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ready(c.clone()).await != json!(false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n1's endpoint stays ready after its lease expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    c.post("/v1/nodes/n1/heartbeat", &json!({})).await.unwrap();
+    assert_eq!(ready(c.clone()).await, json!(true));
+}
