@@ -593,3 +593,57 @@ fn endpoints_follow_attachments_with_labels() {
     assert!(out.status.success());
     assert!(wait_for(Duration::from_secs(10), || endpoints(&lab).len() == 1));
 }
+
+#[test]
+fn agent_refuses_bad_credentials_and_a_mismatched_l2_network() {
+    let t = trellis();
+    let lab = cluster_lab(1, 0, "vxlan", 0);
+    let n1 = lab.state.nodes[0].netns.clone();
+    let dir = lab.dir();
+    let run_agent = |token: &str, network: &str| {
+        std::fs::write(dir.join("bad.token"), token).unwrap();
+        let out = std::process::Command::new("timeout")
+            .args(["10", "ip", "netns", "exec", &n1])
+            .arg(&t)
+            .args([
+                "agent",
+                "--server",
+                &trellis_lab::cluster::server_url(),
+                "--node",
+                "n1",
+            ])
+            .args(["--network", network])
+            .arg("--ca")
+            .arg(dir.join("server/ca.pem"))
+            .arg("--token-file")
+            .arg(dir.join("bad.token"))
+            .arg("--state-dir")
+            .arg(dir.join("bad-state"))
+            .arg("--socket")
+            .arg(dir.join("bad.sock"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run_agent("not-a-token", "default");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("server refused us"), "{err}");
+    // An l2 network whose cidr is not the node's segment: refused before any change.
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: Network\nmetadata:\n  name: seg\nspec:\n  backend: l2\n  cidr: 10.50.0.0/24\n  nodeSubnetPrefix: 28\n",
+    )
+    .unwrap();
+    let token = std::fs::read_to_string(lab.agent_paths(0).state_dir.join("node.token")).unwrap();
+    let links_before = lab.exec(&n1, &["ip", "-o", "link"]).unwrap().stdout;
+    let (code, err) = run_agent(&token, "seg");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("must be the underlay segment"), "{err}");
+    assert_eq!(
+        lab.exec(&n1, &["ip", "-o", "link"]).unwrap().stdout,
+        links_before
+    );
+}
