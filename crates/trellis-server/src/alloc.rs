@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | cluster IP | `/alloc/clusterips/<ip>` | the Service |
 //! | node port | `/alloc/nodeports/<port>` | the Service |
+//! | load-balancer IP | `/alloc/lbips/<ip>` | the Service (from a LoadBalancerPool) |
 //! | VNI | `/alloc/vnis/<vni>` | the Network |
 //! | node subnet | `/alloc/subnets/<network>/<addr>-<len>` | `{"node": …}`, attached to the node's grace lease |
 //! | network set | `/alloc/networks` | bumped by every Network change, so overlap checks are serialised |
@@ -85,6 +86,9 @@ impl Plan {
 fn clusterip_key(ip: Ipv4Addr) -> String {
     format!("/alloc/clusterips/{ip}")
 }
+fn lbip_key(ip: Ipv4Addr) -> String {
+    format!("/alloc/lbips/{ip}")
+}
 fn nodeport_key(port: u16) -> String {
     format!("/alloc/nodeports/{port}")
 }
@@ -152,8 +156,12 @@ pub async fn plan_create(s: &Server, key: &str, obj: &mut AnyObject) -> Result<P
         AnyObject::Service(svc) => {
             service_cluster_ip(s, &mut plan, key, svc, None).await?;
             service_node_ports(s, &mut plan, key, svc, None).await?;
+            service_lb_ip(s, &mut plan, key, svc, None).await?;
         }
-        AnyObject::Node(_) | AnyObject::Pod(_) | AnyObject::Endpoint(_) => {}
+        AnyObject::Node(_)
+        | AnyObject::Pod(_)
+        | AnyObject::Endpoint(_)
+        | AnyObject::LoadBalancerPool(_) => {}
     }
     Ok(plan)
 }
@@ -203,6 +211,7 @@ pub async fn plan_update(
             }
             service_cluster_ip(s, &mut plan, key, n, Some(o)).await?;
             service_node_ports(s, &mut plan, key, n, Some(o)).await?;
+            service_lb_ip(s, &mut plan, key, n, Some(o)).await?;
         }
         (AnyObject::Node(o), AnyObject::Node(n)) if n.status == Default::default() => {
             n.status = o.status.clone();
@@ -235,10 +244,139 @@ pub async fn plan_delete(s: &Server, _key: &str, old: &AnyObject) -> Result<Plan
                     plan.release(nodeport_key(np));
                 }
             }
+            if let Some(ip) = svc.status.load_balancer_ip {
+                plan.release(lbip_key(ip));
+            }
         }
         _ => {}
     }
     Ok(plan)
+}
+
+/// A `LoadBalancer` Service's address (`status.loadBalancerIP`): kept while it still
+/// matches `spec.loadBalancerIP`; the requested one (it must lie in a pool); else the
+/// first free address of the pools. With no pool or no free address the service stays
+/// pending (no address) until [`run_lb_allocator`] finds one. Other types release it.
+async fn service_lb_ip(
+    s: &Server,
+    plan: &mut Plan,
+    key: &str,
+    svc: &mut Service,
+    old: Option<&Service>,
+) -> Result<(), ApiError> {
+    let old_ip = old.and_then(|o| o.status.load_balancer_ip);
+    let release_old = |plan: &mut Plan| {
+        if let Some(ip) = old_ip {
+            plan.release(lbip_key(ip));
+        }
+    };
+    if svc.spec.type_ != ServiceType::LoadBalancer {
+        release_old(plan);
+        svc.status.load_balancer_ip = None;
+        if svc.spec.load_balancer_ip.is_some() {
+            return Err(ApiError::invalid(
+                "spec.loadBalancerIP: only for type LoadBalancer",
+            ));
+        }
+        return Ok(());
+    }
+    match (svc.spec.load_balancer_ip, old_ip) {
+        (None, Some(o)) => {
+            svc.status.load_balancer_ip = Some(o);
+            return Ok(());
+        }
+        (Some(w), Some(o)) if w == o => {
+            svc.status.load_balancer_ip = Some(o);
+            return Ok(());
+        }
+        _ => release_old(plan),
+    }
+    let mut pools = Vec::new();
+    for kv in s
+        .store
+        .list(&kind_prefix(Kind::LoadBalancerPool, None))
+        .await?
+        .0
+    {
+        if let AnyObject::LoadBalancerPool(p) = to_typed(&kv)? {
+            pools.push(p);
+        }
+    }
+    if let Some(ip) = svc.spec.load_balancer_ip {
+        if !pools.iter().any(|p| p.spec.contains(ip)) {
+            return Err(ApiError::invalid(format!(
+                "spec.loadBalancerIP: {ip} is in no LoadBalancerPool"
+            )));
+        }
+        plan.claim_requested(
+            lbip_key(ip),
+            key,
+            ApiError::invalid(format!("spec.loadBalancerIP: {ip} is already allocated")),
+        );
+        svc.status.load_balancer_ip = Some(ip);
+        return Ok(());
+    }
+    let used = taken(s, "/alloc/lbips/").await?;
+    let free = pools
+        .iter()
+        .flat_map(|p| p.spec.addresses())
+        .find(|ip| !used.contains(&ip.to_string()));
+    svc.status.load_balancer_ip = free;
+    if let Some(ip) = free {
+        plan.claim(lbip_key(ip), key);
+    }
+    Ok(())
+}
+
+/// Give pending `LoadBalancer` Services an address when a pool appears or grows: on every
+/// LoadBalancerPool change (and every 10 s), re-run the allocation for each pending one.
+pub async fn run_lb_allocator(s: std::sync::Arc<Server>) {
+    use futures::StreamExt;
+    loop {
+        if let Err(e) = assign_pending_lb_ips(&s).await {
+            tracing::warn!("load-balancer allocator: {e}");
+        }
+        let rev = s.store.revision().await.unwrap_or(0);
+        let mut w = match s
+            .store
+            .watch(&kind_prefix(Kind::LoadBalancerPool, None), rev + 1)
+            .await
+        {
+            Ok(w) => w,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.next()).await;
+    }
+}
+
+async fn assign_pending_lb_ips(s: &Server) -> Result<(), ApiError> {
+    let prefix = format!("/registry/{}/", Kind::Service.plural());
+    for kv in s.store.list(&prefix).await?.0 {
+        let AnyObject::Service(old) = to_typed(&kv)? else {
+            continue;
+        };
+        if old.spec.type_ != ServiceType::LoadBalancer || old.status.load_balancer_ip.is_some() {
+            continue;
+        }
+        let mut new = old.clone();
+        let mut plan = Plan::default();
+        service_lb_ip(s, &mut plan, &kv.key, &mut new, Some(&old)).await?;
+        if new.status.load_balancer_ip.is_none() {
+            continue;
+        }
+        let txn = std::mem::take(&mut plan.txn)
+            .check(kv.key.clone(), Precondition::Revision(kv.mod_revision))
+            .put(kv.key.clone(), stored_bytes(&AnyObject::Service(new)), None);
+        match s.store.txn(txn).await {
+            // Lost a race (the service or the address changed): the next pass retries.
+            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn immutable(field: &str, was: &impl std::fmt::Display) -> ApiError {

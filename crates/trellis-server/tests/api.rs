@@ -729,3 +729,99 @@ async fn subnets_avoid_reserved_ranges_and_host_addresses() {
     c.post("/v1/nodes/n1/heartbeat", &json!({})).await.unwrap();
     assert_eq!(ready(c.clone()).await, json!(true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancer_ips_come_from_pools() {
+    let (store, _d) = embedded();
+    let srv = start(store, false, test_config()).await;
+    let c = srv.client(ADMIN);
+    let lb = |name: &str, ip: Option<&str>| {
+        let mut spec =
+            json!({"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"port": 80}]});
+        if let Some(ip) = ip {
+            spec["loadBalancerIP"] = json!(ip);
+        }
+        service(name, spec)
+    };
+    // No pool yet: the service is pending.
+    let a = c
+        .post("/v1/namespaces/default/services", &lb("a", None))
+        .await
+        .unwrap();
+    assert!(a["status"]["loadBalancerIP"].is_null(), "{a}");
+    let pool = json!({"apiVersion": "trellis/v1", "kind": "LoadBalancerPool",
+        "metadata": {"name": "lan"}, "spec": {"cidrs": ["192.168.77.240/30"]}});
+    c.post("/v1/loadbalancerpools", &pool).await.unwrap();
+    // The allocator gives the pending service the pool's first address.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let a = c.get("/v1/namespaces/default/services/a").await.unwrap();
+        if a["status"]["loadBalancerIP"] == "192.168.77.241" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still pending: {a}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A requested address must be in a pool and free.
+    let (st, msg) = status_of(
+        c.post(
+            "/v1/namespaces/default/services",
+            &lb("b", Some("10.9.9.9")),
+        )
+        .await,
+    );
+    assert_eq!(st, 422, "{msg}");
+    assert!(
+        msg.contains("spec.loadBalancerIP: 10.9.9.9 is in no LoadBalancerPool"),
+        "{msg}"
+    );
+    let (st, msg) = status_of(
+        c.post(
+            "/v1/namespaces/default/services",
+            &lb("b", Some("192.168.77.241")),
+        )
+        .await,
+    );
+    assert_eq!(st, 422, "{msg}");
+    assert!(msg.contains("already allocated"), "{msg}");
+    let b = c
+        .post("/v1/namespaces/default/services", &lb("b", None))
+        .await
+        .unwrap();
+    assert_eq!(b["status"]["loadBalancerIP"], "192.168.77.242");
+    // Exhausted: pending. Deleting a frees its address for the next one.
+    let d = c
+        .post("/v1/namespaces/default/services", &lb("d", None))
+        .await
+        .unwrap();
+    assert!(d["status"]["loadBalancerIP"].is_null());
+    c.delete("/v1/namespaces/default/services/d").await.unwrap();
+    c.delete("/v1/namespaces/default/services/a").await.unwrap();
+    let e = c
+        .post(
+            "/v1/namespaces/default/services",
+            &lb("e", Some("192.168.77.241")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e["status"]["loadBalancerIP"], "192.168.77.241");
+    // Changing the type releases the address.
+    let mut b2 = c.get("/v1/namespaces/default/services/b").await.unwrap();
+    b2["spec"]["type"] = json!("ClusterIP");
+    for p in b2["spec"]["ports"].as_array_mut().unwrap() {
+        p.as_object_mut().unwrap().remove("nodePort");
+    }
+    let b2 = c
+        .put("/v1/namespaces/default/services/b", &b2)
+        .await
+        .unwrap();
+    assert!(b2["status"]["loadBalancerIP"].is_null(), "{b2}");
+    let f = c
+        .post(
+            "/v1/namespaces/default/services",
+            &lb("f", Some("192.168.77.242")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(f["status"]["loadBalancerIP"], "192.168.77.242");
+}

@@ -334,6 +334,7 @@ fn short_name(k: Kind) -> &'static str {
         Kind::Pod => "po",
         Kind::Endpoint => "ep",
         Kind::Service => "svc",
+        Kind::LoadBalancerPool => "lbpool",
     }
 }
 
@@ -821,6 +822,13 @@ fn columns(o: &AnyObject) -> Columns {
                 ),
             ],
             vec![("SELECTOR", labels(&s.spec.selector))],
+        ),
+        AnyObject::LoadBalancerPool(p) => (
+            vec![(
+                "CIDRS",
+                join_or_none(p.spec.cidrs.iter().map(|c| c.to_string())),
+            )],
+            vec![],
         ),
     }
 }

@@ -185,6 +185,7 @@ async fn serve_main(a: RunArgs) -> anyhow::Result<ExitCode> {
     );
     tokio::spawn(trellis_server::run_compactor(server.clone()));
     tokio::spawn(trellis_server::alloc::run_node_lifecycle(server.clone()));
+    tokio::spawn(trellis_server::alloc::run_lb_allocator(server.clone()));
     serve::serve(listener, serve::router(server), tls_cfg).await?;
     Ok(ExitCode::SUCCESS)
 }

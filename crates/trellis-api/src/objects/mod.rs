@@ -8,6 +8,7 @@
 //! | `Pod` | [`Pod`] | namespaced | `pods` | [`PodSpec`] (empty, may be left out) / [`NoStatus`] |
 //! | `Endpoint` | [`Endpoint`] | namespaced | `endpoints` | [`EndpointSpec`] / [`NoStatus`] |
 //! | `Service` | [`Service`] | namespaced | `services` | [`ServiceSpec`] / [`ServiceStatus`] |
+//! | `LoadBalancerPool` | [`LoadBalancerPool`] | cluster | `loadbalancerpools` | [`LoadBalancerPoolSpec`] / [`NoStatus`] |
 //!
 //! Every kind is an [`Object<S>`] over its spec type; [`AnyObject`] holds any of them, for
 //! code (the server, `trellis apply`) that reads manifests of every kind.
@@ -35,6 +36,7 @@
 //! `apiVersion` and `kind`; `status` is left out while it equals its default.
 
 mod endpoint;
+mod lbpool;
 mod error;
 mod meta;
 mod network;
@@ -61,6 +63,7 @@ pub use network::{
     MAX_NODE_SUBNET_PREFIX, MTU_RANGE, VNI_RANGE,
 };
 pub use node::{Node, NodeSpec, NodeStatus, SubnetLease};
+pub use lbpool::{LoadBalancerPool, LoadBalancerPoolSpec};
 pub use pod::{Pod, PodSpec};
 pub use service::{
     ExternalTrafficPolicy, Protocol, Service, ServicePort, ServiceSpec, ServiceStatus, ServiceType,
@@ -88,16 +91,19 @@ pub enum Kind {
     Endpoint,
     /// [`Service`]: a stable address for a set of pods. Namespaced.
     Service,
+    /// [`LoadBalancerPool`]: addresses for `LoadBalancer` Services. Cluster-scoped.
+    LoadBalancerPool,
 }
 
 impl Kind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Network,
         Kind::Node,
         Kind::Pod,
         Kind::Endpoint,
         Kind::Service,
+        Kind::LoadBalancerPool,
     ];
 
     /// The name written in `kind`: `Network`, `Node`, ...
@@ -108,6 +114,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Endpoint => "Endpoint",
             Kind::Service => "Service",
+            Kind::LoadBalancerPool => "LoadBalancerPool",
         }
     }
 
@@ -119,6 +126,7 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Endpoint => "endpoints",
             Kind::Service => "services",
+            Kind::LoadBalancerPool => "loadbalancerpools",
         }
     }
 
@@ -372,6 +380,8 @@ pub enum AnyObject {
     Endpoint(Endpoint),
     /// A `Service`.
     Service(Service),
+    /// A `LoadBalancerPool`.
+    LoadBalancerPool(LoadBalancerPool),
 }
 
 /// Run `$e` with `$o` bound to the typed object inside an [`AnyObject`].
@@ -383,6 +393,7 @@ macro_rules! each {
             AnyObject::Pod($o) => $e,
             AnyObject::Endpoint($o) => $e,
             AnyObject::Service($o) => $e,
+            AnyObject::LoadBalancerPool($o) => $e,
         }
     };
 }
@@ -416,6 +427,7 @@ impl AnyObject {
             Kind::Pod => AnyObject::Pod(typed(value)?),
             Kind::Endpoint => AnyObject::Endpoint(typed(value)?),
             Kind::Service => AnyObject::Service(typed(value)?),
+            Kind::LoadBalancerPool => AnyObject::LoadBalancerPool(typed(value)?),
         })
     }
 
@@ -487,7 +499,7 @@ macro_rules! any_from {
         }
     )*};
 }
-any_from!(Network, Node, Pod, Endpoint, Service);
+any_from!(Network, Node, Pod, Endpoint, Service, LoadBalancerPool);
 
 /// Deserialize a typed object from a JSON value, errors naming the field path.
 fn typed<S: Spec>(value: serde_json::Value) -> Result<Object<S>, ValidationError> {

@@ -43,7 +43,7 @@ fn kind_facts() {
     let plurals: Vec<_> = Kind::ALL.iter().map(|k| k.plural()).collect();
     assert_eq!(
         plurals,
-        ["networks", "nodes", "pods", "endpoints", "services"]
+        ["networks", "nodes", "pods", "endpoints", "services", "loadbalancerpools"]
     );
     for k in Kind::ALL {
         assert_eq!(Kind::from_plural(k.plural()), Some(k));
@@ -174,7 +174,7 @@ fn kind_and_api_version() {
     assert_err(&e, "kind", "unknown kind \"Foo\"");
     assert_eq!(
         e.to_string(),
-        r#"kind: unknown kind "Foo", expected one of Network, Node, Pod, Endpoint, Service"#
+        r#"kind: unknown kind "Foo", expected one of Network, Node, Pod, Endpoint, Service, LoadBalancerPool"#
     );
     // kind is checked first, so a wrong apiVersion with an unknown kind reports the kind.
     let e = json_err(r#"{"apiVersion": "v1", "kind": "Deployment"}"#);

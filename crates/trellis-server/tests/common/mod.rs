@@ -75,6 +75,7 @@ pub async fn start(store: Arc<dyn Store>, use_tls: bool, cfg: ServerConfig) -> T
         tls_cfg,
     ));
     tokio::spawn(trellis_server::alloc::run_node_lifecycle(server.clone()));
+    tokio::spawn(trellis_server::alloc::run_lb_allocator(server.clone()));
     TestServer {
         url: format!("{scheme}://{addr}"),
         ca,
