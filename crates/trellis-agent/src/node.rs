@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use trellis_api::agent::{
-    codes, AddRequest, AgentStatus, Attachment, GcRequest, Lease, Op, Response,
+    codes, AddRequest, AgentStatus, Attachment, GcRequest, Lease, LeaseDns, Op, Response,
 };
 use trellis_api::naming::{fnv1a64, host_veth_name, LINK_PREFIX};
 use trellis_net::{sysctl, LinkInfo, Netlink};
@@ -68,6 +68,8 @@ pub struct Node {
     nl: Netlink,
     /// Pod MTU handed to new attachments (cluster mode changes it with the backend).
     mtu: std::sync::atomic::AtomicU32,
+    /// The cluster DNS handed to pods, once cluster mode runs one.
+    dns: std::sync::OnceLock<PodDns>,
     /// Bumped whenever the set of reservations changes (cluster mode publishes
     /// Endpoints from it).
     changed: tokio::sync::watch::Sender<u64>,
@@ -83,6 +85,13 @@ pub struct Node {
 
 /// Number of per-attachment lock shards.
 const ATTACHMENT_LOCK_SHARDS: usize = 64;
+
+/// The DNS server and domain pods get.
+#[derive(Debug, Clone)]
+struct PodDns {
+    server: Ipv4Addr,
+    domain: String,
+}
 
 /// What start-up found and did, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +190,7 @@ impl Node {
             nl,
             mtu: std::sync::atomic::AtomicU32::new(mtu),
             changed: tokio::sync::watch::channel(0).0,
+            dns: std::sync::OnceLock::new(),
             retired: spawn_link_deleter()?,
             ops: tokio::sync::RwLock::new(()),
             attachment_locks: (0..ATTACHMENT_LOCK_SHARDS)
@@ -257,7 +267,27 @@ impl Node {
             mtu: self.mtu(),
             port_mappings: r.port_mappings.clone(),
             existing,
+            dns: self.dns.get().map(|d| {
+                let ns = r.pod_namespace.as_deref().unwrap_or("default");
+                LeaseDns {
+                    nameservers: vec![d.server],
+                    search: vec![
+                        format!("{ns}.svc.{}", d.domain),
+                        format!("svc.{}", d.domain),
+                        d.domain.clone(),
+                    ],
+                    options: vec!["ndots:5".into()],
+                }
+            }),
         }
+    }
+
+    /// Hand pods the cluster DNS at `server` for `domain` from now on (cluster mode).
+    pub fn set_dns(&self, server: Ipv4Addr, domain: &str) {
+        let _ = self.dns.set(PodDns {
+            server,
+            domain: domain.to_string(),
+        });
     }
 
     /// Take the locks a plugin request on `a` needs: the shared side of `ops` and the

@@ -225,6 +225,23 @@ pub struct Lease {
     /// True when the reservation already existed (a retried ADD, or CHECK).
     #[serde(default)]
     pub existing: bool,
+    /// The cluster DNS the pod should use (cluster mode), unless the network config
+    /// sets `dns` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<LeaseDns>,
+}
+
+/// The cluster DNS handed to pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseDns {
+    /// Name servers (the agent's DNS on the pod gateway).
+    pub nameservers: Vec<Ipv4Addr>,
+    /// Search domains (`<ns>.svc.<domain>`, `svc.<domain>`, `<domain>`).
+    pub search: Vec<String>,
+    /// resolv.conf options (`ndots:5`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 /// Health of the agent.

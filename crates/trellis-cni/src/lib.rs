@@ -97,6 +97,13 @@ fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value, CniError> {
             if out.dns.is_empty() {
                 out.dns = conf.dns.clone();
             }
+            if out.dns.is_empty() {
+                if let Some(d) = &lease.dns {
+                    out.dns.nameservers = d.nameservers.iter().map(|a| a.to_string()).collect();
+                    out.dns.search = d.search.clone();
+                    out.dns.options = d.options.clone();
+                }
+            }
             Ok(out.to_json(&conf.cni_version))
         }
         Err(e) => {
