@@ -5,5 +5,6 @@ set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq iproute2 nftables iptables iputils-ping conntrack busybox-static \
-    containernetworking-plugins podman runc util-linux etcd-server protobuf-compiler >/dev/null
+    containernetworking-plugins podman runc util-linux etcd-server protobuf-compiler \
+    iperf3 dnsmasq-base dnsutils dnsperf >/dev/null
 cargo test --workspace --locked
