@@ -67,6 +67,9 @@ pub fn add(
         cont.set_up(c.index).await.map_err(kernel)?;
         cont.add_default_route(c.index, lease.gateway).await.map_err(kernel)?;
         let h = host.link(&host_name).await.map_err(kernel)?;
+        if let Some(h) = &h {
+            host.set_hairpin(h.index).await.map_err(kernel)?;
+        }
         Ok(CniResult {
             interfaces: vec![
                 Interface {

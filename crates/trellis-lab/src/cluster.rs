@@ -24,6 +24,8 @@ pub struct Timing {
     pub heartbeat: f64,
     /// Agents: fabric drift check period (seconds).
     pub resync: f64,
+    /// Agents: further arguments (e.g. `--dns-upstream 192.168.77.1`).
+    pub agent_args: Vec<String>,
 }
 
 impl Default for Timing {
@@ -34,6 +36,7 @@ impl Default for Timing {
             subnet_grace: 120,
             heartbeat: 1.0,
             resync: 5.0,
+            agent_args: Vec::new(),
         }
     }
 }
@@ -186,7 +189,8 @@ impl Lab {
             .arg("--socket")
             .arg(&p.socket)
             .args(["--heartbeat", &t.heartbeat.to_string()])
-            .args(["--resync", &t.resync.to_string()]);
+            .args(["--resync", &t.resync.to_string()])
+            .args(&t.agent_args);
         let netns = self.state.nodes[node].netns.clone();
         let what = format!("agent {name}");
         let pid = self.spawn(&netns, &what, c)?;

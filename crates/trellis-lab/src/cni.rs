@@ -107,6 +107,16 @@ impl Lab {
 
     /// ADD a pod namespace to the network with `trellis-cni`; returns its address.
     pub fn cni_add_pod(&mut self, plugin: &Path, pod_netns: &str) -> Result<Ipv4Addr> {
+        self.cni_add_pod_with(plugin, pod_netns, "")
+    }
+
+    /// [`Lab::cni_add_pod`] with `CNI_ARGS` (e.g. `LABELS=app=web`).
+    pub fn cni_add_pod_with(
+        &mut self,
+        plugin: &Path,
+        pod_netns: &str,
+        cni_args: &str,
+    ) -> Result<Ipv4Addr> {
         let pod_idx = self
             .state
             .pods
@@ -123,6 +133,7 @@ impl Lab {
                 ("CNI_CONTAINERID", pod_netns),
                 ("CNI_NETNS", &ns),
                 ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", cni_args),
             ],
             &self.cni_config(node, "1.1.0"),
         )?;

@@ -183,6 +183,20 @@ impl Netlink {
             .map_err(|e| nl_err(format!("create veth {host} <-> {peer}"), e))
     }
 
+    /// Turn on hairpin mode of bridge port `index`: frames may leave by the port they
+    /// came in. A pod reaching itself through a service needs it when the bridge runs
+    /// netfilter on bridged frames (`br_netfilter` loaded): the DNATed frame goes back
+    /// out of its own port.
+    pub async fn set_hairpin(&self, index: u32) -> Result<()> {
+        let msg = rtnetlink::LinkBridgePort::new(index).hairpin(true).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("set hairpin mode on bridge port {index}"), e))
+    }
+
     /// Bring a link up.
     pub async fn set_up(&self, index: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).up().build();

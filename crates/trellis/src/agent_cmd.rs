@@ -45,6 +45,16 @@ pub struct AgentArgs {
     /// Cluster mode: seconds between fabric drift checks and Endpoint re-publication.
     #[arg(long, default_value_t = 30.0)]
     resync: f64,
+    /// Cluster mode: the cluster DNS domain.
+    #[arg(long, default_value = trellis_agent::cluster::services::DEFAULT_DOMAIN)]
+    cluster_domain: String,
+    /// Cluster mode: upstream resolver for names outside the cluster domain, `IP[:PORT]`
+    /// (repeatable; default: the nameservers of /etc/resolv.conf).
+    #[arg(long = "dns-upstream")]
+    dns_upstreams: Vec<String>,
+    /// Cluster mode: seconds between full syncs of the service proxy.
+    #[arg(long, default_value_t = 300.0)]
+    proxy_full_resync: f64,
     /// Pod CIDRs of the whole cluster: traffic to them is not masqueraded
     /// (default: the pod subnet).
     #[arg(long = "cluster-cidr")]
@@ -100,6 +110,13 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                     heartbeat: Duration::from_secs_f64(a.heartbeat),
                     resync: Duration::from_secs_f64(a.resync),
                     orphan_grace: Duration::from_secs(a.orphan_grace),
+                    domain: a.cluster_domain.clone(),
+                    dns_upstreams: a
+                        .dns_upstreams
+                        .iter()
+                        .map(|s| parse_upstream(s))
+                        .collect::<anyhow::Result<_>>()?,
+                    proxy_full_resync: Duration::from_secs_f64(a.proxy_full_resync),
                 };
                 let (node, joined) = cluster::start(cfg).await?;
                 tracing::info!(subnet = %joined.subnet, uplink = joined.local.uplink, "node ready (cluster mode)");
@@ -144,4 +161,15 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("stopped; kernel state left in place");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `IP` or `IP:PORT` (port 53 by default).
+fn parse_upstream(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let ip: std::net::IpAddr = s
+        .parse()
+        .with_context(|| format!("--dns-upstream {s:?}: expected IP or IP:PORT"))?;
+    Ok(std::net::SocketAddr::new(ip, 53))
 }

@@ -8,60 +8,10 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use common::cluster::{add_pod, cluster_lab, http_get};
 use common::{pid_of, plugin, require, trellis};
 use trellis_lab::cluster::{network_manifest, Timing};
 use trellis_lab::{wait_for, Lab};
-
-/// A lab with a server, the `default` Network on `backend`, an agent on each of `nodes`
-/// nodes (plus `remote` nodes on a second, routed segment), and `pods` pods per node,
-/// each serving HTTP on port 8080 with its own name as the page.
-fn cluster_lab(nodes: usize, remote: usize, backend: &str, pods: usize) -> Lab {
-    require(&["ip", "nft", "ping", "busybox", "bridge"]);
-    let t = trellis();
-    let timing = Timing::default();
-    let mut lab = Lab::new(nodes).expect("create lab");
-    for _ in 0..remote {
-        lab.join_remote_node().expect("remote node");
-    }
-    lab.start_server(&t, &timing).expect("server");
-    lab.apply(&t, &network_manifest("default", backend))
-        .expect("network");
-    for n in 0..lab.state.nodes.len() {
-        lab.start_cluster_agent(&t, n, "default", &timing)
-            .expect("agent");
-    }
-    for n in 0..lab.state.nodes.len() {
-        for p in 1..=pods {
-            add_pod(&mut lab, n, &format!("p{p}"));
-        }
-    }
-    lab
-}
-
-/// ADD a pod on node `n` and start its web server; returns its address.
-fn add_pod(lab: &mut Lab, n: usize, name: &str) -> Ipv4Addr {
-    let pod = lab.add_pod(n, name).unwrap();
-    let ip = lab.cni_add_pod(&plugin(), &pod.netns).expect("ADD");
-    let www = lab.dir().join(format!("www-{}", pod.name));
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), &pod.name).unwrap();
-    let mut httpd = std::process::Command::new("busybox");
-    httpd.args(["httpd", "-f", "-p", "8080", "-h"]).arg(&www);
-    lab.spawn(&pod.netns, &format!("httpd {}", pod.name), httpd)
-        .unwrap();
-    ip
-}
-
-/// Fetch a pod's page from `netns`.
-fn http_get(lab: &Lab, netns: &str, ip: Ipv4Addr) -> String {
-    let url = format!("http://{ip}:8080/");
-    lab.exec_any(
-        netns,
-        &["timeout", "2", "busybox", "wget", "-q", "-O-", &url],
-    )
-    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-    .unwrap_or_default()
-}
 
 /// Every (source, target) pair that fails: ICMP from every node and pod to every pod
 /// and node, TCP (HTTP) from every node and pod to every pod. Empty when all works.

@@ -14,6 +14,7 @@
 
 pub mod endpoints;
 mod informer;
+pub mod services;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -57,6 +58,12 @@ pub struct ClusterConfig {
     pub resync: Duration,
     /// See [`NodeConfig::orphan_grace`].
     pub orphan_grace: Duration,
+    /// The cluster DNS domain (`cluster.local`).
+    pub domain: String,
+    /// Where the cluster DNS forwards other names (default: `/etc/resolv.conf`'s).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Period of the service proxy's full sync (drift repair).
+    pub proxy_full_resync: Duration,
 }
 
 /// Cluster-mode failures.
@@ -282,13 +289,56 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Arc<Node>, Joined), ClusterErr
     };
     tokio::spawn(fabric.run());
     let publisher = endpoints::Publisher {
-        client,
+        client: client.clone(),
         node_name: cfg.node.clone(),
         network: cfg.network.clone(),
         node: node.clone(),
     };
     tokio::spawn(publisher.run(cfg.resync));
+    start_services(&cfg, &client, &node, &local, &spec).await?;
     Ok((node, Joined { subnet, local }))
+}
+
+/// The cluster DNS on the pod gateway (the node address under `l2`) and the service
+/// proxy, fed by informers on Services and Endpoints.
+async fn start_services(
+    cfg: &ClusterConfig,
+    client: &Client,
+    node: &Arc<Node>,
+    local: &Local,
+    spec: &NetworkSpec,
+) -> Result<(), ClusterError> {
+    let dns_ip = if spec.backend == Backend::L2 {
+        local.address
+    } else {
+        node.ipam().gateway()
+    };
+    let bind = std::net::SocketAddr::from((dns_ip, 53));
+    let upstreams = if cfg.dns_upstreams.is_empty() {
+        services::upstreams(bind)
+    } else {
+        cfg.dns_upstreams.clone()
+    };
+    let dns = trellis_dns::DnsServer::start(bind, &cfg.domain, upstreams)
+        .await
+        .map_err(|e| ClusterError::Setup(format!("cluster DNS on {bind}: {e}")))?;
+    node.set_dns(dns_ip, &cfg.domain);
+    let proxy = trellis_proxy::Proxy::new(trellis_proxy::ProxyConfig {
+        table: services::PROXY_TABLE.into(),
+        node_ips: vec![local.address],
+        cluster_cidrs: vec![spec.cidr],
+    });
+    let svc_loop = services::ServiceLoop {
+        node: cfg.node.clone(),
+        services: Informer::start(client.clone(), "/v1/services".into()),
+        endpoints: Informer::start(client.clone(), "/v1/endpoints".into()),
+        proxy,
+        dns: Some(Arc::new(dns)),
+        domain: cfg.domain.clone(),
+        full_resync: cfg.proxy_full_resync,
+    };
+    tokio::spawn(svc_loop.run());
+    Ok(())
 }
 
 /// Register, heartbeat, lease the subnet and read the Network.

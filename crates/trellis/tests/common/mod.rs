@@ -2,6 +2,8 @@
 //! binaries cargo built, and labs with agents running.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

@@ -1,0 +1,244 @@
+//! Services on this node: the proxy (nftables, `trellis-proxy`) and the cluster DNS
+//! (`trellis-dns`), both fed from informers on Services and Endpoints.
+//!
+//! Change tracking as in kube-proxy: every pass computes each Service's model (its
+//! ports, addresses and ready endpoints); the models that differ from the last applied
+//! ones (and the services gone) are applied as a partial update. A full sync runs at
+//! start, after any error, and every `full_resync`; it compares with the kernel and
+//! changes only what differs, so a restart changes nothing.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use trellis_api::objects::{
+    AnyObject, Endpoint, ExternalTrafficPolicy, Protocol, Service, ServiceType,
+};
+use trellis_dns::{DnsServer, NamedPort, Proto, Records, ServiceRecord};
+use trellis_proxy::{EndpointModel, PortModel, Proxy, ServiceModel};
+
+use super::informer::Informer;
+
+/// The cluster DNS domain.
+pub const DEFAULT_DOMAIN: &str = "cluster.local";
+/// The service proxy's nftables table (family `ip`).
+pub const PROXY_TABLE: &str = "trellis-svc";
+
+fn parse_all<T>(objs: &super::informer::Objects, pick: impl Fn(AnyObject) -> Option<T>) -> Vec<T> {
+    objs.values()
+        .filter_map(|v| AnyObject::from_value(v.clone()).ok())
+        .filter_map(pick)
+        .collect()
+}
+
+/// Whether `ep` backs `svc`: same namespace, every selector label present.
+fn selects(svc: &Service, ep: &Endpoint) -> bool {
+    !svc.spec.selector.is_empty()
+        && ep.metadata.namespace == svc.metadata.namespace
+        && svc
+            .spec
+            .selector
+            .iter()
+            .all(|(k, v)| ep.metadata.labels.get(k) == Some(v))
+}
+
+fn key(svc: &Service) -> String {
+    format!(
+        "{}/{}",
+        svc.metadata.namespace.as_deref().unwrap_or_default(),
+        svc.metadata.name
+    )
+}
+
+/// The proxy's model of every Service with a cluster IP.
+pub fn models(services: &[Service], endpoints: &[Endpoint], node: &str) -> Vec<ServiceModel> {
+    let mut out = Vec::new();
+    for svc in services {
+        let Some(cluster_ip) = svc.spec.cluster_ipv4() else {
+            continue; // headless and ExternalName: DNS only
+        };
+        let node_ports = svc.spec.type_.has_node_ports();
+        let mut eps: Vec<EndpointModel> = endpoints
+            .iter()
+            .filter(|e| e.spec.ready && selects(svc, e))
+            .map(|e| EndpointModel {
+                ip: e.spec.ip,
+                local: e.spec.node == node,
+            })
+            .collect();
+        eps.sort_by_key(|e| e.ip);
+        eps.dedup_by_key(|e| e.ip);
+        let mut external_ips = svc.spec.external_ips.clone();
+        if svc.spec.type_ == ServiceType::LoadBalancer {
+            external_ips.extend(svc.status.load_balancer_ip);
+        }
+        out.push(ServiceModel {
+            key: key(svc),
+            cluster_ip: Some(cluster_ip),
+            external_ips,
+            ports: svc
+                .spec
+                .ports
+                .iter()
+                .map(|p| PortModel {
+                    name: p.name.clone().unwrap_or_default(),
+                    port: p.port,
+                    target_port: p.target_port(),
+                    protocol: p.protocol,
+                    node_port: if node_ports { p.node_port } else { None },
+                })
+                .collect(),
+            affinity_timeout: svc.spec.affinity_timeout(),
+            local_only: svc.spec.external_traffic_policy == ExternalTrafficPolicy::Local,
+            endpoints: eps,
+        });
+    }
+    out
+}
+
+/// The DNS records of every Service.
+pub fn dns_records(domain: &str, services: &[Service], endpoints: &[Endpoint]) -> Records {
+    let mut r = Records::new(domain);
+    for svc in services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        let ports: Vec<NamedPort> = svc
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                Some(NamedPort {
+                    name: p.name.clone()?,
+                    port: p.port,
+                    protocol: match p.protocol {
+                        Protocol::Tcp => Proto::Tcp,
+                        Protocol::Udp => Proto::Udp,
+                    },
+                })
+            })
+            .collect();
+        let rec = if svc.spec.type_ == ServiceType::ExternalName {
+            match &svc.spec.external_name {
+                Some(n) => ServiceRecord::ExternalName(n.clone()),
+                None => continue,
+            }
+        } else if let Some(ip) = svc.spec.cluster_ipv4() {
+            ServiceRecord::ClusterIp { ip, ports }
+        } else if svc.spec.is_headless() {
+            let mut ips: Vec<Ipv4Addr> = endpoints
+                .iter()
+                .filter(|e| e.spec.ready && selects(svc, e))
+                .map(|e| e.spec.ip)
+                .collect();
+            ips.sort();
+            ServiceRecord::Headless {
+                endpoints: ips,
+                ports,
+            }
+        } else {
+            continue;
+        };
+        r.add_service(ns, &svc.metadata.name, rec);
+    }
+    r
+}
+
+/// Runs the proxy and DNS for this node.
+#[derive(Debug)]
+pub struct ServiceLoop {
+    pub(super) node: String,
+    pub(super) services: Informer,
+    pub(super) endpoints: Informer,
+    pub(super) proxy: Proxy,
+    pub(super) dns: Option<Arc<DnsServer>>,
+    pub(super) domain: String,
+    pub(super) full_resync: Duration,
+}
+
+impl ServiceLoop {
+    /// Sync after every change, forever: partial by default, full at start, after an
+    /// error and every `full_resync`.
+    pub async fn run(mut self) {
+        let mut svc_changed = self.services.subscribe();
+        let mut ep_changed = self.endpoints.subscribe();
+        let mut applied: Option<BTreeMap<String, ServiceModel>> = None;
+        let mut last_full = Instant::now();
+        loop {
+            if let (Some(svcs), Some(eps)) = (self.services.snapshot(), self.endpoints.snapshot()) {
+                let services = parse_all(&svcs, |o| match o {
+                    AnyObject::Service(s) => Some(s),
+                    _ => None,
+                });
+                let endpoints = parse_all(&eps, |o| match o {
+                    AnyObject::Endpoint(e) => Some(e),
+                    _ => None,
+                });
+                if let Some(dns) = &self.dns {
+                    dns.set_records(dns_records(&self.domain, &services, &endpoints));
+                }
+                let want: BTreeMap<String, ServiceModel> =
+                    models(&services, &endpoints, &self.node)
+                        .into_iter()
+                        .map(|m| (m.key.clone(), m))
+                        .collect();
+                applied = self.sync(applied.take(), want, &mut last_full).await;
+            }
+            tokio::select! {
+                _ = svc_changed.changed() => {}
+                _ = ep_changed.changed() => {}
+                _ = tokio::time::sleep(if applied.is_none() { Duration::from_secs(1) } else { self.full_resync }) => {}
+            }
+        }
+    }
+
+    /// One pass; returns what is now applied (`None` after an error: the next pass is
+    /// a full sync).
+    async fn sync(
+        &mut self,
+        applied: Option<BTreeMap<String, ServiceModel>>,
+        want: BTreeMap<String, ServiceModel>,
+        last_full: &mut Instant,
+    ) -> Option<BTreeMap<String, ServiceModel>> {
+        let full = applied.is_none() || last_full.elapsed() >= self.full_resync;
+        // nft runs as a child process: keep the runtime's other tasks moving meanwhile.
+        let res = if full {
+            let all: Vec<ServiceModel> = want.values().cloned().collect();
+            *last_full = Instant::now();
+            tokio::task::block_in_place(|| self.proxy.full_sync(&all))
+        } else {
+            let old = applied.as_ref().expect("partial sync has a base");
+            let changed: Vec<ServiceModel> = want
+                .values()
+                .filter(|m| old.get(&m.key) != Some(m))
+                .cloned()
+                .collect();
+            let removed: Vec<String> = old
+                .keys()
+                .filter(|k| !want.contains_key(*k))
+                .cloned()
+                .collect();
+            if changed.is_empty() && removed.is_empty() {
+                return applied;
+            }
+            tokio::task::block_in_place(|| self.proxy.update(&changed, &removed))
+        };
+        match res {
+            Ok(r) => {
+                tracing::debug!(?r, full, services = want.len(), "services synced");
+                Some(want)
+            }
+            Err(e) => {
+                tracing::warn!(full, "service proxy: {e}; a full sync follows");
+                None
+            }
+        }
+    }
+}
+
+/// The node's DNS upstreams: `/etc/resolv.conf`'s, minus our own address.
+pub fn upstreams(own: SocketAddr) -> Vec<SocketAddr> {
+    trellis_dns::upstreams_from_resolv_conf("/etc/resolv.conf")
+        .into_iter()
+        .filter(|u| *u != own)
+        .collect()
+}

@@ -1,0 +1,191 @@
+//! Reading the table as it is in the kernel: chains (with their hooks), the comment of
+//! every rule, the sets and the elements of the static sets.
+
+use std::collections::BTreeMap;
+
+use crate::netlink::{attr, attr_be32, attr_be64, attr_str, msg, parse_attrs, Attrs, Socket};
+use crate::render::{SetSpec, StaticSet};
+use crate::ProxyError;
+
+/// A base chain's hook as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LiveBase {
+    pub(crate) kind: String,
+    pub(crate) hook: u32,
+    pub(crate) priority: i32,
+    pub(crate) policy: u32,
+}
+
+/// A chain as read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LiveChain {
+    pub(crate) base: Option<LiveBase>,
+    pub(crate) rules: usize,
+    /// The comments of the rules, deduplicated (one entry when all agree).
+    pub(crate) comments: Vec<String>,
+}
+
+/// The table as read back.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LiveTable {
+    pub(crate) exists: bool,
+    pub(crate) chains: BTreeMap<String, LiveChain>,
+    pub(crate) sets: BTreeMap<String, SetSpec>,
+    pub(crate) elems: BTreeMap<(StaticSet, Vec<u8>), Option<String>>,
+}
+
+const NFTA_TABLE_NAME: u16 = 1;
+
+/// The comment in a rule's user data (nft's `NFTNL_UDATA_RULE_COMMENT` TLV).
+pub(crate) fn udata_comment(udata: &[u8]) -> Option<String> {
+    let mut off = 0;
+    while off + 2 <= udata.len() {
+        let ty = udata[off];
+        let len = usize::from(udata[off + 1]);
+        let v = udata.get(off + 2..off + 2 + len)?;
+        if ty == 0 {
+            let v = v.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(v).into_owned());
+        }
+        off += 2 + len;
+    }
+    None
+}
+
+/// Encode `comment` as rule user data.
+pub(crate) fn comment_udata(comment: &str) -> Vec<u8> {
+    let mut v = vec![0u8, u8::try_from(comment.len() + 1).expect("short comment")];
+    v.extend_from_slice(comment.as_bytes());
+    v.push(0);
+    v
+}
+
+fn table_attrs(ty: u16, table: &str) -> Attrs {
+    let mut a = Attrs::new();
+    a.put_str(ty, table);
+    a
+}
+
+/// Read everything the proxy compares.
+pub(crate) fn read(sock: &mut Socket, table: &str) -> Result<LiveTable, ProxyError> {
+    let mut live = LiveTable::default();
+    if sock
+        .get(msg::GETTABLE, &table_attrs(NFTA_TABLE_NAME, table))?
+        .is_none()
+    {
+        return Ok(live);
+    }
+    live.exists = true;
+
+    let mut chains: BTreeMap<String, LiveChain> = BTreeMap::new();
+    for m in sock.dump(msg::GETCHAIN, &table_attrs(1, table))? {
+        let m = &m[..];
+        if attr_str(m, 1).as_deref() != Some(table) {
+            continue;
+        }
+        let Some(name) = attr_str(m, 3) else { continue };
+        let base = attr(m, 4).map(|hook| LiveBase {
+            kind: attr_str(m, 7).unwrap_or_default(),
+            hook: attr_be32(hook, 1).unwrap_or(u32::MAX),
+            priority: attr_be32(hook, 2).map_or(i32::MIN, |p| p as i32),
+            policy: attr_be32(m, 5).unwrap_or(1),
+        });
+        chains.insert(
+            name,
+            LiveChain {
+                base,
+                ..Default::default()
+            },
+        );
+    }
+    live.chains = chains;
+
+    let mut rule_info: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
+    for m in sock.dump(msg::GETRULE, &table_attrs(1, table))? {
+        let m = &m[..];
+        if attr_str(m, 1).as_deref() != Some(table) {
+            continue;
+        }
+        let Some(chain) = attr_str(m, 2) else {
+            continue;
+        };
+        let comment = attr(m, 7).and_then(udata_comment).unwrap_or_default();
+        let e = rule_info.entry(chain).or_default();
+        e.0 += 1;
+        if !e.1.contains(&comment) {
+            e.1.push(comment);
+        }
+        let _ = attr_be64(m, 3);
+    }
+    for (chain, (n, comments)) in rule_info {
+        if let Some(c) = live.chains.get_mut(&chain) {
+            c.rules = n;
+            c.comments = comments;
+        }
+    }
+
+    let mut sets = BTreeMap::new();
+    for m in sock.dump(msg::GETSET, &table_attrs(1, table))? {
+        let m = &m[..];
+        if attr_str(m, 1).as_deref() != Some(table) {
+            continue;
+        }
+        let Some(name) = attr_str(m, 2) else { continue };
+        let flags = attr_be32(m, 3).unwrap_or(0);
+        sets.insert(
+            name.clone(),
+            SetSpec {
+                name,
+                flags,
+                key_type: attr_be32(m, 4).unwrap_or(0),
+                key_len: attr_be32(m, 5).unwrap_or(0),
+                data_type: attr_be32(m, 6),
+                timeout_ms: attr_be64(m, 11),
+            },
+        );
+    }
+    live.sets = sets;
+
+    for set in StaticSet::ALL {
+        if !live.sets.contains_key(set.name()) {
+            continue;
+        }
+        let mut a = Attrs::new();
+        a.put_str(1, table).put_str(2, set.name());
+        let mut elems = Vec::new();
+        for m in sock.dump(msg::GETSETELEM, &a)? {
+            let m = &m[..];
+            let Some(list) = attr(m, 3) else { continue };
+            for (ty, e) in parse_attrs(list) {
+                if ty != 1 {
+                    continue;
+                }
+                let Some(key) = attr(e, 1).and_then(|k| attr(k, 1)) else {
+                    continue;
+                };
+                let goto = attr(e, 2)
+                    .and_then(|d| attr(d, 2))
+                    .and_then(|v| attr_str(v, 2));
+                elems.push((key.to_vec(), goto));
+            }
+        }
+        for (k, v) in elems {
+            live.elems.insert((set, k), v);
+        }
+    }
+    Ok(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comment_round_trip() {
+        let u = comment_udata("0123456789abcdef");
+        assert_eq!(u[..2], [0, 17]);
+        assert_eq!(udata_comment(&u).as_deref(), Some("0123456789abcdef"));
+        // nft's encoding of `comment "abc"`
+        assert_eq!(udata_comment(b"\x00\x04abc\x00").as_deref(), Some("abc"));
+    }
+}

@@ -1,0 +1,88 @@
+//! Cluster labs: a server, the `default` Network, agents in cluster mode, pods serving
+//! HTTP.
+
+use std::net::Ipv4Addr;
+
+use super::{plugin, require, trellis};
+use trellis_lab::cluster::{network_manifest, Timing};
+use trellis_lab::Lab;
+
+/// A lab with a server, the `default` Network on `backend`, an agent on each of `nodes`
+/// nodes (plus `remote` nodes on a second, routed segment), and `pods` pods per node,
+/// each serving HTTP on port 8080 with its own name as the page.
+pub fn cluster_lab(nodes: usize, remote: usize, backend: &str, pods: usize) -> Lab {
+    cluster_lab_timed(nodes, remote, backend, pods, &Timing::default())
+}
+
+/// [`cluster_lab`] with other timings or agent arguments.
+pub fn cluster_lab_timed(
+    nodes: usize,
+    remote: usize,
+    backend: &str,
+    pods: usize,
+    timing: &Timing,
+) -> Lab {
+    require(&["ip", "nft", "ping", "busybox", "bridge"]);
+    let t = trellis();
+    let mut lab = Lab::new(nodes).expect("create lab");
+    for _ in 0..remote {
+        lab.join_remote_node().expect("remote node");
+    }
+    lab.start_server(&t, &timing).expect("server");
+    lab.apply(&t, &network_manifest("default", backend))
+        .expect("network");
+    for n in 0..lab.state.nodes.len() {
+        lab.start_cluster_agent(&t, n, "default", timing)
+            .expect("agent");
+    }
+    for n in 0..lab.state.nodes.len() {
+        for p in 1..=pods {
+            add_pod(&mut lab, n, &format!("p{p}"));
+        }
+    }
+    lab
+}
+
+/// ADD a pod on node `n` and start its web server; returns its address.
+pub fn add_pod(lab: &mut Lab, n: usize, name: &str) -> Ipv4Addr {
+    add_pod_with(lab, n, name, "")
+}
+
+/// [`add_pod`] with `CNI_ARGS` (e.g. `LABELS=app=web`). The web server answers `/` with
+/// the pod's name and `/cgi-bin/ip` with the client address it sees.
+pub fn add_pod_with(lab: &mut Lab, n: usize, name: &str, cni_args: &str) -> Ipv4Addr {
+    let pod = lab.add_pod(n, name).unwrap();
+    let ip = lab
+        .cni_add_pod_with(&plugin(), &pod.netns, cni_args)
+        .expect("ADD");
+    let www = lab.dir().join(format!("www-{}", pod.name));
+    std::fs::create_dir_all(www.join("cgi-bin")).unwrap();
+    std::fs::write(www.join("index.html"), &pod.name).unwrap();
+    let cgi = www.join("cgi-bin/ip");
+    std::fs::write(
+        &cgi,
+        format!(
+            "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"{} $REMOTE_ADDR\"\n",
+            pod.name
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut httpd = std::process::Command::new("busybox");
+    httpd.args(["httpd", "-f", "-p", "8080", "-h"]).arg(&www);
+    lab.spawn(&pod.netns, &format!("httpd {}", pod.name), httpd)
+        .unwrap();
+    ip
+}
+
+/// Fetch a pod's page from `netns`.
+pub fn http_get(lab: &Lab, netns: &str, ip: Ipv4Addr) -> String {
+    let url = format!("http://{ip}:8080/");
+    lab.exec_any(
+        netns,
+        &["timeout", "2", "busybox", "wget", "-q", "-O-", &url],
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    .unwrap_or_default()
+}

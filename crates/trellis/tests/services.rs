@@ -1,0 +1,304 @@
+//! Services and DNS in a 3-node lab: every service type reached from a pod, from a node
+//! and from outside the cluster (the underlay namespace, which routes the service,
+//! load-balancer and external ranges to node n1); the spread; session affinity;
+//! `externalTrafficPolicy: Local` keeping the client address; endpoint removal; a service
+//! without endpoints refusing at once; the cluster DNS; an agent restart changing nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::cluster::{add_pod_with, cluster_lab_timed};
+use common::{require, trellis};
+use trellis_lab::cluster::Timing;
+use trellis_lab::{wait_for, Lab};
+
+/// The lab: 3 nodes, 2 `app=web` pods per node, 1 `app=solo` pod on n2, a pool for
+/// load-balancer IPs, routes in the underlay for the service, pool and external ranges.
+fn svc_lab() -> Lab {
+    require(&["conntrack", "dig", "dnsmasq"]);
+    let timing = Timing {
+        agent_args: vec!["--dns-upstream".into(), "192.168.77.1".into()],
+        ..Timing::default()
+    };
+    let mut lab = cluster_lab_timed(3, 0, "vxlan", 0, &timing);
+    // The nodes' upstream resolver: dnsmasq in the underlay.
+    let mut dnsmasq = std::process::Command::new("dnsmasq");
+    dnsmasq.args([
+        "--no-daemon",
+        "--no-resolv",
+        "--no-hosts",
+        "--listen-address=192.168.77.1",
+        "--bind-interfaces",
+        "--address=/example.org/192.0.2.7",
+    ]);
+    let u = lab.state.underlay.clone();
+    lab.spawn(&u, "dnsmasq", dnsmasq).unwrap();
+    for n in 0..3 {
+        for p in 1..=2 {
+            add_pod_with(&mut lab, n, &format!("w{p}"), "LABELS=app=web");
+        }
+    }
+    add_pod_with(&mut lab, 1, "solo", "LABELS=app=solo");
+    lab.apply(
+        &trellis(),
+        "apiVersion: trellis/v1\nkind: LoadBalancerPool\nmetadata:\n  name: lab\nspec:\n  cidrs: [10.200.0.0/28]\n",
+    )
+    .unwrap();
+    let u = lab.state.underlay.clone();
+    for range in ["10.96.0.0/16", "10.200.0.0/28", "10.201.0.0/28"] {
+        lab.exec(&u, &["ip", "route", "add", range, "via", "192.168.77.11"])
+            .unwrap();
+    }
+    lab
+}
+
+fn apply_service(lab: &Lab, name: &str, spec: &str) -> serde_json::Value {
+    lab.apply(
+        &trellis(),
+        &format!("apiVersion: trellis/v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{spec}"),
+    )
+    .unwrap();
+    let out = lab
+        .cli(&trellis(), &["get", "service", name, "-o", "json"])
+        .unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+/// GET `url` from `netns`: the body, or `Err(what failed)` with how long it took.
+fn get(lab: &Lab, netns: &str, url: &str) -> Result<String, (String, Duration)> {
+    let t = Instant::now();
+    let o = lab
+        .exec_any(
+            netns,
+            &["timeout", "3", "busybox", "wget", "-q", "-O-", url],
+        )
+        .unwrap();
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err((
+            String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            t.elapsed(),
+        ))
+    }
+}
+
+/// Wait until `url` answers from `netns`; its first body.
+fn reach(lab: &Lab, netns: &str, url: &str) -> String {
+    let mut last = Err((String::new(), Duration::ZERO));
+    let ok = wait_for(Duration::from_secs(15), || {
+        last = get(lab, netns, url);
+        last.is_ok()
+    });
+    assert!(ok, "{url} from {netns}: {last:?}");
+    last.unwrap()
+}
+
+/// The client address in a `/cgi-bin/ip` answer (`pod [::ffff:a.b.c.d]` or `pod a.b.c.d`).
+fn client_of(body: &str) -> String {
+    let a = body.rsplit(' ').next().unwrap_or_default();
+    a.trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_start_matches("::ffff:")
+        .to_string()
+}
+
+fn pod_ns(lab: &Lab, name: &str) -> String {
+    lab.resolve(name).unwrap()
+}
+
+fn dig(lab: &Lab, netns: &str, server: Ipv4Addr, args: &[&str]) -> String {
+    let mut argv = vec!["dig", "+short", "+time=2", "+tries=1"];
+    let at = format!("@{server}");
+    argv.push(&at);
+    argv.extend_from_slice(args);
+    let o = lab.exec_any(netns, &argv).unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn service_types_spread_affinity_policy_and_dns() {
+    let lab = svc_lab();
+    let t = trellis();
+    let web = apply_service(
+        &lab,
+        "web",
+        "  type: LoadBalancer\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n  externalIPs: [10.201.0.5]\n",
+    );
+    let cip = web["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let np = web["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    let lb = web["status"]["loadBalancerIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(lb.starts_with("10.200.0."), "{web}");
+    let n1 = lab.state.nodes[0].netns.clone();
+    let u = lab.state.underlay.clone();
+    let p = pod_ns(&lab, "n2-w1");
+    // ClusterIP from a pod and a node; node port on every node from pod, node, outside;
+    // LB and external IP from outside.
+    for (ns, url) in [
+        (&p, format!("http://{cip}/")),
+        (&n1, format!("http://{cip}/")),
+        (&u, format!("http://{cip}/")),
+        (&p, format!("http://192.168.77.13:{np}/")),
+        (&n1, format!("http://192.168.77.12:{np}/")),
+        (&u, format!("http://192.168.77.11:{np}/")),
+        (&u, format!("http://{lb}/")),
+        (&u, format!("http://10.201.0.5/")),
+    ] {
+        let body = reach(&lab, ns, &url);
+        assert!(body.contains("-w"), "{url}: {body}");
+    }
+    // Even spread over the 6 endpoints: 300 connections from one pod.
+    let mut hits: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..300 {
+        *hits
+            .entry(get(&lab, &p, &format!("http://{cip}/")).unwrap())
+            .or_default() += 1;
+    }
+    if hits.len() != 6 {
+        let nft = lab
+            .exec_any(
+                &lab.state.nodes[1].netns,
+                &["nft", "list", "table", "ip", "trellis-svc"],
+            )
+            .unwrap();
+        let eps = lab
+            .cli(&trellis(), &["get", "endpoints", "-A", "-o", "wide"])
+            .unwrap();
+        panic!("{hits:?}\n{eps}\n{}", String::from_utf8_lossy(&nft.stdout));
+    }
+    assert!(
+        hits.values().all(|&n| (20..=90).contains(&n)),
+        "uneven: {hits:?}"
+    );
+
+    // Session affinity: one client keeps one endpoint.
+    let sticky = apply_service(
+        &lab,
+        "sticky",
+        "  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n  sessionAffinity: ClientIP\n  sessionAffinityTimeoutSeconds: 60\n",
+    );
+    let sip = sticky["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let first = reach(&lab, &p, &format!("http://{sip}/"));
+    for _ in 0..30 {
+        assert_eq!(get(&lab, &p, &format!("http://{sip}/")).unwrap(), first);
+    }
+
+    // externalTrafficPolicy: Local keeps the client address; Cluster masquerades it.
+    let local = apply_service(
+        &lab,
+        "local",
+        "  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n  externalTrafficPolicy: Local\n",
+    );
+    let lnp = local["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    for _ in 0..10 {
+        let body = reach(&lab, &u, &format!("http://192.168.77.11:{lnp}/cgi-bin/ip"));
+        assert!(body.starts_with("n1-w"), "Local must stay on n1: {body}");
+        assert_eq!(
+            client_of(&body),
+            "192.168.77.1",
+            "client address lost: {body}"
+        );
+    }
+    let body = reach(&lab, &u, &format!("http://192.168.77.11:{np}/cgi-bin/ip"));
+    assert_ne!(
+        client_of(&body),
+        "192.168.77.1",
+        "Cluster must masquerade: {body}"
+    );
+
+    // Hairpin: a pod reaching itself through a service of its own.
+    let solo = apply_service(
+        &lab,
+        "solo",
+        "  selector: {app: solo}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    let solo_ip = solo["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert_eq!(
+        reach(
+            &lab,
+            &pod_ns(&lab, "n2-solo"),
+            &format!("http://{solo_ip}/")
+        ),
+        "n2-solo"
+    );
+
+    // No ready endpoint: refused at once, not a timeout.
+    let none = apply_service(
+        &lab,
+        "none",
+        "  selector: {app: nothing}\n  ports: [{port: 80}]\n",
+    );
+    let none_ip = none["spec"]["clusterIP"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(1));
+    let e = get(&lab, &p, &format!("http://{none_ip}/")).unwrap_err();
+    assert!(e.1 < Duration::from_secs(1), "took {:?}: {}", e.1, e.0);
+
+    // DNS: A, headless, CNAME, SRV, pod records, and forwarding.
+    apply_service(
+        &lab,
+        "db",
+        "  clusterIP: None\n  selector: {app: solo}\n  ports: [{name: pg, port: 5432}]\n",
+    );
+    apply_service(
+        &lab,
+        "ext",
+        "  type: ExternalName\n  externalName: example.org\n",
+    );
+    // The pod's gateway runs the cluster DNS (and the pod's resolv.conf names it).
+    let o = lab.exec(&p, &["ip", "route", "show", "default"]).unwrap();
+    let gw: Ipv4Addr = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ok = wait_for(Duration::from_secs(10), || {
+        dig(&lab, &p, gw, &["web.default.svc.cluster.local"]) == cip
+    });
+    assert!(
+        ok,
+        "A web: {}",
+        dig(&lab, &p, gw, &["web.default.svc.cluster.local"])
+    );
+    let solo_pod = lab
+        .state
+        .pods
+        .iter()
+        .find(|x| x.name == "n2-solo")
+        .unwrap()
+        .ip
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || {
+        dig(&lab, &p, gw, &["db.default.svc.cluster.local"]) == solo_pod.to_string()
+    }));
+    assert_eq!(
+        dig(&lab, &p, gw, &["ext.default.svc.cluster.local", "CNAME"]),
+        "example.org."
+    );
+    let srv = dig(
+        &lab,
+        &p,
+        gw,
+        &["_http._tcp.web.default.svc.cluster.local", "SRV"],
+    );
+    assert!(srv.contains(" 80 web.default.svc.cluster.local."), "{srv}");
+    let dashed = solo_pod.to_string().replace('.', "-");
+    assert_eq!(
+        dig(
+            &lab,
+            &p,
+            gw,
+            &[&format!("{dashed}.default.pod.cluster.local")]
+        ),
+        solo_pod.to_string()
+    );
+    // Everything else goes to the node's upstream (dnsmasq in the underlay).
+    assert_eq!(dig(&lab, &p, gw, &["example.org"]), "192.0.2.7");
+    let _ = t;
+}
