@@ -20,7 +20,7 @@ fn service(i: u32, eps: u32) -> ServiceModel {
             port: 80,
             target_port: 8080,
             protocol: Protocol::Tcp,
-            node_port: if i % 10 == 0 {
+            node_port: if i.is_multiple_of(10) {
                 Some(u16::try_from(30000 + i / 10).unwrap())
             } else {
                 None
@@ -55,11 +55,14 @@ fn main() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark needs root");
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-        let cfg = ProxyConfig {
-            table: "trellis-svc".into(),
-            node_ips: vec!["192.168.93.1".parse().unwrap()],
-            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-        };
+        let mut cfg = ProxyConfig::new(
+            "trellis-svc",
+            vec!["192.168.93.1".parse().unwrap()],
+            vec!["10.244.0.0/16".parse().unwrap()],
+        );
+        if let Ok(s) = std::env::var("SHARDS") {
+            cfg.shards = s.parse().expect("SHARDS");
+        }
         let mut services: Vec<ServiceModel> = (0..n).map(|i| service(i, eps)).collect();
         let mut p = Proxy::new(cfg.clone());
         let t = Instant::now();

@@ -178,7 +178,7 @@ impl Rule {
             off,
             u32::try_from(bytes).expect("<= 4"),
         );
-        if net.prefix_len() % 8 != 0 {
+        if !net.prefix_len().is_multiple_of(8) {
             let mask = net.netmask().octets();
             self.bitwise(REG_1, &mask[..bytes], &[0u8; 4][..bytes]);
         }

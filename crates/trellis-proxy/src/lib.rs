@@ -59,7 +59,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-pub use proxy::{Proxy, SyncReport};
+pub use proxy::{Proxy, SyncReport, DEFAULT_SHARDS};
 pub use trellis_api::objects::Protocol;
 
 /// The bit of the packet mark that asks for masquerade in postrouting.
@@ -115,7 +115,8 @@ pub struct EndpointModel {
 /// What the proxy is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
-    /// The table's name (family `ip`), e.g. `trellis-svc`.
+    /// The main table's name (family `ip`), e.g. `trellis-svc`; the shards are
+    /// `<table>-0`, `<table>-1`, ...
     pub table: String,
     /// This node's addresses on which node ports are accepted; empty: every local
     /// address except 127.0.0.0/8 (`fib daddr type local`).
@@ -123,6 +124,29 @@ pub struct ProxyConfig {
     /// The pod CIDRs: connections from them to a cluster IP keep their source address
     /// (except hairpin); connections from anywhere else are masqueraded.
     pub cluster_cidrs: Vec<Ipv4Net>,
+    /// How many shard tables the services are spread over ([`DEFAULT_SHARDS`]; at
+    /// least 1). Every nf_tables transaction re-validates each table it touches in
+    /// full, so a change costs time in proportion to its shard's size, not the whole
+    /// service count; each shard costs a new connection one extra hash lookup. Keep it
+    /// fixed: changing it moves every service (one transaction, then the old shards
+    /// are deleted).
+    pub shards: u16,
+}
+
+impl ProxyConfig {
+    /// A configuration with [`DEFAULT_SHARDS`] shards.
+    pub fn new(
+        table: impl Into<String>,
+        node_ips: Vec<Ipv4Addr>,
+        cluster_cidrs: Vec<Ipv4Net>,
+    ) -> Self {
+        ProxyConfig {
+            table: table.into(),
+            node_ips,
+            cluster_cidrs,
+            shards: DEFAULT_SHARDS,
+        }
+    }
 }
 
 /// What can go wrong.

@@ -66,6 +66,15 @@ fn table_attrs(ty: u16, table: &str) -> Attrs {
     a
 }
 
+/// The names of all tables of family `ip`.
+pub(crate) fn table_names(sock: &mut Socket) -> Result<Vec<String>, ProxyError> {
+    Ok(sock
+        .dump(msg::GETTABLE, &Attrs::new())?
+        .iter()
+        .filter_map(|m| attr_str(m, NFTA_TABLE_NAME))
+        .collect())
+}
+
 /// Read everything the proxy compares.
 pub(crate) fn read(sock: &mut Socket, table: &str) -> Result<LiveTable, ProxyError> {
     let mut live = LiveTable::default();

@@ -37,6 +37,7 @@ pub(crate) const FAMILY_IP: u8 = 2;
 pub(crate) mod msg {
     pub const NEWTABLE: u8 = 0;
     pub const GETTABLE: u8 = 1;
+    pub const DELTABLE: u8 = 2;
     pub const NEWCHAIN: u8 = 3;
     pub const GETCHAIN: u8 = 4;
     pub const DELCHAIN: u8 = 5;
@@ -421,11 +422,7 @@ impl Socket {
         let mut errors: Vec<(u32, i32, String)> = Vec::new();
         let mut acked = false;
         let mut got_any = false;
-        loop {
-            let n = match self.recv(got_any)? {
-                Some(n) => n,
-                None => break,
-            };
+        while let Some(n) = self.recv(got_any)? {
             got_any = true;
             for (ty, flags, seq, payload) in split_messages(&self.buf[..n]) {
                 if ty != NLMSG_ERROR {

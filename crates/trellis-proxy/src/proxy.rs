@@ -9,6 +9,7 @@ use crate::live::{self, comment_udata, LiveTable};
 use crate::netlink::{msg, Attrs, Message, Socket, NLM_F_APPEND, NLM_F_CREATE};
 use crate::render::{self, BaseSpec, ChainSpec, Rendered, SetSpec, StaticSet};
 use crate::{ProxyConfig, ProxyError, ServiceModel};
+use trellis_api::naming::fnv1a64;
 
 /// What a [`Proxy::full_sync`] or [`Proxy::update`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,10 +44,11 @@ impl SyncReport {
     }
 }
 
-/// One step of a transaction. The derive order is not used; [`Op::phase`] orders them.
+/// One step of a transaction.
 #[derive(Debug, Clone)]
 enum Op {
     NewTable,
+    DelTable,
     FlushChain(String),
     DelElem(StaticSet, Vec<u8>),
     DelSetEarly(String),
@@ -75,12 +77,14 @@ impl Op {
             Op::NewRule { .. } => 5,
             Op::NewElem(..) => 6,
             Op::DelChain(_) => 7,
+            Op::DelTable => 8,
         }
     }
 
     fn describe(&self, table: &str) -> String {
         match self {
             Op::NewTable => format!("add table ip {table}"),
+            Op::DelTable => format!("delete table ip {table}"),
             Op::FlushChain(c) => format!("flush chain ip {table} {c}"),
             Op::DelElem(s, k) => format!("delete element ip {table} {} {k:02x?}", s.name()),
             Op::DelSetEarly(s) => format!("delete set ip {table} {s}"),
@@ -99,85 +103,104 @@ impl Op {
     }
 }
 
+/// An op on table `t` (index into [`Proxy::tables`]).
+#[derive(Debug, Clone)]
+struct TOp {
+    t: usize,
+    op: Op,
+}
+
 /// Ops plus the counts they stand for.
 #[derive(Debug, Default)]
 struct Plan {
-    ops: Vec<Op>,
+    ops: Vec<TOp>,
     report: SyncReport,
 }
 
 impl Plan {
-    fn write_chain(&mut self, spec: &ChainSpec, exists: bool, recreate: bool) {
+    fn push(&mut self, t: usize, op: Op) {
+        self.ops.push(TOp { t, op });
+    }
+
+    fn write_chain(&mut self, t: usize, spec: &ChainSpec, exists: bool, recreate: bool) {
         if exists {
-            self.ops.push(Op::FlushChain(spec.name.clone()));
+            self.push(t, Op::FlushChain(spec.name.clone()));
         }
         if recreate {
-            self.ops.push(Op::DelChainEarly(spec.name.clone()));
+            self.push(t, Op::DelChainEarly(spec.name.clone()));
         }
         if !exists || recreate {
-            self.ops.push(Op::NewChain(spec.name.clone(), spec.base));
+            self.push(t, Op::NewChain(spec.name.clone(), spec.base));
         }
         for r in &spec.rules {
-            self.ops.push(Op::NewRule {
-                chain: spec.name.clone(),
-                expr: r.clone(),
-                comment: spec.comment.clone(),
-            });
+            self.push(
+                t,
+                Op::NewRule {
+                    chain: spec.name.clone(),
+                    expr: r.clone(),
+                    comment: spec.comment.clone(),
+                },
+            );
         }
         self.report.chains_written += 1;
         self.report.rules_written += spec.rules.len();
     }
 
-    fn delete_chain(&mut self, name: &str) {
-        self.ops.push(Op::FlushChain(name.to_string()));
-        self.ops.push(Op::DelChain(name.to_string()));
+    fn delete_chain(&mut self, t: usize, name: &str) {
+        self.push(t, Op::FlushChain(name.to_string()));
+        self.push(t, Op::DelChain(name.to_string()));
         self.report.chains_deleted += 1;
     }
 
-    fn add_set(&mut self, spec: &SetSpec) {
-        self.ops.push(Op::NewSet(spec.clone()));
+    fn add_set(&mut self, t: usize, spec: &SetSpec) {
+        self.push(t, Op::NewSet(spec.clone()));
         self.report.sets_added += 1;
     }
 
-    fn delete_set(&mut self, name: &str) {
-        self.ops.push(Op::DelSetEarly(name.to_string()));
+    fn delete_set(&mut self, t: usize, name: &str) {
+        self.push(t, Op::DelSetEarly(name.to_string()));
         self.report.sets_deleted += 1;
     }
 
-    fn set_elem(
-        &mut self,
-        set: StaticSet,
-        key: &[u8],
-        old: Option<&Option<String>>,
-        new: Option<&Option<String>>,
-    ) {
+    /// Bring element `key` of `set` from `old` to `new` (value and table).
+    fn set_elem(&mut self, set: StaticSet, key: &[u8], old: Option<&Placed>, new: Option<&Placed>) {
         if old == new {
             return;
         }
-        if old.is_some() {
-            self.ops.push(Op::DelElem(set, key.to_vec()));
+        if let Some((_, t)) = old {
+            self.push(*t, Op::DelElem(set, key.to_vec()));
             self.report.elements_deleted += 1;
         }
-        if let Some(v) = new {
-            self.ops.push(Op::NewElem(set, key.to_vec(), v.clone()));
+        if let Some((v, t)) = new {
+            self.push(*t, Op::NewElem(set, key.to_vec(), v.clone()));
             self.report.elements_added += 1;
         }
     }
 }
 
-/// Who claims an element: service key -> value.
-type Claims = BTreeMap<(StaticSet, Vec<u8>), BTreeMap<String, Option<String>>>;
+/// An element's value (the verdict's chain for a map) and the table it is in.
+type Placed = (Option<String>, usize);
 
-/// The value an element has: the first claimant's (services in key order).
-fn winner(claims: &Claims, k: &(StaticSet, Vec<u8>)) -> Option<Option<String>> {
+/// Who claims an element: service key -> value and table.
+type Claims = BTreeMap<(StaticSet, Vec<u8>), BTreeMap<String, Placed>>;
+
+/// The element as programmed: the first claimant's (services in key order).
+fn winner(claims: &Claims, k: &(StaticSet, Vec<u8>)) -> Option<Placed> {
     claims.get(k).and_then(|c| c.values().next()).cloned()
 }
 
-/// The service proxy of one node: owns one nftables table.
+/// How many shard tables hold the per-service chains unless configured otherwise.
+pub const DEFAULT_SHARDS: u16 = 16;
+
+/// The service proxy of one node: owns the tables `ip <table>` (filtering, masquerade)
+/// and `ip <table>-0` .. `ip <table>-<shards-1>` (the services, spread by key).
 #[derive(Debug)]
 pub struct Proxy {
     cfg: ProxyConfig,
-    skeleton: Vec<ChainSpec>,
+    /// `tables[0]` is the main table, `tables[1..]` the shards.
+    tables: Vec<String>,
+    main_skeleton: Vec<ChainSpec>,
+    shard_skeleton: Vec<ChainSpec>,
     services: BTreeMap<String, ServiceModel>,
     rendered: BTreeMap<String, Rendered>,
     claims: Claims,
@@ -213,10 +236,15 @@ fn valid_table(name: &str) -> bool {
 impl Proxy {
     /// A proxy for `cfg`; nothing is read or written before the first sync.
     pub fn new(cfg: ProxyConfig) -> Self {
-        let skeleton = render::skeleton(&cfg);
+        let (main_skeleton, shard_skeleton) = render::skeleton(&cfg);
+        let shards = usize::from(cfg.shards.max(1));
+        let mut tables = vec![cfg.table.clone()];
+        tables.extend((0..shards).map(|i| format!("{}-{i}", cfg.table)));
         Proxy {
             cfg,
-            skeleton,
+            tables,
+            main_skeleton,
+            shard_skeleton,
             services: BTreeMap::new(),
             rendered: BTreeMap::new(),
             claims: Claims::new(),
@@ -231,10 +259,21 @@ impl Proxy {
         &self.cfg
     }
 
-    /// Make the table exactly the desired state for `services` (creating the table, its
-    /// chains and sets when missing). Reads the live table and changes only what
-    /// differs, in one transaction: on a table that already matches (an agent restart)
-    /// nothing is written. Never flushes the table; affinity sets that stay keep their
+    /// The names of the tables the proxy owns: the main table, then the shards.
+    pub fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    /// The index in [`Proxy::tables`] of the shard holding service `key`.
+    fn shard_of(&self, key: &str) -> usize {
+        let n = (self.tables.len() - 1) as u64;
+        1 + usize::try_from(fnv1a64([key.as_bytes()]) % n).unwrap_or(0)
+    }
+
+    /// Make the tables exactly the desired state for `services` (creating tables,
+    /// chains and sets when missing). Reads the live tables and changes only what
+    /// differs, in one transaction: on tables that already match (an agent restart)
+    /// nothing is written. Never flushes a table; affinity sets that stay keep their
     /// entries. UDP conntrack entries of endpoints that went away since the previous
     /// sync of this `Proxy` are deleted.
     pub fn full_sync(&mut self, services: &[ServiceModel]) -> Result<SyncReport, ProxyError> {
@@ -246,7 +285,8 @@ impl Proxy {
         let had_state = self.synced;
         let mut report = self.sync_all()?;
         if had_state {
-            report.conntrack_flushed = self.clean_conntrack(&old, &self.services.clone())?;
+            let new = self.services.clone();
+            report.conntrack_flushed = self.clean_conntrack(&old, &new)?;
         }
         Ok(report)
     }
@@ -254,8 +294,9 @@ impl Proxy {
     /// Apply the change of a few services: `changed` are added or replaced, `removed`
     /// (service keys) are deleted. One transaction that touches only those services'
     /// chains, affinity sets and elements (an endpoint added or removed rewrites one
-    /// chain and adds or deletes a few elements). Requires an earlier successful
-    /// [`Proxy::full_sync`]; after a failed transaction it runs a full sync instead.
+    /// chain and adds or deletes a few elements) in their shard. Requires an earlier
+    /// successful [`Proxy::full_sync`]; after a failed transaction it runs a full sync
+    /// instead.
     pub fn update(
         &mut self,
         changed: &[ServiceModel],
@@ -292,20 +333,27 @@ impl Proxy {
         Ok(report)
     }
 
-    fn render_all(&self) -> (BTreeMap<String, Rendered>, Claims) {
-        let mut rendered = BTreeMap::new();
-        let mut claims = Claims::new();
-        for (k, s) in &self.services {
-            let r = render::render(&self.cfg, s);
-            for (e, _) in &r.elems {
-                claims
-                    .entry((e.set, e.key.clone()))
-                    .or_default()
-                    .insert(k.clone(), e.goto.clone());
-            }
-            rendered.insert(k.clone(), r);
+    fn claim(&mut self, key: &str, r: &Rendered) {
+        let shard = self.shard_of(key);
+        for (e, _) in &r.elems {
+            let t = if e.set.in_shard() { shard } else { 0 };
+            self.claims
+                .entry((e.set, e.key.clone()))
+                .or_default()
+                .insert(key.to_string(), (e.goto.clone(), t));
         }
-        (rendered, claims)
+    }
+
+    fn unclaim(&mut self, key: &str, r: &Rendered) {
+        for (e, _) in &r.elems {
+            let ck = (e.set, e.key.clone());
+            if let Some(c) = self.claims.get_mut(&ck) {
+                c.remove(key);
+                if c.is_empty() {
+                    self.claims.remove(&ck);
+                }
+            }
+        }
     }
 
     /// Compare everything with the kernel and apply the difference.
@@ -313,15 +361,17 @@ impl Proxy {
         if !valid_table(&self.cfg.table) {
             return Err(ProxyError::InvalidTable(self.cfg.table.clone()));
         }
-        let (rendered, claims) = self.render_all();
-        self.rendered = rendered;
-        self.claims = claims;
+        self.rendered.clear();
+        self.claims.clear();
+        let keys: Vec<String> = self.services.keys().cloned().collect();
+        for k in keys {
+            let r = render::render(&self.cfg, &self.services[&k]);
+            self.claim(&k, &r);
+            self.rendered.insert(k, r);
+        }
         self.dirty = true;
         let mut sock = self.take_socket()?;
-        let res = live::read(&mut sock.0, &self.cfg.table).and_then(|live| {
-            let plan = self.plan_full(&live);
-            self.apply(&mut sock.0, plan)
-        });
+        let res = self.read_and_apply(&mut sock.0);
         self.sock = Some(sock);
         let report = res?;
         self.synced = true;
@@ -329,96 +379,152 @@ impl Proxy {
         Ok(report)
     }
 
-    fn plan_full(&self, live: &LiveTable) -> Plan {
-        let mut plan = Plan::default();
-        if !live.exists {
-            plan.ops.push(Op::NewTable);
+    fn read_and_apply(&self, sock: &mut Socket) -> Result<SyncReport, ProxyError> {
+        let mut lives = Vec::with_capacity(self.tables.len());
+        for t in &self.tables {
+            lives.push(live::read(sock, t)?);
         }
+        let prefix = format!("{}-", self.cfg.table);
+        let stale: Vec<String> = live::table_names(sock)?
+            .into_iter()
+            .filter(|n| {
+                n.strip_prefix(&prefix)
+                    .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                    && !self.tables.contains(n)
+            })
+            .collect();
+        let plan = self.plan_full(&lives, stale.len());
+        let mut tables = self.tables.clone();
+        tables.extend(stale);
+        self.apply(sock, plan, &tables)
+    }
 
-        // Sets.
-        let mut want_sets: BTreeMap<&str, &SetSpec> = BTreeMap::new();
-        let statics: Vec<SetSpec> = StaticSet::ALL.iter().map(|s| s.spec()).collect();
-        for s in &statics {
-            want_sets.insert(&s.name, s);
+    /// The plan for a full sync; tables `self.tables.len()..+stale` are to be deleted.
+    fn plan_full(&self, lives: &[LiveTable], stale: usize) -> Plan {
+        let mut plan = Plan::default();
+        let mut by_table: Vec<Vec<&Rendered>> = vec![Vec::new(); self.tables.len()];
+        for (k, r) in &self.rendered {
+            by_table[self.shard_of(k)].push(r);
         }
-        for r in self.rendered.values() {
-            for s in &r.sets {
+        for (t, live) in lives.iter().enumerate() {
+            if !live.exists {
+                plan.push(t, Op::NewTable);
+            }
+            let main = t == 0;
+
+            // Sets.
+            let statics: Vec<SetSpec> = StaticSet::ALL
+                .iter()
+                .filter(|s| s.in_shard() != main)
+                .map(|s| s.spec())
+                .collect();
+            let mut want_sets: BTreeMap<&str, &SetSpec> = BTreeMap::new();
+            for s in &statics {
                 want_sets.insert(&s.name, s);
             }
-        }
-        let mut recreated_static = BTreeSet::new();
-        for (name, spec) in &want_sets {
-            match live.sets.get(*name) {
-                None => plan.add_set(spec),
-                Some(l) if l != *spec => {
-                    plan.delete_set(name);
-                    plan.add_set(spec);
-                    if let Some(s) = StaticSet::from_name(name) {
-                        recreated_static.insert(s);
-                    }
+            for r in &by_table[t] {
+                for s in &r.sets {
+                    want_sets.insert(&s.name, s);
                 }
-                Some(_) => {}
             }
-        }
-        for name in live.sets.keys() {
-            if !want_sets.contains_key(name.as_str()) {
-                plan.delete_set(name);
+            let mut recreated_static = BTreeSet::new();
+            for (name, spec) in &want_sets {
+                match live.sets.get(*name) {
+                    None => plan.add_set(t, spec),
+                    Some(l) if l != *spec => {
+                        plan.delete_set(t, name);
+                        plan.add_set(t, spec);
+                        if let Some(s) = StaticSet::from_name(name) {
+                            recreated_static.insert(s);
+                        }
+                    }
+                    Some(_) => {}
+                }
             }
-        }
+            for name in live.sets.keys() {
+                if !want_sets.contains_key(name.as_str()) {
+                    plan.delete_set(t, name);
+                }
+            }
 
-        // Chains.
-        let mut want_chains: BTreeMap<&str, &ChainSpec> = BTreeMap::new();
-        for c in &self.skeleton {
-            want_chains.insert(&c.name, c);
-        }
-        for r in self.rendered.values() {
-            for c in &r.chains {
+            // Chains.
+            let skeleton = if main {
+                &self.main_skeleton
+            } else {
+                &self.shard_skeleton
+            };
+            let mut want_chains: BTreeMap<&str, &ChainSpec> = BTreeMap::new();
+            for c in skeleton {
                 want_chains.insert(&c.name, c);
             }
-        }
-        let force_skeleton = !recreated_static.is_empty();
-        for (name, spec) in &want_chains {
-            match live.chains.get(*name) {
-                None => plan.write_chain(spec, false, false),
-                Some(l) => {
-                    let base_ok = match (&spec.base, &l.base) {
-                        (None, None) => true,
-                        (Some(b), Some(lb)) => {
-                            b.kind == lb.kind
-                                && b.hook == lb.hook
-                                && b.priority == lb.priority
-                                && lb.policy == 1
+            for r in &by_table[t] {
+                for c in &r.chains {
+                    want_chains.insert(&c.name, c);
+                }
+            }
+            let force_skeleton = !recreated_static.is_empty();
+            for (name, spec) in &want_chains {
+                match live.chains.get(*name) {
+                    None => plan.write_chain(t, spec, false, false),
+                    Some(l) => {
+                        let base_ok = match (&spec.base, &l.base) {
+                            (None, None) => true,
+                            (Some(b), Some(lb)) => {
+                                b.kind == lb.kind
+                                    && b.hook == lb.hook
+                                    && b.priority == lb.priority
+                                    && lb.policy == 1
+                            }
+                            _ => false,
+                        };
+                        let rules_ok = l.rules == spec.rules.len()
+                            && (spec.rules.is_empty() || l.comments == [spec.comment.clone()]);
+                        let is_skeleton = skeleton.iter().any(|c| c.name == *name);
+                        if !base_ok {
+                            plan.write_chain(t, spec, true, true);
+                        } else if !rules_ok || (force_skeleton && is_skeleton) {
+                            plan.write_chain(t, spec, true, false);
                         }
-                        _ => false,
-                    };
-                    let rules_ok = l.rules == spec.rules.len()
-                        && (spec.rules.is_empty() || l.comments == [spec.comment.clone()]);
-                    let is_skeleton = self.skeleton.iter().any(|c| c.name == *name);
-                    if !base_ok {
-                        plan.write_chain(spec, true, true);
-                    } else if !rules_ok || (force_skeleton && is_skeleton) {
-                        plan.write_chain(spec, true, false);
                     }
                 }
             }
+            for name in live.chains.keys() {
+                if !want_chains.contains_key(name.as_str()) {
+                    plan.delete_chain(t, name);
+                }
+            }
+
+            // Elements of the static sets in this table.
+            for ((set, key), v) in &live.elems {
+                if recreated_static.contains(set) {
+                    continue;
+                }
+                let want = winner(&self.claims, &(*set, key.clone()));
+                if want.as_ref().is_some_and(|(wv, wt)| *wt == t && wv == v) {
+                    continue;
+                }
+                plan.push(t, Op::DelElem(*set, key.clone()));
+                plan.report.elements_deleted += 1;
+            }
+            let _ = &recreated_static;
         }
-        for name in live.chains.keys() {
-            if !want_chains.contains_key(name.as_str()) {
-                plan.delete_chain(name);
+        for (k, c) in &self.claims {
+            let Some((v, t)) = c.values().next() else {
+                continue;
+            };
+            let live = &lives[*t];
+            let have = if live.sets.get(k.0.name()) == Some(&k.0.spec()) {
+                live.elems.get(k)
+            } else {
+                None
+            };
+            if have != Some(v) {
+                plan.push(*t, Op::NewElem(k.0, k.1.clone(), v.clone()));
+                plan.report.elements_added += 1;
             }
         }
-
-        // Elements of the static sets.
-        let mut keys: BTreeSet<&(StaticSet, Vec<u8>)> = self.claims.keys().collect();
-        keys.extend(live.elems.keys());
-        for k in keys {
-            let want = winner(&self.claims, k);
-            let have = if recreated_static.contains(&k.0) {
-                None
-            } else {
-                live.elems.get(k).cloned()
-            };
-            plan.set_elem(k.0, &k.1, have.as_ref(), want.as_ref());
+        for i in 0..stale {
+            plan.push(self.tables.len() + i, Op::DelTable);
         }
         plan
     }
@@ -427,83 +533,62 @@ impl Proxy {
     /// difference to what was rendered before.
     fn sync_keys(&mut self, keys: &BTreeSet<String>) -> Result<SyncReport, ProxyError> {
         let mut plan = Plan::default();
-        let mut touched: BTreeMap<(StaticSet, Vec<u8>), Option<Option<String>>> = BTreeMap::new();
-        let mut old_chains: BTreeMap<String, ChainSpec> = BTreeMap::new();
-        let mut new_chains: BTreeMap<String, ChainSpec> = BTreeMap::new();
-        let mut old_sets: BTreeMap<String, SetSpec> = BTreeMap::new();
-        let mut new_sets: BTreeMap<String, SetSpec> = BTreeMap::new();
+        let mut touched: BTreeMap<(StaticSet, Vec<u8>), Option<Placed>> = BTreeMap::new();
         for k in keys {
+            let t = self.shard_of(k);
             let old = self.rendered.remove(k).unwrap_or_default();
             let new = self
                 .services
                 .get(k)
                 .map(|s| render::render(&self.cfg, s))
                 .unwrap_or_default();
-            for (e, _) in &old.elems {
+            for (e, _) in old.elems.iter().chain(new.elems.iter()) {
                 let ck = (e.set, e.key.clone());
-                if !touched.contains_key(&ck) {
-                    let w = winner(&self.claims, &ck);
-                    touched.insert(ck.clone(), w);
+                if let std::collections::btree_map::Entry::Vacant(v) = touched.entry(ck) {
+                    let w = winner(&self.claims, v.key());
+                    v.insert(w);
                 }
-                if let Some(c) = self.claims.get_mut(&ck) {
-                    c.remove(k);
-                    if c.is_empty() {
-                        self.claims.remove(&ck);
+            }
+            self.unclaim(k, &old);
+            self.claim(k, &new);
+
+            let old_sets: BTreeMap<&str, &SetSpec> =
+                old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
+            let new_sets: BTreeMap<&str, &SetSpec> =
+                new.sets.iter().map(|s| (s.name.as_str(), s)).collect();
+            for (name, spec) in &new_sets {
+                match old_sets.get(name) {
+                    None => plan.add_set(t, spec),
+                    Some(o) if o != spec => {
+                        plan.delete_set(t, name);
+                        plan.add_set(t, spec);
                     }
+                    Some(_) => {}
                 }
             }
-            for (e, _) in &new.elems {
-                let ck = (e.set, e.key.clone());
-                if !touched.contains_key(&ck) {
-                    let w = winner(&self.claims, &ck);
-                    touched.insert(ck.clone(), w);
+            for name in old_sets.keys() {
+                if !new_sets.contains_key(name) {
+                    plan.delete_set(t, name);
                 }
-                self.claims
-                    .entry(ck)
-                    .or_default()
-                    .insert(k.clone(), e.goto.clone());
             }
-            for c in old.chains.iter() {
-                old_chains.insert(c.name.clone(), c.clone());
+            let old_chains: BTreeMap<&str, &ChainSpec> =
+                old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+            let new_chains: BTreeMap<&str, &ChainSpec> =
+                new.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+            for (name, spec) in &new_chains {
+                match old_chains.get(name) {
+                    None => plan.write_chain(t, spec, false, false),
+                    Some(o) if o.comment != spec.comment => plan.write_chain(t, spec, true, false),
+                    Some(_) => {}
+                }
             }
-            for c in new.chains.iter() {
-                new_chains.insert(c.name.clone(), c.clone());
-            }
-            for s in old.sets.iter() {
-                old_sets.insert(s.name.clone(), s.clone());
-            }
-            for s in new.sets.iter() {
-                new_sets.insert(s.name.clone(), s.clone());
+            for name in old_chains.keys() {
+                if !new_chains.contains_key(name) {
+                    plan.delete_chain(t, name);
+                }
             }
             if self.services.contains_key(k) {
                 self.rendered.insert(k.clone(), new);
-            }
-        }
-        for (name, spec) in &new_sets {
-            match old_sets.get(name) {
-                None => plan.add_set(spec),
-                Some(o) if o != spec => {
-                    plan.delete_set(name);
-                    plan.add_set(spec);
-                }
-                Some(_) => {}
-            }
-        }
-        for name in old_sets.keys() {
-            if !new_sets.contains_key(name) {
-                plan.delete_set(name);
-            }
-        }
-        for (name, spec) in &new_chains {
-            match old_chains.get(name) {
-                None => plan.write_chain(spec, false, false),
-                Some(o) if o.comment != spec.comment => plan.write_chain(spec, true, false),
-                Some(_) => {}
-            }
-        }
-        for name in old_chains.keys() {
-            if !new_chains.contains_key(name) {
-                plan.delete_chain(name);
             }
         }
         for (k, before) in &touched {
@@ -512,7 +597,7 @@ impl Proxy {
         }
         self.dirty = true;
         let mut sock = self.take_socket()?;
-        let res = self.apply(&mut sock.0, plan);
+        let res = self.apply(&mut sock.0, plan, &self.tables);
         self.sock = Some(sock);
         let report = res?;
         self.dirty = false;
@@ -530,19 +615,23 @@ impl Proxy {
     }
 
     /// Encode and commit `plan` as one transaction.
-    fn apply(&self, sock: &mut Socket, mut plan: Plan) -> Result<SyncReport, ProxyError> {
+    fn apply(
+        &self,
+        sock: &mut Socket,
+        mut plan: Plan,
+        tables: &[String],
+    ) -> Result<SyncReport, ProxyError> {
         if plan.ops.is_empty() {
             return Ok(plan.report);
         }
-        plan.ops.sort_by_key(Op::phase);
-        let (msgs, first_op) = encode(&self.cfg.table, &plan.ops);
-        let table = &self.cfg.table;
+        plan.ops.sort_by_key(|o| o.op.phase());
+        let (msgs, first_op) = encode(tables, &plan.ops);
         let ops = &plan.ops;
         sock.transact(&msgs, &|i| {
             first_op
                 .get(i)
                 .and_then(|o| ops.get(*o))
-                .map(|o| o.describe(table))
+                .map(|o| o.op.describe(&tables[o.t]))
                 .unwrap_or_else(|| format!("message {i}"))
         })?;
         plan.report.transactions = 1;
@@ -572,18 +661,23 @@ const MAX_ELEM_BYTES: usize = 48 << 10;
 
 /// Encode `ops` (already in phase order) as messages; consecutive element operations on
 /// one set share a message. Also returns, per message, the index of its first op.
-fn encode(table: &str, ops: &[Op]) -> (Vec<Message>, Vec<usize>) {
+fn encode(tables: &[String], ops: &[TOp]) -> (Vec<Message>, Vec<usize>) {
     let mut msgs = Vec::new();
     let mut first = Vec::new();
     let mut i = 0;
     while i < ops.len() {
-        let op = &ops[i];
+        let TOp { t, op } = &ops[i];
+        let table = tables[*t].as_str();
         first.push(i);
         let mut a = Attrs::new();
         let (kind, flags) = match op {
             Op::NewTable => {
                 a.put_str(1, table).put_be32(2, 0);
                 (msg::NEWTABLE, NLM_F_CREATE)
+            }
+            Op::DelTable => {
+                a.put_str(1, table);
+                (msg::DELTABLE, 0)
             }
             Op::FlushChain(c) => {
                 a.put_str(1, table).put_str(2, c);
@@ -639,7 +733,10 @@ fn encode(table: &str, ops: &[Op]) -> (Vec<Message>, Vec<usize>) {
                 a.put_str(1, table).put_str(2, set.name());
                 let mut list = Attrs::new();
                 while i < ops.len() && list.len() < MAX_ELEM_BYTES {
-                    match (&ops[i], add) {
+                    if ops[i].t != *t {
+                        break;
+                    }
+                    match (&ops[i].op, add) {
                         (Op::NewElem(s, key, goto), true) if s == set => {
                             list.nest(1, |e| {
                                 e.nest(1, |k| value_data(k, key));
@@ -686,7 +783,7 @@ mod tests {
 
     #[test]
     fn elements_share_messages() {
-        let ops: Vec<Op> = (0..3000u16)
+        let ops: Vec<TOp> = (0..3000u16)
             .map(|p| {
                 Op::NewElem(
                     StaticSet::NoEndpointNodeports,
@@ -695,8 +792,9 @@ mod tests {
                 )
             })
             .chain([Op::DelChain("x".into())])
+            .map(|op| TOp { t: 0, op })
             .collect();
-        let (msgs, first) = encode("t", &ops);
+        let (msgs, first) = encode(&["t".to_string()], &ops);
         assert!(msgs.len() >= 2 && msgs.len() < 10, "{}", msgs.len());
         assert_eq!(first.len(), msgs.len());
         assert_eq!(*first.last().unwrap(), 3000);

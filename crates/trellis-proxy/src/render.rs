@@ -68,6 +68,11 @@ impl StaticSet {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }
 
+    /// Whether the set lives in the shard tables (else in the main table).
+    pub(crate) fn in_shard(self) -> bool {
+        matches!(self, StaticSet::ServiceIps | StaticSet::ServiceNodeports)
+    }
+
     pub(crate) fn spec(self) -> SetSpec {
         let ip_proto_port = concat(&[TYPE_IPADDR, TYPE_INET_PROTO, TYPE_INET_SERVICE]);
         let proto_port = concat(&[TYPE_INET_PROTO, TYPE_INET_SERVICE]);
@@ -196,8 +201,8 @@ fn affinity_set(h: &str, ep: Ipv4Addr) -> String {
     format!("aff-{h}-{:08x}", e >> 32)
 }
 
-/// The fixed chains of a configuration.
-pub(crate) fn skeleton(cfg: &ProxyConfig) -> Vec<ChainSpec> {
+/// The fixed chains of a configuration: `(main table, every shard table)`.
+pub(crate) fn skeleton(cfg: &ProxyConfig) -> (Vec<ChainSpec>, Vec<ChainSpec>) {
     let nat = |hook, priority| {
         Some(BaseSpec {
             kind: "nat",
@@ -217,11 +222,15 @@ pub(crate) fn skeleton(cfg: &ProxyConfig) -> Vec<ChainSpec> {
         r.jump(c);
         vec![r]
     };
-    let mut chains = vec![
+    let mut shard = vec![
         ChainSpec::new("nat-prerouting", nat(0, -100), jump(SERVICES)),
         ChainSpec::new("nat-output", nat(3, -100), jump(SERVICES)),
-        ChainSpec::new("nat-postrouting", nat(4, 100), jump(MASQUERADING)),
     ];
+    let mut chains = vec![ChainSpec::new(
+        "nat-postrouting",
+        nat(4, 100),
+        jump(MASQUERADING),
+    )];
     for (name, hook) in [
         ("filter-input", 1),
         ("filter-forward", 2),
@@ -260,7 +269,7 @@ pub(crate) fn skeleton(cfg: &ProxyConfig) -> Vec<ChainSpec> {
     services.extend(node_rule(&|r| {
         r.vmap_proto_port(StaticSet::ServiceNodeports.name());
     }));
-    chains.push(ChainSpec::new(SERVICES, None, services));
+    shard.push(ChainSpec::new(SERVICES, None, services));
 
     let mut marked = Rule::new();
     marked
@@ -286,7 +295,7 @@ pub(crate) fn skeleton(cfg: &ProxyConfig) -> Vec<ChainSpec> {
     let mut r = Rule::new();
     r.mark_set(MASQUERADE_MARK);
     off.push(r);
-    chains.push(ChainSpec::new(MARK_OFF_CLUSTER, None, off));
+    shard.push(ChainSpec::new(MARK_OFF_CLUSTER, None, off));
 
     let mut check = Vec::new();
     for tcp in [true, false] {
@@ -308,7 +317,7 @@ pub(crate) fn skeleton(cfg: &ProxyConfig) -> Vec<ChainSpec> {
         }));
     }
     chains.push(ChainSpec::new(ENDPOINTS_CHECK, None, check));
-    chains
+    (chains, shard)
 }
 
 /// What one service contributes to the table.
@@ -508,6 +517,7 @@ mod tests {
             table: "t".into(),
             node_ips: vec![],
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            shards: 1,
         }
     }
 
