@@ -1,52 +1,68 @@
-//! The node's service proxy: makes one nftables table (family `ip`) route connections
-//! for every Service's cluster IP, external IPs, load-balancer IP and node ports to the
-//! Service's ready endpoints, and nothing else.
+//! The node's service proxy: makes nftables (family `ip`) route connections for every
+//! Service's cluster IP, external IPs, load-balancer IP and node ports to the Service's
+//! ready endpoints, and nothing else.
 //!
 //! The agent computes a [`ServiceModel`] per Service from Services and Endpoints and
-//! hands them to a [`Proxy`]: [`Proxy::full_sync`] makes the table exactly that state
-//! (adopting a table left by an earlier agent without changing anything in it),
+//! hands them to a [`Proxy`]: [`Proxy::full_sync`] makes the tables exactly that state
+//! (adopting tables left by an earlier agent without changing anything in them),
 //! [`Proxy::update`] applies the change of a few services as one small transaction.
 //!
-//! # Data path (table `ip <ProxyConfig::table>`)
+//! # Data path
+//!
+//! The main table `ip <table>` holds what is shared; the services are spread by key over
+//! `ip <table>-0` .. `ip <table>-<shards-1>` (see [`ProxyConfig::shards`]).
 //!
 //! ```text
-//! nat-prerouting / nat-output (dstnat, -100)  jump services
-//!   services: ip daddr . meta l4proto . th dport vmap @service-ips
+//! shard: nat-prerouting / nat-output (dstnat, -100)  jump services
+//!   services: ip daddr . meta l4proto . th dport vmap @service-ips      (cluster, external, LB IPs)
 //!             <node address> meta l4proto . th dport vmap @service-nodeports
 //!   svc-<hash>  (per service port: the cluster-wide endpoint choice)
 //!       jump mark-off-cluster                 (clients outside the pod CIDRs are masqueraded)
 //!       ip saddr @aff-<hash>-<ep> update @aff-<hash>-<ep> { ip saddr } dnat to ep   (ClientIP affinity)
-//!       numgen random mod N 0 ... dnat to ep0; numgen random mod N-1 0 ... dnat to ep1; ...; dnat to epN
-//!   ext-<hash>  (per service port with node port / external IPs: the external policy)
+//!       numgen random mod N 0 [update @aff..] dnat to ep1; numgen random mod N-1 0 ... dnat to ep2; ...; dnat to epN
+//!   ext-<hash>  (per service port with a node port / external IPs: the external policy)
 //!       Cluster: mark for masquerade, goto svc-<hash>
 //!       Local:   pod CIDRs and the node itself goto svc-<hash>; others choose among the
-//!                local endpoints only (client address kept)
-//! nat-postrouting (srcnat, 100)  jump masquerading
-//!   masquerading: marked packets, and hairpin (ip saddr . ip daddr @hairpin) masquerade
-//! filter-input / filter-forward / filter-output (-10)  ct state new jump endpoints-check
-//!   endpoints-check: @no-endpoint-services / @no-endpoint-nodeports are rejected
+//!                local endpoints only (client address kept); none: falls through and
+//!                is rejected below
+//! main: nat-postrouting (srcnat, 100)  jump masquerading
+//!   masquerading: marked packets, and hairpin (ct status dnat, ip saddr . ip daddr @hairpin)
+//! main: filter-input / filter-forward / filter-output (-10)  ct state new jump endpoints-check
+//!   endpoints-check: @no-endpoint-services / @no-endpoint-nodeports are rejected at once
 //!                    (tcp reset, else icmp port unreachable)
 //! ```
 //!
-//! The random spread uses one `numgen` per endpoint with falling moduli (N, N-1, ..., 2),
-//! which picks each of N endpoints with probability 1/N and needs no per-endpoint chain
-//! and no anonymous verdict map: the kernel binds every anonymous set by walking the
-//! whole transaction, so a full sync of 10,000 services with one anonymous map each was
-//! quadratic (minutes). Hairpin traffic is found in postrouting with a set of
-//! `endpoint . endpoint` pairs instead of a per-endpoint chain for the same reason.
+//! The random spread uses one `numgen` per endpoint with falling moduli (N, N-1, ..., 2,
+//! then the last endpoint), which picks each of N endpoints with probability 1/N. There
+//! is no per-endpoint chain and no anonymous verdict map: the kernel binds each
+//! anonymous set by walking the whole transaction, so a full sync of 10,000 services
+//! with one anonymous map each was quadratic (minutes), and 100,000 endpoint chains made
+//! every listing slow. Hairpin traffic is found in postrouting with a set of
+//! `endpoint . endpoint` pairs instead of a mark in a per-endpoint chain.
 //!
 //! # Talking to the kernel
 //!
-//! The table is read and written over netlink directly (see `netlink.rs`): the `nft`
+//! The tables are read and written over netlink directly (`netlink.rs`): the `nft`
 //! tool dumps the kernel's whole chain list before every command, which alone costs
 //! 40 ms at 10,000 chains and seconds at 100,000. A change is one transaction holding
-//! exactly the messages it needs. Every rule carries a comment with a fingerprint of its
-//! chain's intended contents; a full sync reads chains, rule comments, sets and map
-//! elements and changes only what differs, so a restarted agent changes nothing.
+//! exactly the messages it needs; the socket stays open (closing one waits for an RCU
+//! grace period). The kernel re-validates every table a transaction adds rules or
+//! verdict elements to, walking all its chains: that is why services are sharded — a
+//! change costs in proportion to its shard, not to the cluster.
 //!
-//! Nothing outside the table is touched; the table is never flushed wholesale. UDP
-//! conntrack entries are deleted one service port and endpoint at a time with the
-//! `conntrack` tool, never flushed.
+//! Every rule carries a comment with a fingerprint of its chain's intended contents; a
+//! full sync reads tables, chains, rule comments, sets and the elements of the fixed
+//! maps and changes only what differs, so a restarted agent changes nothing.
+//!
+//! Measured (`cargo bench -p trellis-proxy --bench sync`, 2 cores, kernel 6.18, 16
+//! shards, 10,000 services x 10 endpoints): full sync into empty tables 1.4 s; full sync
+//! of unchanged tables (restart) 0.9-1.0 s, writing nothing; one endpoint added or
+//! removed 1.2 ms mean, 1.5 ms p99.
+//!
+//! Nothing outside the proxy's tables is touched; a table is never flushed wholesale
+//! (shard tables of an earlier shard count are deleted). UDP conntrack entries are
+//! deleted one service address, port and endpoint at a time with the `conntrack` tool,
+//! never flushed.
 
 mod conntrack;
 mod expr;

@@ -126,15 +126,32 @@ pub(crate) struct ChainSpec {
 
 impl ChainSpec {
     fn new(name: impl Into<String>, base: Option<BaseSpec>, rules: Vec<Rule>) -> Self {
+        Self::with_salt(name, base, rules, "")
+    }
+
+    /// `salt`: what else the chain depends on (the timeout of the affinity sets its
+    /// rules name: a new timeout recreates the sets, so the rules must be rewritten
+    /// in the same transaction).
+    fn with_salt(
+        name: impl Into<String>,
+        base: Option<BaseSpec>,
+        rules: Vec<Rule>,
+        salt: &str,
+    ) -> Self {
         let name = name.into();
         let rules: Vec<Vec<u8>> = rules.into_iter().map(Rule::into_bytes).collect();
         let base_text = base
             .map(|b| format!("{} {} {}", b.kind, b.hook, b.priority))
             .unwrap_or_default();
         let h = fnv1a64(
-            [FORMAT.as_bytes(), name.as_bytes(), base_text.as_bytes()]
-                .into_iter()
-                .chain(rules.iter().flat_map(|r| [b"|".as_slice(), r.as_slice()])),
+            [
+                FORMAT.as_bytes(),
+                name.as_bytes(),
+                base_text.as_bytes(),
+                salt.as_bytes(),
+            ]
+            .into_iter()
+            .chain(rules.iter().flat_map(|r| [b"|".as_slice(), r.as_slice()])),
         );
         ChainSpec {
             name,
@@ -382,6 +399,9 @@ pub(crate) fn render(cfg: &ProxyConfig, svc: &ServiceModel) -> Rendered {
     cidrs.sort();
     cidrs.dedup();
     let affinity = svc.affinity_timeout.filter(|_| !eps.is_empty());
+    let salt = affinity
+        .map(|t| format!("affinity {t}"))
+        .unwrap_or_default();
 
     let mut seen = BTreeSet::new();
     for port in &svc.ports {
@@ -443,7 +463,7 @@ pub(crate) fn render(cfg: &ProxyConfig, svc: &ServiceModel) -> Rendered {
             affinity.is_some(),
         );
         out.chains
-            .push(ChainSpec::new(svc_chain.clone(), None, rules));
+            .push(ChainSpec::with_salt(svc_chain.clone(), None, rules, &salt));
         if let Some(t) = affinity {
             for ep in &eps {
                 out.sets.push(SetSpec {
@@ -488,7 +508,7 @@ pub(crate) fn render(cfg: &ProxyConfig, svc: &ServiceModel) -> Rendered {
             rules.push(r);
         }
         out.chains
-            .push(ChainSpec::new(ext_chain.clone(), None, rules));
+            .push(ChainSpec::with_salt(ext_chain.clone(), None, rules, &salt));
         let reject_external = svc.local_only && local.is_empty();
         for ip in &ext_ips {
             let key = key_ip_proto_port(*ip, proto, port.port);
@@ -553,6 +573,18 @@ mod tests {
         assert_eq!(h, port_hash("default/web", p));
         assert_ne!(h, port_hash("default/web2", p));
         assert!(affinity_set(&h, "10.0.0.1".parse().unwrap()).starts_with(&format!("aff-{h}-")));
+    }
+
+    #[test]
+    fn affinity_timeout_changes_the_chains() {
+        let mut a = svc(&[("10.244.1.2", true)]);
+        a.affinity_timeout = Some(10);
+        let mut b = a.clone();
+        b.affinity_timeout = Some(20);
+        let (ra, rb) = (render(&cfg(), &a), render(&cfg(), &b));
+        assert_eq!(ra.chains[0].rules, rb.chains[0].rules);
+        assert_ne!(ra.chains[0].comment, rb.chains[0].comment);
+        assert_ne!(ra.sets[0].timeout_ms, rb.sets[0].timeout_ms);
     }
 
     #[test]

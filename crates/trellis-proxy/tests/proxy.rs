@@ -719,6 +719,74 @@ fn restart_adopts_the_tables_and_keeps_connections() {
         &[],
     );
     assert_eq!((r.transactions, r.chains_written), (1, 1), "{r:?}");
+    // A new affinity timeout recreates the affinity sets and rewrites their chains in
+    // one transaction.
+    let mut sticky = svcs[3].clone();
+    sticky.affinity_timeout = Some(600);
+    let r = lab.update(&[sticky.clone()], &[]);
+    assert_eq!((r.sets_deleted, r.sets_added), (2, 2), "{r:?}");
+    let mut svcs = svcs.clone();
+    svcs[1] = tcp_service(
+        "other",
+        Ipv4Addr::new(10, 96, 0, 30),
+        Some(30090),
+        vec![ep(2, true), ep(3, true)],
+    );
+    svcs[3] = sticky;
+    assert!(lab.full_sync(&svcs).changed_nothing());
+
+    // Drift is repaired by a full sync: a lost element, an emptied chain.
+    let shard = lab.proxy(|p| p.tables()[1..].to_vec());
+    let holder = shard
+        .iter()
+        .find(|t| {
+            lab.sh_in(
+                "node",
+                &["nft", "list", "map", "ip", t, "service-nodeports"],
+            )
+            .contains("30090")
+        })
+        .expect("a shard holds node port 30090")
+        .clone();
+    lab.sh_in(
+        "node",
+        &[
+            "nft",
+            "delete",
+            "element",
+            "ip",
+            &holder,
+            "service-nodeports",
+            "{ tcp . 30090 }",
+        ],
+    );
+    lab.sh_in(
+        "node",
+        &["nft", "flush", "chain", "ip", "trprx-svc", "masquerading"],
+    );
+    let r = lab.full_sync(&svcs);
+    assert_eq!((r.elements_added, r.chains_written), (1, 1), "{r:?}");
+    assert!(lab.full_sync(&svcs).changed_nothing());
+    lab.get("client", NODE_IP, 30090)
+        .expect("repaired node port");
+
+    // Another shard count moves every service and deletes the old shard tables.
+    let mut two = config();
+    two.shards = 2;
+    *lab.proxy.lock().unwrap() = Proxy::new(two);
+    let r = lab.full_sync(&svcs);
+    assert!(r.transactions == 1 && r.chains_written > 0, "{r:?}");
+    let tables = lab.sh_in("node", &["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("trprx-svc-2") && !tables.contains("trprx-svc-3"),
+        "{tables}"
+    );
+    assert!(lab.full_sync(&svcs).changed_nothing());
+    lab.get("client", NODE_IP, 30090)
+        .expect("node port after resharding");
+    lab.get("p1", Ipv4Addr::new(10, 96, 0, 10), 80)
+        .expect("cluster IP after resharding");
+
     // Every table of ours is there, named after the main one.
     let tables = lab.sh_in("node", &["nft", "list", "tables"]);
     for t in lab.proxy(|p| p.tables().to_vec()) {
