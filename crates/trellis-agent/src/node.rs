@@ -214,6 +214,20 @@ impl Node {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Names of the host veths that are attached (not retired): an attachment whose
+    /// veth is missing is not (or no longer) plumbed.
+    pub async fn live_links(&self) -> Result<HashSet<String>, String> {
+        Ok(self
+            .nl
+            .links()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|l| l.group != RETIRED_GROUP)
+            .map(|l| l.name)
+            .collect())
+    }
+
     /// The MTU new attachments get.
     pub fn mtu(&self) -> u32 {
         self.mtu.load(std::sync::atomic::Ordering::Relaxed)

@@ -148,7 +148,7 @@ fn service_types_spread_affinity_policy_and_dns() {
         (&n1, format!("http://192.168.77.12:{np}/")),
         (&u, format!("http://192.168.77.11:{np}/")),
         (&u, format!("http://{lb}/")),
-        (&u, format!("http://10.201.0.5/")),
+        (&u, "http://10.201.0.5/".to_string()),
     ] {
         let body = reach(&lab, ns, &url);
         assert!(body.contains("-w"), "{url}: {body}");
@@ -301,4 +301,209 @@ fn service_types_spread_affinity_policy_and_dns() {
     // Everything else goes to the node's upstream (dnsmasq in the underlay).
     assert_eq!(dig(&lab, &p, gw, &["example.org"]), "192.0.2.7");
     let _ = t;
+}
+
+/// The service table of node `n`, with rule handles: equal before and after means no
+/// element, rule or chain changed.
+fn svc_table(lab: &Lab, n: usize) -> String {
+    let o = lab
+        .exec(
+            &lab.state.nodes[n].netns,
+            &["nft", "-a", "list", "table", "ip", "trellis-svc"],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn cni_del(lab: &Lab, node: usize, container: &str) {
+    let out = lab
+        .cni(
+            &common::plugin(),
+            node,
+            &[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", container),
+                ("CNI_NETNS", ""),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            &lab.cni_config(node, "1.1.0"),
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn endpoint_removal_udp_conntrack_and_agent_restart() {
+    require(&["iperf3"]);
+    let lab = svc_lab();
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = lab;
+    // iperf3 behind a ClientIP service (its control and data connections must meet the
+    // same endpoint).
+    for p in lab.state.pods.clone() {
+        if p.name.contains("-w") {
+            let mut c = std::process::Command::new("iperf3");
+            c.args(["-s"]);
+            lab.spawn(&p.netns, &format!("iperf3 {}", p.name), c)
+                .unwrap();
+        }
+    }
+    let svc = apply_service(
+        &lab,
+        "perf",
+        "  selector: {app: web}\n  ports: [{port: 5201}]\n  sessionAffinity: ClientIP\n",
+    );
+    let cip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let udp = apply_service(
+        &lab,
+        "dns-like",
+        "  selector: {app: solo}\n  ports: [{port: 5353, protocol: UDP}]\n",
+    );
+    let uip = udp["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let client = pod_ns(&lab, "n1-w1");
+    std::thread::sleep(Duration::from_secs(1));
+    // A UDP flow to the solo endpoint leaves a conntrack entry on n1.
+    let n1 = lab.state.nodes[0].netns.clone();
+    let udp_entries = |lab: &Lab| {
+        let o = lab
+            .exec_any(&n1, &["conntrack", "-L", "-p", "udp", "--orig-dst", &uip])
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    assert!(wait_for(Duration::from_secs(5), || {
+        // any UDP datagram will do: a DNS query by dig
+        let _ = lab.exec_any(
+            &client,
+            &[
+                "dig",
+                "+time=1",
+                "+tries=1",
+                "-p",
+                "5353",
+                &format!("@{uip}"),
+                "x",
+            ],
+        );
+        udp_entries(&lab) > 0
+    }));
+    // A stream through the service; find the endpoint serving it.
+    let cl = client.clone();
+    let cip2 = cip.clone();
+    let stream = std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &cl, "iperf3", "-c", &cip2, "-t", "6", "-J"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let o = lab
+        .exec(
+            &n1,
+            &[
+                "conntrack",
+                "-L",
+                "-p",
+                "tcp",
+                "--orig-dst",
+                &cip,
+                "--state",
+                "ESTABLISHED",
+            ],
+        )
+        .unwrap();
+    let ct = String::from_utf8_lossy(&o.stdout).into_owned();
+    let serving: Ipv4Addr = ct
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("src="))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no conntrack entry for the stream: {ct}"))
+        .parse()
+        .unwrap();
+    // Remove another endpoint (its pod is deleted) and the UDP service's only endpoint.
+    let victim = lab
+        .state
+        .pods
+        .iter()
+        .find(|p| p.name.contains("-w") && p.ip != Some(serving) && p.name != "n1-w1")
+        .unwrap()
+        .clone();
+    cni_del(&lab, victim.node, &victim.netns);
+    cni_del(&lab, 1, &pod_ns(&lab, "n2-solo"));
+    // kill -9 and restart every agent while the stream runs.
+    let before: Vec<String> = (0..3).map(|n| svc_table(&lab, n)).collect();
+    for n in 0..3 {
+        let name = format!("agent n{}", n + 1);
+        let pid = common::pid_of(&lab, &name);
+        lab.stop(pid, true);
+        lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
+    }
+    let out = stream.join().unwrap();
+    assert!(
+        out.status.success(),
+        "the stream broke: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for iv in rep["intervals"].as_array().unwrap() {
+        assert!(
+            iv["sum"]["bytes"].as_f64().unwrap_or(0.0) > 0.0,
+            "a second without traffic: {iv}"
+        );
+    }
+    // The removal reached every node; the restarts changed nothing after it.
+    let vip = victim.ip.unwrap().to_string();
+    if !wait_for(Duration::from_secs(10), || {
+        (0..3).all(|n| !svc_table(&lab, n).contains(&vip))
+    }) {
+        let eps = lab
+            .cli(&t, &["get", "endpoints", "-A", "-o", "wide"])
+            .unwrap();
+        let tables: Vec<String> = (0..3).map(|n| svc_table(&lab, n)).collect();
+        let log = std::fs::read_to_string(lab.dir().join("agent-n1.log")).unwrap_or_default();
+        panic!(
+            "{vip} ({}) still programmed:\n{eps}\n{}\n{log}",
+            victim.name,
+            tables.join("\n-----\n")
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for (n, b) in before.iter().enumerate() {
+        let now = svc_table(&lab, n);
+        if now != *b {
+            // Only the removal may differ (when it landed after the snapshot).
+            assert!(
+                !now.contains(&vip) && b.contains(&vip),
+                "node n{} changed on restart:\n{b}\n---\n{now}",
+                n + 1
+            );
+        }
+    }
+    // Exactly the stale UDP entries are gone; new connections avoid the removed endpoint.
+    assert!(wait_for(Duration::from_secs(5), || udp_entries(&lab) == 0));
+    let names: std::collections::BTreeSet<String> = (0..60)
+        .map(|_| {
+            get(
+                &lab,
+                &pod_ns(&lab, "n3-w1"),
+                &format!("http://{}/", apply_ip(&lab)),
+            )
+            .unwrap_or_default()
+        })
+        .collect();
+    assert!(!names.contains(&victim.name), "{names:?}");
+}
+
+/// The cluster IP of a plain web service (created on first use).
+fn apply_ip(lab: &Lab) -> String {
+    let s = apply_service(
+        lab,
+        "web2",
+        "  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    s["spec"]["clusterIP"].as_str().unwrap().to_string()
 }

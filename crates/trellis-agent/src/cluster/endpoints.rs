@@ -1,8 +1,12 @@
 //! Publishing an Endpoint per attachment: the desired set is computed from the IPAM's
-//! reservations, compared with the Endpoints the server holds for this node (label
-//! [`NODE_LABEL`]), and the difference is written. Runs after every reservation change
-//! and periodically, so a crash between an ADD and its publication, or a server that was
-//! down, is repaired by the next pass.
+//! reservations whose host veth exists, compared with the Endpoints the server holds for
+//! this node (label [`NODE_LABEL`]), and the difference is written. Runs after every
+//! reservation change and periodically, so a crash between an ADD and its publication,
+//! or a server that was down, is repaired by the next pass.
+//!
+//! Only plumbed attachments count: a reservation whose veth is gone (a DEL whose release
+//! was lost in a crash: releases are not fsynced) never gets traffic, and a fresh ADD is
+//! published once its veth exists (re-checked every [`PLUMB_RECHECK`] while one waits).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +18,11 @@ use trellis_client::Client;
 
 use crate::ipam::Reservation;
 use crate::node::Node;
+
+/// While a fresh reservation waits for its veth, the publisher looks again this often.
+pub const PLUMB_RECHECK: Duration = Duration::from_millis(200);
+/// A reservation without a veth is "fresh" (being plumbed) for this long.
+const PLUMB_WINDOW_SECS: u64 = 30;
 
 /// Label naming the node that published an Endpoint.
 pub const NODE_LABEL: &str = "trellis.io/node";
@@ -44,9 +53,24 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    async fn desired(&self) -> BTreeMap<String, Value> {
+    /// The Endpoints wanted, and whether a fresh reservation still waits for its veth.
+    async fn desired(&self) -> Result<(BTreeMap<String, Value>, bool), String> {
         let mut out = BTreeMap::new();
+        let live = self.node.live_links().await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut waiting = false;
         for r in self.node.ipam().list() {
+            let veth = trellis_api::naming::host_veth_name(
+                &r.attachment.container_id,
+                &r.attachment.ifname,
+            );
+            if !live.contains(&veth) {
+                waiting |= now.saturating_sub(r.created) < PLUMB_WINDOW_SECS;
+                continue;
+            }
             let ns = r.pod_namespace.clone().unwrap_or_else(|| "default".into());
             let mut labels = r.labels.clone();
             if let Some(pod) = &r.pod_name {
@@ -84,12 +108,20 @@ impl Publisher {
                 }),
             );
         }
-        out
+        Ok((out, waiting))
     }
 
-    /// One pass; returns (created, updated, deleted).
-    pub async fn sync(&self) -> Result<(usize, usize, usize), trellis_client::ClientError> {
-        let want = self.desired().await;
+    /// One pass; returns (created, updated, deleted) and whether to look again soon.
+    pub async fn sync(&self) -> Result<((usize, usize, usize), bool), String> {
+        let (want, waiting) = self.desired().await?;
+        let counts = self.write(&want).await.map_err(|e| e.to_string())?;
+        Ok((counts, waiting))
+    }
+
+    async fn write(
+        &self,
+        want: &BTreeMap<String, Value>,
+    ) -> Result<(usize, usize, usize), trellis_client::ClientError> {
         let list = self
             .client
             .get(&format!(
@@ -110,7 +142,7 @@ impl Publisher {
             );
         }
         let (mut created, mut updated, mut deleted) = (0, 0, 0);
-        for (k, w) in &want {
+        for (k, w) in want {
             let (ns, name) = k.split_once('/').expect("ns/name");
             let path = format!("/v1/namespaces/{ns}/endpoints");
             match have.get(k) {
@@ -149,20 +181,30 @@ impl Publisher {
     pub async fn run(self, every: Duration) {
         let mut changes = self.node.subscribe();
         loop {
-            match self.sync().await {
-                Ok((0, 0, 0)) => {}
-                Ok((c, u, d)) => {
-                    tracing::info!(created = c, updated = u, deleted = d, "endpoints published")
+            let next = match self.sync().await {
+                Ok(((c, u, d), waiting)) => {
+                    if c + u + d > 0 {
+                        tracing::info!(
+                            created = c,
+                            updated = u,
+                            deleted = d,
+                            "endpoints published"
+                        );
+                    }
+                    if waiting {
+                        PLUMB_RECHECK
+                    } else {
+                        every
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("publishing endpoints: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    Duration::from_secs(1)
                 }
-            }
+            };
             tokio::select! {
                 _ = changes.changed() => {}
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(next) => {}
             }
         }
     }

@@ -323,11 +323,11 @@ async fn start_services(
         .await
         .map_err(|e| ClusterError::Setup(format!("cluster DNS on {bind}: {e}")))?;
     node.set_dns(dns_ip, &cfg.domain);
-    let proxy = trellis_proxy::Proxy::new(trellis_proxy::ProxyConfig {
-        table: services::PROXY_TABLE.into(),
-        node_ips: vec![local.address],
-        cluster_cidrs: vec![spec.cidr],
-    });
+    let proxy = trellis_proxy::Proxy::new(trellis_proxy::ProxyConfig::new(
+        services::PROXY_TABLE,
+        vec![local.address],
+        vec![spec.cidr],
+    ));
     let svc_loop = services::ServiceLoop {
         node: cfg.node.clone(),
         services: Informer::start(client.clone(), "/v1/services".into()),

@@ -28,7 +28,7 @@ pub fn cluster_lab_timed(
     for _ in 0..remote {
         lab.join_remote_node().expect("remote node");
     }
-    lab.start_server(&t, &timing).expect("server");
+    lab.start_server(&t, timing).expect("server");
     lab.apply(&t, &network_manifest("default", backend))
         .expect("network");
     for n in 0..lab.state.nodes.len() {
