@@ -168,7 +168,14 @@ fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<Ex
         for n in 0..nodes {
             for p in 1..=pods {
                 let pod = lab.add_pod(n, &format!("p{p}"))?;
-                lab.cni_add_pod(&plugin, &pod.netns)?;
+                lab.cni_add_pod_with(&plugin, &pod.netns, "LABELS=app=demo")?;
+                // A web server answering with the pod's name, behind the demo Service.
+                let www = lab.dir().join(format!("www-{}", pod.name));
+                std::fs::create_dir_all(&www)?;
+                std::fs::write(www.join("index.html"), format!("{}\n", pod.name))?;
+                let mut httpd = std::process::Command::new("busybox");
+                httpd.args(["httpd", "-f", "-p", "8080", "-h"]).arg(&www);
+                lab.spawn(&pod.netns, &format!("httpd {}", pod.name), httpd)?;
             }
             let node = lab.state.nodes[n].name.clone();
             let v: serde_json::Value =
@@ -179,6 +186,7 @@ fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<Ex
                     .insert(format!("subnet {node}"), cidr.to_string());
             }
         }
+        lab.apply(&trellis, DEMO_SERVICE)?;
         lab.save()?;
         Ok(())
     })();
@@ -212,12 +220,26 @@ fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<Ex
         println!("(some paths failed; see the agent logs below)");
         println!();
     }
+    let spread = demo_spread(&lab, &trellis);
+    let all_ok = all_ok && spread.is_some();
+    println!();
     let me = trellis.display().to_string();
     println!("Where to look:");
     println!("  {me} lab exec {name} u -- {me} get nodes -o wide      # the cluster, from the lab's server");
     println!("  {me} lab exec {name} u -- {me} get endpoints -A        # one Endpoint per pod");
     println!("  {me} lab exec {name} n1 -- ip route                    # routes to the other nodes' pods (proto 116)");
     println!("  {me} lab exec {name} n1 -- bridge fdb show | grep dst  # vxlan peers");
+    println!("  {me} lab exec {name} u -- {me} get services -o wide    # the demo Service");
+    println!("  {me} lab exec {name} n1 -- nft list ruleset            # its nftables (tables trellis-svc*)");
+    let gw = lab
+        .state
+        .notes
+        .get("subnet n1")
+        .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok())
+        .and_then(|c| c.hosts().next())
+        .map(|g| g.to_string())
+        .unwrap_or_default();
+    println!("  {me} lab exec {name} n1-p1 -- busybox nslookup demo.default.svc.cluster.local {gw}   # cluster DNS on the pod gateway");
     println!(
         "  {me} lab exec {name} n1-p1 -- ping {}",
         targets.last().map(|t| t.1.to_string()).unwrap_or_default()
@@ -281,4 +303,53 @@ fn matrix(lab: &Lab) -> Vec<(String, Vec<bool>)> {
             .map(|h| h.join().expect("ping thread"))
             .collect()
     })
+}
+
+/// The demo Service: every pod of the lab (label `app=demo`), port 80 → 8080.
+const DEMO_SERVICE: &str = "apiVersion: trellis/v1
+kind: Service
+metadata: {name: demo, namespace: default}
+spec:
+  selector: {app: demo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+";
+
+/// 60 requests from the first pod to the demo Service's cluster IP; prints which pod
+/// answered how often. `None` when the service did not answer.
+fn demo_spread(lab: &Lab, trellis: &std::path::Path) -> Option<()> {
+    let svc: serde_json::Value = lab
+        .cli(trellis, &["get", "service", "demo", "-o", "json"])
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())?;
+    let ip = svc["spec"]["clusterIP"].as_str()?.to_string();
+    let from = lab.state.pods.first()?.clone();
+    let url = format!("http://{ip}/");
+    let mut hits: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut failed = 0;
+    for _ in 0..60 {
+        let out = lab
+            .exec_any(
+                &from.netns,
+                &["timeout", "2", "busybox", "wget", "-q", "-O-", &url],
+            )
+            .ok()?;
+        if out.status.success() {
+            *hits
+                .entry(String::from_utf8_lossy(&out.stdout).trim().to_string())
+                .or_default() += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!(
+        "service demo ({ip}:80 -> every pod's :8080), 60 requests from {}:",
+        from.name
+    );
+    for (pod, n) in &hits {
+        println!("  {pod:>8} {n:>3} {}", "#".repeat(*n as usize));
+    }
+    if failed > 0 {
+        println!("  {failed} failed");
+    }
+    (failed == 0 && !hits.is_empty()).then_some(())
 }
