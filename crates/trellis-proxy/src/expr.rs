@@ -77,8 +77,8 @@ impl Rule {
         Rule::default()
     }
 
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
-        self.a.bytes().to_vec()
+    pub(crate) fn into_bytes(self) -> std::sync::Arc<[u8]> {
+        self.a.into_vec().into()
     }
 
     fn expr(&mut self, name: &str, f: impl FnOnce(&mut Attrs)) -> &mut Self {

@@ -75,39 +75,58 @@ pub(crate) fn table_names(sock: &mut Socket) -> Result<Vec<String>, ProxyError> 
         .collect())
 }
 
-/// Read everything the proxy compares.
-pub(crate) fn read(sock: &mut Socket, table: &str) -> Result<LiveTable, ProxyError> {
-    let mut live = LiveTable::default();
-    if sock
-        .get(msg::GETTABLE, &table_attrs(NFTA_TABLE_NAME, table))?
-        .is_none()
-    {
-        return Ok(live);
-    }
-    live.exists = true;
-
-    let mut chains: BTreeMap<String, LiveChain> = BTreeMap::new();
-    for m in sock.dump(msg::GETCHAIN, &table_attrs(1, table))? {
-        let m = &m[..];
-        if attr_str(m, 1).as_deref() != Some(table) {
-            continue;
+/// Read everything the proxy compares, for each of `tables` (one chain dump for all).
+pub(crate) fn read_all(sock: &mut Socket, tables: &[String]) -> Result<Vec<LiveTable>, ProxyError> {
+    let existing = table_names(sock)?;
+    let mut chains: BTreeMap<String, BTreeMap<String, LiveChain>> = BTreeMap::new();
+    if tables.iter().any(|t| existing.contains(t)) {
+        // The kernel does not filter chain dumps by table: read them all once.
+        for m in sock.dump(msg::GETCHAIN, &Attrs::new())? {
+            let m = &m[..];
+            let Some(table) = attr_str(m, 1) else {
+                continue;
+            };
+            if !tables.contains(&table) {
+                continue;
+            }
+            let Some(name) = attr_str(m, 3) else { continue };
+            let base = attr(m, 4).map(|hook| LiveBase {
+                kind: attr_str(m, 7).unwrap_or_default(),
+                hook: attr_be32(hook, 1).unwrap_or(u32::MAX),
+                priority: attr_be32(hook, 2).map_or(i32::MIN, |p| p as i32),
+                policy: attr_be32(m, 5).unwrap_or(1),
+            });
+            chains.entry(table).or_default().insert(
+                name,
+                LiveChain {
+                    base,
+                    ..Default::default()
+                },
+            );
         }
-        let Some(name) = attr_str(m, 3) else { continue };
-        let base = attr(m, 4).map(|hook| LiveBase {
-            kind: attr_str(m, 7).unwrap_or_default(),
-            hook: attr_be32(hook, 1).unwrap_or(u32::MAX),
-            priority: attr_be32(hook, 2).map_or(i32::MIN, |p| p as i32),
-            policy: attr_be32(m, 5).unwrap_or(1),
-        });
-        chains.insert(
-            name,
-            LiveChain {
-                base,
-                ..Default::default()
-            },
-        );
     }
-    live.chains = chains;
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        if existing.contains(t) {
+            out.push(read(sock, t, chains.remove(t).unwrap_or_default())?);
+        } else {
+            out.push(LiveTable::default());
+        }
+    }
+    Ok(out)
+}
+
+/// Read the rules, sets and elements of `table` (which exists), whose chains are known.
+fn read(
+    sock: &mut Socket,
+    table: &str,
+    chains: BTreeMap<String, LiveChain>,
+) -> Result<LiveTable, ProxyError> {
+    let mut live = LiveTable {
+        exists: true,
+        chains,
+        ..Default::default()
+    };
 
     let mut rule_info: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
     for m in sock.dump(msg::GETRULE, &table_attrs(1, table))? {

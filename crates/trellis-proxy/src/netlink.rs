@@ -71,6 +71,10 @@ impl Attrs {
         &self.buf
     }
 
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        self.buf
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.buf.len()
     }
@@ -549,51 +553,6 @@ impl Socket {
             }
             if done {
                 return Ok(!intr);
-            }
-        }
-    }
-
-    /// A single (non-dump) get; `Ok(None)` when the object does not exist.
-    pub(crate) fn get(&mut self, kind: u8, attrs: &Attrs) -> Result<Option<Vec<u8>>, ProxyError> {
-        let seq = self.next_seq();
-        let mut out = Vec::new();
-        let s = push_header(
-            &mut out,
-            (SUBSYS << 8) | u16::from(kind),
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            FAMILY_IP,
-            0,
-        );
-        out.extend_from_slice(attrs.bytes());
-        patch_len(&mut out, s);
-        self.send(&out)?;
-        let mut found = None;
-        loop {
-            let n = self.recv(false)?.unwrap_or(0);
-            if n == 0 {
-                return Err(ProxyError::Nft("nf_tables closed a request".into()));
-            }
-            for (ty, flags, mseq, payload) in split_messages(&self.buf[..n]) {
-                if mseq != seq {
-                    continue;
-                }
-                if ty == NLMSG_ERROR {
-                    let (code, text) = parse_error(flags, payload);
-                    if code == 0 {
-                        return Ok(found);
-                    }
-                    if code == -libc::ENOENT {
-                        return Ok(None);
-                    }
-                    return Err(ProxyError::Nft(format!(
-                        "get: {} {text}",
-                        io::Error::from_raw_os_error(-code)
-                    )));
-                }
-                if payload.len() >= 4 {
-                    found = Some(payload[4..].to_vec());
-                }
             }
         }
     }

@@ -57,7 +57,7 @@ enum Op {
     NewChain(String, Option<BaseSpec>),
     NewRule {
         chain: String,
-        expr: Vec<u8>,
+        expr: std::sync::Arc<[u8]>,
         comment: String,
     },
     NewElem(StaticSet, Vec<u8>, Option<String>),
@@ -380,10 +380,7 @@ impl Proxy {
     }
 
     fn read_and_apply(&self, sock: &mut Socket) -> Result<SyncReport, ProxyError> {
-        let mut lives = Vec::with_capacity(self.tables.len());
-        for t in &self.tables {
-            lives.push(live::read(sock, t)?);
-        }
+        let lives = live::read_all(sock, &self.tables)?;
         let prefix = format!("{}-", self.cfg.table);
         let stale: Vec<String> = live::table_names(sock)?
             .into_iter()
@@ -807,7 +804,7 @@ mod tests {
             Op::NewElem(StaticSet::Hairpin, vec![], None),
             Op::NewRule {
                 chain: "a".into(),
-                expr: vec![],
+                expr: std::sync::Arc::from(Vec::new()),
                 comment: String::new(),
             },
             Op::NewChain("a".into(), None),

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use trellis_api::naming::fnv1a64;
 
@@ -119,7 +120,7 @@ pub(crate) struct BaseSpec {
 pub(crate) struct ChainSpec {
     pub(crate) name: String,
     pub(crate) base: Option<BaseSpec>,
-    pub(crate) rules: Vec<Vec<u8>>,
+    pub(crate) rules: Vec<Arc<[u8]>>,
     /// The comment every rule carries: a fingerprint of the whole chain.
     pub(crate) comment: String,
 }
@@ -139,7 +140,7 @@ impl ChainSpec {
         salt: &str,
     ) -> Self {
         let name = name.into();
-        let rules: Vec<Vec<u8>> = rules.into_iter().map(Rule::into_bytes).collect();
+        let rules: Vec<Arc<[u8]>> = rules.into_iter().map(Rule::into_bytes).collect();
         let base_text = base
             .map(|b| format!("{} {} {}", b.kind, b.hook, b.priority))
             .unwrap_or_default();
@@ -151,7 +152,7 @@ impl ChainSpec {
                 salt.as_bytes(),
             ]
             .into_iter()
-            .chain(rules.iter().flat_map(|r| [b"|".as_slice(), r.as_slice()])),
+            .chain(rules.iter().flat_map(|r| [b"|".as_slice(), &r[..]])),
         );
         ChainSpec {
             name,
