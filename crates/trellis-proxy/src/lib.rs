@@ -55,9 +55,10 @@
 //! maps and changes only what differs, so a restarted agent changes nothing.
 //!
 //! Measured (`cargo bench -p trellis-proxy --bench sync`, 2 cores, kernel 6.18, 16
-//! shards, 10,000 services x 10 endpoints): full sync into empty tables 1.4 s; full sync
-//! of unchanged tables (restart) 0.9-1.0 s, writing nothing; one endpoint added or
-//! removed 1.2 ms mean, 1.5 ms p99.
+//! shards, 10,000 services x 10 endpoints; ranges from a quiet to a loaded machine):
+//! full sync into empty tables 1.4-2.2 s; full sync of unchanged tables (restart)
+//! 0.9-1.35 s, writing nothing; one endpoint added or removed 1.2-1.9 ms mean,
+//! 1.5-2.6 ms p99. With a single table the same change took 43 ms (re-validation).
 //!
 //! Nothing outside the proxy's tables is touched; a table is never flushed wholesale
 //! (shard tables of an earlier shard count are deleted). UDP conntrack entries are
