@@ -303,16 +303,25 @@ fn service_types_spread_affinity_policy_and_dns() {
     let _ = t;
 }
 
-/// The service table of node `n`, with rule handles: equal before and after means no
-/// element, rule or chain changed.
+/// The whole nftables ruleset of node `n` (the proxy's main and shard tables, the
+/// agent's own), with handles: equal before and after means no element, rule or chain
+/// changed.
 fn svc_table(lab: &Lab, n: usize) -> String {
     let o = lab
-        .exec(
-            &lab.state.nodes[n].netns,
-            &["nft", "-a", "list", "table", "ip", "trellis-svc"],
-        )
+        .exec(&lab.state.nodes[n].netns, &["nft", "-a", "list", "ruleset"])
         .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    // Affinity entries count down their expiry: not a change.
+    String::from_utf8_lossy(&o.stdout)
+        .split(" expires ")
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.trim_start_matches(|c: char| !c.is_whitespace() && c != ',' && c != '}')
+            }
+        })
+        .collect()
 }
 
 fn cni_del(lab: &Lab, node: usize, container: &str) {
