@@ -148,7 +148,11 @@ fn service_types_spread_affinity_policy_and_dns() {
         (&n1, format!("http://192.168.77.12:{np}/")),
         (&u, format!("http://192.168.77.11:{np}/")),
         (&u, format!("http://{lb}/")),
+        (&p, format!("http://{lb}/")),
+        (&n1, format!("http://{lb}/")),
         (&u, "http://10.201.0.5/".to_string()),
+        (&p, "http://10.201.0.5/".to_string()),
+        (&n1, "http://10.201.0.5/".to_string()),
     ] {
         let body = reach(&lab, ns, &url);
         assert!(body.contains("-w"), "{url}: {body}");
