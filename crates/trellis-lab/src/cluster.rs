@@ -140,15 +140,16 @@ impl Lab {
         self.cli_with_input(trellis, &["apply", "-f", "-"], manifest)
     }
 
-    /// Start `trellis agent` in cluster mode on node `node` for `network` and wait until
-    /// it serves the CNI socket (it has joined and leased its subnet). Returns the PID.
-    pub fn start_cluster_agent(
-        &mut self,
+    /// Prepare node `node`'s agent (state directory, node token, no stale socket) and
+    /// return the `trellis agent` cluster-mode command [`Lab::start_cluster_agent`] runs,
+    /// without starting it (for callers that time the start themselves).
+    pub fn cluster_agent_command(
+        &self,
         trellis: &Path,
         node: usize,
         network: &str,
         t: &Timing,
-    ) -> Result<u32> {
+    ) -> Result<Command> {
         let p = self.agent_paths(node);
         std::fs::create_dir_all(&p.state_dir).map_err(|e| LabError::Io(e.to_string()))?;
         let name = self.state.nodes[node].name.clone();
@@ -191,6 +192,21 @@ impl Lab {
             .args(["--heartbeat", &t.heartbeat.to_string()])
             .args(["--resync", &t.resync.to_string()])
             .args(&t.agent_args);
+        Ok(c)
+    }
+
+    /// Start `trellis agent` in cluster mode on node `node` for `network` and wait until
+    /// it serves the CNI socket (it has joined and leased its subnet). Returns the PID.
+    pub fn start_cluster_agent(
+        &mut self,
+        trellis: &Path,
+        node: usize,
+        network: &str,
+        t: &Timing,
+    ) -> Result<u32> {
+        let c = self.cluster_agent_command(trellis, node, network, t)?;
+        let p = self.agent_paths(node);
+        let name = self.state.nodes[node].name.clone();
         let netns = self.state.nodes[node].netns.clone();
         let what = format!("agent {name}");
         let pid = self.spawn(&netns, &what, c)?;

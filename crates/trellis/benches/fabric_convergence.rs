@@ -23,12 +23,11 @@
 //! and the target p99 <= 1 s.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use trellis_lab::cluster::{network_manifest, server_url, Timing};
+use trellis_lab::cluster::{network_manifest, Timing};
 use trellis_lab::{netns_path, wait_for, Lab};
 use trellis_net::{Netlink, Netns};
 
@@ -65,45 +64,6 @@ async fn pod_routes(nl: &Netlink, cluster: Ipv4Net) -> HashSet<Ipv4Net> {
         .map(|r| r.0)
         .filter(|d| d.prefix_len() == 24 && cluster.contains(d))
         .collect()
-}
-
-/// Write node `node`'s token and return the arguments `Lab::start_cluster_agent` would
-/// start its agent with (without waiting for anything).
-fn agent_command(lab: &Lab, trellis: &Path, node: usize, t: &Timing) -> Command {
-    let p = lab.agent_paths(node);
-    std::fs::create_dir_all(&p.state_dir).expect("agent state dir");
-    let name = &lab.state.nodes[node].name;
-    let token_file = p.state_dir.join("node.token");
-    let out = Command::new(trellis)
-        .args(["server", "token", "--node", name])
-        .arg("--dir")
-        .arg(lab.server_dir())
-        .output()
-        .expect("trellis server token");
-    assert!(out.status.success(), "trellis server token failed");
-    std::fs::write(&token_file, String::from_utf8_lossy(&out.stdout).trim()).expect("write token");
-    let _ = std::fs::remove_file(&p.socket);
-    let mut c = Command::new(trellis);
-    c.arg("agent")
-        .args([
-            "--server",
-            &server_url(),
-            "--node",
-            name,
-            "--network",
-            "default",
-        ])
-        .arg("--ca")
-        .arg(lab.server_dir().join("ca.pem"))
-        .arg("--token-file")
-        .arg(&token_file)
-        .arg("--state-dir")
-        .arg(&p.state_dir)
-        .arg("--socket")
-        .arg(&p.socket)
-        .args(["--heartbeat", &t.heartbeat.to_string()])
-        .args(["--resync", &t.resync.to_string()]);
-    c
 }
 
 /// One join's result.
@@ -191,7 +151,9 @@ fn main() {
             }
             s
         });
-        let cmd = agent_command(&lab, &trellis, node, &timing);
+        let cmd = lab
+            .cluster_agent_command(&trellis, node, "default", &timing)
+            .expect("agent command");
 
         let t0 = Instant::now();
         lab.spawn(&netns, &format!("agent {name}"), cmd)
