@@ -36,8 +36,8 @@
 //! `apiVersion` and `kind`; `status` is left out while it equals its default.
 
 mod endpoint;
-mod lbpool;
 mod error;
+mod lbpool;
 mod meta;
 mod network;
 mod node;
@@ -53,6 +53,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use endpoint::{Endpoint, EndpointSpec};
 pub use error::ValidationError;
+pub use lbpool::{LoadBalancerPool, LoadBalancerPoolSpec};
 pub use meta::{
     format_rfc3339, parse_rfc3339, validate_dns1123_label, validate_dns1123_subdomain,
     validate_label_key, validate_label_value, validate_labels, validate_mac, NameRule, ObjectMeta,
@@ -63,7 +64,6 @@ pub use network::{
     MAX_NODE_SUBNET_PREFIX, MTU_RANGE, VNI_RANGE,
 };
 pub use node::{Node, NodeSpec, NodeStatus, SubnetLease};
-pub use lbpool::{LoadBalancerPool, LoadBalancerPoolSpec};
 pub use pod::{Pod, PodSpec};
 pub use service::{
     ExternalTrafficPolicy, Protocol, Service, ServicePort, ServiceSpec, ServiceStatus, ServiceType,

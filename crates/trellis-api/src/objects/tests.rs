@@ -43,7 +43,14 @@ fn kind_facts() {
     let plurals: Vec<_> = Kind::ALL.iter().map(|k| k.plural()).collect();
     assert_eq!(
         plurals,
-        ["networks", "nodes", "pods", "endpoints", "services", "loadbalancerpools"]
+        [
+            "networks",
+            "nodes",
+            "pods",
+            "endpoints",
+            "services",
+            "loadbalancerpools"
+        ]
     );
     for k in Kind::ALL {
         assert_eq!(Kind::from_plural(k.plural()), Some(k));
