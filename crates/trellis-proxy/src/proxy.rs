@@ -274,20 +274,20 @@ impl Proxy {
     /// chains and sets when missing). Reads the live tables and changes only what
     /// differs, in one transaction: on tables that already match (an agent restart)
     /// nothing is written. Never flushes a table; affinity sets that stay keep their
-    /// entries. UDP conntrack entries of endpoints that went away since the previous
-    /// sync of this `Proxy` are deleted.
+    /// entries. UDP conntrack entries the services no longer allow (to endpoints that
+    /// went away, also while no agent ran) are deleted.
     pub fn full_sync(&mut self, services: &[ServiceModel]) -> Result<SyncReport, ProxyError> {
         let mut next = BTreeMap::new();
         for s in services {
             next.insert(s.key.clone(), s.clone());
         }
-        let old = std::mem::replace(&mut self.services, next);
-        let had_state = self.synced;
+        self.services = next;
         let mut report = self.sync_all()?;
-        if had_state {
-            let new = self.services.clone();
-            report.conntrack_flushed = self.clean_conntrack(&old, &new)?;
+        let mut allowed = conntrack::UdpState::default();
+        for s in self.services.values() {
+            allowed.add(s);
         }
+        report.conntrack_flushed = conntrack::sweep(&allowed, &self.cfg.node_ips)?;
         Ok(report)
     }
 

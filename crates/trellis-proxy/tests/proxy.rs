@@ -562,6 +562,35 @@ fn affinity_hairpin_removal_and_no_endpoints() {
     assert!(r.changed_nothing(), "{r:?}");
 }
 
+#[test]
+fn affinity_expires_after_its_timeout() {
+    let lab = Lab::new("expiry");
+    let mut brief = tcp_service(
+        "brief",
+        Ipv4Addr::new(10, 96, 0, 40),
+        Some(30083),
+        vec![ep(1, true), ep(2, true), ep(3, true)],
+    );
+    brief.affinity_timeout = Some(2);
+    lab.full_sync(&[brief]);
+    // Timed affinity entries in the node's ruleset (each prints its countdown).
+    let entries = || {
+        lab.sh_in("node", &["nft", "list", "ruleset"])
+            .matches(" expires ")
+            .count()
+    };
+    assert_eq!(entries(), 0);
+    let c = counts(&lab, "client", NODE_IP, 30083, 10);
+    assert_eq!(c.len(), 1, "affinity: {c:?}");
+    assert_eq!(entries(), 1, "one client, one affinity entry");
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(entries(), 0, "the entry outlived its 2 s timeout");
+    // The next connection is balanced afresh and sticks again.
+    let c = counts(&lab, "client", NODE_IP, 30083, 5);
+    assert_eq!(c.len(), 1, "affinity after expiry: {c:?}");
+    assert_eq!(entries(), 1);
+}
+
 /// Reply sources (endpoint addresses) of the UDP conntrack entries to `dst:port`.
 fn udp_entries(lab: &Lab, dst: Ipv4Addr, port: u16) -> Vec<Ipv4Addr> {
     let out = Command::new("ip")
@@ -615,38 +644,57 @@ fn udp_endpoint_removal_deletes_exactly_its_conntrack_entries() {
     lab.full_sync(&[dns(vec![ep(1, true), ep(2, true)])]);
 
     // Flows from p3 (one source port each) until both endpoints have some.
-    let seen = in_ns(&lab.ns("p3"), move || {
-        let mut seen = std::collections::BTreeMap::new();
-        for _ in 0..60 {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            s.send_to(b"q", (dns_ip, 53)).unwrap();
-            let mut buf = [0u8; 64];
-            let (n, _) = s.recv_from(&mut buf).expect("UDP answer");
-            *seen
-                .entry(String::from_utf8_lossy(&buf[..n]).into_owned())
-                .or_insert(0usize) += 1;
-            if seen.len() == 2 && seen.values().all(|v| *v >= 3) {
-                break;
+    let flows = || {
+        let seen = in_ns(&lab.ns("p3"), move || {
+            let mut seen = std::collections::BTreeMap::new();
+            for _ in 0..60 {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s.send_to(b"q", (dns_ip, 53)).unwrap();
+                let mut buf = [0u8; 64];
+                let (n, _) = s.recv_from(&mut buf).expect("UDP answer");
+                *seen
+                    .entry(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .or_insert(0usize) += 1;
+                if seen.len() == 2 && seen.values().all(|v| *v >= 3) {
+                    break;
+                }
             }
-        }
-        seen
-    });
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    let before = udp_entries(&lab, dns_ip, 53);
-    let to_p2 = before.iter().filter(|a| **a == pod_ip(2)).count();
-    let to_p1 = before.iter().filter(|a| **a == pod_ip(1)).count();
-    assert!(to_p2 >= 3 && to_p1 >= 3, "{before:?}");
+            seen
+        });
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let before = udp_entries(&lab, dns_ip, 53);
+        let to_p2 = before.iter().filter(|a| **a == pod_ip(2)).count();
+        let to_p1 = before.iter().filter(|a| **a == pod_ip(1)).count();
+        assert!(to_p2 >= 3 && to_p1 >= 3, "{before:?}");
+        (to_p1, to_p2)
+    };
+    let check_after = |to_p1: usize| {
+        let after = udp_entries(&lab, dns_ip, 53);
+        assert!(!after.contains(&pod_ip(2)), "{after:?}");
+        assert_eq!(
+            after.iter().filter(|a| **a == pod_ip(1)).count(),
+            to_p1,
+            "entries of the remaining endpoint are kept"
+        );
+    };
 
+    // A partial update deletes exactly the removed endpoint's entries.
+    let (to_p1, to_p2) = flows();
     let r = lab.update(&[dns(vec![ep(1, true)])], &[]);
     assert_eq!(r.conntrack_flushed, to_p2, "{r:?}");
-    let after = udp_entries(&lab, dns_ip, 53);
-    assert!(!after.contains(&pod_ip(2)), "{after:?}");
-    assert_eq!(
-        after.iter().filter(|a| **a == pod_ip(1)).count(),
-        to_p1,
-        "entries of the remaining endpoint are kept"
-    );
+    check_after(to_p1);
+
+    // The endpoint comes back, gets flows, and leaves while no agent runs: the new
+    // agent's first full sync finds its entries in the kernel and deletes exactly them.
+    lab.update(&[dns(vec![ep(1, true), ep(2, true)])], &[]);
+    let (to_p1, to_p2) = flows();
+    *lab.proxy.lock().unwrap() = Proxy::new(config());
+    let r = lab.full_sync(&[dns(vec![ep(1, true)])]);
+    assert_eq!(r.conntrack_flushed, to_p2, "{r:?}");
+    check_after(to_p1);
+    let r = lab.full_sync(&[dns(vec![ep(1, true)])]);
+    assert_eq!(r.conntrack_flushed, 0, "{r:?}");
 }
 
 #[test]

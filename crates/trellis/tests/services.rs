@@ -41,7 +41,20 @@ fn svc_lab() -> Lab {
             add_pod_with(&mut lab, n, &format!("w{p}"), "LABELS=app=web");
         }
     }
-    add_pod_with(&mut lab, 1, "solo", "LABELS=app=solo");
+    let solo = add_pod_with(&mut lab, 1, "solo", "LABELS=app=solo");
+    // A UDP server in the solo pod: dnsmasq on 5353 answering x.test.
+    let mut udp = std::process::Command::new("dnsmasq");
+    udp.args([
+        "--no-daemon",
+        "--no-resolv",
+        "--no-hosts",
+        "--port=5353",
+        &format!("--listen-address={solo}"),
+        "--bind-interfaces",
+        "--address=/x.test/192.0.2.9",
+    ]);
+    let solo_ns = lab.resolve("n2-solo").unwrap();
+    lab.spawn(&solo_ns, "dnsmasq solo", udp).unwrap();
     lab.apply(
         &trellis(),
         "apiVersion: trellis/v1\nkind: LoadBalancerPool\nmetadata:\n  name: lab\nspec:\n  cidrs: [10.200.0.0/28]\n",
@@ -121,7 +134,7 @@ fn dig(lab: &Lab, netns: &str, server: Ipv4Addr, args: &[&str]) -> String {
 
 #[test]
 fn service_types_spread_affinity_policy_and_dns() {
-    let lab = svc_lab();
+    let mut lab = svc_lab();
     let t = trellis();
     let web = apply_service(
         &lab,
@@ -138,10 +151,19 @@ fn service_types_spread_affinity_policy_and_dns() {
     let n1 = lab.state.nodes[0].netns.clone();
     let u = lab.state.underlay.clone();
     let p = pod_ns(&lab, "n2-w1");
-    // ClusterIP from a pod and a node; node port on every node from pod, node, outside;
-    // LB and external IP from outside.
+    // The pod's gateway: its node's address on the pod bridge.
+    let o = lab.exec(&p, &["ip", "route", "show", "default"]).unwrap();
+    let gw: Ipv4Addr = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // ClusterIP from a pod and a node; node port on every node address (underlay and
+    // pod gateway) from pod, node, outside; LB and external IP from everywhere.
     for (ns, url) in [
         (&p, format!("http://{cip}/")),
+        (&p, format!("http://{gw}:{np}/")),
         (&n1, format!("http://{cip}/")),
         (&u, format!("http://{cip}/")),
         (&p, format!("http://192.168.77.13:{np}/")),
@@ -239,29 +261,54 @@ fn service_types_spread_affinity_policy_and_dns() {
         "  selector: {app: nothing}\n  ports: [{port: 80}]\n",
     );
     let none_ip = none["spec"]["clusterIP"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_secs(1));
-    let e = get(&lab, &p, &format!("http://{none_ip}/")).unwrap_err();
-    assert!(e.1 < Duration::from_secs(1), "took {:?}: {}", e.1, e.0);
+    let none_np = none["spec"]["ports"][0]["nodePort"].as_u64();
+    assert!(none_np.is_none(), "{none}");
+    for ns in [&p, &n1, &u] {
+        let url = format!("http://{none_ip}/");
+        let mut last = Ok(String::new());
+        let refused = wait_for(Duration::from_secs(10), || {
+            last = get(&lab, ns, &url);
+            matches!(&last, Err((msg, took)) if msg.contains("refused") && *took < Duration::from_secs(1))
+        });
+        assert!(refused, "{url} from {ns} must be refused at once: {last:?}");
+    }
 
     // DNS: A, headless, CNAME, SRV, pod records, and forwarding.
     apply_service(
         &lab,
         "db",
-        "  clusterIP: None\n  selector: {app: solo}\n  ports: [{name: pg, port: 5432}]\n",
+        "  clusterIP: None\n  selector: {app: web}\n  ports: [{name: pg, port: 5432}]\n",
     );
     apply_service(
         &lab,
         "ext",
         "  type: ExternalName\n  externalName: example.org\n",
     );
-    // The pod's gateway runs the cluster DNS (and the pod's resolv.conf names it).
-    let o = lab.exec(&p, &["ip", "route", "show", "default"]).unwrap();
-    let gw: Ipv4Addr = String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .parse()
+    // The pod's gateway runs the cluster DNS, and the CNI result hands it to pods.
+    let extra = lab.add_pod(1, "dnscheck").unwrap();
+    let out = lab
+        .cni(
+            &common::plugin(),
+            1,
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", &extra.netns),
+                ("CNI_NETNS", &format!("/run/netns/{}", extra.netns)),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            &lab.cni_config(1, "1.1.0"),
+        )
         .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result["dns"]["nameservers"],
+        serde_json::json!([gw.to_string()]),
+        "{result}"
+    );
+    assert_eq!(
+        result["dns"]["search"][0], "default.svc.cluster.local",
+        "{result}"
+    );
     let ok = wait_for(Duration::from_secs(10), || {
         dig(&lab, &p, gw, &["web.default.svc.cluster.local"]) == cip
     });
@@ -270,17 +317,33 @@ fn service_types_spread_affinity_policy_and_dns() {
         "A web: {}",
         dig(&lab, &p, gw, &["web.default.svc.cluster.local"])
     );
-    let solo_pod = lab
+    let pod_ip = |name: &str| {
+        lab.state
+            .pods
+            .iter()
+            .find(|x| x.name == name)
+            .unwrap()
+            .ip
+            .unwrap()
+    };
+    let solo_pod = pod_ip("n2-solo");
+    let web_pods: std::collections::BTreeSet<String> = lab
         .state
         .pods
         .iter()
-        .find(|x| x.name == "n2-solo")
-        .unwrap()
-        .ip
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || {
-        dig(&lab, &p, gw, &["db.default.svc.cluster.local"]) == solo_pod.to_string()
-    }));
+        .filter(|x| x.name.contains("-w"))
+        .map(|x| x.ip.unwrap().to_string())
+        .collect();
+    assert_eq!(web_pods.len(), 6);
+    let mut headless = Default::default();
+    let ok = wait_for(Duration::from_secs(10), || {
+        headless = dig(&lab, &p, gw, &["db.default.svc.cluster.local"])
+            .lines()
+            .map(str::to_string)
+            .collect::<std::collections::BTreeSet<String>>();
+        headless == web_pods
+    });
+    assert!(ok, "headless db: {headless:?}, want {web_pods:?}");
     assert_eq!(
         dig(&lab, &p, gw, &["ext.default.svc.cluster.local", "CNAME"]),
         "example.org."
@@ -388,28 +451,28 @@ fn endpoint_removal_udp_conntrack_and_agent_restart() {
             .unwrap();
         String::from_utf8_lossy(&o.stdout).lines().count()
     };
-    assert!(wait_for(Duration::from_secs(5), || {
-        // any UDP datagram will do: a DNS query by dig
-        let _ = lab.exec_any(
+    // The UDP service answers (dnsmasq in the solo pod) and leaves a conntrack entry.
+    let mut answer = String::new();
+    let answered = wait_for(Duration::from_secs(10), || {
+        answer = dig(
+            &lab,
             &client,
-            &[
-                "dig",
-                "+time=1",
-                "+tries=1",
-                "-p",
-                "5353",
-                &format!("@{uip}"),
-                "x",
-            ],
+            uip.parse().unwrap(),
+            &["-p", "5353", "x.test"],
         );
-        udp_entries(&lab) > 0
-    }));
+        answer == "192.0.2.9"
+    });
+    assert!(answered, "UDP service {uip}:5353: {answer:?}");
+    assert!(udp_entries(&lab) > 0);
     // A stream through the service; find the endpoint serving it.
     let cl = client.clone();
     let cip2 = cip.clone();
+    let stream_start = Instant::now();
     let stream = std::thread::spawn(move || {
         std::process::Command::new("ip")
-            .args(["netns", "exec", &cl, "iperf3", "-c", &cip2, "-t", "6", "-J"])
+            .args([
+                "netns", "exec", &cl, "iperf3", "-c", &cip2, "-t", "10", "-J",
+            ])
             .output()
             .unwrap()
     });
@@ -447,28 +510,7 @@ fn endpoint_removal_udp_conntrack_and_agent_restart() {
         .clone();
     cni_del(&lab, victim.node, &victim.netns);
     cni_del(&lab, 1, &pod_ns(&lab, "n2-solo"));
-    // kill -9 and restart every agent while the stream runs.
-    let before: Vec<String> = (0..3).map(|n| svc_table(&lab, n)).collect();
-    for n in 0..3 {
-        let name = format!("agent n{}", n + 1);
-        let pid = common::pid_of(&lab, &name);
-        lab.stop(pid, true);
-        lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
-    }
-    let out = stream.join().unwrap();
-    assert!(
-        out.status.success(),
-        "the stream broke: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for iv in rep["intervals"].as_array().unwrap() {
-        assert!(
-            iv["sum"]["bytes"].as_f64().unwrap_or(0.0) > 0.0,
-            "a second without traffic: {iv}"
-        );
-    }
-    // The removal reached every node; the restarts changed nothing after it.
+    // The removal reaches every node while the stream runs.
     let vip = victim.ip.unwrap().to_string();
     if !wait_for(Duration::from_secs(10), || {
         (0..3).all(|n| !svc_table(&lab, n).contains(&vip))
@@ -484,39 +526,52 @@ fn endpoint_removal_udp_conntrack_and_agent_restart() {
             tables.join("\n-----\n")
         );
     }
+    // Exactly the stale UDP entries are gone.
+    assert!(wait_for(Duration::from_secs(5), || udp_entries(&lab) == 0));
+    // kill -9 and restart every agent while the stream runs: nothing changes.
+    let before: Vec<String> = (0..3).map(|n| svc_table(&lab, n)).collect();
+    for n in 0..3 {
+        let name = format!("agent n{}", n + 1);
+        let pid = common::pid_of(&lab, &name);
+        lab.stop(pid, true);
+        lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
+    }
+    let restarted_at = stream_start.elapsed();
+    let out = stream.join().unwrap();
+    assert!(
+        out.status.success(),
+        "the stream broke: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for iv in rep["intervals"].as_array().unwrap() {
+        assert!(
+            iv["sum"]["bytes"].as_f64().unwrap_or(0.0) > 0.0,
+            "a second without traffic: {iv}"
+        );
+    }
+    assert!(
+        restarted_at < Duration::from_secs(9),
+        "the restarts must happen while the 10 s stream runs (done after {restarted_at:?})"
+    );
+    // The restarted agents have synced (their first full sync) and changed nothing.
     std::thread::sleep(Duration::from_secs(2));
     for (n, b) in before.iter().enumerate() {
         let now = svc_table(&lab, n);
-        if now != *b {
-            // Only the removal may differ (when it landed after the snapshot).
-            assert!(
-                !now.contains(&vip) && b.contains(&vip),
-                "node n{} changed on restart:\n{b}\n---\n{now}",
-                n + 1
-            );
-        }
+        assert_eq!(&now, b, "node n{} changed on restart", n + 1);
     }
-    // Exactly the stale UDP entries are gone; new connections avoid the removed endpoint.
-    assert!(wait_for(Duration::from_secs(5), || udp_entries(&lab) == 0));
-    let names: std::collections::BTreeSet<String> = (0..60)
-        .map(|_| {
-            get(
-                &lab,
-                &pod_ns(&lab, "n3-w1"),
-                &format!("http://{}/", apply_ip(&lab)),
-            )
-            .unwrap_or_default()
-        })
-        .collect();
-    assert!(!names.contains(&victim.name), "{names:?}");
-}
-
-/// The cluster IP of a plain web service (created on first use).
-fn apply_ip(lab: &Lab) -> String {
-    let s = apply_service(
-        lab,
+    // New connections reach every remaining endpoint and never the removed one.
+    let web2 = apply_service(
+        &lab,
         "web2",
         "  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
     );
-    s["spec"]["clusterIP"].as_str().unwrap().to_string()
+    let ip2 = web2["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let from = client.clone();
+    reach(&lab, &from, &format!("http://{ip2}/"));
+    let names: std::collections::BTreeSet<String> = (0..60)
+        .map(|_| get(&lab, &from, &format!("http://{ip2}/")).expect("a remaining endpoint answers"))
+        .collect();
+    assert!(!names.contains(&victim.name), "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
 }

@@ -323,9 +323,15 @@ async fn start_services(
         .await
         .map_err(|e| ClusterError::Setup(format!("cluster DNS on {bind}: {e}")))?;
     node.set_dns(dns_ip, &cfg.domain);
+    // Node ports answer on every address of the node: the underlay one and, unless
+    // the pods live on the underlay segment (`l2`), the pod gateway.
+    let mut node_ips = vec![local.address];
+    if spec.backend != Backend::L2 {
+        node_ips.push(node.ipam().gateway());
+    }
     let proxy = trellis_proxy::Proxy::new(trellis_proxy::ProxyConfig::new(
         services::PROXY_TABLE,
-        vec![local.address],
+        node_ips,
         vec![spec.cidr],
     ));
     let svc_loop = services::ServiceLoop {
