@@ -20,7 +20,12 @@ use trellis_lab::{wait_for, Lab};
 fn svc_lab() -> Lab {
     require(&["conntrack", "dig", "dnsmasq"]);
     let timing = Timing {
-        agent_args: vec!["--dns-upstream".into(), "192.168.77.1".into()],
+        agent_args: vec![
+            "--dns-upstream".into(),
+            "192.168.77.1".into(),
+            "--proxy-full-resync".into(),
+            "3".into(),
+        ],
         ..Timing::default()
     };
     let mut lab = cluster_lab_timed(3, 0, "vxlan", 0, &timing);
@@ -179,6 +184,31 @@ fn service_types_spread_affinity_policy_and_dns() {
         let body = reach(&lab, ns, &url);
         assert!(body.contains("-w"), "{url}: {body}");
     }
+    // Drift: a shard table deleted behind the agent's back comes back with the next
+    // periodic full sync.
+    let tables = lab.exec(&n1, &["nft", "list", "tables"]).unwrap();
+    let shard = String::from_utf8_lossy(&tables.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table ip "))
+        .filter(|t| t.starts_with("trellis-svc-"))
+        .find(|t| {
+            let o = lab.exec(&n1, &["nft", "list", "table", "ip", t]).unwrap();
+            String::from_utf8_lossy(&o.stdout).contains(&cip)
+        })
+        .expect("a shard table holds the web service")
+        .to_string();
+    lab.exec(&n1, &["nft", "delete", "table", "ip", &shard])
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            lab.exec(&n1, &["nft", "list", "table", "ip", &shard])
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&cip))
+        }),
+        "{shard} was not restored"
+    );
+    let body = reach(&lab, &n1, &format!("http://{cip}/"));
+    assert!(body.contains("-w"), "{body}");
+
     // Even spread over the 6 endpoints: 300 connections from one pod.
     let mut hits: BTreeMap<String, u32> = BTreeMap::new();
     for _ in 0..300 {

@@ -242,3 +242,97 @@ pub fn upstreams(own: SocketAddr) -> Vec<SocketAddr> {
         .filter(|u| *u != own)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(name: &str, spec: serde_json::Value, status: serde_json::Value) -> Service {
+        match AnyObject::from_value(json!({"apiVersion": "trellis/v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec, "status": status}))
+        {
+            Ok(AnyObject::Service(s)) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn endpoint(name: &str, ns: &str, ip: &str, node: &str, ready: bool) -> Endpoint {
+        match AnyObject::from_value(json!({"apiVersion": "trellis/v1", "kind": "Endpoint",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": "web"}},
+            "spec": {"containerId": name, "ifname": "eth0", "network": "default",
+                "node": node, "ip": ip, "ready": ready}}))
+        {
+            Ok(AnyObject::Endpoint(e)) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn models_take_ready_endpoints_of_the_namespace_only() {
+        let svcs = vec![
+            service(
+                "web",
+                json!({"type": "LoadBalancer", "clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                    "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}],
+                    "externalIPs": ["203.0.113.5"]}),
+                json!({"loadBalancerIP": "203.0.113.20"}),
+            ),
+            service(
+                "plain",
+                json!({"clusterIP": "10.96.0.11", "selector": {"app": "web"},
+                    "ports": [{"port": 80, "nodePort": 30081}]}),
+                json!({}),
+            ),
+            service(
+                "headless",
+                json!({"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80}]}),
+                json!({}),
+            ),
+        ];
+        let eps = vec![
+            endpoint("a", "default", "10.244.1.2", "n1", true),
+            endpoint("b", "default", "10.244.2.2", "n2", true),
+            endpoint("c", "default", "10.244.2.3", "n2", false),
+            endpoint("d", "other", "10.244.2.4", "n2", true),
+        ];
+        let m = models(&svcs, &eps, "n1");
+        assert_eq!(m.len(), 2, "headless services have no model: {m:?}");
+        let web = &m[0];
+        assert_eq!(web.key, "default/web");
+        assert_eq!(
+            web.endpoints,
+            vec![
+                EndpointModel {
+                    ip: "10.244.1.2".parse().unwrap(),
+                    local: true
+                },
+                EndpointModel {
+                    ip: "10.244.2.2".parse().unwrap(),
+                    local: false
+                },
+            ],
+            "not ready and other namespaces are left out"
+        );
+        assert_eq!(
+            web.external_ips,
+            vec![
+                "203.0.113.5".parse::<Ipv4Addr>().unwrap(),
+                "203.0.113.20".parse().unwrap()
+            ]
+        );
+        assert_eq!(web.ports[0].node_port, Some(30080));
+        assert_eq!(web.ports[0].target_port, 8080);
+        assert_eq!(
+            m[1].ports[0].node_port, None,
+            "a ClusterIP service has no node port"
+        );
+        let recs = dns_records(DEFAULT_DOMAIN, &svcs, &eps);
+        let text = format!("{recs:?}");
+        assert!(text.contains("10.244.2.2"), "{text}");
+        assert!(
+            !text.contains("10.244.2.3") && !text.contains("10.244.2.4"),
+            "{text}"
+        );
+    }
+}
