@@ -116,6 +116,9 @@ pub struct Ipam {
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
     excluded: Vec<Ipv4Net>,
+    /// The cluster's host addresses inside the subnet (`l2`: pods share the hosts'
+    /// segment); never handed out. Follows the Nodes as they register.
+    hosts: std::sync::RwLock<std::collections::BTreeSet<Ipv4Addr>>,
     /// Addresses that can ever be handed out (computed once: STATUS asks often).
     capacity: u32,
     db: redb::Database,
@@ -175,6 +178,7 @@ impl Ipam {
             subnet,
             gateway,
             excluded,
+            hosts: Default::default(),
             capacity: 0,
             db,
             state: Mutex::new(st),
@@ -218,7 +222,27 @@ impl Ipam {
         if let Some(x) = self.excluded.iter().find(|x| x.contains(&ip)) {
             return Some(format!("is in the excluded range {x}"));
         }
+        if self.hosts.read().expect("hosts lock").contains(&ip) {
+            return Some("is the address of a cluster node".into());
+        }
         None
+    }
+
+    /// Never hand out these host addresses from now on (those outside the subnet are
+    /// ignored). Returns the reservations that already hold one of them: an address
+    /// conflict on the segment that only an operator can settle.
+    pub fn set_hosts(&self, hosts: impl IntoIterator<Item = Ipv4Addr>) -> Vec<Reservation> {
+        let hosts: std::collections::BTreeSet<Ipv4Addr> = hosts
+            .into_iter()
+            .filter(|h| self.subnet.contains(h))
+            .collect();
+        let st = self.state.lock().expect("ipam lock");
+        let clashes = hosts
+            .iter()
+            .filter_map(|h| st.by_ip.get(&u32::from(*h)).cloned())
+            .collect();
+        *self.hosts.write().expect("hosts lock") = hosts;
+        clashes
     }
 
     /// Number of addresses that can ever be handed out.
@@ -478,6 +502,40 @@ mod tests {
         let mut b = req("b");
         b.requested_ip = r.requested_ip;
         assert!(matches!(ipam.reserve(&b), Err(IpamError::InUse { .. })));
+    }
+
+    #[test]
+    fn host_addresses_are_never_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(
+            &dir.path().join("s"),
+            "10.1.0.0/29".parse().unwrap(),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(
+            ipam.reserve(&req("a")).unwrap().0.ip,
+            Ipv4Addr::new(10, 1, 0, 2)
+        );
+        // A host registers with .3 (and one outside the subnet, ignored); .2 clashes.
+        let clashes = ipam.set_hosts([
+            Ipv4Addr::new(10, 1, 0, 3),
+            Ipv4Addr::new(10, 1, 0, 2),
+            Ipv4Addr::new(10, 9, 0, 1),
+        ]);
+        assert_eq!(clashes.len(), 1);
+        assert_eq!(clashes[0].ip, Ipv4Addr::new(10, 1, 0, 2));
+        assert_eq!(
+            ipam.reserve(&req("b")).unwrap().0.ip,
+            Ipv4Addr::new(10, 1, 0, 4)
+        );
+        let mut r = req("c");
+        r.requested_ip = Some(Ipv4Addr::new(10, 1, 0, 3));
+        let e = ipam.reserve(&r).unwrap_err();
+        assert!(e.to_string().contains("cluster node"), "{e}");
+        // The host left: its address is free again.
+        ipam.set_hosts([]);
+        assert_eq!(ipam.reserve(&r).unwrap().0.ip, Ipv4Addr::new(10, 1, 0, 3));
     }
 
     #[test]

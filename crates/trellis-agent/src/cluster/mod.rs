@@ -162,6 +162,25 @@ async fn detect_local(nl: &Netlink, cfg: &ClusterConfig) -> Result<Underlay, Clu
     })
 }
 
+/// The underlay addresses of these Node objects.
+fn node_addresses<'a>(nodes: impl Iterator<Item = &'a Value>) -> Vec<Ipv4Addr> {
+    nodes
+        .filter_map(|n| n["spec"]["address"].as_str()?.parse().ok())
+        .collect()
+}
+
+/// Keep IPAM off the hosts' addresses (`l2`); a pod already holding one is an address
+/// conflict on the segment, reported loudly.
+fn exclude_hosts(node: &Node, hosts: Vec<Ipv4Addr>) {
+    for r in node.ipam().set_hosts(hosts) {
+        tracing::error!(
+            ip = %r.ip,
+            container = r.attachment.container_id,
+            "a node registered with an address a pod already holds: address conflict on the segment; recreate the pod"
+        );
+    }
+}
+
 /// Create or update our Node with the underlay address.
 async fn register(client: &Client, name: &str, address: Ipv4Addr) -> Result<(), ClientError> {
     let path = format!("/v1/nodes/{name}");
@@ -264,6 +283,17 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Arc<Node>, Joined), ClusterErr
         .await
         .map_err(|e| ClusterError::Setup(format!("node {subnet}: {e}")))?;
     tracing::info!(%subnet, backend = spec.backend.as_str(), ?report, "joined the cluster");
+    if spec.backend == Backend::L2 {
+        // Pods share the hosts' segment: no host address may go to a pod, from the
+        // first ADD on (the fabric loop follows Nodes registering later).
+        match client.get("/v1/nodes").await {
+            Ok(list) => {
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                exclude_hosts(&node, node_addresses(items.iter()));
+            }
+            Err(e) => tracing::warn!("listing nodes for l2 address exclusion: {e}"),
+        }
+    }
 
     let nodes = Informer::start(client.clone(), "/v1/nodes".into());
     let networks = Informer::start(client.clone(), "/v1/networks".into());
@@ -510,6 +540,11 @@ impl FabricLoop {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("reading the uplink: {e}"),
+        }
+        if net.backend == Backend::L2 {
+            if let Some(nodes) = self.nodes.snapshot() {
+                exclude_hosts(&self.node, node_addresses(nodes.values()));
+            }
         }
         let desired = backend::desired(net, &self.local, peers);
         self.node.set_mtu(pod_mtu(net, &self.local));

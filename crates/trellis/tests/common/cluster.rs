@@ -34,6 +34,7 @@ pub fn cluster_lab_timed(
     for n in 0..lab.state.nodes.len() {
         lab.start_cluster_agent(&t, n, "default", timing)
             .expect("agent");
+        serve_node(&mut lab, n);
     }
     for n in 0..lab.state.nodes.len() {
         for p in 1..=pods {
@@ -41,6 +42,24 @@ pub fn cluster_lab_timed(
         }
     }
     lab
+}
+
+/// The port on which every node's own web server answers with the node's name.
+pub const NODE_HTTP_PORT: u16 = 8081;
+
+/// Start node `n`'s web server (port [`NODE_HTTP_PORT`], page: the node's name), so
+/// that pod -> node TCP can be checked.
+pub fn serve_node(lab: &mut Lab, n: usize) {
+    let node = lab.state.nodes[n].clone();
+    let www = lab.dir().join(format!("www-node-{}", node.name));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), &node.name).unwrap();
+    let mut httpd = std::process::Command::new("busybox");
+    httpd
+        .args(["httpd", "-f", "-p", &NODE_HTTP_PORT.to_string(), "-h"])
+        .arg(&www);
+    lab.spawn(&node.netns, &format!("httpd {}", node.name), httpd)
+        .unwrap();
 }
 
 /// ADD a pod on node `n` and start its web server; returns its address.
@@ -78,7 +97,12 @@ pub fn add_pod_with(lab: &mut Lab, n: usize, name: &str, cni_args: &str) -> Ipv4
 
 /// Fetch a pod's page from `netns`.
 pub fn http_get(lab: &Lab, netns: &str, ip: Ipv4Addr) -> String {
-    let url = format!("http://{ip}:8080/");
+    http_get_port(lab, netns, ip, 8080)
+}
+
+/// Fetch `http://ip:port/` from `netns` (empty on failure).
+pub fn http_get_port(lab: &Lab, netns: &str, ip: Ipv4Addr, port: u16) -> String {
+    let url = format!("http://{ip}:{port}/");
     lab.exec_any(
         netns,
         &["timeout", "2", "busybox", "wget", "-q", "-O-", &url],
