@@ -231,15 +231,20 @@ fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<Ex
     println!("  {me} lab exec {name} n1 -- bridge fdb show | grep dst  # vxlan peers");
     println!("  {me} lab exec {name} u -- {me} get services -o wide    # the demo Service");
     println!("  {me} lab exec {name} n1 -- nft list ruleset            # its nftables (tables trellis-svc*)");
-    let gw = lab
-        .state
-        .notes
-        .get("subnet n1")
-        .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok())
-        .and_then(|c| c.hosts().next())
-        .map(|g| g.to_string())
-        .unwrap_or_default();
-    println!("  {me} lab exec {name} n1-p1 -- busybox nslookup demo.default.svc.cluster.local {gw}   # cluster DNS on the pod gateway");
+    // The cluster DNS listens on the pod gateway, or on the node address under l2
+    // (where the pods' gateway is the segment's router).
+    let dns = if backend == "l2" {
+        lab.state.nodes.first().map(|n| n.addr.to_string())
+    } else {
+        lab.state
+            .notes
+            .get("subnet n1")
+            .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok())
+            .and_then(|c| c.hosts().next())
+            .map(|g| g.to_string())
+    }
+    .unwrap_or_default();
+    println!("  {me} lab exec {name} n1-p1 -- busybox nslookup demo.default.svc.cluster.local {dns}   # the cluster DNS of n1");
     println!(
         "  {me} lab exec {name} n1-p1 -- ping {}",
         targets.last().map(|t| t.1.to_string()).unwrap_or_default()
