@@ -638,6 +638,23 @@ fn endpoints_follow_attachments_with_labels() {
         .unwrap();
     assert!(out.status.success());
     assert!(wait_for(Duration::from_secs(10), || endpoints(&lab).len() == 1));
+    // Readiness is the server's (node liveness): a publisher pass keeps what it says.
+    let mut web = endpoints(&lab)
+        .into_iter()
+        .find(|e| e["spec"]["podName"] == "web-1")
+        .unwrap();
+    web["spec"]["ready"] = serde_json::json!(false);
+    lab.apply(&t, &web.to_string()).unwrap();
+    add(&mut lab, 0, "c4", "LABELS=app=late");
+    assert!(wait_for(Duration::from_secs(10), || endpoints(&lab).len() == 2));
+    let web = endpoints(&lab)
+        .into_iter()
+        .find(|e| e["spec"]["podName"] == "web-1")
+        .unwrap();
+    assert_eq!(
+        web["spec"]["ready"], false,
+        "the agent overrode readiness: {web}"
+    );
 }
 
 #[test]

@@ -150,16 +150,18 @@ impl Publisher {
                     self.client.post(&path, w).await?;
                     created += 1;
                 }
-                Some(h)
-                    if h["spec"] != w["spec"]
-                        || h["metadata"]["labels"] != w["metadata"]["labels"] =>
-                {
+                Some(h) => {
+                    // Readiness follows the node's liveness, which the server owns.
                     let mut o = w.clone();
+                    o["spec"]["ready"] = h["spec"]["ready"].clone();
+                    if h["spec"] == o["spec"] && h["metadata"]["labels"] == o["metadata"]["labels"]
+                    {
+                        continue;
+                    }
                     o["metadata"]["resourceVersion"] = h["metadata"]["resourceVersion"].clone();
                     self.client.put(&format!("{path}/{name}"), &o).await?;
                     updated += 1;
                 }
-                Some(_) => {}
             }
         }
         for k in have.keys().filter(|k| !want.contains_key(*k)) {
