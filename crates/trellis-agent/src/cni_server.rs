@@ -31,14 +31,53 @@ pub async fn bind(path: &Path) -> Result<UnixListener, String> {
     Ok(l)
 }
 
+/// The networks the socket serves, each with its CNI backend, in the agent's order: a
+/// request that names no network goes to the first.
+#[derive(Debug, Clone)]
+pub struct Networks(Arc<Vec<(String, Arc<Node>)>>);
+
+impl Networks {
+    /// Serve `networks` (at least one).
+    pub fn new(networks: Vec<(String, Arc<Node>)>) -> Self {
+        assert!(!networks.is_empty(), "an agent serves at least one network");
+        Networks(Arc::new(networks))
+    }
+
+    /// Every network's backend, in order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.0.iter().map(|(_, n)| n)
+    }
+
+    /// The backend of `network` (`None`: the first), or the error the plugin gets.
+    pub fn route(&self, network: Option<&str>) -> Result<&Arc<Node>, Response> {
+        let Some(want) = network else {
+            return Ok(&self.0[0].1);
+        };
+        self.0
+            .iter()
+            .find(|(name, _)| name == want)
+            .map(|(_, n)| n)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
+                Response::error(
+                    codes::INVALID_CONFIG,
+                    format!(
+                        "network {want:?} is not served by this node's agent (it serves {}); check the plugin configuration's \"network\" or start the agent with --network {want}",
+                        names.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
 /// Serve requests forever, one task per connection.
-pub async fn serve(listener: UnixListener, node: Arc<Node>) {
+pub async fn serve(listener: UnixListener, networks: Networks) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let node = node.clone();
+                let networks = networks.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_one(stream, &node).await {
+                    if let Err(e) = serve_one(stream, &networks).await {
                         tracing::debug!("plugin connection: {e}");
                     }
                 });
@@ -51,14 +90,17 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>) {
     }
 }
 
-async fn serve_one(stream: UnixStream, node: &Node) -> std::io::Result<()> {
+async fn serve_one(stream: UnixStream, networks: &Networks) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
     let resp = match Request::from_line(line.trim_end()) {
         Ok(req) => {
-            tracing::debug!(?req.op, "request");
-            node.handle(req.op).await
+            tracing::debug!(?req.op, network = ?req.network, "request");
+            match networks.route(req.network.as_deref()) {
+                Ok(node) => node.handle(req.op).await,
+                Err(e) => e,
+            }
         }
         Err(e @ RequestError::Version(_)) => {
             Response::error(codes::INCOMPATIBLE_VERSION, e.to_string())

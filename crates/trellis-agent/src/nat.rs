@@ -1,12 +1,13 @@
-//! The agent's nftables table `ip trellis`: egress masquerade for the pod subnet and
-//! host port mappings.
+//! The agent's nftables table of one network (`ip trellis` for the agent's first
+//! network, `ip trellis-net-<name>` for the others): egress masquerade for the pod
+//! subnet and host port mappings.
 //!
 //! The rules are fixed for a given configuration; everything that changes per pod is an
 //! element of a map, so a pod ADD or DEL is one element add or delete, never a reload.
 //! Every rule carries a comment with a hash of the configuration: on start the agent
 //! adopts a table whose rules already carry the current hash and changes nothing; a
 //! table from another configuration (or a damaged one) has its chains replaced in one
-//! atomic transaction. Nothing outside table `ip trellis` is touched.
+//! atomic transaction. Nothing outside the network's table is touched.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -16,12 +17,24 @@ use ipnet::Ipv4Net;
 use trellis_api::agent::{PortMapping, Protocol};
 use trellis_net::{nft, Result};
 
-/// Family and name of the table.
-pub const TABLE: &str = "ip trellis";
+/// The name (family `ip`) of the first network's table.
+pub const DEFAULT_TABLE: &str = "trellis";
+
+/// The table name for the agent's network number `index` called `network`: the first
+/// keeps [`DEFAULT_TABLE`].
+pub fn table_name(index: usize, network: &str) -> String {
+    if index == 0 {
+        DEFAULT_TABLE.into()
+    } else {
+        format!("{DEFAULT_TABLE}-net-{network}")
+    }
+}
 
 /// The configuration the rules are derived from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatConfig {
+    /// The table's name (family `ip`).
+    pub table: String,
     /// The node's pod subnet (masqueraded when leaving the cluster).
     pub pod_subnet: Ipv4Net,
     /// Destinations that are not masqueraded (the cluster's pod CIDRs).
@@ -148,7 +161,7 @@ pub enum TableAction {
 /// Make the table match `cfg` without disturbing a table that already does.
 pub fn ensure_table(cfg: &NatConfig) -> Result<TableAction> {
     let tag = config_hash(cfg);
-    if let Some(cur) = nft::list_json(&format!("table {TABLE}"))? {
+    if let Some(cur) = nft::list_json(&format!("table ip {}", cfg.table))? {
         if table_matches(&cur, cfg, &tag) {
             return Ok(TableAction::Adopted);
         }
@@ -228,73 +241,70 @@ fn prefixes(elem: &serde_json::Value) -> Vec<Ipv4Net> {
 /// a no-op), then replaces the rules of each chain and the contents of the two static
 /// sets inside the same transaction. Port-mapping maps keep their elements.
 fn table_script(cfg: &NatConfig, tag: &str) -> String {
+    let t = format!("ip {}", cfg.table);
     let mut s = String::new();
-    let _ = writeln!(s, "add table {TABLE}");
+    let _ = writeln!(s, "add table {t}");
     let _ = writeln!(
         s,
-        "add set {TABLE} pod_subnets {{ type ipv4_addr; flags interval; }}"
+        "add set {t} pod_subnets {{ type ipv4_addr; flags interval; }}"
     );
     let _ = writeln!(
         s,
-        "add set {TABLE} cluster_cidrs {{ type ipv4_addr; flags interval; }}"
+        "add set {t} cluster_cidrs {{ type ipv4_addr; flags interval; }}"
     );
     let _ = writeln!(
         s,
-        "add map {TABLE} hostport_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}"
+        "add map {t} hostport_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}"
     );
     let _ = writeln!(
         s,
-        "add map {TABLE} hostport_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}"
+        "add map {t} hostport_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}"
     );
     for (c, hook) in CHAINS {
         if hook.is_empty() {
-            let _ = writeln!(s, "add chain {TABLE} {c}");
+            let _ = writeln!(s, "add chain {t} {c}");
         } else {
-            let _ = writeln!(s, "add chain {TABLE} {c} {{ {hook} }}");
+            let _ = writeln!(s, "add chain {t} {c} {{ {hook} }}");
         }
-        let _ = writeln!(s, "flush chain {TABLE} {c}");
+        let _ = writeln!(s, "flush chain {t} {c}");
     }
-    let _ = writeln!(s, "flush set {TABLE} pod_subnets");
-    let _ = writeln!(
-        s,
-        "add element {TABLE} pod_subnets {{ {} }}",
-        cfg.pod_subnet
-    );
-    let _ = writeln!(s, "flush set {TABLE} cluster_cidrs");
+    let _ = writeln!(s, "flush set {t} pod_subnets");
+    let _ = writeln!(s, "add element {t} pod_subnets {{ {} }}", cfg.pod_subnet);
+    let _ = writeln!(s, "flush set {t} cluster_cidrs");
     let cluster: Vec<String> = cfg.cluster_cidrs.iter().map(|c| c.to_string()).collect();
     if !cluster.is_empty() {
         let _ = writeln!(
             s,
-            "add element {TABLE} cluster_cidrs {{ {} }}",
+            "add element {t} cluster_cidrs {{ {} }}",
             cluster.join(", ")
         );
     }
     for (c, r) in skeleton_rules(cfg) {
-        let _ = writeln!(s, "add rule {TABLE} {c} {r} comment \"{tag}\"");
+        let _ = writeln!(s, "add rule {t} {c} {r} comment \"{tag}\"");
     }
     s
 }
 
-/// Add and delete port-mapping elements in one transaction.
-pub fn update_ports(add: &[PortElement], del: &[PortElement]) -> Result<()> {
+/// Add and delete port-mapping elements of `table` in one transaction.
+pub fn update_ports(table: &str, add: &[PortElement], del: &[PortElement]) -> Result<()> {
     if add.is_empty() && del.is_empty() {
         return Ok(());
     }
     let mut s = String::new();
     for e in del {
-        let _ = writeln!(s, "delete element {TABLE} {} {{ {} }}", e.map(), e.key());
+        let _ = writeln!(s, "delete element ip {table} {} {{ {} }}", e.map(), e.key());
     }
     for e in add {
-        let _ = writeln!(s, "add element {TABLE} {} {{ {} }}", e.map(), e.text());
+        let _ = writeln!(s, "add element ip {table} {} {{ {} }}", e.map(), e.text());
     }
     nft::apply(&s)
 }
 
-/// The port-mapping elements now in the kernel.
-pub fn list_ports() -> Result<BTreeSet<PortElement>> {
+/// The port-mapping elements now in `table`.
+pub fn list_ports(table: &str) -> Result<BTreeSet<PortElement>> {
     let mut out = BTreeSet::new();
     for map in ["hostport_any", "hostport_ip"] {
-        let Some(v) = nft::list_json(&format!("map {TABLE} {map}"))? else {
+        let Some(v) = nft::list_json(&format!("map ip {table} {map}"))? else {
             continue;
         };
         for o in nft::objects(&v) {
@@ -336,12 +346,12 @@ fn parse_element(e: &serde_json::Value) -> Option<PortElement> {
 
 /// Bring the port maps to exactly `want`: one transaction with the difference.
 /// Returns (added, deleted).
-pub fn sync_ports(want: &BTreeSet<PortElement>) -> Result<(usize, usize)> {
-    let have = list_ports()?;
+pub fn sync_ports(table: &str, want: &BTreeSet<PortElement>) -> Result<(usize, usize)> {
+    let have = list_ports(table)?;
     // An element whose key matches but whose value differs must be deleted first.
     let add: Vec<PortElement> = want.difference(&have).copied().collect();
     let del: Vec<PortElement> = have.difference(want).copied().collect();
-    update_ports(&add, &del)?;
+    update_ports(table, &add, &del)?;
     Ok((add.len(), del.len()))
 }
 
@@ -365,6 +375,7 @@ mod tests {
     #[test]
     fn hash_depends_on_config() {
         let a = NatConfig {
+            table: DEFAULT_TABLE.into(),
             pod_subnet: "10.244.1.0/24".parse().unwrap(),
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             bridge: "trl0".into(),

@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub excluded: Vec<Ipv4Net>,
     /// The bridge pods attach to.
     pub bridge: String,
+    /// The nftables table (family `ip`) for masquerade and host ports
+    /// ([`nat::table_name`]).
+    pub nat_table: String,
     /// Pod MTU; `None` = the MTU of the link carrying the default route (1500 without one).
     pub mtu: Option<u32>,
     /// Directory of the IPAM file.
@@ -169,6 +172,7 @@ impl Node {
         };
         sysctl::ensure("net/ipv4/ip_forward", "1").map_err(|e| e.to_string())?;
         let nat_cfg = NatConfig {
+            table: cfg.nat_table.clone(),
             pod_subnet: ipam.subnet(),
             cluster_cidrs: if cfg.cluster_cidrs.is_empty() {
                 vec![ipam.subnet()]
@@ -356,7 +360,7 @@ impl Node {
                 .iter()
                 .map(|pm| PortElement::new(r.ip, pm))
                 .collect();
-            if let Err(e) = nat::update_ports(&add, &[]) {
+            if let Err(e) = nat::update_ports(&self.cfg.nat_table, &add, &[]) {
                 // leave nothing behind
                 let _ = self.ipam.release(&req.attachment());
                 return kernel_response("program port mappings", e);
@@ -386,7 +390,7 @@ impl Node {
                     .collect();
                 // If this fails the sweep removes the elements: they no longer match
                 // any reservation.
-                if let Err(e) = nat::update_ports(&[], &del) {
+                if let Err(e) = nat::update_ports(&self.cfg.nat_table, &[], &del) {
                     errors.push(format!("remove port mappings: {e}"));
                 }
                 self.notify_changed();
@@ -511,7 +515,7 @@ impl Node {
             .iter()
             .flat_map(|(_, r)| r.port_mappings.iter().map(|pm| PortElement::new(r.ip, pm)))
             .collect();
-        let (a, d) = nat::sync_ports(&want).map_err(|e| e.to_string())?;
+        let (a, d) = nat::sync_ports(&self.cfg.nat_table, &want).map_err(|e| e.to_string())?;
         report.ports_added = a;
         report.ports_deleted = d;
         if !errors.is_empty() {

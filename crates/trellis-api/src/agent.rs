@@ -1,6 +1,8 @@
 //! The agent <-> CNI plugin protocol, version [`PROTOCOL_VERSION`].
 //!
-//! Transport: a unix stream socket (default [`DEFAULT_SOCKET`]). The plugin writes one
+//! Transport: a unix stream socket (default [`DEFAULT_SOCKET`]). One agent serves every
+//! Network of its node; a request names the network its plugin configuration chose
+//! (`network`), or none for the agent's first. The plugin writes one
 //! [`Request`] as a single line of JSON, the agent answers with one [`Response`] line and
 //! closes the connection. A request whose `version` the agent does not speak gets an
 //! error naming the versions it does. Fields are camelCase; unknown fields are rejected
@@ -23,17 +25,26 @@ pub const DEFAULT_SOCKET: &str = "/run/trellis/agent.sock";
 pub struct Request {
     /// Must equal [`PROTOCOL_VERSION`].
     pub version: u32,
+    /// The Network the attachment belongs to; `None`: the agent's first.
+    pub network: Option<String>,
     /// What to do.
     pub op: Op,
 }
 
 impl Request {
-    /// A request in this build's protocol version.
+    /// A request in this build's protocol version, for the agent's first network.
     pub fn new(op: Op) -> Self {
         Request {
             version: PROTOCOL_VERSION,
+            network: None,
             op,
         }
+    }
+
+    /// The same request for `network`.
+    pub fn for_network(mut self, network: Option<String>) -> Self {
+        self.network = network;
+        self
     }
 
     /// Encode as one JSON line (without the newline).
@@ -41,6 +52,9 @@ impl Request {
         let mut v = serde_json::to_value(&self.op).expect("Op serializes");
         if let serde_json::Value::Object(m) = &mut v {
             m.insert("version".into(), self.version.into());
+            if let Some(n) = &self.network {
+                m.insert("network".into(), n.clone().into());
+            }
         }
         v.to_string()
     }
@@ -61,9 +75,19 @@ impl Request {
         if version != u64::from(PROTOCOL_VERSION) {
             return Err(RequestError::Version(version));
         }
+        let network = match obj.remove("network") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(n)) => Some(n),
+            Some(other) => {
+                return Err(RequestError::Decode(format!(
+                    "`network` must be a string, not {other}"
+                )))
+            }
+        };
         let op = serde_json::from_value(v).map_err(|e| RequestError::Decode(e.to_string()))?;
         Ok(Request {
             version: PROTOCOL_VERSION,
+            network,
             op,
         })
     }
@@ -331,6 +355,7 @@ mod tests {
     fn request_roundtrip_and_shape() {
         let r = Request {
             version: PROTOCOL_VERSION,
+            network: None,
             op: Op::Del(Attachment {
                 container_id: "c1".into(),
                 ifname: "eth0".into(),
@@ -349,6 +374,14 @@ mod tests {
             Request::from_line(r#"{"version":2,"op":"status"}"#),
             Err(RequestError::Version(2))
         );
+        let blue = Request::new(Op::Status).for_network(Some("blue".into()));
+        let line = blue.to_line();
+        assert!(line.contains(r#""network":"blue""#), "{line}");
+        assert_eq!(Request::from_line(&line).unwrap(), blue);
+        assert!(matches!(
+            Request::from_line(r#"{"version":1,"network":7,"op":"status"}"#),
+            Err(RequestError::Decode(m)) if m.contains("network")
+        ));
     }
 
     #[test]

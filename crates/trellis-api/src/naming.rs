@@ -9,6 +9,14 @@ pub const IFNAME_MAX: usize = 15;
 /// Default name of the node bridge that pod veths attach to.
 pub const DEFAULT_BRIDGE: &str = "trl0";
 
+/// The pod bridge of a network other than the agent's first (which uses
+/// [`DEFAULT_BRIDGE`] or the agent's `--bridge`): `trlb` + 8 hex digits of the
+/// network's name, stable across restarts and flag order.
+pub fn network_bridge(network: &str) -> String {
+    let h = fnv1a64([b"bridge/".as_slice(), network.as_bytes()]);
+    format!("{LINK_PREFIX}b{:08x}", h >> 32)
+}
+
 /// The host-side veth name of one attachment: `trl` + 12 hex digits of a stable
 /// 64-bit FNV-1a hash of `container_id/ifname`. Both the plugin and the agent derive
 /// it, so either can find the link of an attachment without asking the other.

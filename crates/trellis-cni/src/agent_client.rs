@@ -26,8 +26,9 @@ impl From<CallError> for CniError {
     }
 }
 
-/// Send one request and wait for the answer. Errors from the agent keep its code.
-pub fn call(socket: &str, op: Op) -> Result<Response, CallError> {
+/// Send one request about `network` (`None`: the agent's first) and wait for the
+/// answer. Errors from the agent keep its code.
+pub fn call(socket: &str, network: Option<&str>, op: Op) -> Result<Response, CallError> {
     let unreachable = |e: std::io::Error| {
         CallError::Unreachable(format!(
             "the Trellis agent is not reachable at {socket}: {e} (is `trellis agent` running on this node?)"
@@ -37,7 +38,9 @@ pub fn call(socket: &str, op: Op) -> Result<Response, CallError> {
     // ADDs are serialised in the agent; leave room for a burst of them.
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(unreachable)?;
-    let mut line = Request::new(op).to_line();
+    let mut line = Request::new(op)
+        .for_network(network.map(str::to_string))
+        .to_line();
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(unreachable)?;
     let mut resp = String::new();

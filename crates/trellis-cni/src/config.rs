@@ -16,7 +16,7 @@ pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 
 /// Keys the spec defines or runtimes inject, plus Trellis's own. Any other key is
 /// rejected with code 2 so a typo (`mtU`, `agentsocket`) does not silently do nothing.
-const KNOWN_KEYS: [&str; 16] = [
+const KNOWN_KEYS: [&str; 17] = [
     "cniVersion",
     "cniVersions",
     "name",
@@ -32,6 +32,7 @@ const KNOWN_KEYS: [&str; 16] = [
     "cni.dev/valid-attachments",
     "cni.dev/attachments",
     "agentSocket",
+    "network",
     "mtu",
 ];
 
@@ -69,6 +70,8 @@ pub struct NetConf {
     pub name: String,
     /// Agent socket.
     pub agent_socket: String,
+    /// The Trellis Network to attach to (`None`: the agent's first).
+    pub network: Option<String>,
     /// MTU override (otherwise the agent's).
     pub mtu: Option<u32>,
     /// DNS for the result.
@@ -171,6 +174,11 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             format!("{agent_socket:?} must be an absolute path"),
         ));
     }
+    let network = get_str(obj, "network")?.map(str::to_string);
+    if let Some(n) = &network {
+        trellis_api::objects::validate_dns1123_label(n)
+            .map_err(|why| CniError::config("network", format!("{why} (a Network's name)")))?;
+    }
     let mtu = match obj.get("mtu") {
         None | Some(serde_json::Value::Null) => None,
         Some(m) => {
@@ -250,6 +258,7 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         cni_version,
         name,
         agent_socket,
+        network,
         mtu,
         dns,
         port_mappings,

@@ -80,7 +80,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value, CniError> {
         pod_name: env.args.get("K8S_POD_NAME").cloned(),
         labels: env.labels()?,
     };
-    let lease = match call(&conf.agent_socket, Op::Add(req))? {
+    let lease = match call(&conf.agent_socket, conf.network.as_deref(), Op::Add(req))? {
         Response::Lease(l) => l,
         other => {
             return Err(CniError::new(
@@ -109,14 +109,22 @@ fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value, CniError> {
         Err(e) => {
             // Leave nothing behind: the link (if any) and the reservation.
             let _ = plumb::del_host_link(env);
-            let _ = call(&conf.agent_socket, Op::Del(env.attachment()));
+            let _ = call(
+                &conf.agent_socket,
+                conf.network.as_deref(),
+                Op::Del(env.attachment()),
+            );
             Err(e)
         }
     }
 }
 
 fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
-    match call(&conf.agent_socket, Op::Del(env.attachment())) {
+    match call(
+        &conf.agent_socket,
+        conf.network.as_deref(),
+        Op::Del(env.attachment()),
+    ) {
         Ok(_) => Ok(()),
         // Without the agent, still cut the pod off; the agent's sweep frees the address
         // when it is back (its veth is gone).
@@ -130,7 +138,11 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::config("prevResult", "is required for CHECK"))?;
-    let lease = match call(&conf.agent_socket, Op::Check(env.attachment()))? {
+    let lease = match call(
+        &conf.agent_socket,
+        conf.network.as_deref(),
+        Op::Check(env.attachment()),
+    )? {
         Response::Lease(l) => l,
         other => {
             return Err(CniError::new(
@@ -158,7 +170,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 
 fn status(conf: &NetConf) -> Result<(), CniError> {
     need_version(conf, "STATUS")?;
-    match call(&conf.agent_socket, Op::Status) {
+    match call(&conf.agent_socket, conf.network.as_deref(), Op::Status) {
         Ok(Response::Status(s)) if s.free == 0 => Err(CniError::new(
             codes::NOT_AVAILABLE,
             format!(
@@ -176,6 +188,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     need_version(conf, "GC")?;
     call(
         &conf.agent_socket,
+        conf.network.as_deref(),
         Op::Gc(GcRequest {
             valid_attachments: conf.valid_attachments.clone(),
         }),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ipnet::Ipv4Net;
 use trellis_agent::cluster::{self, ClusterConfig};
-use trellis_agent::cni_server;
+use trellis_agent::cni_server::{self, Networks};
 use trellis_agent::node::{Node, NodeConfig};
 
 #[derive(clap::Args, Debug)]
@@ -30,9 +30,12 @@ pub struct AgentArgs {
     /// Cluster mode: this node's name.
     #[arg(long)]
     node: Option<String>,
-    /// Cluster mode: the Network this agent serves.
-    #[arg(long, default_value = "default")]
-    network: String,
+    /// Cluster mode: a Network this agent serves (repeatable; default: `default`). The
+    /// first uses --bridge, --state-dir and the table `ip trellis`; the others get their
+    /// own bridge (`trlb<hash>`), `STATE_DIR/networks/NAME` and `ip trellis-net-NAME`.
+    /// A plugin configuration picks one with its "network" key (default: the first).
+    #[arg(long = "network")]
+    networks: Vec<String>,
     /// Cluster mode: the underlay link (default: the one carrying the default route).
     #[arg(long)]
     uplink: Option<String>,
@@ -92,7 +95,16 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let node = match (&a.server, a.pod_cidr) {
+        let mut networks = a.networks.clone();
+        if networks.is_empty() {
+            networks.push("default".into());
+        }
+        for n in &networks {
+            if let Err(why) = trellis_api::objects::validate_dns1123_label(n) {
+                anyhow::bail!("--network {n:?}: {why}");
+            }
+        }
+        let served = match (&a.server, a.pod_cidr) {
             (Some(server), _) => {
                 let cfg = ClusterConfig {
                     client: trellis_client::Config {
@@ -102,7 +114,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                         token_file: a.token_file.clone(),
                     },
                     node: a.node.clone().context("--node is required with --server")?,
-                    network: a.network.clone(),
+                    networks: networks.clone(),
                     uplink: a.uplink.clone(),
                     address: a.address,
                     bridge: a.bridge.clone(),
@@ -118,16 +130,20 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                         .collect::<anyhow::Result<_>>()?,
                     proxy_full_resync: Duration::from_secs_f64(a.proxy_full_resync),
                 };
-                let (node, joined) = cluster::start(cfg).await?;
-                tracing::info!(subnet = %joined.subnet, uplink = joined.local.uplink, "node ready (cluster mode)");
-                node
+                let (served, joined) = cluster::start(cfg).await?;
+                tracing::info!(subnets = ?joined.subnets, uplink = joined.local.uplink, "node ready (cluster mode)");
+                Networks::new(served.into_iter().map(|s| (s.name, s.node)).collect())
             }
             (None, Some(pod_subnet)) => {
+                if networks.len() > 1 {
+                    anyhow::bail!("single-node mode (--pod-cidr) serves one network; --network more than once needs --server");
+                }
                 let cfg = NodeConfig {
                     pod_subnet,
                     cluster_cidrs: a.cluster_cidrs,
                     excluded: a.excluded,
                     bridge: a.bridge,
+                    nat_table: trellis_agent::nat::DEFAULT_TABLE.into(),
                     mtu: a.mtu,
                     state_dir: a.state_dir,
                     orphan_grace: Duration::from_secs(a.orphan_grace),
@@ -135,7 +151,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                 };
                 let (node, report) = Node::start(cfg).await.map_err(anyhow::Error::msg)?;
                 tracing::info!(?report, "node ready");
-                node
+                Networks::new(vec![(networks[0].clone(), node)])
             }
             (None, None) => anyhow::bail!("either --pod-cidr or --server is required"),
         };
@@ -144,11 +160,13 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::msg)
             .context("CNI socket")?;
         tracing::info!(socket = %a.socket.display(), "serving the CNI plugin");
-        tokio::spawn(
-            node.clone()
-                .run_sweeper(Duration::from_secs(a.sweep_interval)),
-        );
-        let server = tokio::spawn(cni_server::serve(listener, node));
+        for node in served.nodes() {
+            tokio::spawn(
+                node.clone()
+                    .run_sweeper(Duration::from_secs(a.sweep_interval)),
+            );
+        }
+        let server = tokio::spawn(cni_server::serve(listener, served));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

@@ -710,3 +710,178 @@ fn agent_refuses_bad_credentials_and_a_mismatched_l2_network() {
         links_before
     );
 }
+
+/// ADD a pod on node `n` to the Network `network` (plugin config key `network`); its
+/// web server as in [`add_pod`]. Returns its address.
+fn add_pod_to(lab: &mut Lab, n: usize, name: &str, network: &str) -> Ipv4Addr {
+    let pod = lab.add_pod(n, name).unwrap();
+    let mut conf = lab.cni_config(n, "1.1.0");
+    conf["network"] = serde_json::json!(network);
+    let path = trellis_lab::netns_path(&pod.netns).display().to_string();
+    let out = lab
+        .cni(
+            &plugin(),
+            n,
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", &pod.netns),
+                ("CNI_NETNS", &path),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            &conf,
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ADD to {network}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ip: Ipv4Addr = v["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{v}"));
+    let idx = lab
+        .state
+        .pods
+        .iter()
+        .position(|p| p.netns == pod.netns)
+        .unwrap();
+    lab.state.pods[idx].ip = Some(ip);
+    let www = lab.dir().join(format!("www-{}", pod.name));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), &pod.name).unwrap();
+    let mut httpd = std::process::Command::new("busybox");
+    httpd.args(["httpd", "-f", "-p", "8080", "-h"]).arg(&www);
+    lab.spawn(&pod.netns, &format!("httpd {}", pod.name), httpd)
+        .unwrap();
+    ip
+}
+
+#[test]
+fn one_agent_serves_two_networks_with_different_backends() {
+    require(&["ip", "nft", "ping", "busybox", "bridge"]);
+    let t = trellis();
+    let timing = Timing {
+        agent_args: vec!["--network".into(), "blue".into()],
+        ..Timing::default()
+    };
+    let mut lab = Lab::new(3).unwrap();
+    lab.start_server(&t, &timing).unwrap();
+    lab.apply(&t, &network_manifest("default", "vxlan"))
+        .unwrap();
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: Network\nmetadata:\n  name: blue\nspec:\n  backend: host-gw\n  cidr: 10.245.0.0/16\n",
+    )
+    .unwrap();
+    for n in 0..3 {
+        lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
+        serve_node(&mut lab, n);
+    }
+    for n in 0..3 {
+        add_pod(&mut lab, n, "red");
+        let ip = add_pod_to(&mut lab, n, "blue", "blue");
+        assert!(ip.to_string().starts_with("10.245."), "{ip}");
+    }
+    // Every pod and node reaches every other, in and across the two networks.
+    assert_mesh(&lab, Duration::from_secs(15), "two networks");
+    // One bridge, IPAM and table per network; each network's routes by its backend.
+    let n1 = lab.state.nodes[0].netns.clone();
+    let links =
+        String::from_utf8_lossy(&lab.exec(&n1, &["ip", "-o", "link"]).unwrap().stdout).into_owned();
+    let blue_bridge = trellis_api::naming::network_bridge("blue");
+    assert!(
+        links.contains(": trl0:") && links.contains(&format!(": {blue_bridge}:")),
+        "{links}"
+    );
+    let tables =
+        String::from_utf8_lossy(&lab.exec(&n1, &["nft", "list", "tables"]).unwrap().stdout)
+            .into_owned();
+    assert!(
+        tables.contains("table ip trellis\n") && tables.contains("table ip trellis-net-blue"),
+        "{tables}"
+    );
+    let routes = owned_routes(&lab, 0);
+    let blue_lease = node_json(&lab, "n2")["status"]["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["network"] == "blue")
+        .unwrap()["cidr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        routes.contains(&format!("{blue_lease} via 192.168.77.12 dev eth0")),
+        "blue is host-gw: {routes}"
+    );
+    assert!(routes.contains("dev trl."), "default is vxlan: {routes}");
+    // Endpoints carry their network.
+    let eps = lab
+        .cli(&t, &["get", "endpoints", "-A", "-o", "json"])
+        .unwrap();
+    let eps: serde_json::Value = serde_json::from_str(&eps).unwrap();
+    let blue_eps = eps["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["spec"]["network"] == "blue")
+        .count();
+    assert_eq!(blue_eps, 3, "{eps}");
+    // A network the agent does not serve: a clear error, nothing created.
+    let stray = lab.add_pod(0, "stray").unwrap();
+    let mut conf = lab.cni_config(0, "1.1.0");
+    conf["network"] = serde_json::json!("green");
+    let path = trellis_lab::netns_path(&stray.netns).display().to_string();
+    let out = lab
+        .cni(
+            &plugin(),
+            0,
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "stray"),
+                ("CNI_NETNS", &path),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            &conf,
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["code"], 7, "{err}");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("green") && msg.contains("default, blue"),
+        "{msg}"
+    );
+    let stray_links = lab.exec(&stray.netns, &["ip", "-o", "link"]).unwrap();
+    assert!(!String::from_utf8_lossy(&stray_links.stdout).contains("eth0"));
+    lab.remove_pod_netns(&stray.netns).unwrap();
+    // kill -9 and restart: both networks adopted, nothing changes.
+    let before = fabric_snapshot(&lab, 0);
+    let tables_before = lab
+        .exec(
+            &n1,
+            &["nft", "-a", "list", "table", "ip", "trellis-net-blue"],
+        )
+        .unwrap();
+    let pid = pid_of(&lab, "agent n1");
+    lab.stop(pid, true);
+    lab.start_cluster_agent(&t, 0, "default", &timing).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(fabric_snapshot(&lab, 0), before);
+    let tables_after = lab
+        .exec(
+            &n1,
+            &["nft", "-a", "list", "table", "ip", "trellis-net-blue"],
+        )
+        .unwrap();
+    assert_eq!(tables_before.stdout, tables_after.stdout);
+    assert_mesh(
+        &lab,
+        Duration::from_secs(10),
+        "two networks after a restart",
+    );
+}

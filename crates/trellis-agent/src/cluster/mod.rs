@@ -1,9 +1,9 @@
 //! Cluster mode: the agent joins a Trellis server. It registers its Node, heartbeats,
-//! takes its subnet lease of the network it serves, runs the same CNI backend as
-//! single-node mode on that subnet, publishes an Endpoint per attachment
-//! ([`endpoints`]), and keeps the fabric (routes, neighbours, FDB entries, tunnel
-//! devices) in step with the other nodes' leases through the one shared reconciler of
-//! `trellis-fabric`.
+//! takes its subnet lease of every network it serves, runs the same CNI backend as
+//! single-node mode on each subnet (one pod bridge, IPAM file and nftables table per
+//! network), publishes an Endpoint per attachment ([`endpoints`]), and keeps the fabric
+//! (routes, neighbours, FDB entries, tunnel devices) of all its networks in step with
+//! the other nodes' leases through the one shared reconciler of `trellis-fabric`.
 //!
 //! Invariants:
 //! - nothing in the kernel is touched until the first complete list of Nodes and the
@@ -28,7 +28,7 @@ use trellis_api::objects::{Backend, NetworkSpec, NodeStatus};
 use trellis_client::{Client, ClientError};
 use trellis_fabric::reconcile::Reconciler;
 use trellis_fabric::udp::UdpPump;
-use trellis_fabric::{backend, pod_mtu, Local, NetworkFabric, Peer};
+use trellis_fabric::{backend, pod_mtu, Desired, Local, NetworkFabric, Peer};
 use trellis_net::Netlink;
 
 use crate::node::{L2Uplink, Node, NodeConfig};
@@ -42,13 +42,16 @@ pub struct ClusterConfig {
     pub client: trellis_client::Config,
     /// This node's name (its Node object).
     pub node: String,
-    /// The Network this agent serves.
-    pub network: String,
+    /// The Networks this agent serves (at least one). The first gets `bridge`, the
+    /// state directory itself and the nftables table `ip trellis`; each other one
+    /// [`trellis_api::naming::network_bridge`], `state_dir/networks/<name>` and
+    /// `ip trellis-net-<name>`. Plugins choose one with their `network` key.
+    pub networks: Vec<String>,
     /// The underlay link (default: the one carrying the default route).
     pub uplink: Option<String>,
     /// The underlay address (default: the uplink's first IPv4 address).
     pub address: Option<Ipv4Addr>,
-    /// The pod bridge.
+    /// The first network's pod bridge.
     pub bridge: String,
     /// IPAM state directory.
     pub state_dir: PathBuf,
@@ -80,10 +83,25 @@ pub enum ClusterError {
 /// What the agent learned while joining.
 #[derive(Debug, Clone)]
 pub struct Joined {
-    /// The node subnet leased from the server.
-    pub subnet: Ipv4Net,
+    /// Per network served, in order: its name and the node subnet leased from the server.
+    pub subnets: Vec<(String, Ipv4Net)>,
     /// The underlay as detected.
     pub local: Local,
+}
+
+/// One network this agent serves: its CNI backend and what the fabric loop needs.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The Network's name.
+    pub name: String,
+    /// This node's subnet of it.
+    pub subnet: Ipv4Net,
+    /// The CNI backend (IPAM, bridge, nftables) on that subnet.
+    pub node: Arc<Node>,
+    /// The backend at start (switching to or from `l2` needs a restart).
+    started_backend: Backend,
+    /// Its pod CIDR.
+    cidr: Ipv4Net,
 }
 
 /// The underlay as found in the kernel.
@@ -213,13 +231,17 @@ fn network_spec(obj: &Value) -> Option<(NetworkSpec, Option<u32>)> {
 }
 
 /// Join the cluster (retrying until the server answers), start the node's CNI backend
-/// and the background loops. Returns the node for the CNI socket server.
-pub async fn start(cfg: ClusterConfig) -> Result<(Arc<Node>, Joined), ClusterError> {
+/// for every network served and the background loops. Returns the networks for the CNI
+/// socket server, in `cfg.networks` order.
+pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Joined), ClusterError> {
+    if cfg.networks.is_empty() {
+        return Err(ClusterError::Setup("no network to serve".into()));
+    }
     let client = Client::new(&cfg.client)?;
     let nl = Netlink::connect().map_err(|e| ClusterError::Setup(e.to_string()))?;
     let underlay = detect_local(&nl, &cfg).await?;
     let local = underlay.local.clone();
-    let (subnet, net_obj) = loop {
+    let joined = loop {
         match join(&client, &cfg, &local).await {
             Ok(x) => break x,
             // Retry what can heal; a bad configuration ends the agent.
@@ -235,141 +257,226 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Arc<Node>, Joined), ClusterErr
             }
         }
     };
-    let (spec, vni) = network_spec(&net_obj)
-        .ok_or_else(|| ClusterError::Setup(format!("network {} is malformed", cfg.network)))?;
-    let fabric_net = NetworkFabric {
-        name: cfg.network.clone(),
-        backend: spec.backend,
-        vni,
-        mtu: spec.mtu,
-        subnet,
-    };
-    let l2 = if spec.backend == Backend::L2 {
-        if local.segment.trunc() != spec.cidr {
-            return Err(ClusterError::Setup(format!(
-                "network {} (l2) has cidr {} but this node's segment is {}: an l2 network's cidr must be the underlay segment",
-                cfg.network,
-                spec.cidr,
-                local.segment.trunc()
-            )));
-        }
-        let gateway = underlay.gateway.ok_or_else(|| {
-            ClusterError::Setup("l2 backend: no default gateway on the uplink to give pods".into())
-        })?;
-        Some(L2Uplink {
-            uplink: underlay.port.clone(),
-            gateway,
-            prefix_len: spec.cidr.prefix_len(),
-        })
-    } else {
-        None
-    };
-    let node_cfg = NodeConfig {
-        pod_subnet: subnet,
-        cluster_cidrs: vec![spec.cidr],
-        excluded: spec
-            .reserved
-            .iter()
-            .copied()
-            .filter(|r| r.contains(&subnet) || subnet.contains(r))
-            .collect(),
-        bridge: cfg.bridge.clone(),
-        mtu: Some(pod_mtu(&fabric_net, &local)),
-        state_dir: cfg.state_dir.clone(),
-        orphan_grace: cfg.orphan_grace,
-        l2,
-    };
-    let (node, report) = Node::start(node_cfg)
-        .await
-        .map_err(|e| ClusterError::Setup(format!("node {subnet}: {e}")))?;
-    tracing::info!(%subnet, backend = spec.backend.as_str(), ?report, "joined the cluster");
-    if spec.backend == Backend::L2 {
-        // Pods share the hosts' segment: no host address may go to a pod, from the
-        // first ADD on (the fabric loop follows Nodes registering later).
-        match client.get("/v1/nodes").await {
-            Ok(list) => {
-                let items = list["items"].as_array().cloned().unwrap_or_default();
-                exclude_hosts(&node, node_addresses(items.iter()));
+    let mut specs = Vec::new();
+    for (name, (subnet, obj)) in cfg.networks.iter().zip(&joined) {
+        let (spec, vni) = network_spec(obj)
+            .ok_or_else(|| ClusterError::Setup(format!("network {name} is malformed")))?;
+        specs.push((name.clone(), *subnet, spec, vni));
+    }
+    check_combination(&specs)?;
+
+    let mut served = Vec::new();
+    for (i, (name, subnet, spec, vni)) in specs.iter().enumerate() {
+        let fabric_net = NetworkFabric {
+            name: name.clone(),
+            backend: spec.backend,
+            vni: *vni,
+            mtu: spec.mtu,
+            subnet: *subnet,
+        };
+        let l2 = if spec.backend == Backend::L2 {
+            if local.segment.trunc() != spec.cidr {
+                return Err(ClusterError::Setup(format!(
+                    "network {name} (l2) has cidr {} but this node's segment is {}: an l2 network's cidr must be the underlay segment",
+                    spec.cidr,
+                    local.segment.trunc()
+                )));
             }
-            Err(e) => tracing::warn!("listing nodes for l2 address exclusion: {e}"),
+            let gateway = underlay.gateway.ok_or_else(|| {
+                ClusterError::Setup(
+                    "l2 backend: no default gateway on the uplink to give pods".into(),
+                )
+            })?;
+            Some(L2Uplink {
+                uplink: underlay.port.clone(),
+                gateway,
+                prefix_len: spec.cidr.prefix_len(),
+            })
+        } else {
+            None
+        };
+        let (bridge, state_dir) = if i == 0 {
+            (cfg.bridge.clone(), cfg.state_dir.clone())
+        } else {
+            (
+                trellis_api::naming::network_bridge(name),
+                cfg.state_dir.join("networks").join(name),
+            )
+        };
+        let node_cfg = NodeConfig {
+            pod_subnet: *subnet,
+            cluster_cidrs: specs.iter().map(|s| s.2.cidr).collect(),
+            excluded: spec
+                .reserved
+                .iter()
+                .copied()
+                .filter(|r| r.contains(subnet) || subnet.contains(r))
+                .collect(),
+            bridge,
+            nat_table: crate::nat::table_name(i, name),
+            mtu: Some(pod_mtu(&fabric_net, &local)),
+            state_dir,
+            orphan_grace: cfg.orphan_grace,
+            l2,
+        };
+        let (node, report) = Node::start(node_cfg)
+            .await
+            .map_err(|e| ClusterError::Setup(format!("network {name}, subnet {subnet}: {e}")))?;
+        tracing::info!(network = name, %subnet, backend = spec.backend.as_str(), ?report, "joined the cluster");
+        if spec.backend == Backend::L2 {
+            // Pods share the hosts' segment: no host address may go to a pod, from the
+            // first ADD on (the fabric loop follows Nodes registering later).
+            match client.get("/v1/nodes").await {
+                Ok(list) => {
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    exclude_hosts(&node, node_addresses(items.iter()));
+                }
+                Err(e) => tracing::warn!("listing nodes for l2 address exclusion: {e}"),
+            }
         }
+        served.push(Served {
+            name: name.clone(),
+            subnet: *subnet,
+            node,
+            started_backend: spec.backend,
+            cidr: spec.cidr,
+        });
     }
 
     let nodes = Informer::start(client.clone(), "/v1/nodes".into());
     let networks = Informer::start(client.clone(), "/v1/networks".into());
+    let leases: Vec<(String, Ipv4Net)> =
+        served.iter().map(|s| (s.name.clone(), s.subnet)).collect();
     tokio::spawn(heartbeat_loop(
         client.clone(),
         cfg.clone(),
-        subnet,
+        leases.clone(),
         local.address,
     ));
     let fabric = FabricLoop {
         client: client.clone(),
         cfg: cfg.clone(),
         local: local.clone(),
-        subnet,
-        node: node.clone(),
+        served: served.clone(),
         nodes,
         networks,
         reconciler: Reconciler::new(nl.clone()),
         nl,
-        started_backend: spec.backend,
         pump: None,
         published_unreachable: None,
     };
     tokio::spawn(fabric.run());
-    let publisher = endpoints::Publisher {
-        client: client.clone(),
-        node_name: cfg.node.clone(),
-        network: cfg.network.clone(),
-        node: node.clone(),
-    };
-    tokio::spawn(publisher.run(cfg.resync));
-    start_services(&cfg, &client, &node, &local, &spec).await?;
-    Ok((node, Joined { subnet, local }))
+    for s in &served {
+        let publisher = endpoints::Publisher {
+            client: client.clone(),
+            node_name: cfg.node.clone(),
+            network: s.name.clone(),
+            node: s.node.clone(),
+        };
+        tokio::spawn(publisher.run(cfg.resync));
+    }
+    start_services(&cfg, &client, &served, &local).await?;
+    Ok((
+        served,
+        Joined {
+            subnets: leases,
+            local,
+        },
+    ))
 }
 
-/// The cluster DNS on the pod gateway (the node address under `l2`) and the service
-/// proxy, fed by informers on Services and Endpoints.
+/// Refuse network combinations one node cannot serve: overlapping CIDRs (their routes
+/// would collide), more than one `udp` network (one pump port), an `l2` network that is
+/// not the first or not alone of its kind (it takes over the uplink).
+fn check_combination(
+    specs: &[(String, Ipv4Net, NetworkSpec, Option<u32>)],
+) -> Result<(), ClusterError> {
+    for (i, a) in specs.iter().enumerate() {
+        for b in &specs[i + 1..] {
+            if a.0 == b.0 {
+                return Err(ClusterError::Setup(format!(
+                    "network {} is listed twice",
+                    a.0
+                )));
+            }
+            if a.2.cidr.contains(&b.2.cidr) || b.2.cidr.contains(&a.2.cidr) {
+                return Err(ClusterError::Setup(format!(
+                    "networks {} ({}) and {} ({}) overlap: one agent cannot route both",
+                    a.0, a.2.cidr, b.0, b.2.cidr
+                )));
+            }
+        }
+    }
+    let of = |b: Backend| -> Vec<&str> {
+        specs
+            .iter()
+            .filter(|s| s.2.backend == b)
+            .map(|s| s.0.as_str())
+            .collect()
+    };
+    if of(Backend::Udp).len() > 1 {
+        return Err(ClusterError::Setup(format!(
+            "networks {} all use the udp backend; one agent runs one udp pump (port {})",
+            of(Backend::Udp).join(", "),
+            trellis_fabric::UDP_PORT
+        )));
+    }
+    let l2 = of(Backend::L2);
+    if l2.len() > 1 || (l2.len() == 1 && specs[0].2.backend != Backend::L2) {
+        return Err(ClusterError::Setup(format!(
+            "l2 network {} must be the agent's only l2 network and come first (--network {} first): its bridge takes over the uplink",
+            l2.join(", "),
+            l2[0]
+        )));
+    }
+    Ok(())
+}
+
+/// The cluster DNS on every network's pod gateway (the node address under `l2`) and
+/// the service proxy, fed by informers on Services and Endpoints.
 async fn start_services(
     cfg: &ClusterConfig,
     client: &Client,
-    node: &Arc<Node>,
+    served: &[Served],
     local: &Local,
-    spec: &NetworkSpec,
 ) -> Result<(), ClusterError> {
-    let dns_ip = if spec.backend == Backend::L2 {
-        local.address
-    } else {
-        node.ipam().gateway()
+    let upstreams_for = |bind| {
+        if cfg.dns_upstreams.is_empty() {
+            services::upstreams(bind)
+        } else {
+            cfg.dns_upstreams.clone()
+        }
     };
-    let bind = std::net::SocketAddr::from((dns_ip, 53));
-    let upstreams = if cfg.dns_upstreams.is_empty() {
-        services::upstreams(bind)
-    } else {
-        cfg.dns_upstreams.clone()
-    };
-    let dns = trellis_dns::DnsServer::start(bind, &cfg.domain, upstreams)
-        .await
-        .map_err(|e| ClusterError::Setup(format!("cluster DNS on {bind}: {e}")))?;
-    node.set_dns(dns_ip, &cfg.domain);
-    // Node ports answer on every address of the node: the underlay one and, unless
-    // the pods live on the underlay segment (`l2`), the pod gateway.
+    let mut dns = Vec::new();
+    // Node ports answer on every address of the node: the underlay one and every pod
+    // gateway (except under `l2`, whose pods use the segment's router).
     let mut node_ips = vec![local.address];
-    if spec.backend != Backend::L2 {
-        node_ips.push(node.ipam().gateway());
+    for s in served {
+        let dns_ip = if s.started_backend == Backend::L2 {
+            local.address
+        } else {
+            let gw = s.node.ipam().gateway();
+            node_ips.push(gw);
+            gw
+        };
+        let bind = std::net::SocketAddr::from((dns_ip, 53));
+        let server = trellis_dns::DnsServer::start(bind, &cfg.domain, upstreams_for(bind))
+            .await
+            .map_err(|e| ClusterError::Setup(format!("cluster DNS on {bind}: {e}")))?;
+        s.node.set_dns(dns_ip, &cfg.domain);
+        dns.push(Arc::new(server));
     }
     let proxy = trellis_proxy::Proxy::new(trellis_proxy::ProxyConfig::new(
         services::PROXY_TABLE,
         node_ips,
-        vec![spec.cidr],
+        served.iter().map(|s| s.cidr).collect(),
     ));
     let svc_loop = services::ServiceLoop {
         node: cfg.node.clone(),
         services: Informer::start(client.clone(), "/v1/services".into()),
         endpoints: Informer::start(client.clone(), "/v1/endpoints".into()),
         proxy,
-        dns: Some(Arc::new(dns)),
+        dns,
         domain: cfg.domain.clone(),
         full_resync: cfg.proxy_full_resync,
     };
@@ -377,47 +484,59 @@ async fn start_services(
     Ok(())
 }
 
-/// Register, heartbeat, lease the subnet and read the Network.
+/// Register, heartbeat, lease a subnet of every network and read them, in
+/// `cfg.networks` order.
 async fn join(
     client: &Client,
     cfg: &ClusterConfig,
     local: &Local,
-) -> Result<(Ipv4Net, Value), ClientError> {
+) -> Result<Vec<(Ipv4Net, Value)>, ClientError> {
     register(client, &cfg.node, local.address).await?;
     client
         .post(&format!("/v1/nodes/{}/heartbeat", cfg.node), &json!({}))
         .await?;
-    let lease = client
-        .post(
-            &format!("/v1/nodes/{}/subnets/{}", cfg.node, cfg.network),
-            &json!({}),
-        )
-        .await?;
-    let subnet: Ipv4Net = serde_json::from_value(lease["cidr"].clone())
-        .map_err(|e| ClientError::Decode(format!("subnet lease: {e}")))?;
-    let net = client.get(&format!("/v1/networks/{}", cfg.network)).await?;
-    Ok((subnet, net))
+    let mut out = Vec::new();
+    for network in &cfg.networks {
+        let lease = client
+            .post(
+                &format!("/v1/nodes/{}/subnets/{network}", cfg.node),
+                &json!({}),
+            )
+            .await?;
+        let subnet: Ipv4Net = serde_json::from_value(lease["cidr"].clone())
+            .map_err(|e| ClientError::Decode(format!("subnet lease of {network}: {e}")))?;
+        let net = client.get(&format!("/v1/networks/{network}")).await?;
+        out.push((subnet, net));
+    }
+    Ok(out)
 }
 
 /// Heartbeat forever. After the node's lease lapsed (a partition, a stopped agent) the
-/// subnet lease is renewed too; losing the subnet to another node is fatal for the pods
+/// subnet leases are renewed too; losing a subnet to another node is fatal for its pods
 /// and logged loudly.
-async fn heartbeat_loop(client: Client, cfg: ClusterConfig, subnet: Ipv4Net, address: Ipv4Addr) {
+async fn heartbeat_loop(
+    client: Client,
+    cfg: ClusterConfig,
+    leases: Vec<(String, Ipv4Net)>,
+    address: Ipv4Addr,
+) {
     let path = format!("/v1/nodes/{}/heartbeat", cfg.node);
     loop {
         tokio::time::sleep(cfg.heartbeat).await;
         match client.post(&path, &json!({})).await {
             Ok(v) if v["renewed"] == json!(true) => {}
             Ok(_) => {
-                tracing::info!("node lease had lapsed; renewing the subnet lease");
-                let p = format!("/v1/nodes/{}/subnets/{}", cfg.node, cfg.network);
-                match client.post(&p, &json!({})).await {
-                    Ok(l) if l["cidr"] == json!(subnet) => {}
-                    Ok(l) => tracing::error!(
-                        "our subnet {subnet} went to another node meanwhile (now offered {}); restart the agent after draining its pods",
-                        l["cidr"]
-                    ),
-                    Err(e) => tracing::warn!("renewing the subnet lease: {e}"),
+                tracing::info!("node lease had lapsed; renewing the subnet leases");
+                for (network, subnet) in &leases {
+                    let p = format!("/v1/nodes/{}/subnets/{network}", cfg.node);
+                    match client.post(&p, &json!({})).await {
+                        Ok(l) if l["cidr"] == json!(subnet) => {}
+                        Ok(l) => tracing::error!(
+                            "our subnet {subnet} of {network} went to another node meanwhile (now offered {}); restart the agent after draining its pods",
+                            l["cidr"]
+                        ),
+                        Err(e) => tracing::warn!("renewing the subnet lease of {network}: {e}"),
+                    }
                 }
             }
             Err(e) if e.status() == Some(404) => {
@@ -436,14 +555,11 @@ struct FabricLoop {
     client: Client,
     cfg: ClusterConfig,
     local: Local,
-    subnet: Ipv4Net,
-    node: Arc<Node>,
+    served: Vec<Served>,
     nodes: Informer,
     networks: Informer,
     reconciler: Reconciler,
     nl: Netlink,
-    /// The backend at start (switching to or from `l2` needs a restart).
-    started_backend: Backend,
     pump: Option<UdpPump>,
     published_unreachable: Option<BTreeSet<String>>,
 }
@@ -457,41 +573,47 @@ impl std::fmt::Debug for FabricLoop {
 }
 
 impl FabricLoop {
-    /// The network and peers as the informers see them; `None` until both have listed.
-    fn view(&self) -> Option<(NetworkFabric, Vec<Peer>)> {
+    /// Every served network with its peers as the informers see them; `None` until
+    /// both have listed (or while a served network is missing).
+    fn view(&self) -> Option<Vec<(NetworkFabric, Vec<Peer>)>> {
         let nets = self.networks.snapshot()?;
         let nodes = self.nodes.snapshot()?;
-        let (spec, vni) = network_spec(nets.get(&self.cfg.network)?)?;
-        let net = NetworkFabric {
-            name: self.cfg.network.clone(),
-            backend: spec.backend,
-            vni,
-            mtu: spec.mtu,
-            subnet: self.subnet,
-        };
-        let mut peers = Vec::new();
-        for (name, n) in &nodes {
-            if name == &self.cfg.node {
-                continue;
-            }
-            let Ok(status) = serde_json::from_value::<NodeStatus>(n["status"].clone()) else {
-                continue;
+        let mut out = Vec::new();
+        for s in &self.served {
+            let (spec, vni) = network_spec(nets.get(&s.name)?)?;
+            let net = NetworkFabric {
+                name: s.name.clone(),
+                backend: spec.backend,
+                vni,
+                mtu: spec.mtu,
+                subnet: s.subnet,
             };
-            let Some(address) = n["spec"]["address"].as_str().and_then(|a| a.parse().ok()) else {
-                continue;
-            };
-            if !status.ready {
-                continue;
+            let mut peers = Vec::new();
+            for (name, n) in &nodes {
+                if name == &self.cfg.node {
+                    continue;
+                }
+                let Ok(status) = serde_json::from_value::<NodeStatus>(n["status"].clone()) else {
+                    continue;
+                };
+                let Some(address) = n["spec"]["address"].as_str().and_then(|a| a.parse().ok())
+                else {
+                    continue;
+                };
+                if !status.ready {
+                    continue;
+                }
+                if let Some(l) = status.leases.iter().find(|l| l.network == s.name) {
+                    peers.push(Peer {
+                        name: name.clone(),
+                        address,
+                        subnet: l.cidr,
+                    });
+                }
             }
-            if let Some(l) = status.leases.iter().find(|l| l.network == self.cfg.network) {
-                peers.push(Peer {
-                    name: name.clone(),
-                    address,
-                    subnet: l.cidr,
-                });
-            }
+            out.push((net, peers));
         }
-        Some((net, peers))
+        Some(out)
     }
 
     async fn run(mut self) {
@@ -499,8 +621,8 @@ impl FabricLoop {
         let mut nets_changed = self.networks.subscribe();
         let mut last_error = false;
         loop {
-            if let Some((net, peers)) = self.view() {
-                last_error = !self.sync(&net, &peers).await;
+            if let Some(view) = self.view() {
+                last_error = !self.sync(&view).await;
             }
             // Coalesce bursts: wait for a change (or the resync tick, sooner after an
             // error), then take everything that arrived meanwhile in one pass.
@@ -517,15 +639,19 @@ impl FabricLoop {
         }
     }
 
-    /// Apply the desired state once; false on error.
-    async fn sync(&mut self, net: &NetworkFabric, peers: &[Peer]) -> bool {
-        if (net.backend == Backend::L2) != (self.started_backend == Backend::L2) {
-            tracing::error!(
-                from = self.started_backend.as_str(),
-                to = net.backend.as_str(),
-                "switching a live network to or from l2 changes every pod's address; drain the node and restart the agent"
-            );
-            return false;
+    /// Apply the desired state of every served network once, through the one
+    /// reconciler; false on error.
+    async fn sync(&mut self, view: &[(NetworkFabric, Vec<Peer>)]) -> bool {
+        for ((net, _), s) in view.iter().zip(&self.served) {
+            if (net.backend == Backend::L2) != (s.started_backend == Backend::L2) {
+                tracing::error!(
+                    network = net.name,
+                    from = s.started_backend.as_str(),
+                    to = net.backend.as_str(),
+                    "switching a live network to or from l2 changes every pod's address; drain the node and restart the agent"
+                );
+                return false;
+            }
         }
         // The underlay MTU may have changed: the pod MTU and the tunnel devices follow.
         match self.nl.link(&self.local.uplink).await {
@@ -541,23 +667,36 @@ impl FabricLoop {
             Ok(_) => {}
             Err(e) => tracing::warn!("reading the uplink: {e}"),
         }
-        if net.backend == Backend::L2 {
-            if let Some(nodes) = self.nodes.snapshot() {
-                exclude_hosts(&self.node, node_addresses(nodes.values()));
+        let mut desired = Desired::default();
+        let mut udp = None;
+        for ((net, peers), s) in view.iter().zip(&self.served) {
+            if net.backend == Backend::L2 {
+                if let Some(nodes) = self.nodes.snapshot() {
+                    exclude_hosts(&s.node, node_addresses(nodes.values()));
+                }
             }
+            let d = backend::desired(net, &self.local, peers);
+            s.node.set_mtu(pod_mtu(net, &self.local));
+            if net.backend == Backend::Udp {
+                udp = d
+                    .tun
+                    .iter()
+                    .next()
+                    .cloned()
+                    .map(|dev| (dev, s.subnet, peers));
+            }
+            desired.merge(d);
         }
-        let desired = backend::desired(net, &self.local, peers);
-        self.node.set_mtu(pod_mtu(net, &self.local));
         // The udp backend's pump must exist before routes can point at its device.
-        match (net.backend, desired.tun.iter().next()) {
-            (Backend::Udp, Some(dev)) => {
+        match udp {
+            Some((dev, subnet, peers)) => {
                 // A pump whose device was deleted from outside has stopped: replace it.
                 if self.pump.as_ref().is_some_and(|p| !p.is_running()) {
                     tracing::warn!("udp pump stopped (its device is gone); starting a new one");
                     self.pump = None;
                 }
                 if self.pump.is_none() {
-                    match UdpPump::start(dev, trellis_fabric::UDP_PORT) {
+                    match UdpPump::start(&dev, trellis_fabric::UDP_PORT) {
                         Ok(p) => self.pump = Some(p),
                         Err(e) => {
                             tracing::warn!("udp backend: {e}");
@@ -569,7 +708,7 @@ impl FabricLoop {
                     p.set_peers(
                         peers
                             .iter()
-                            .filter(|p| p.subnet != self.subnet)
+                            .filter(|p| p.subnet != subnet)
                             .map(|p| {
                                 (
                                     p.subnet,
@@ -580,16 +719,12 @@ impl FabricLoop {
                     );
                 }
             }
-            _ => self.pump = None,
+            None => self.pump = None,
         }
         let ok = match self.reconciler.apply(&desired).await {
             Ok(r) if r.changes() > 0 => {
-                tracing::info!(
-                    ?r,
-                    peers = peers.len(),
-                    backend = net.backend.as_str(),
-                    "fabric updated"
-                );
+                let backends: Vec<&str> = view.iter().map(|(n, _)| n.backend.as_str()).collect();
+                tracing::info!(?r, networks = view.len(), ?backends, "fabric updated");
                 true
             }
             Ok(_) => true,
@@ -628,5 +763,68 @@ impl FabricLoop {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(
+        name: &str,
+        cidr: &str,
+        backend: Backend,
+    ) -> (String, Ipv4Net, NetworkSpec, Option<u32>) {
+        let spec: NetworkSpec = serde_json::from_value(json!({
+            "cidr": cidr,
+            "backend": backend.as_str(),
+        }))
+        .unwrap();
+        (name.into(), cidr.parse().unwrap(), spec, None)
+    }
+
+    fn refused(specs: &[(String, Ipv4Net, NetworkSpec, Option<u32>)]) -> String {
+        match check_combination(specs) {
+            Err(e) => e.to_string(),
+            Ok(()) => panic!("accepted {specs:?}"),
+        }
+    }
+
+    #[test]
+    fn network_combinations_one_node_can_serve() {
+        let ok = [
+            spec("a", "10.244.0.0/16", Backend::Vxlan),
+            spec("b", "10.245.0.0/16", Backend::HostGw),
+            spec("c", "10.246.0.0/16", Backend::Udp),
+        ];
+        check_combination(&ok).unwrap();
+        let e = refused(&[
+            spec("a", "10.244.0.0/16", Backend::Vxlan),
+            spec("b", "10.244.128.0/17", Backend::Vxlan),
+        ]);
+        assert!(
+            e.contains("overlap") && e.contains("10.244.128.0/17"),
+            "{e}"
+        );
+        let e = refused(&[
+            spec("a", "10.244.0.0/16", Backend::Udp),
+            spec("b", "10.245.0.0/16", Backend::Udp),
+        ]);
+        assert!(e.contains("udp"), "{e}");
+        let e = refused(&[
+            spec("a", "10.244.0.0/16", Backend::Vxlan),
+            spec("lan", "192.168.1.0/24", Backend::L2),
+        ]);
+        assert!(e.contains("lan") && e.contains("first"), "{e}");
+        check_combination(&[
+            spec("lan", "192.168.1.0/24", Backend::L2),
+            spec("a", "10.244.0.0/16", Backend::Vxlan),
+        ])
+        .unwrap();
+        let e = refused(&[
+            spec("a", "10.244.0.0/16", Backend::Vxlan),
+            spec("a", "10.245.0.0/16", Backend::Vxlan),
+        ]);
+        assert!(e.contains("twice"), "{e}");
     }
 }

@@ -150,7 +150,8 @@ pub struct ServiceLoop {
     pub(super) services: Informer,
     pub(super) endpoints: Informer,
     pub(super) proxy: Proxy,
-    pub(super) dns: Option<Arc<DnsServer>>,
+    /// One DNS server per pod gateway (network), all with the same records.
+    pub(super) dns: Vec<Arc<DnsServer>>,
     pub(super) domain: String,
     pub(super) full_resync: Duration,
 }
@@ -173,8 +174,11 @@ impl ServiceLoop {
                     AnyObject::Endpoint(e) => Some(e),
                     _ => None,
                 });
-                if let Some(dns) = &self.dns {
-                    dns.set_records(dns_records(&self.domain, &services, &endpoints));
+                if !self.dns.is_empty() {
+                    let records = dns_records(&self.domain, &services, &endpoints);
+                    for dns in &self.dns {
+                        dns.set_records(records.clone());
+                    }
                 }
                 let want: BTreeMap<String, ServiceModel> =
                     models(&services, &endpoints, &self.node)

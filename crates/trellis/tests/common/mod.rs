@@ -107,7 +107,7 @@ pub fn nft_table(lab: &Lab, netns: &str) -> String {
 pub fn agent_reserved(lab: &Lab, node: usize) -> u32 {
     use trellis_api::agent::{Op, Response};
     let socket = lab.agent_paths(node).socket;
-    match trellis_cni::agent_client::call(&socket.display().to_string(), Op::Status) {
+    match trellis_cni::agent_client::call(&socket.display().to_string(), None, Op::Status) {
         Ok(Response::Status(s)) => s.reserved,
         Ok(other) => panic!("unexpected status answer: {other:?}"),
         Err(e) => panic!("agent status: {:?}", trellis_cni::error::CniError::from(e)),
