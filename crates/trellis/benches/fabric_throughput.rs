@@ -5,7 +5,7 @@
 //! `cargo bench -p trellis --bench fabric_throughput` (`TRELLIS_BENCH_SECS` sets the
 //! iperf3 duration, default 5; `TRELLIS_BENCH_ROUNDS` the repetitions, default 3).
 //!
-//! Per backend (host-gw, vxlan, hybrid, udp) one lab: `trellis server` in the underlay
+//! Per backend (host-gw, vxlan, hybrid, udp, l2) one lab: `trellis server` in the underlay
 //! namespace, the `default` Network on that backend, a cluster agent on each of two nodes
 //! and one pod per node (`trellis-cni` ADD). iperf3 runs TCP from the pod on node 1 to
 //! the pod on node 2, one stream and four (`-P 4`); the figure is
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use trellis_lab::cluster::{network_manifest, Timing};
 use trellis_lab::{wait_for, Lab};
 
-const BACKENDS: [&str; 4] = ["host-gw", "vxlan", "hybrid", "udp"];
+const BACKENDS: [&str; 5] = ["host-gw", "vxlan", "hybrid", "udp", "l2"];
 const STREAMS: [usize; 2] = [1, 4];
 /// iperf3 (client and server, and the kernel work done in their context) runs ahead of
 /// other work on the machine, so a compile elsewhere moves the figures less.
@@ -381,6 +381,7 @@ fn main() {
         "vxlan",
         "hybrid",
         "udp",
+        "l2",
         "hand-made host-gw",
         "hand-made vxlan",
     ];
@@ -423,7 +424,7 @@ fn main() {
         r(1)
     );
     println!("(target ratios: median over rounds of the ratio within a round; best of: ratio of the best runs)");
-    println!("hybrid: both nodes on one segment, so it routes as host-gw; udp: userspace pump");
+    println!("hybrid: both nodes on one segment, so it routes as host-gw; udp: userspace pump; l2: pods bridged onto the underlay segment (no routing), its ratio against the host-gw lab's underlay");
     println!(
         "{:.0} s in all; load average {load_before} before, {} after (2 cores)",
         started.elapsed().as_secs_f64(),
