@@ -48,8 +48,9 @@ impl Networks {
         self.0.iter().map(|(_, n)| n)
     }
 
-    /// The backend of `network` (`None`: the first), or the error the plugin gets.
-    pub fn route(&self, network: Option<&str>) -> Result<&Arc<Node>, Response> {
+    /// The backend of `network` (`None`: the first), or why not (for the plugin, with
+    /// code [`codes::INVALID_CONFIG`]).
+    pub fn route(&self, network: Option<&str>) -> Result<&Arc<Node>, String> {
         let Some(want) = network else {
             return Ok(&self.0[0].1);
         };
@@ -59,12 +60,9 @@ impl Networks {
             .map(|(_, n)| n)
             .ok_or_else(|| {
                 let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
-                Response::error(
-                    codes::INVALID_CONFIG,
-                    format!(
-                        "network {want:?} is not served by this node's agent (it serves {}); check the plugin configuration's \"network\" or start the agent with --network {want}",
-                        names.join(", ")
-                    ),
+                format!(
+                    "network {want:?} is not served by this node's agent (it serves {}); check the plugin configuration's \"network\" or start the agent with --network {want}",
+                    names.join(", ")
                 )
             })
     }
@@ -99,7 +97,7 @@ async fn serve_one(stream: UnixStream, networks: &Networks) -> std::io::Result<(
             tracing::debug!(?req.op, network = ?req.network, "request");
             match networks.route(req.network.as_deref()) {
                 Ok(node) => node.handle(req.op).await,
-                Err(e) => e,
+                Err(msg) => Response::error(codes::INVALID_CONFIG, msg),
             }
         }
         Err(e @ RequestError::Version(_)) => {

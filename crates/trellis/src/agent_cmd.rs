@@ -130,8 +130,10 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                         .collect::<anyhow::Result<_>>()?,
                     proxy_full_resync: Duration::from_secs_f64(a.proxy_full_resync),
                 };
-                let (served, joined) = cluster::start(cfg).await?;
-                tracing::info!(subnets = ?joined.subnets, uplink = joined.local.uplink, "node ready (cluster mode)");
+                let (served, local) = cluster::start(cfg).await?;
+                let subnets: Vec<String> =
+                    served.iter().map(|s| format!("{} {}", s.name, s.subnet)).collect();
+                tracing::info!(?subnets, uplink = local.uplink, "node ready (cluster mode)");
                 Networks::new(served.into_iter().map(|s| (s.name, s.node)).collect())
             }
             (None, Some(pod_subnet)) => {

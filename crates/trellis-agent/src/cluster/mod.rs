@@ -80,15 +80,6 @@ pub enum ClusterError {
     Setup(String),
 }
 
-/// What the agent learned while joining.
-#[derive(Debug, Clone)]
-pub struct Joined {
-    /// Per network served, in order: its name and the node subnet leased from the server.
-    pub subnets: Vec<(String, Ipv4Net)>,
-    /// The underlay as detected.
-    pub local: Local,
-}
-
 /// One network this agent serves: its CNI backend and what the fabric loop needs.
 #[derive(Debug, Clone)]
 pub struct Served {
@@ -232,8 +223,8 @@ fn network_spec(obj: &Value) -> Option<(NetworkSpec, Option<u32>)> {
 
 /// Join the cluster (retrying until the server answers), start the node's CNI backend
 /// for every network served and the background loops. Returns the networks for the CNI
-/// socket server, in `cfg.networks` order.
-pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Joined), ClusterError> {
+/// socket server, in `cfg.networks` order, and the underlay as detected.
+pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterError> {
     if cfg.networks.is_empty() {
         return Err(ClusterError::Setup("no network to serve".into()));
     }
@@ -350,7 +341,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Joined), ClusterE
     tokio::spawn(heartbeat_loop(
         client.clone(),
         cfg.clone(),
-        leases.clone(),
+        leases,
         local.address,
     ));
     let fabric = FabricLoop {
@@ -376,13 +367,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Joined), ClusterE
         tokio::spawn(publisher.run(cfg.resync));
     }
     start_services(&cfg, &client, &served, &local).await?;
-    Ok((
-        served,
-        Joined {
-            subnets: leases,
-            local,
-        },
-    ))
+    Ok((served, local))
 }
 
 /// Refuse network combinations one node cannot serve: overlapping CIDRs (their routes
