@@ -576,9 +576,23 @@ fn device_lifecycle() {
         "{name} still exists after the pump was dropped"
     );
 
-    // A device deleted from outside stops the pump, which says so.
-    let d = dev.clone();
-    let pump = in_ns(&ns, move || UdpPump::start(&d, 18285)).expect("start again");
+    // A device deleted from outside stops the pump, which says so. (The port can stay
+    // held for a moment after the drop: a process another test thread forks meanwhile
+    // holds a copy of the socket until it execs.)
+    let mut again = None;
+    let started = wait_for(Duration::from_secs(3), || {
+        let d = dev.clone();
+        match in_ns(&ns, move || UdpPump::start(&d, 18285)) {
+            Ok(p) => {
+                again = Some(p);
+                true
+            }
+            Err(e) if e.to_string().contains("in use") => false,
+            Err(e) => panic!("start again: {e}"),
+        }
+    });
+    assert!(started, "port 18285 stayed busy after the pump was dropped");
+    let pump = again.expect("started");
     assert!(pump.is_running());
     sh(&["ip", "-n", &ns, "link", "del", "dev", &name]);
     assert!(
