@@ -117,6 +117,18 @@ impl Lab {
         pod_netns: &str,
         cni_args: &str,
     ) -> Result<Ipv4Addr> {
+        self.cni_add_pod_to(plugin, pod_netns, cni_args, None)
+    }
+
+    /// [`Lab::cni_add_pod_with`] to the Trellis Network `network` (the plugin
+    /// configuration's `network` key; `None`: the agent's first).
+    pub fn cni_add_pod_to(
+        &mut self,
+        plugin: &Path,
+        pod_netns: &str,
+        cni_args: &str,
+        network: Option<&str>,
+    ) -> Result<Ipv4Addr> {
         let pod_idx = self
             .state
             .pods
@@ -125,6 +137,10 @@ impl Lab {
             .ok_or_else(|| LabError::Invalid(format!("no pod {pod_netns}")))?;
         let node = self.state.pods[pod_idx].node;
         let ns = netns_path(pod_netns).display().to_string();
+        let mut config = self.cni_config(node, "1.1.0");
+        if let Some(n) = network {
+            config["network"] = n.into();
+        }
         let out = self.cni(
             plugin,
             node,
@@ -135,7 +151,7 @@ impl Lab {
                 ("CNI_IFNAME", "eth0"),
                 ("CNI_ARGS", cni_args),
             ],
-            &self.cni_config(node, "1.1.0"),
+            &config,
         )?;
         if !out.status.success() {
             return Err(LabError::Command {

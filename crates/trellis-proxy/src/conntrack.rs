@@ -235,9 +235,9 @@ mod tests {
         assert_eq!(deleted_count("conntrack v1.4.7: bad"), None);
     }
 
-    #[test]
-    fn removed_endpoint_is_the_difference() {
-        let mut s = ServiceModel {
+    /// A UDP service `10.96.0.53:53 -> :5353` with endpoints `10.244.1.<last>`.
+    fn dns_service(node_port: Option<u16>, last: &[u8]) -> ServiceModel {
+        ServiceModel {
             key: "a/b".into(),
             cluster_ip: Some("10.96.0.53".parse().unwrap()),
             external_ips: vec![],
@@ -246,21 +246,23 @@ mod tests {
                 port: 53,
                 target_port: 5353,
                 protocol: Protocol::Udp,
-                node_port: None,
+                node_port,
             }],
             affinity_timeout: None,
             local_only: false,
-            endpoints: vec![
-                EndpointModel {
-                    ip: "10.244.1.2".parse().unwrap(),
+            endpoints: last
+                .iter()
+                .map(|l| EndpointModel {
+                    ip: Ipv4Addr::new(10, 244, 1, *l),
                     local: true,
-                },
-                EndpointModel {
-                    ip: "10.244.1.3".parse().unwrap(),
-                    local: true,
-                },
-            ],
-        };
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn removed_endpoint_is_the_difference() {
+        let mut s = dns_service(None, &[2, 3]);
         let mut before = UdpState::default();
         before.add(&s);
         s.endpoints.pop();
@@ -284,24 +286,7 @@ mod tests {
 
     #[test]
     fn sweep_judges_kernel_entries_against_the_services() {
-        let mut s = ServiceModel {
-            key: "a/b".into(),
-            cluster_ip: Some("10.96.0.53".parse().unwrap()),
-            external_ips: vec![],
-            ports: vec![PortModel {
-                name: "dns".into(),
-                port: 53,
-                target_port: 5353,
-                protocol: Protocol::Udp,
-                node_port: Some(30053),
-            }],
-            affinity_timeout: None,
-            local_only: false,
-            endpoints: vec![EndpointModel {
-                ip: "10.244.1.2".parse().unwrap(),
-                local: true,
-            }],
-        };
+        let mut s = dns_service(Some(30053), &[2]);
         let mut state = UdpState::default();
         state.add(&s);
         let node: Vec<Ipv4Addr> = vec!["192.168.1.10".parse().unwrap()];

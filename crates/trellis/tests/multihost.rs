@@ -8,7 +8,9 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::cluster::{add_pod, cluster_lab, http_get, http_get_port, serve_node, NODE_HTTP_PORT};
+use common::cluster::{
+    add_pod, add_pod_in, cluster_lab, http_get, http_get_port, serve_node, NODE_HTTP_PORT,
+};
 use common::{pid_of, plugin, require, trellis};
 use trellis_lab::cluster::{network_manifest, Timing};
 use trellis_lab::{wait_for, Lab};
@@ -242,16 +244,9 @@ fn node_joins_and_leaves() {
     });
     assert!(fdb_gone, "FDB entries towards n4 stay");
     let n4_endpoints = || {
-        let eps = lab
-            .cli(&t, &["get", "endpoints", "-A", "-o", "json"])
-            .unwrap();
-        let eps: serde_json::Value = serde_json::from_str(&eps).unwrap();
-        eps["items"]
-            .as_array()
-            .unwrap()
-            .iter()
+        endpoints(&lab)
+            .into_iter()
             .filter(|e| e["spec"]["node"] == "n4")
-            .cloned()
             .collect::<Vec<_>>()
     };
     assert!(
@@ -278,15 +273,7 @@ fn node_joins_and_leaves() {
         "n4's kernel changed on return"
     );
     assert!(wait_for(Duration::from_secs(10), || {
-        let eps = lab
-            .cli(&t, &["get", "endpoints", "-A", "-o", "json"])
-            .unwrap();
-        let eps: serde_json::Value = serde_json::from_str(&eps).unwrap();
-        eps["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|e| e["spec"]["ready"] == true)
+        endpoints(&lab).iter().all(|e| e["spec"]["ready"] == true)
     }));
 }
 
@@ -711,54 +698,6 @@ fn agent_refuses_bad_credentials_and_a_mismatched_l2_network() {
     );
 }
 
-/// ADD a pod on node `n` to the Network `network` (plugin config key `network`); its
-/// web server as in [`add_pod`]. Returns its address.
-fn add_pod_to(lab: &mut Lab, n: usize, name: &str, network: &str) -> Ipv4Addr {
-    let pod = lab.add_pod(n, name).unwrap();
-    let mut conf = lab.cni_config(n, "1.1.0");
-    conf["network"] = serde_json::json!(network);
-    let path = trellis_lab::netns_path(&pod.netns).display().to_string();
-    let out = lab
-        .cni(
-            &plugin(),
-            n,
-            &[
-                ("CNI_COMMAND", "ADD"),
-                ("CNI_CONTAINERID", &pod.netns),
-                ("CNI_NETNS", &path),
-                ("CNI_IFNAME", "eth0"),
-            ],
-            &conf,
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ADD to {network}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ip: Ipv4Addr = v["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("{v}"));
-    let idx = lab
-        .state
-        .pods
-        .iter()
-        .position(|p| p.netns == pod.netns)
-        .unwrap();
-    lab.state.pods[idx].ip = Some(ip);
-    let www = lab.dir().join(format!("www-{}", pod.name));
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), &pod.name).unwrap();
-    let mut httpd = std::process::Command::new("busybox");
-    httpd.args(["httpd", "-f", "-p", "8080", "-h"]).arg(&www);
-    lab.spawn(&pod.netns, &format!("httpd {}", pod.name), httpd)
-        .unwrap();
-    ip
-}
-
 #[test]
 fn one_agent_serves_two_networks_with_different_backends() {
     require(&["ip", "nft", "ping", "busybox", "bridge"]);
@@ -782,7 +721,7 @@ fn one_agent_serves_two_networks_with_different_backends() {
     }
     for n in 0..3 {
         add_pod(&mut lab, n, "red");
-        let ip = add_pod_to(&mut lab, n, "blue", "blue");
+        let ip = add_pod_in(&mut lab, n, "blue", "", Some("blue"));
         assert!(ip.to_string().starts_with("10.245."), "{ip}");
     }
     // Every pod and node reaches every other, in and across the two networks.

@@ -70,9 +70,20 @@ pub fn add_pod(lab: &mut Lab, n: usize, name: &str) -> Ipv4Addr {
 /// [`add_pod`] with `CNI_ARGS` (e.g. `LABELS=app=web`). The web server answers `/` with
 /// the pod's name and `/cgi-bin/ip` with the client address it sees.
 pub fn add_pod_with(lab: &mut Lab, n: usize, name: &str, cni_args: &str) -> Ipv4Addr {
+    add_pod_in(lab, n, name, cni_args, None)
+}
+
+/// [`add_pod_with`] to the Trellis Network `network` (`None`: the agent's first).
+pub fn add_pod_in(
+    lab: &mut Lab,
+    n: usize,
+    name: &str,
+    cni_args: &str,
+    network: Option<&str>,
+) -> Ipv4Addr {
     let pod = lab.add_pod(n, name).unwrap();
     let ip = lab
-        .cni_add_pod_with(&plugin(), &pod.netns, cni_args)
+        .cni_add_pod_to(&plugin(), &pod.netns, cni_args, network)
         .expect("ADD");
     let www = lab.dir().join(format!("www-{}", pod.name));
     std::fs::create_dir_all(www.join("cgi-bin")).unwrap();
