@@ -2,8 +2,9 @@
 //! cluster IP? (needs root; the root namespace is never touched).
 //!
 //! `cargo bench -p trellis-proxy --bench datapath`
-//! (`TRELLIS_BENCH_ROUNDS=5`, `TRELLIS_BENCH_SECS=2` per measurement, `SHARDS` like the
-//! `sync` bench; about 90 s).
+//! (`TRELLIS_BENCH_ROUNDS=9`, `TRELLIS_BENCH_SECS=2` per measurement, `SHARDS` like the
+//! `sync` bench; about 150 s). Single rounds scatter by ±20% on a shared 2-core VM; the
+//! median of 9 per-round ratios moved by about ±5% between runs.
 //!
 //! Two labs side by side, one per case, in named network namespaces
 //! `trdp-<pid>-<case>-<role>` (deleted on success, failure, panic and SIGINT/SIGTERM;
@@ -573,7 +574,7 @@ fn main() {
         "the benchmark creates network namespaces: run it as root"
     );
     install_signal_handlers();
-    let rounds = env_u64("TRELLIS_BENCH_ROUNDS", 5).clamp(1, 20) as usize;
+    let rounds = env_u64("TRELLIS_BENCH_ROUNDS", 9).clamp(1, 20) as usize;
     let dur = Duration::from_secs(env_u64("TRELLIS_BENCH_SECS", 2).clamp(1, 60));
 
     let load = || {
