@@ -519,6 +519,36 @@ fn pod_mtu_follows_the_underlay() {
         .exec(&pod.netns, &["ip", "link", "show", "eth0"])
         .unwrap();
     assert!(String::from_utf8_lossy(&l.stdout).contains("mtu 1350"));
+    // And back: the tunnel grows again, the next pod gets 1450, the earlier keep theirs.
+    lab.exec(&n1, &["ip", "link", "set", "eth0", "mtu", "1500"])
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || {
+        let l = lab.exec(&n1, &["ip", "-o", "link"]).unwrap();
+        String::from_utf8_lossy(&l.stdout)
+            .lines()
+            .any(|l| l.contains(": trl.") && l.contains("mtu 1450"))
+    }));
+    let later = lab.add_pod(0, "later").unwrap();
+    lab.cni_add_pod(&plugin(), &later.netns).unwrap();
+    let mtu_of = |ns: &str| {
+        let l = lab.exec(ns, &["ip", "link", "show", "eth0"]).unwrap();
+        String::from_utf8_lossy(&l.stdout).into_owned()
+    };
+    assert!(mtu_of(&later.netns).contains("mtu 1450"));
+    assert!(mtu_of(&pod.netns).contains("mtu 1350"));
+    // Full-size packets (DF) cross from the new pod to a pod on n2 and back.
+    let to = lab.state.pods[1].ip.unwrap().to_string();
+    let ping = lab
+        .exec_any(
+            &later.netns,
+            &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1422", &to],
+        )
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
 }
 
 /// The Endpoints the server holds, as (namespace/name, labels, ip, ready).
