@@ -56,9 +56,11 @@
 //!
 //! Measured (`cargo bench -p trellis-proxy --bench sync`, 2 cores, kernel 6.18, 16
 //! shards, 10,000 services x 10 endpoints; ranges from a quiet to a loaded machine):
-//! full sync into empty tables 1.4-2.2 s; full sync of unchanged tables (restart)
-//! 0.9-1.35 s, writing nothing; one endpoint added or removed 1.2-1.9 ms mean,
-//! 1.5-2.6 ms p99. With a single table the same change took 43 ms (re-validation).
+//! full sync into empty tables 1.3-1.5 s (1.4-2.2 s before the fingerprint hash ran a
+//! plain loop); full sync of unchanged tables (restart) 0.9-1.35 s, writing nothing;
+//! one endpoint added or removed 1.2-1.9 ms mean, 1.5-2.7 ms p99. With a single table
+//! the same change took 43 ms (re-validation). Every full sync also reads the UDP
+//! conntrack entries when UDP services exist (see `conntrack`).
 //!
 //! Nothing outside the proxy's tables is touched; a table is never flushed wholesale
 //! (shard tables of an earlier shard count are deleted). UDP conntrack entries are
