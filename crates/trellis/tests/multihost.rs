@@ -160,6 +160,38 @@ fn vxlan_full_mesh() {
     let pod = &lab.state.pods[0].netns;
     let l = lab.exec(pod, &["ip", "link", "show", "eth0"]).unwrap();
     assert!(String::from_utf8_lossy(&l.stdout).contains("mtu 1450"));
+    // Drift: a deleted route, FDB entry and the tunnel device itself come back with the
+    // agent's periodic pass, and the mesh with them.
+    let before = fabric_snapshot(&lab, 0);
+    let routes = owned_routes(&lab, 0);
+    let route = routes.lines().next().expect("an owned route");
+    let dst = route.split_whitespace().next().unwrap();
+    lab.exec(n1, &["ip", "route", "del", dst, "proto", "116"])
+        .unwrap();
+    let entry = fdb.lines().find(|l| l.contains(" dst ")).unwrap();
+    let w: Vec<&str> = entry.split_whitespace().collect();
+    lab.exec(
+        n1,
+        &[
+            "bridge", "fdb", "del", w[0], "dev", w[2], "dst", w[4], "self",
+        ],
+    )
+    .unwrap();
+    assert_ne!(fabric_snapshot(&lab, 0), before);
+    assert!(
+        wait_for(Duration::from_secs(15), || fabric_snapshot(&lab, 0)
+            == before),
+        "route and FDB entry not restored:\n{}",
+        fabric_snapshot(&lab, 0)
+    );
+    let dev = w[2].to_string();
+    lab.exec(n1, &["ip", "link", "del", &dev]).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || owned_routes(&lab, 0) == routes),
+        "{dev} and its routes not restored: {}",
+        owned_routes(&lab, 0)
+    );
+    assert_mesh(&lab, Duration::from_secs(15), "vxlan after drift repair");
 }
 
 #[test]
