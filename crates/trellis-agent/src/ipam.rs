@@ -230,12 +230,16 @@ impl Ipam {
 
     /// Never hand out these host addresses from now on (those outside the subnet are
     /// ignored). Returns the reservations that already hold one of them: an address
-    /// conflict on the segment that only an operator can settle.
+    /// conflict on the segment that only an operator can settle. The same set again
+    /// is a no-op (nothing returned), so callers may pass it on every pass.
     pub fn set_hosts(&self, hosts: impl IntoIterator<Item = Ipv4Addr>) -> Vec<Reservation> {
         let hosts: std::collections::BTreeSet<Ipv4Addr> = hosts
             .into_iter()
             .filter(|h| self.subnet.contains(h))
             .collect();
+        if *self.hosts.read().expect("hosts lock") == hosts {
+            return Vec::new();
+        }
         let st = self.state.lock().expect("ipam lock");
         let clashes = hosts
             .iter()
@@ -525,6 +529,10 @@ mod tests {
         ]);
         assert_eq!(clashes.len(), 1);
         assert_eq!(clashes[0].ip, Ipv4Addr::new(10, 1, 0, 2));
+        // Told again: nothing new to report.
+        assert!(ipam
+            .set_hosts([Ipv4Addr::new(10, 1, 0, 3), Ipv4Addr::new(10, 1, 0, 2)])
+            .is_empty());
         assert_eq!(
             ipam.reserve(&req("b")).unwrap().0.ip,
             Ipv4Addr::new(10, 1, 0, 4)

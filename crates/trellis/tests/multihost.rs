@@ -536,43 +536,40 @@ fn l2_pods_live_on_the_underlay_segment() {
 fn pod_mtu_follows_the_underlay() {
     let mut lab = cluster_lab(3, 0, "vxlan", 1);
     let n1 = lab.state.nodes[0].netns.clone();
-    lab.exec(&n1, &["ip", "link", "set", "eth0", "mtu", "1400"])
-        .unwrap();
-    // The next fabric pass (resync: 5 s) shrinks the tunnel; new pods get the new MTU.
-    assert!(wait_for(Duration::from_secs(10), || {
-        let l = lab.exec(&n1, &["ip", "-o", "link"]).unwrap();
-        String::from_utf8_lossy(&l.stdout)
-            .lines()
-            .any(|l| l.contains(": trl.") && l.contains("mtu 1350"))
-    }));
-    let pod = lab.add_pod(0, "late").unwrap();
-    lab.cni_add_pod(&plugin(), &pod.netns).unwrap();
-    let l = lab
-        .exec(&pod.netns, &["ip", "link", "show", "eth0"])
-        .unwrap();
-    assert!(String::from_utf8_lossy(&l.stdout).contains("mtu 1350"));
-    // And back: the tunnel grows again, the next pod gets 1450, the earlier keep theirs.
-    lab.exec(&n1, &["ip", "link", "set", "eth0", "mtu", "1500"])
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || {
-        let l = lab.exec(&n1, &["ip", "-o", "link"]).unwrap();
-        String::from_utf8_lossy(&l.stdout)
-            .lines()
-            .any(|l| l.contains(": trl.") && l.contains("mtu 1450"))
-    }));
-    let later = lab.add_pod(0, "later").unwrap();
-    lab.cni_add_pod(&plugin(), &later.netns).unwrap();
-    let mtu_of = |ns: &str| {
+    // Set n1's underlay MTU, wait for the next fabric pass (resync: 5 s) to resize the
+    // tunnel, then ADD a pod: its netns.
+    let underlay_mtu = |lab: &mut Lab, mtu: u32, pod: &str| {
+        lab.exec(&n1, &["ip", "link", "set", "eth0", "mtu", &mtu.to_string()])
+            .unwrap();
+        let tunnel = format!("mtu {}", mtu - 50);
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                let l = lab.exec(&n1, &["ip", "-o", "link"]).unwrap();
+                String::from_utf8_lossy(&l.stdout)
+                    .lines()
+                    .any(|l| l.contains(": trl.") && l.contains(&tunnel))
+            }),
+            "tunnel not at {tunnel}"
+        );
+        let p = lab.add_pod(0, pod).unwrap();
+        lab.cni_add_pod(&plugin(), &p.netns).unwrap();
+        p.netns
+    };
+    let mtu_of = |lab: &Lab, ns: &str| {
         let l = lab.exec(ns, &["ip", "link", "show", "eth0"]).unwrap();
         String::from_utf8_lossy(&l.stdout).into_owned()
     };
-    assert!(mtu_of(&later.netns).contains("mtu 1450"));
-    assert!(mtu_of(&pod.netns).contains("mtu 1350"));
+    let late = underlay_mtu(&mut lab, 1400, "late");
+    assert!(mtu_of(&lab, &late).contains("mtu 1350"));
+    // And back: the tunnel grows again, the next pod gets 1450, the earlier keep theirs.
+    let later = underlay_mtu(&mut lab, 1500, "later");
+    assert!(mtu_of(&lab, &later).contains("mtu 1450"));
+    assert!(mtu_of(&lab, &late).contains("mtu 1350"));
     // Full-size packets (DF) cross from the new pod to a pod on n2 and back.
     let to = lab.state.pods[1].ip.unwrap().to_string();
     let ping = lab
         .exec_any(
-            &later.netns,
+            &later,
             &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1422", &to],
         )
         .unwrap();
@@ -581,6 +578,41 @@ fn pod_mtu_follows_the_underlay() {
         "{}",
         String::from_utf8_lossy(&ping.stdout)
     );
+}
+
+/// CNI ADD of container `container` in namespace `netns` on node `node`, with
+/// `CNI_ARGS` and the plugin configuration's `network` (`None`: the agent's first):
+/// whether it succeeded, and the plugin's JSON answer (result or error).
+fn cni_add(
+    lab: &Lab,
+    node: usize,
+    container: &str,
+    netns: &str,
+    cni_args: &str,
+    network: Option<&str>,
+) -> (bool, serde_json::Value) {
+    let mut conf = lab.cni_config(node, "1.1.0");
+    if let Some(n) = network {
+        conf["network"] = serde_json::json!(n);
+    }
+    let path = trellis_lab::netns_path(netns).display().to_string();
+    let out = lab
+        .cni(
+            &plugin(),
+            node,
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", container),
+                ("CNI_NETNS", &path),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", cni_args),
+            ],
+            &conf,
+        )
+        .unwrap();
+    let answer = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.success(), answer)
 }
 
 /// The Endpoints the server holds, as (namespace/name, labels, ip, ready).
@@ -603,27 +635,8 @@ fn endpoints_follow_attachments_with_labels() {
     .unwrap();
     let add = |lab: &mut Lab, node: usize, name: &str, args: &str| {
         let pod = lab.add_pod(node, name).unwrap();
-        let path = trellis_lab::netns_path(&pod.netns).display().to_string();
-        let out = lab
-            .cni(
-                &plugin(),
-                node,
-                &[
-                    ("CNI_COMMAND", "ADD"),
-                    ("CNI_CONTAINERID", name),
-                    ("CNI_NETNS", &path),
-                    ("CNI_IFNAME", "eth0"),
-                    ("CNI_ARGS", args),
-                ],
-                &lab.cni_config(node, "1.1.0"),
-            )
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        path
+        let (ok, answer) = cni_add(lab, node, name, &pod.netns, args, None);
+        assert!(ok, "{answer}");
     };
     add(
         &mut lab,
@@ -652,23 +665,8 @@ fn endpoints_follow_attachments_with_labels() {
     assert_eq!(db["spec"]["node"], "n2");
     // A bad LABELS argument is a clear CNI error that changes nothing.
     let pod = lab.add_pod(2, "bad").unwrap();
-    let path = trellis_lab::netns_path(&pod.netns).display().to_string();
-    let out = lab
-        .cni(
-            &plugin(),
-            2,
-            &[
-                ("CNI_COMMAND", "ADD"),
-                ("CNI_CONTAINERID", "c3"),
-                ("CNI_NETNS", &path),
-                ("CNI_IFNAME", "eth0"),
-                ("CNI_ARGS", "LABELS=app"),
-            ],
-            &lab.cni_config(2, "1.1.0"),
-        )
-        .unwrap();
-    assert!(!out.status.success());
-    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, err) = cni_add(&lab, 2, "c3", &pod.netns, "LABELS=app", None);
+    assert!(!ok);
     assert_eq!(err["code"], 4, "{err}");
     assert!(err["msg"].as_str().unwrap().contains("LABELS"), "{err}");
     // DEL removes the Endpoint.
@@ -833,24 +831,8 @@ fn one_agent_serves_two_networks_with_different_backends() {
     assert_eq!(blue_eps, 3, "{eps}");
     // A network the agent does not serve: a clear error, nothing created.
     let stray = lab.add_pod(0, "stray").unwrap();
-    let mut conf = lab.cni_config(0, "1.1.0");
-    conf["network"] = serde_json::json!("green");
-    let path = trellis_lab::netns_path(&stray.netns).display().to_string();
-    let out = lab
-        .cni(
-            &plugin(),
-            0,
-            &[
-                ("CNI_COMMAND", "ADD"),
-                ("CNI_CONTAINERID", "stray"),
-                ("CNI_NETNS", &path),
-                ("CNI_IFNAME", "eth0"),
-            ],
-            &conf,
-        )
-        .unwrap();
-    assert!(!out.status.success());
-    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, err) = cni_add(&lab, 0, "stray", &stray.netns, "", Some("green"));
+    assert!(!ok);
     assert_eq!(err["code"], 7, "{err}");
     let msg = err["msg"].as_str().unwrap();
     assert!(

@@ -252,12 +252,26 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
     for (name, (subnet, obj)) in cfg.networks.iter().zip(&joined) {
         let (spec, vni) = network_spec(obj)
             .ok_or_else(|| ClusterError::Setup(format!("network {name} is malformed")))?;
-        specs.push((name.clone(), *subnet, spec, vni));
+        specs.push(Leased {
+            name: name.clone(),
+            subnet: *subnet,
+            spec,
+            vni,
+        });
     }
     check_combination(&specs)?;
 
     let mut served = Vec::new();
-    for (i, (name, subnet, spec, vni)) in specs.iter().enumerate() {
+    for (
+        i,
+        Leased {
+            name,
+            subnet,
+            spec,
+            vni,
+        },
+    ) in specs.iter().enumerate()
+    {
         let fabric_net = NetworkFabric {
             name: name.clone(),
             backend: spec.backend,
@@ -296,7 +310,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
         };
         let node_cfg = NodeConfig {
             pod_subnet: *subnet,
-            cluster_cidrs: specs.iter().map(|s| s.2.cidr).collect(),
+            cluster_cidrs: specs.iter().map(|s| s.spec.cidr).collect(),
             excluded: spec
                 .reserved
                 .iter()
@@ -370,24 +384,32 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
     Ok((served, local))
 }
 
+/// A network as joined: its name, our leased subnet, its spec and VNI.
+#[derive(Debug, Clone)]
+struct Leased {
+    name: String,
+    subnet: Ipv4Net,
+    spec: NetworkSpec,
+    vni: Option<u32>,
+}
+
 /// Refuse network combinations one node cannot serve: overlapping CIDRs (their routes
 /// would collide), more than one `udp` network (one pump port), an `l2` network that is
 /// not the first or not alone of its kind (it takes over the uplink).
-fn check_combination(
-    specs: &[(String, Ipv4Net, NetworkSpec, Option<u32>)],
-) -> Result<(), ClusterError> {
+fn check_combination(specs: &[Leased]) -> Result<(), ClusterError> {
     for (i, a) in specs.iter().enumerate() {
         for b in &specs[i + 1..] {
-            if a.0 == b.0 {
+            if a.name == b.name {
                 return Err(ClusterError::Setup(format!(
                     "network {} is listed twice",
-                    a.0
+                    a.name
                 )));
             }
-            if a.2.cidr.contains(&b.2.cidr) || b.2.cidr.contains(&a.2.cidr) {
+            let (x, y) = (a.spec.cidr, b.spec.cidr);
+            if x.contains(&y) || y.contains(&x) {
                 return Err(ClusterError::Setup(format!(
-                    "networks {} ({}) and {} ({}) overlap: one agent cannot route both",
-                    a.0, a.2.cidr, b.0, b.2.cidr
+                    "networks {} ({x}) and {} ({y}) overlap: one agent cannot route both",
+                    a.name, b.name
                 )));
             }
         }
@@ -395,8 +417,8 @@ fn check_combination(
     let of = |b: Backend| -> Vec<&str> {
         specs
             .iter()
-            .filter(|s| s.2.backend == b)
-            .map(|s| s.0.as_str())
+            .filter(|s| s.spec.backend == b)
+            .map(|s| s.name.as_str())
             .collect()
     };
     if of(Backend::Udp).len() > 1 {
@@ -407,7 +429,7 @@ fn check_combination(
         )));
     }
     let l2 = of(Backend::L2);
-    if l2.len() > 1 || (l2.len() == 1 && specs[0].2.backend != Backend::L2) {
+    if l2.len() > 1 || (l2.len() == 1 && specs[0].spec.backend != Backend::L2) {
         return Err(ClusterError::Setup(format!(
             "l2 network {} must be the agent's only l2 network and come first (--network {} first): its bridge takes over the uplink",
             l2.join(", "),
@@ -535,6 +557,14 @@ async fn heartbeat_loop(
     }
 }
 
+/// What the fabric loop works from: every served network with its ready peers, and the
+/// addresses of all Nodes (for `l2` IPAM).
+#[derive(Debug)]
+struct View {
+    nets: Vec<(NetworkFabric, Vec<Peer>)>,
+    hosts: Vec<Ipv4Addr>,
+}
+
 /// Everything the fabric loop owns.
 struct FabricLoop {
     client: Client,
@@ -558,9 +588,10 @@ impl std::fmt::Debug for FabricLoop {
 }
 
 impl FabricLoop {
-    /// Every served network with its peers as the informers see them; `None` until
-    /// both have listed (or while a served network is missing).
-    fn view(&self) -> Option<Vec<(NetworkFabric, Vec<Peer>)>> {
+    /// Every served network with its peers as the informers see them, and every
+    /// Node's address; `None` until both have listed (or while a served network is
+    /// missing).
+    fn view(&self) -> Option<View> {
         let nets = self.networks.snapshot()?;
         let nodes = self.nodes.snapshot()?;
         let mut out = Vec::new();
@@ -598,7 +629,10 @@ impl FabricLoop {
             }
             out.push((net, peers));
         }
-        Some(out)
+        Some(View {
+            nets: out,
+            hosts: node_addresses(nodes.values()),
+        })
     }
 
     async fn run(mut self) {
@@ -626,7 +660,8 @@ impl FabricLoop {
 
     /// Apply the desired state of every served network once, through the one
     /// reconciler; false on error.
-    async fn sync(&mut self, view: &[(NetworkFabric, Vec<Peer>)]) -> bool {
+    async fn sync(&mut self, view: &View) -> bool {
+        let View { nets: view, hosts } = view;
         for ((net, _), s) in view.iter().zip(&self.served) {
             if (net.backend == Backend::L2) != (s.started_backend == Backend::L2) {
                 tracing::error!(
@@ -656,9 +691,7 @@ impl FabricLoop {
         let mut udp = None;
         for ((net, peers), s) in view.iter().zip(&self.served) {
             if net.backend == Backend::L2 {
-                if let Some(nodes) = self.nodes.snapshot() {
-                    exclude_hosts(&s.node, node_addresses(nodes.values()));
-                }
+                exclude_hosts(&s.node, hosts.clone());
             }
             let d = backend::desired(net, &self.local, peers);
             s.node.set_mtu(pod_mtu(net, &self.local));
@@ -755,20 +788,21 @@ impl FabricLoop {
 mod tests {
     use super::*;
 
-    fn spec(
-        name: &str,
-        cidr: &str,
-        backend: Backend,
-    ) -> (String, Ipv4Net, NetworkSpec, Option<u32>) {
+    fn spec(name: &str, cidr: &str, backend: Backend) -> Leased {
         let spec: NetworkSpec = serde_json::from_value(json!({
             "cidr": cidr,
             "backend": backend.as_str(),
         }))
         .unwrap();
-        (name.into(), cidr.parse().unwrap(), spec, None)
+        Leased {
+            name: name.into(),
+            subnet: cidr.parse().unwrap(),
+            spec,
+            vni: None,
+        }
     }
 
-    fn refused(specs: &[(String, Ipv4Net, NetworkSpec, Option<u32>)]) -> String {
+    fn refused(specs: &[Leased]) -> String {
         match check_combination(specs) {
             Err(e) => e.to_string(),
             Ok(()) => panic!("accepted {specs:?}"),
