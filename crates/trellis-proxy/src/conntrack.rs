@@ -37,7 +37,16 @@ pub(crate) struct UdpState {
 }
 
 impl UdpState {
-    pub(crate) fn add(&mut self, svc: &ServiceModel) {
+    /// The flows `services` allow.
+    pub(crate) fn of<'a>(services: impl IntoIterator<Item = &'a ServiceModel>) -> Self {
+        let mut st = UdpState::default();
+        for s in services {
+            st.add(s);
+        }
+        st
+    }
+
+    fn add(&mut self, svc: &ServiceModel) {
         let Some(cip) = svc.cluster_ip else { return };
         let any = !svc.endpoints.is_empty();
         let any_local = svc.endpoints.iter().any(|e| e.local);
@@ -263,11 +272,9 @@ mod tests {
     #[test]
     fn removed_endpoint_is_the_difference() {
         let mut s = dns_service(None, &[2, 3]);
-        let mut before = UdpState::default();
-        before.add(&s);
+        let before = UdpState::of([&s]);
         s.endpoints.pop();
-        let mut after = UdpState::default();
-        after.add(&s);
+        let after = UdpState::of([&s]);
         let gone: Vec<_> = before.flows.difference(&after.flows).collect();
         assert_eq!(
             gone,
@@ -287,8 +294,7 @@ mod tests {
     #[test]
     fn sweep_judges_kernel_entries_against_the_services() {
         let mut s = dns_service(Some(30053), &[2]);
-        let mut state = UdpState::default();
-        state.add(&s);
+        let state = UdpState::of([&s]);
         let node: Vec<Ipv4Addr> = vec!["192.168.1.10".parse().unwrap()];
         let to_gone = entry("udp      17 29 src=10.244.2.9 dst=10.96.0.53 sport=4000 dport=53 src=10.244.1.3 dst=10.244.2.9 sport=5353 dport=4000 mark=0 use=1");
         assert_eq!(
@@ -312,8 +318,7 @@ mod tests {
         assert_eq!(stale(&state, &node, &pod_port), None);
         // A service without endpoints keeps untranslated entries (they are rejected anyway).
         s.endpoints.clear();
-        let mut empty = UdpState::default();
-        empty.add(&s);
+        let empty = UdpState::of([&s]);
         assert_eq!(stale(&empty, &node, &untranslated), None);
         assert!(stale(&empty, &node, &to_current).is_some());
     }

@@ -283,10 +283,7 @@ impl Proxy {
         }
         self.services = next;
         let mut report = self.sync_all()?;
-        let mut allowed = conntrack::UdpState::default();
-        for s in self.services.values() {
-            allowed.add(s);
-        }
+        let allowed = conntrack::UdpState::of(self.services.values());
         report.conntrack_flushed = conntrack::sweep(&allowed, &self.cfg.node_ips)?;
         Ok(report)
     }
@@ -641,15 +638,11 @@ impl Proxy {
         old: &BTreeMap<String, ServiceModel>,
         new: &BTreeMap<String, ServiceModel>,
     ) -> Result<usize, ProxyError> {
-        let mut before = conntrack::UdpState::default();
-        for s in old.values() {
-            before.add(s);
-        }
-        let mut after = conntrack::UdpState::default();
-        for s in new.values() {
-            after.add(s);
-        }
-        conntrack::clean(&before, &after, &self.cfg.node_ips)
+        conntrack::clean(
+            &conntrack::UdpState::of(old.values()),
+            &conntrack::UdpState::of(new.values()),
+            &self.cfg.node_ips,
+        )
     }
 }
 
