@@ -1,7 +1,7 @@
 //! The agent <-> CNI plugin protocol, version [`PROTOCOL_VERSION`].
 //!
 //! Transport: a unix stream socket (default [`DEFAULT_SOCKET`]). One agent serves every
-//! Network of its node; a request names the network its plugin configuration chose
+//! Network it was started with (`--network`); a request names the network its plugin configuration chose
 //! (`network`), or none for the agent's first. The plugin writes one
 //! [`Request`] as a single line of JSON, the agent answers with one [`Response`] line and
 //! closes the connection. A request whose `version` the agent does not speak gets an
