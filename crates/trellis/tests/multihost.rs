@@ -258,6 +258,22 @@ fn node_joins_and_leaves() {
     for i in 0..3 {
         assert!(owned_routes(&lab, i).contains(&subnet));
     }
+    let n4_endpoints = |lab: &Lab| {
+        endpoints(lab)
+            .into_iter()
+            .filter(|e| e["spec"]["node"] == "n4")
+            .collect::<Vec<_>>()
+    };
+    // Its pod's Endpoint is published (and ready) before it leaves.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let n4 = n4_endpoints(&lab);
+            n4.len() == 1 && n4[0]["spec"]["ready"] == true
+        }),
+        "n4's Endpoint was not published: {:?}\n{}",
+        n4_endpoints(&lab),
+        std::fs::read_to_string(lab.dir().join("agent-n4.log")).unwrap_or_default()
+    );
     // It leaves (agent stopped; its lease expires): its routes and FDB entries leave
     // every other node, its endpoints become not ready.
     let pid = pid_of(&lab, "agent n4");
@@ -275,19 +291,13 @@ fn node_joins_and_leaves() {
         })
     });
     assert!(fdb_gone, "FDB entries towards n4 stay");
-    let n4_endpoints = || {
-        endpoints(&lab)
-            .into_iter()
-            .filter(|e| e["spec"]["node"] == "n4")
-            .collect::<Vec<_>>()
-    };
     assert!(
         wait_for(Duration::from_secs(5), || {
-            let n4 = n4_endpoints();
+            let n4 = n4_endpoints(&lab);
             n4.len() == 1 && n4[0]["spec"]["ready"] == false
         }),
         "n4's endpoint is not marked not ready: {:?}",
-        n4_endpoints()
+        n4_endpoints(&lab)
     );
     let before = fabric_snapshot(&lab, n);
     let pod_before = pod_addresses(&lab);
