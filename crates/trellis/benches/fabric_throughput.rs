@@ -434,9 +434,9 @@ fn main() {
                     });
                 }
                 rows.extend(measure(&lab, &paths, rounds, secs));
-                // The same underlay and host-gw paths through a NIC-like link.
+                // The same paths through a NIC-like link.
                 limit_link(&lab, &link);
-                let mut limited: Vec<Path> = paths[..2].to_vec();
+                let mut limited = paths.clone();
                 for p in &mut limited {
                     p.name = format!("{} @link", p.name);
                 }
@@ -538,15 +538,20 @@ fn main() {
     // The link-bound pass: throughput against the shaped underlay, and what the pod path
     // costs in CPU at that rate (busy cores per Gbit/s received).
     println!("\nthe same host-gw lab, its underlay ports shaped to {link} (tbf), median of {rounds} rounds\n");
-    println!("path                1 stream   4 streams   busy cores (1 / 4)   CPU per Gbit/s vs underlay (1 / 4)");
+    println!("path                      1 stream   4 streams   busy cores (1 / 4)   CPU per Gbit/s vs underlay (1 / 4)");
     let busy = |name: &str, s: usize| {
         let r = rows.iter().find(|r| r.name == name).expect("measured");
         median(&r.busy[s])
     };
     let per_gbit = |name: &str, s: usize| busy(name, s) / med(name, s);
-    for name in ["underlay @link", "host-gw @link"] {
+    for name in [
+        "underlay @link",
+        "host-gw @link",
+        "hand-made host-gw @link",
+        "hand-made routed @link",
+    ] {
         println!(
-            "{name:<18}{:>8.2}{:>12.2}{:>13.2} / {:.2}{:>18.2} / {:.2}",
+            "{name:<24}{:>8.2}{:>12.2}{:>13.2} / {:.2}{:>18.2} / {:.2}",
             med(name, 0),
             med(name, 1),
             busy(name, 0),
@@ -555,6 +560,11 @@ fn main() {
             per_gbit(name, 1) / per_gbit("underlay @link", 1)
         );
     }
+    println!(
+        "host-gw vs hand-made host-gw at {link} (same topology, same node tables): CPU per Gbit/s {:.2} / {:.2}, no target",
+        per_gbit("host-gw @link", 0) / per_gbit("hand-made host-gw @link", 0),
+        per_gbit("host-gw @link", 1) / per_gbit("hand-made host-gw @link", 1)
+    );
     let (r1, r4) = (
         paired("host-gw @link", "underlay @link", 0),
         paired("host-gw @link", "underlay @link", 1),
