@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use trellis_api::agent::{codes, Request, RequestError, Response};
+use trellis_api::agent::{codes, Op, Request, RequestError, Response};
 
 use crate::node::Node;
 
@@ -34,37 +34,68 @@ pub async fn bind(path: &Path) -> Result<UnixListener, String> {
 /// The networks the socket serves, each with its CNI backend, in the agent's order: a
 /// request that names no network goes to the first.
 #[derive(Debug, Clone)]
-pub struct Networks(Arc<Vec<(String, Arc<Node>)>>);
+pub struct Networks {
+    list: Arc<Vec<(String, Arc<Node>)>>,
+    /// Host ports are the node's, but each network's IPAM knows only its own: an ADD that
+    /// publishes some holds this while it checks the other networks and reserves.
+    host_ports: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl Networks {
     /// Serve `networks` (at least one).
     pub fn new(networks: Vec<(String, Arc<Node>)>) -> Self {
         assert!(!networks.is_empty(), "an agent serves at least one network");
-        Networks(Arc::new(networks))
+        Networks {
+            list: Arc::new(networks),
+            host_ports: Arc::default(),
+        }
     }
 
     /// Every network's backend, in order.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
-        self.0.iter().map(|(_, n)| n)
+        self.list.iter().map(|(_, n)| n)
     }
 
     /// The backend of `network` (`None`: the first), or why not (for the plugin, with
     /// code [`codes::INVALID_CONFIG`]).
     pub fn route(&self, network: Option<&str>) -> Result<&Arc<Node>, String> {
         let Some(want) = network else {
-            return Ok(&self.0[0].1);
+            return Ok(&self.list[0].1);
         };
-        self.0
+        self.list
             .iter()
             .find(|(name, _)| name == want)
             .map(|(_, n)| n)
             .ok_or_else(|| {
-                let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
+                let names: Vec<&str> = self.list.iter().map(|(n, _)| n.as_str()).collect();
                 format!(
                     "network {want:?} is not served by this node's agent (it serves {}); check the plugin configuration's \"network\" or start the agent with --network {want}",
                     names.join(", ")
                 )
             })
+    }
+
+    /// Handle `op` in `network` (`None`: the first). An ADD publishing host ports that
+    /// another served network already publishes fails with [`codes::PORT_IN_USE`] and
+    /// changes nothing.
+    pub async fn handle(&self, network: Option<&str>, op: Op) -> Response {
+        let node = match self.route(network) {
+            Ok(node) => node,
+            Err(msg) => return Response::error(codes::INVALID_CONFIG, msg),
+        };
+        let ports = match &op {
+            Op::Add(req) if self.list.len() > 1 && !req.port_mappings.is_empty() => {
+                req.port_mappings.clone()
+            }
+            _ => return node.handle(op).await,
+        };
+        let _held = self.host_ports.lock().await;
+        for (name, other) in self.list.iter().filter(|(_, n)| !Arc::ptr_eq(n, node)) {
+            if let Some(e) = other.ipam().port_clash(&ports) {
+                return Response::error(codes::PORT_IN_USE, format!("{e} in network {name}"));
+            }
+        }
+        node.handle(op).await
     }
 }
 
@@ -95,10 +126,7 @@ async fn serve_one(stream: UnixStream, networks: &Networks) -> std::io::Result<(
     let resp = match Request::from_line(line.trim_end()) {
         Ok(req) => {
             tracing::debug!(?req.op, network = ?req.network, "request");
-            match networks.route(req.network.as_deref()) {
-                Ok(node) => node.handle(req.op).await,
-                Err(msg) => Response::error(codes::INVALID_CONFIG, msg),
-            }
+            networks.handle(req.network.as_deref(), req.op).await
         }
         Err(e @ RequestError::Version(_)) => {
             Response::error(codes::INCOMPATIBLE_VERSION, e.to_string())

@@ -99,6 +99,26 @@ pub enum IpamError {
     Store(String),
 }
 
+/// A host port clashes with one published in `st`: the same protocol and port, on the same
+/// host address or with either side on every address.
+fn port_clash(st: &State, mappings: &[PortMapping]) -> Option<IpamError> {
+    mappings.iter().find_map(|pm| {
+        let holder = st.by_ip.values().find(|r| {
+            r.port_mappings.iter().any(|o| {
+                o.protocol == pm.protocol
+                    && o.host_port == pm.host_port
+                    && (o.host_ip.is_none() || pm.host_ip.is_none() || o.host_ip == pm.host_ip)
+            })
+        })?;
+        Some(IpamError::PortInUse {
+            proto: pm.protocol.as_str(),
+            port: pm.host_port,
+            on: pm.host_ip.map(|i| format!(" on {i}")).unwrap_or_default(),
+            holder: holder.attachment.container_id.clone(),
+        })
+    })
+}
+
 fn store_err(e: impl std::fmt::Display) -> IpamError {
     IpamError::Store(e.to_string())
 }
@@ -264,6 +284,12 @@ impl Ipam {
         self.len() == 0
     }
 
+    /// The first of `mappings` that a reservation here already publishes, as the error an
+    /// ADD asking for it gets.
+    pub fn port_clash(&self, mappings: &[PortMapping]) -> Option<IpamError> {
+        port_clash(&self.state.lock().expect("ipam lock"), mappings)
+    }
+
     /// Reserve an address for the attachment in `req`. A retried ADD for an attachment
     /// that already holds an address gets the same reservation back (`true`).
     pub fn reserve(&self, req: &AddRequest) -> Result<(Reservation, bool), IpamError> {
@@ -272,21 +298,8 @@ impl Ipam {
         if let Some(ip) = st.by_attachment.get(&att) {
             return Ok((st.by_ip[&u32::from(*ip)].clone(), true));
         }
-        for pm in &req.port_mappings {
-            if let Some(holder) = st.by_ip.values().find(|r| {
-                r.port_mappings.iter().any(|o| {
-                    o.protocol == pm.protocol
-                        && o.host_port == pm.host_port
-                        && (o.host_ip.is_none() || pm.host_ip.is_none() || o.host_ip == pm.host_ip)
-                })
-            }) {
-                return Err(IpamError::PortInUse {
-                    proto: pm.protocol.as_str(),
-                    port: pm.host_port,
-                    on: pm.host_ip.map(|i| format!(" on {i}")).unwrap_or_default(),
-                    holder: holder.attachment.container_id.clone(),
-                });
-            }
+        if let Some(e) = port_clash(&st, &req.port_mappings) {
+            return Err(e);
         }
         let ip = match req.requested_ip {
             Some(ip) => {

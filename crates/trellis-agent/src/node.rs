@@ -84,6 +84,8 @@ pub struct Node {
     /// Serialises requests for the same attachment (by hash); different attachments
     /// proceed in parallel.
     attachment_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Set by the first sweep since start, which releases orphans without a grace.
+    swept: std::sync::atomic::AtomicBool,
 }
 
 /// Number of per-attachment lock shards.
@@ -200,6 +202,7 @@ impl Node {
             attachment_locks: (0..ATTACHMENT_LOCK_SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            swept: std::sync::atomic::AtomicBool::new(false),
         });
         Ok((node, report))
     }
@@ -479,8 +482,19 @@ impl Node {
     /// One reconcile pass: release reservations whose veth has been gone longer than
     /// the grace period, retire veths on the bridge that hold no reservation, and bring
     /// the port maps to exactly the reservations' mappings.
+    ///
+    /// The first pass since start releases every reservation without its veth at once:
+    /// no ADD outlives the agent (the plugin's connection dies with it), so such a
+    /// reservation is an ADD that never finished or a release the crash lost (releases
+    /// are not synced to disk). Waiting out the grace would keep its address and host
+    /// ports, refusing a recreated pod that publishes the same port.
     pub async fn sweep(&self) -> Result<SweepReport, String> {
         let _g = self.ops.write().await;
+        let grace = if self.swept.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.cfg.orphan_grace.as_secs()
+        } else {
+            0
+        };
         let links = self.nl.links().await.map_err(|e| e.to_string())?;
         let live: HashSet<&str> = links
             .iter()
@@ -495,9 +509,7 @@ impl Node {
         let mut kept = Vec::new();
         for r in self.ipam.list() {
             let name = host_veth_name(&r.attachment.container_id, &r.attachment.ifname);
-            if !live.contains(name.as_str())
-                && now.saturating_sub(r.created) >= self.cfg.orphan_grace.as_secs()
-            {
+            if !live.contains(name.as_str()) && now.saturating_sub(r.created) >= grace {
                 tracing::info!(ip = %r.ip, container = %r.attachment.container_id, "releasing orphaned reservation (its veth is gone)");
                 self.ipam
                     .release(&r.attachment)

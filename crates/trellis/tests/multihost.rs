@@ -8,6 +8,8 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use common::cluster::{
     add_pod, add_pod_in, cluster_lab, http_get, http_get_port, serve_node, NODE_HTTP_PORT,
 };
@@ -201,7 +203,7 @@ fn host_gw_full_mesh_and_off_segment_peer_reported() {
     let n4 = lab.state.nodes[3].name.clone();
     assert!(
         wait_for(Duration::from_secs(10), || {
-            node_json(&lab, "n1")["status"]["unreachablePeers"] == serde_json::json!([n4])
+            node_json(&lab, "n1")["status"]["unreachablePeers"] == json!([n4])
         }),
         "n1 must report {n4} unreachable: {}",
         node_json(&lab, "n1")
@@ -307,7 +309,7 @@ fn node_joins_and_leaves() {
     assert_eq!(pod_addresses(&lab), pod_before);
     assert!(pod_before.last().unwrap().starts_with(&format!("{ip}/")));
     let lease = &node_json(&lab, "n4")["status"]["leases"][0]["cidr"];
-    assert_eq!(lease, &serde_json::json!(subnet), "n4 got another subnet");
+    assert_eq!(lease, &json!(subnet), "n4 got another subnet");
     assert!(owned_routes(&lab, 0).contains(&subnet));
     assert_eq!(
         fabric_snapshot(&lab, n),
@@ -590,20 +592,22 @@ fn pod_mtu_follows_the_underlay() {
     );
 }
 
-/// CNI ADD of container `container` in namespace `netns` on node `node`, with
-/// `CNI_ARGS` and the plugin configuration's `network` (`None`: the agent's first):
-/// whether it succeeded, and the plugin's JSON answer (result or error).
-fn cni_add(
+/// CNI `command` (ADD, DEL) of container `container` in namespace `netns` on node `node`,
+/// with `CNI_ARGS` and `extra` keys set in the plugin configuration (`network`,
+/// `runtimeConfig`): whether it succeeded, and the plugin's JSON answer (result or error;
+/// `null` for an empty answer).
+fn cni_call(
     lab: &Lab,
+    command: &str,
     node: usize,
     container: &str,
     netns: &str,
     cni_args: &str,
-    network: Option<&str>,
+    extra: serde_json::Value,
 ) -> (bool, serde_json::Value) {
     let mut conf = lab.cni_config(node, "1.1.0");
-    if let Some(n) = network {
-        conf["network"] = serde_json::json!(n);
+    for (k, v) in extra.as_object().expect("an object") {
+        conf[k] = v.clone();
     }
     let path = trellis_lab::netns_path(netns).display().to_string();
     let out = lab
@@ -611,7 +615,7 @@ fn cni_add(
             &plugin(),
             node,
             &[
-                ("CNI_COMMAND", "ADD"),
+                ("CNI_COMMAND", command),
                 ("CNI_CONTAINERID", container),
                 ("CNI_NETNS", &path),
                 ("CNI_IFNAME", "eth0"),
@@ -620,8 +624,12 @@ fn cni_add(
             &conf,
         )
         .unwrap();
-    let answer = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let answer = if out.stdout.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
     (out.status.success(), answer)
 }
 
@@ -645,7 +653,7 @@ fn endpoints_follow_attachments_with_labels() {
     .unwrap();
     let add = |lab: &mut Lab, node: usize, name: &str, args: &str| {
         let pod = lab.add_pod(node, name).unwrap();
-        let (ok, answer) = cni_add(lab, node, name, &pod.netns, args, None);
+        let (ok, answer) = cni_call(lab, "ADD", node, name, &pod.netns, args, json!({}));
         assert!(ok, "{answer}");
     };
     add(
@@ -675,7 +683,7 @@ fn endpoints_follow_attachments_with_labels() {
     assert_eq!(db["spec"]["node"], "n2");
     // A bad LABELS argument is a clear CNI error that changes nothing.
     let pod = lab.add_pod(2, "bad").unwrap();
-    let (ok, err) = cni_add(&lab, 2, "c3", &pod.netns, "LABELS=app", None);
+    let (ok, err) = cni_call(&lab, "ADD", 2, "c3", &pod.netns, "LABELS=app", json!({}));
     assert!(!ok);
     assert_eq!(err["code"], 4, "{err}");
     assert!(err["msg"].as_str().unwrap().contains("LABELS"), "{err}");
@@ -700,7 +708,7 @@ fn endpoints_follow_attachments_with_labels() {
         .into_iter()
         .find(|e| e["spec"]["podName"] == "web-1")
         .unwrap();
-    web["spec"]["ready"] = serde_json::json!(false);
+    web["spec"]["ready"] = json!(false);
     lab.apply(&t, &web.to_string()).unwrap();
     add(&mut lab, 0, "c4", "LABELS=app=late");
     assert!(wait_for(Duration::from_secs(10), || endpoints(&lab).len() == 2));
@@ -841,7 +849,15 @@ fn one_agent_serves_two_networks_with_different_backends() {
     assert_eq!(blue_eps, 3, "{eps}");
     // A network the agent does not serve: a clear error, nothing created.
     let stray = lab.add_pod(0, "stray").unwrap();
-    let (ok, err) = cni_add(&lab, 0, "stray", &stray.netns, "", Some("green"));
+    let (ok, err) = cni_call(
+        &lab,
+        "ADD",
+        0,
+        "stray",
+        &stray.netns,
+        "",
+        json!({"network": "green"}),
+    );
     assert!(!ok);
     assert_eq!(err["code"], 7, "{err}");
     let msg = err["msg"].as_str().unwrap();
@@ -852,6 +868,67 @@ fn one_agent_serves_two_networks_with_different_backends() {
     let stray_links = lab.exec(&stray.netns, &["ip", "-o", "link"]).unwrap();
     assert!(!String::from_utf8_lossy(&stray_links.stdout).contains("eth0"));
     lab.remove_pod_netns(&stray.netns).unwrap();
+    // Host ports are the node's: one published in `default` is refused in `blue` (CNI
+    // code 103, naming the holder and its network) and nothing is made for the second pod;
+    // once the holder is gone, `blue` may publish it.
+    let ports = |net: &str| {
+        json!({"network": net, "runtimeConfig": {"portMappings": [
+            {"hostPort": 18111, "containerPort": 80, "protocol": "tcp"}]}})
+    };
+    let node_links = |lab: &Lab| {
+        let o = lab.exec(&n1, &["ip", "-o", "link"]).unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let links_before = node_links(&lab);
+    let holder = lab.add_pod(0, "hp-red").unwrap();
+    let (ok, res) = cni_call(
+        &lab,
+        "ADD",
+        0,
+        "hp-red",
+        &holder.netns,
+        "",
+        ports("default"),
+    );
+    assert!(ok, "{res}");
+    let second = lab.add_pod(0, "hp-blue").unwrap();
+    let (ok, err) = cni_call(&lab, "ADD", 0, "hp-blue", &second.netns, "", ports("blue"));
+    assert!(!ok);
+    assert_eq!(err["code"], 103, "{err}");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("tcp/18111") && msg.contains("hp-red") && msg.contains("network default"),
+        "{msg}"
+    );
+    let second_links = lab.exec(&second.netns, &["ip", "-o", "link"]).unwrap();
+    assert!(!String::from_utf8_lossy(&second_links.stdout).contains("eth0"));
+    let blue_maps = lab
+        .exec(&n1, &["nft", "list", "table", "ip", "trellis-net-blue"])
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&blue_maps.stdout).contains("18111"));
+    let (ok, res) = cni_call(
+        &lab,
+        "DEL",
+        0,
+        "hp-red",
+        &holder.netns,
+        "",
+        ports("default"),
+    );
+    assert!(ok, "{res}");
+    let (ok, res) = cni_call(&lab, "ADD", 0, "hp-blue", &second.netns, "", ports("blue"));
+    assert!(ok, "{res}");
+    let (ok, res) = cni_call(&lab, "DEL", 0, "hp-blue", &second.netns, "", ports("blue"));
+    assert!(ok, "{res}");
+    for p in [holder, second] {
+        lab.remove_pod_netns(&p.netns).unwrap();
+    }
+    // Veths go with their namespace, asynchronously: settle before the restart check.
+    assert!(
+        wait_for(Duration::from_secs(10), || node_links(&lab) == links_before),
+        "the host-port pods' veths stay: {}",
+        node_links(&lab)
+    );
     // kill -9 and restart: both networks adopted, nothing changes.
     let before = fabric_snapshot(&lab, 0);
     let tables_before = lab

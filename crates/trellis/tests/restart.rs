@@ -186,3 +186,52 @@ fn sweep_releases_orphans() {
     assert!(wait_for(Duration::from_secs(5), || !nft_table(&lab, &node)
         .contains("18099")));
 }
+
+/// Releases are not synced to disk, so a `kill -9` right after a DEL can bring the
+/// reservation back. The first sweep after the restart releases it at once (its veth is
+/// gone), not after the orphan grace: a recreated pod publishing the same host port is
+/// served straight away and the address count is right.
+#[test]
+fn release_lost_in_a_crash_does_not_hold_its_host_port() {
+    let mut lab = lab_with_agents(1);
+    let node = lab.state.nodes[0].netns.clone();
+    let add = |lab: &trellis_lab::Lab, id: &str, netns: &str| {
+        let path = netns_path(netns).display().to_string();
+        let mut c = lab.cni_config(0, "1.1.0");
+        c["runtimeConfig"] = json!({"portMappings": [{"hostPort": 18095, "containerPort": 80}]});
+        lab.cni(&plugin(), 0, &common::cni_env("ADD", id, &path), &c)
+            .unwrap()
+    };
+    let first = lab.add_pod(0, "gone").unwrap();
+    let out = add(&lab, "gone", &first.netns);
+    assert!(out.status.success(), "{}", json(&out));
+    let path = netns_path(&first.netns).display().to_string();
+    let out = lab
+        .cni(
+            &plugin(),
+            0,
+            &common::cni_env("DEL", "gone", &path),
+            &lab.cni_config(0, "1.1.0"),
+        )
+        .unwrap();
+    assert!(out.status.success());
+    let pid = common::pid_of(&lab, "agent n1");
+    lab.stop(pid, true);
+    lab.start_agent(&trellis(), 0, &[]).unwrap();
+    // The first sweep runs as the agent starts serving; an ADD right away may beat it,
+    // so retry for a few seconds — far below the 60 s grace the reservation would
+    // otherwise keep its port for.
+    let second = lab.add_pod(0, "again").unwrap();
+    let mut last = None;
+    let served = wait_for(Duration::from_secs(5), || {
+        let out = add(&lab, "again", &second.netns);
+        let ok = out.status.success();
+        last = Some(json(&out));
+        ok
+    });
+    assert!(served, "host port still held: {last:?}");
+    let status = common::agent_raw(&lab, 0, r#"{"version":1,"op":"status"}"#);
+    assert_eq!(status["status"]["reserved"], 1, "{status}");
+    let table = nft_table(&lab, &node);
+    assert_eq!(table.matches("18095").count(), 1, "{table}");
+}
