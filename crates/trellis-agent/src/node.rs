@@ -84,7 +84,8 @@ pub struct Node {
     /// Serialises requests for the same attachment (by hash); different attachments
     /// proceed in parallel.
     attachment_locks: Vec<tokio::sync::Mutex<()>>,
-    /// Set by the first sweep since start, which releases orphans without a grace.
+    /// Set by the first successful sweep since start (which releases orphans without a
+    /// grace).
     swept: std::sync::atomic::AtomicBool,
 }
 
@@ -109,6 +110,8 @@ pub struct StartReport {
     pub table_written: bool,
     /// Reservations loaded from the state file.
     pub reservations: usize,
+    /// Of those, released at once because their veth was gone (see [`Node::sweep`]).
+    pub orphans_released: usize,
 }
 
 fn ipam_response(e: IpamError) -> Response {
@@ -184,11 +187,12 @@ impl Node {
             bridge: cfg.bridge.clone(),
         };
         let action = nat::ensure_table(&nat_cfg).map_err(|e| e.to_string())?;
-        let report = StartReport {
+        let mut report = StartReport {
             bridge_created,
             gateway_added: !had_gw,
             table_written: action == nat::TableAction::Written,
             reservations: ipam.len(),
+            orphans_released: 0,
         };
         let node = Arc::new(Node {
             cfg,
@@ -204,6 +208,11 @@ impl Node {
                 .collect(),
             swept: std::sync::atomic::AtomicBool::new(false),
         });
+        // Before anything is served or published: free what a crash left behind.
+        match node.sweep().await {
+            Ok(r) => report.orphans_released = r.released,
+            Err(e) => tracing::warn!("first sweep: {e}"),
+        }
         Ok((node, report))
     }
 
@@ -483,14 +492,15 @@ impl Node {
     /// the grace period, retire veths on the bridge that hold no reservation, and bring
     /// the port maps to exactly the reservations' mappings.
     ///
-    /// The first pass since start releases every reservation without its veth at once:
+    /// The first pass since start ([`Node::start`] runs it before anything is served)
+    /// releases every reservation without its veth at once:
     /// no ADD outlives the agent (the plugin's connection dies with it), so such a
     /// reservation is an ADD that never finished or a release the crash lost (releases
     /// are not synced to disk). Waiting out the grace would keep its address and host
     /// ports, refusing a recreated pod that publishes the same port.
     pub async fn sweep(&self) -> Result<SweepReport, String> {
         let _g = self.ops.write().await;
-        let grace = if self.swept.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let grace = if self.swept.load(std::sync::atomic::Ordering::Relaxed) {
             self.cfg.orphan_grace.as_secs()
         } else {
             0
@@ -533,6 +543,7 @@ impl Node {
         if !errors.is_empty() {
             return Err(errors.join("; "));
         }
+        self.swept.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(report)
     }
 

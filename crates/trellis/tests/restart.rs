@@ -121,7 +121,7 @@ fn agent_kill9_and_restart_loses_nothing() {
     let log = std::fs::read_to_string(lab.dir().join("agent-n1.log")).unwrap();
     assert!(
         log.contains(
-            "bridge_created: false, gateway_added: false, table_written: false, reservations: 3"
+            "bridge_created: false, gateway_added: false, table_written: false, reservations: 3, orphans_released: 0"
         ),
         "{log}"
     );
@@ -188,9 +188,9 @@ fn sweep_releases_orphans() {
 }
 
 /// Releases are not synced to disk, so a `kill -9` right after a DEL can bring the
-/// reservation back. The first sweep after the restart releases it at once (its veth is
-/// gone), not after the orphan grace: a recreated pod publishing the same host port is
-/// served straight away and the address count is right.
+/// reservation back. The agent's first sweep, before it serves, releases it (its veth is
+/// gone) instead of waiting out the orphan grace: a recreated pod publishing the same
+/// host port is served straight away and the address count is right.
 #[test]
 fn release_lost_in_a_crash_does_not_hold_its_host_port() {
     let mut lab = lab_with_agents(1);
@@ -218,18 +218,15 @@ fn release_lost_in_a_crash_does_not_hold_its_host_port() {
     let pid = common::pid_of(&lab, "agent n1");
     lab.stop(pid, true);
     lab.start_agent(&trellis(), 0, &[]).unwrap();
-    // The first sweep runs as the agent starts serving; an ADD right away may beat it,
-    // so retry for a few seconds — far below the 60 s grace the reservation would
-    // otherwise keep its port for.
+    let log = std::fs::read_to_string(lab.dir().join("agent-n1.log")).unwrap();
+    assert!(
+        log.contains("reservations: 1, orphans_released: 1"),
+        "the DEL's release survived the crash, nothing was tested: {log}"
+    );
+    // The agent sweeps before it serves: the first ADD is served.
     let second = lab.add_pod(0, "again").unwrap();
-    let mut last = None;
-    let served = wait_for(Duration::from_secs(5), || {
-        let out = add(&lab, "again", &second.netns);
-        let ok = out.status.success();
-        last = Some(json(&out));
-        ok
-    });
-    assert!(served, "host port still held: {last:?}");
+    let out = add(&lab, "again", &second.netns);
+    assert!(out.status.success(), "host port still held: {}", json(&out));
     let status = common::agent_raw(&lab, 0, r#"{"version":1,"op":"status"}"#);
     assert_eq!(status["status"]["reserved"], 1, "{status}");
     let table = nft_table(&lab, &node);
