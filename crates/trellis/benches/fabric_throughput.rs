@@ -36,9 +36,10 @@
 //!
 //! Each round measures, per stream count, a lab's paths back to back (reversed every other
 //! round). Each figure is the median over the rounds and the table's ratios are ratios of
-//! medians; the two target lines (vxlan vs hand-made, host-gw vs underlay) take the median
-//! of the per-round ratios, which cancels load drifting between rounds, and also show the
-//! ratio of the best runs (interference only ever lowers a run). The load average is
+//! medians; the target lines (vxlan vs hand-made, host-gw vs underlay as is and through the
+//! shaped link) take the median of the per-round ratios, which cancels load drifting
+//! between rounds; the first two also show the ratio of the best runs (interference only
+//! ever lowers a run). The load average is
 //! printed: other work on the machine moves these figures (iperf3 runs at `nice -10` to
 //! soften that; the udp backend's pump, in the agent, does not). Traffic stays inside the
 //! labs; the labs (agents, servers, iperf3, namespaces) go when they drop.
@@ -224,9 +225,9 @@ enum HandMade {
 
 /// A hand-made pod network between nodes 0 and 1 of `lab`, on 10.99.0.0/16 (10.98.0.0/16
 /// for [`HandMade::Routed`]), devices named `hm…`: on node i (1, 2) a pod namespace behind
-/// the veth `hmv0` (`hmr0` when routed) with 10.9x.i.2 and the route to the other node's 10.9x.j.0/24; the
-/// bridged kinds put `hmv0` on a bridge `hmbr0` with 10.9x.i.1/24. Returns the pods'
-/// namespaces and addresses.
+/// the veth `hmv0` (`hmr0` when routed) with 10.9x.i.2 and the route to the other
+/// node's 10.9x.j.0/24; the bridged kinds put `hmv0` on a bridge `hmbr0` with
+/// 10.9x.i.1/24. Returns the pods' namespaces and addresses.
 fn hand_made(lab: &mut Lab, kind: HandMade) -> [(String, Ipv4Addr); 2] {
     let (mtu, net, v) = match kind {
         HandMade::HostGw => (1500, 99, "hmv0"),
