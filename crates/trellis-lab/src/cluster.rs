@@ -76,6 +76,13 @@ impl Lab {
         });
         std::fs::write(self.client_config(), cfg.to_string())
             .map_err(|e| LabError::Io(format!("write client config: {e}")))?;
+        self.run_server(trellis, t)
+    }
+
+    /// Run `trellis server run` on the server directory [`Lab::start_server`] made (a
+    /// restart keeps its CA, tokens and store); returns its pid once it answers.
+    pub fn run_server(&mut self, trellis: &Path, t: &Timing) -> Result<u32> {
+        let dir = self.server_dir();
         let mut c = Command::new(trellis);
         c.args([
             "server",

@@ -343,6 +343,70 @@ fn fabric_snapshot(lab: &Lab, node: usize) -> String {
     s
 }
 
+/// Monitors on the first `nodes` nodes recording every route, link and neighbour change
+/// (`ip monitor`) and every FDB change (`bridge monitor`): (name, pid) pairs.
+fn start_monitors(lab: &mut Lab, nodes: usize) -> Vec<(String, u32)> {
+    let mut monitors = Vec::new();
+    for i in 0..nodes {
+        let ns = lab.state.nodes[i].netns.clone();
+        let mut m = std::process::Command::new("ip");
+        m.args(["-4", "-ts", "monitor", "label", "route", "link", "neigh"]);
+        let name = format!("monitor n{}", i + 1);
+        monitors.push((name.clone(), lab.spawn(&ns, &name, m).unwrap()));
+        let mut b = std::process::Command::new("bridge");
+        b.args(["monitor", "fdb"]);
+        let name = format!("fdbmonitor n{}", i + 1);
+        monitors.push((name.clone(), lab.spawn(&ns, &name, b).unwrap()));
+    }
+    monitors
+}
+
+/// Stop the monitors and assert they saw no change of a configured entry. Traffic moves
+/// learned FDB entries and ARP states: only configured entries (the fabric's) count. The
+/// bridge's own port notifications (family AF_BRIDGE, printed without a qdisc: a port's
+/// STP state settling some seconds after it joined) are not changes either.
+fn assert_no_configured_changes(lab: &mut Lab, monitors: Vec<(String, u32)>, during: &str) {
+    let mut seen = Vec::new();
+    for (name, pid) in monitors {
+        lab.stop(pid, false);
+        let file = lab.dir().join(format!("{}.log", name.replace(' ', "-")));
+        let log =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        // One record per event: continuation lines start with whitespace.
+        let mut records: Vec<String> = Vec::new();
+        for l in log.lines().filter(|l| !l.trim().is_empty()) {
+            match records.last_mut() {
+                Some(r) if l.starts_with(char::is_whitespace) => {
+                    r.push('\n');
+                    r.push_str(l);
+                }
+                _ => records.push(l.to_string()),
+            }
+        }
+        let changes: Vec<String> = records
+            .into_iter()
+            .filter(|r| {
+                let bridge_port_note =
+                    r.contains("[LINK]") && r.contains(" master ") && !r.contains(" qdisc ");
+                !bridge_port_note
+                    && (!r.contains("[NEIGH]") || r.contains("PERMANENT"))
+                    && (!name.starts_with("fdb")
+                        || r.contains(" dst ")
+                        || r.contains("permanent")
+                        || r.contains("static"))
+            })
+            .collect();
+        if !changes.is_empty() {
+            seen.push(format!("{name}:\n{}", changes.join("\n")));
+        }
+    }
+    assert!(
+        seen.is_empty(),
+        "kernel changes during {during}:\n{}",
+        seen.join("\n")
+    );
+}
+
 #[test]
 fn agent_kill9_under_iperf3_changes_nothing() {
     require(&["iperf3"]);
@@ -360,20 +424,7 @@ fn agent_kill9_under_iperf3_changes_nothing() {
     lab.spawn(&srv_ns, "iperf3 server", iperf).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let before: Vec<String> = (0..3).map(|i| fabric_snapshot(&lab, i)).collect();
-    // Monitors on n1 and n2 record every route, link and neighbour change (`ip
-    // monitor`) and every FDB change (`bridge monitor`).
-    let mut monitors = Vec::new();
-    for i in 0..2 {
-        let ns = lab.state.nodes[i].netns.clone();
-        let mut m = std::process::Command::new("ip");
-        m.args(["-4", "monitor", "label", "route", "link", "neigh"]);
-        let name = format!("monitor n{}", i + 1);
-        monitors.push((name.clone(), lab.spawn(&ns, &name, m).unwrap()));
-        let mut b = std::process::Command::new("bridge");
-        b.args(["monitor", "fdb"]);
-        let name = format!("fdbmonitor n{}", i + 1);
-        monitors.push((name.clone(), lab.spawn(&ns, &name, b).unwrap()));
-    }
+    let monitors = start_monitors(&mut lab, 2);
     let stream_start = Instant::now();
     let client = std::thread::spawn(move || {
         std::process::Command::new("ip")
@@ -430,30 +481,7 @@ fn agent_kill9_under_iperf3_changes_nothing() {
     for (i, b) in before.iter().enumerate() {
         assert_eq!(&fabric_snapshot(&lab, i), b, "node n{} changed", i + 1);
     }
-    for (name, pid) in monitors {
-        lab.stop(pid, false);
-        let file = lab.dir().join(format!("{}.log", name.replace(' ', "-")));
-        let log =
-            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        // Traffic moves learned FDB entries and ARP states: only configured entries
-        // (the fabric's) count.
-        let changes: Vec<&str> = log
-            .lines()
-            .filter(|l| {
-                !l.trim().is_empty()
-                    && (!l.starts_with("[NEIGH]") || l.contains("PERMANENT"))
-                    && (!name.starts_with("fdb")
-                        || l.contains(" dst ")
-                        || l.contains("permanent")
-                        || l.contains("static"))
-            })
-            .collect();
-        assert!(
-            changes.is_empty(),
-            "{name}: kernel changes on agent restart:\n{}",
-            changes.join("\n")
-        );
-    }
+    assert_no_configured_changes(&mut lab, monitors, "agent restart");
     for n in ["n1", "n2"] {
         let log = std::fs::read_to_string(lab.dir().join(format!("agent-{n}.log"))).unwrap();
         let last_start = log.rfind("joined the cluster").unwrap();
@@ -463,6 +491,68 @@ fn agent_kill9_under_iperf3_changes_nothing() {
             &log[last_start..]
         );
     }
+}
+
+/// The control plane goes away (`kill -9` of the server, longer than the node lease TTL
+/// and a fabric resync) and comes back: the agents keep every route, FDB entry,
+/// neighbour and link, pods keep talking, and the server's return changes nothing either
+/// (its store still holds leases it can no longer have renewed; it must not declare the
+/// nodes dead before they can heartbeat).
+#[test]
+fn server_outage_and_return_change_nothing() {
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = cluster_lab(3, 0, "vxlan", 1);
+    assert_mesh(&lab, Duration::from_secs(15), "before");
+    let before: Vec<String> = (0..3).map(|i| fabric_snapshot(&lab, i)).collect();
+    let monitors = start_monitors(&mut lab, 3);
+    let pid = pid_of(&lab, "server");
+    lab.stop(pid, true);
+    let down_for = Duration::from_secs_f64(timing.node_lease_ttl as f64 + timing.resync + 1.0);
+    std::thread::sleep(down_for);
+    assert!(
+        mesh_failures(&lab).is_empty(),
+        "server down: {:?}",
+        mesh_failures(&lab)
+    );
+    for (i, b) in before.iter().enumerate() {
+        assert_eq!(
+            &fabric_snapshot(&lab, i),
+            b,
+            "server down: node n{} changed",
+            i + 1
+        );
+    }
+    lab.run_server(&t, &timing).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            (1..=3).all(|i| node_json(&lab, &format!("n{i}"))["status"]["ready"] == true)
+        }),
+        "nodes not ready again after the server's return"
+    );
+    // A lease TTL and a fabric pass after the return.
+    std::thread::sleep(Duration::from_secs_f64(
+        timing.node_lease_ttl as f64 + timing.resync,
+    ));
+    assert!(
+        mesh_failures(&lab).is_empty(),
+        "server back: {:?}",
+        mesh_failures(&lab)
+    );
+    for (i, b) in before.iter().enumerate() {
+        assert_eq!(
+            &fabric_snapshot(&lab, i),
+            b,
+            "server back: node n{} changed",
+            i + 1
+        );
+    }
+    assert_no_configured_changes(&mut lab, monitors, "the server's outage and return");
+    assert!(
+        endpoints(&lab).iter().all(|e| e["spec"]["ready"] == true),
+        "{:?}",
+        endpoints(&lab)
+    );
 }
 
 #[test]
