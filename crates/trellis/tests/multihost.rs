@@ -494,10 +494,10 @@ fn agent_kill9_under_iperf3_changes_nothing() {
 }
 
 /// The control plane goes away (`kill -9` of the server, longer than the node lease TTL
-/// and a fabric resync) and comes back: the agents keep every route, FDB entry,
-/// neighbour and link, pods keep talking, and the server's return changes nothing either
-/// (its store still holds leases it can no longer have renewed; it must not declare the
-/// nodes dead before they can heartbeat).
+/// and a fabric resync; one agent is killed and restarted meanwhile) and comes back: the
+/// agents keep every route, FDB entry, neighbour and link, pods keep talking, and the
+/// server's return changes nothing either (its store still holds leases nobody could
+/// renew; it must not declare the nodes dead before they can heartbeat).
 #[test]
 fn server_outage_and_return_change_nothing() {
     let t = trellis();
@@ -508,6 +508,15 @@ fn server_outage_and_return_change_nothing() {
     let monitors = start_monitors(&mut lab, 3);
     let pid = pid_of(&lab, "server");
     lab.stop(pid, true);
+    // Agent n1 also dies and comes back while the server is away: it cannot join, so it
+    // must touch nothing until it can.
+    let pid = pid_of(&lab, "agent n1");
+    lab.stop(pid, true);
+    let agent = lab
+        .cluster_agent_command(&t, 0, "default", &timing)
+        .unwrap();
+    let n1 = lab.state.nodes[0].netns.clone();
+    lab.spawn(&n1, "agent n1", agent).unwrap();
     let down_for = Duration::from_secs_f64(timing.node_lease_ttl as f64 + timing.resync + 1.0);
     std::thread::sleep(down_for);
     assert!(
@@ -524,6 +533,13 @@ fn server_outage_and_return_change_nothing() {
         );
     }
     lab.run_server(&t, &timing).unwrap();
+    let socket = lab.agent_paths(0).socket;
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        }),
+        "the restarted agent n1 did not join once the server was back"
+    );
     assert!(
         wait_for(Duration::from_secs(15), || {
             (1..=3).all(|i| node_json(&lab, &format!("n{i}"))["status"]["ready"] == true)
