@@ -1,9 +1,10 @@
 //! Cluster mode: the agent joins a Trellis server. It registers its Node, heartbeats,
-//! takes its subnet lease of every network it serves, runs the same CNI backend as
-//! single-node mode on each subnet (one pod bridge, IPAM file and nftables table per
-//! network), publishes an Endpoint per attachment ([`endpoints`]), and keeps the fabric
-//! (routes, neighbours, FDB entries, tunnel devices) of all its networks in step with
-//! the other nodes' leases through the one shared reconciler of `trellis-fabric`.
+//! takes its subnet lease of every network it serves (`join`), runs the same CNI backend
+//! as single-node mode on each subnet (one pod bridge, IPAM file and nftables table per
+//! network), publishes an Endpoint per attachment ([`endpoints`]), runs the service proxy
+//! and DNS ([`services`]), and keeps the fabric (routes, neighbours, FDB entries, tunnel
+//! devices) of all its networks in step with the other nodes' leases through the one
+//! shared reconciler of `trellis-fabric` (`fabric`). This module starts it all.
 //!
 //! Invariants:
 //! - nothing in the kernel is touched until the first complete list of Nodes and the
@@ -15,6 +16,7 @@
 pub mod endpoints;
 mod fabric;
 mod informer;
+mod join;
 pub mod services;
 
 use std::net::Ipv4Addr;
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use serde_json::{json, Value};
+use serde_json::Value;
 use trellis_api::objects::{Backend, NetworkSpec};
 use trellis_client::{Client, ClientError};
 use trellis_fabric::reconcile::Reconciler;
@@ -33,7 +35,7 @@ use trellis_net::Netlink;
 use crate::node::{L2Uplink, Node, NodeConfig};
 use fabric::FabricLoop;
 use informer::Informer;
-use trellis_api::naming::LINK_PREFIX;
+use join::{detect_local, heartbeat_loop, join};
 
 /// How the agent joins the cluster.
 #[derive(Debug, Clone)]
@@ -95,82 +97,6 @@ pub struct Served {
     cidr: Ipv4Net,
 }
 
-/// The underlay as found in the kernel.
-#[derive(Debug, Clone)]
-struct Underlay {
-    /// The link carrying the node address (the pod bridge itself once `l2` moved it).
-    local: Local,
-    /// The physical uplink: `local.uplink`, or the bridge's uplink port under `l2`.
-    port: String,
-    /// The default route's gateway.
-    gateway: Option<Ipv4Addr>,
-}
-
-/// The underlay: `uplink` (or the default route's link), its address and MTU.
-async fn detect_local(nl: &Netlink, cfg: &ClusterConfig) -> Result<Underlay, ClusterError> {
-    let links = nl
-        .links()
-        .await
-        .map_err(|e| ClusterError::Setup(e.to_string()))?;
-    let routes = nl
-        .routes()
-        .await
-        .map_err(|e| ClusterError::Setup(e.to_string()))?;
-    let default = routes.iter().find(|(d, _, _)| d.prefix_len() == 0);
-    let mut link = match &cfg.uplink {
-        Some(name) => links.iter().find(|l| &l.name == name),
-        None => links
-            .iter()
-            .find(|l| Some(l.index) == default.and_then(|r| r.2)),
-    };
-    let mut port = link.map(|l| l.name.clone());
-    // Under `l2` the node address lives on the pod bridge and the uplink is its port.
-    if let Some(br) = link.filter(|l| l.name == cfg.bridge) {
-        port = links
-            .iter()
-            .find(|l| l.master == Some(br.index) && !l.name.starts_with(LINK_PREFIX))
-            .map(|l| l.name.clone());
-    } else if let Some(br) = links.iter().find(|l| l.name == cfg.bridge) {
-        // `--uplink eth0` given after l2 enslaved it: the address is on the bridge.
-        if link.is_some_and(|l| l.master == Some(br.index)) {
-            link = Some(br);
-        }
-    }
-    let link = link.ok_or_else(|| {
-        ClusterError::Setup(match &cfg.uplink {
-            Some(n) => format!("uplink {n} does not exist"),
-            None => "no default route to find the uplink by; pass --uplink".into(),
-        })
-    })?;
-    let addrs = nl
-        .addrs(link.index)
-        .await
-        .map_err(|e| ClusterError::Setup(e.to_string()))?;
-    let segment = match cfg.address {
-        Some(a) => addrs
-            .iter()
-            .find(|n| n.addr() == a)
-            .copied()
-            .ok_or_else(|| {
-                ClusterError::Setup(format!("{a} is not an address of {}", link.name))
-            })?,
-        None => *addrs.first().ok_or_else(|| {
-            ClusterError::Setup(format!("uplink {} has no IPv4 address", link.name))
-        })?,
-    };
-    Ok(Underlay {
-        local: Local {
-            name: cfg.node.clone(),
-            address: segment.addr(),
-            uplink: link.name.clone(),
-            segment,
-            uplink_mtu: link.mtu,
-        },
-        port: port.unwrap_or_else(|| link.name.clone()),
-        gateway: default.and_then(|r| r.1),
-    })
-}
-
 /// The underlay addresses of these Node objects.
 fn node_addresses<'a>(nodes: impl Iterator<Item = &'a Value>) -> Vec<Ipv4Addr> {
     nodes
@@ -190,29 +116,7 @@ fn exclude_hosts(node: &Node, hosts: Vec<Ipv4Addr>) {
     }
 }
 
-/// Create or update our Node with the underlay address.
-async fn register(client: &Client, name: &str, address: Ipv4Addr) -> Result<(), ClientError> {
-    let path = format!("/v1/nodes/{name}");
-    match client.get(&path).await {
-        Ok(mut n) => {
-            if n["spec"]["address"] != json!(address) {
-                n["spec"]["address"] = json!(address);
-                client.put(&path, &n).await?;
-            }
-            Ok(())
-        }
-        Err(e) if e.status() == Some(404) => {
-            let n = json!({"apiVersion": "trellis/v1", "kind": "Node", "metadata": {"name": name}, "spec": {"address": address}});
-            match client.post("/v1/nodes", &n).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.status() == Some(409) => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
+/// A Network object's spec and VNI; `None` when it does not parse.
 fn network_spec(obj: &Value) -> Option<(NetworkSpec, Option<u32>)> {
     let spec: NetworkSpec = serde_json::from_value(obj["spec"].clone()).ok()?;
     let vni = spec
@@ -491,75 +395,10 @@ async fn start_services(
     Ok(())
 }
 
-/// Register, heartbeat, lease a subnet of every network and read them, in
-/// `cfg.networks` order.
-async fn join(
-    client: &Client,
-    cfg: &ClusterConfig,
-    local: &Local,
-) -> Result<Vec<(Ipv4Net, Value)>, ClientError> {
-    register(client, &cfg.node, local.address).await?;
-    client
-        .post(&format!("/v1/nodes/{}/heartbeat", cfg.node), &json!({}))
-        .await?;
-    let mut out = Vec::new();
-    for network in &cfg.networks {
-        let lease = client
-            .post(
-                &format!("/v1/nodes/{}/subnets/{network}", cfg.node),
-                &json!({}),
-            )
-            .await?;
-        let subnet: Ipv4Net = serde_json::from_value(lease["cidr"].clone())
-            .map_err(|e| ClientError::Decode(format!("subnet lease of {network}: {e}")))?;
-        let net = client.get(&format!("/v1/networks/{network}")).await?;
-        out.push((subnet, net));
-    }
-    Ok(out)
-}
-
-/// Heartbeat forever. After the node's lease lapsed (a partition, a stopped agent) the
-/// subnet leases are renewed too; losing a subnet to another node is fatal for its pods
-/// and logged loudly.
-async fn heartbeat_loop(
-    client: Client,
-    cfg: ClusterConfig,
-    leases: Vec<(String, Ipv4Net)>,
-    address: Ipv4Addr,
-) {
-    let path = format!("/v1/nodes/{}/heartbeat", cfg.node);
-    loop {
-        tokio::time::sleep(cfg.heartbeat).await;
-        match client.post(&path, &json!({})).await {
-            Ok(v) if v["renewed"] == json!(true) => {}
-            Ok(_) => {
-                tracing::info!("node lease had lapsed; renewing the subnet leases");
-                for (network, subnet) in &leases {
-                    let p = format!("/v1/nodes/{}/subnets/{network}", cfg.node);
-                    match client.post(&p, &json!({})).await {
-                        Ok(l) if l["cidr"] == json!(subnet) => {}
-                        Ok(l) => tracing::error!(
-                            "our subnet {subnet} of {network} went to another node meanwhile (now offered {}); restart the agent after draining its pods",
-                            l["cidr"]
-                        ),
-                        Err(e) => tracing::warn!("renewing the subnet lease of {network}: {e}"),
-                    }
-                }
-            }
-            Err(e) if e.status() == Some(404) => {
-                tracing::warn!("our Node object is gone; registering again");
-                if let Err(e) = register(&client, &cfg.node, address).await {
-                    tracing::warn!("registering: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("heartbeat: {e}"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn spec(name: &str, cidr: &str, backend: Backend) -> Leased {
         let spec: NetworkSpec = serde_json::from_value(json!({

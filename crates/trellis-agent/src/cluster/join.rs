@@ -1,0 +1,182 @@
+//! Joining the cluster: the underlay as the kernel shows it, the Node's registration,
+//! a subnet lease of every served network, and the heartbeat that keeps the Node ready
+//! (and renews the leases after a lapse).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+use trellis_api::naming::LINK_PREFIX;
+use trellis_client::{Client, ClientError};
+use trellis_fabric::Local;
+use trellis_net::Netlink;
+
+use super::{ClusterConfig, ClusterError};
+
+/// The underlay as found in the kernel.
+#[derive(Debug, Clone)]
+pub(super) struct Underlay {
+    /// The link carrying the node address (the pod bridge itself once `l2` moved it).
+    pub(super) local: Local,
+    /// The physical uplink: `local.uplink`, or the bridge's uplink port under `l2`.
+    pub(super) port: String,
+    /// The default route's gateway.
+    pub(super) gateway: Option<Ipv4Addr>,
+}
+
+/// The underlay: `uplink` (or the default route's link), its address and MTU.
+pub(super) async fn detect_local(
+    nl: &Netlink,
+    cfg: &ClusterConfig,
+) -> Result<Underlay, ClusterError> {
+    let links = nl
+        .links()
+        .await
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let routes = nl
+        .routes()
+        .await
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let default = routes.iter().find(|(d, _, _)| d.prefix_len() == 0);
+    let mut link = match &cfg.uplink {
+        Some(name) => links.iter().find(|l| &l.name == name),
+        None => links
+            .iter()
+            .find(|l| Some(l.index) == default.and_then(|r| r.2)),
+    };
+    let mut port = link.map(|l| l.name.clone());
+    // Under `l2` the node address lives on the pod bridge and the uplink is its port.
+    if let Some(br) = link.filter(|l| l.name == cfg.bridge) {
+        port = links
+            .iter()
+            .find(|l| l.master == Some(br.index) && !l.name.starts_with(LINK_PREFIX))
+            .map(|l| l.name.clone());
+    } else if let Some(br) = links.iter().find(|l| l.name == cfg.bridge) {
+        // `--uplink eth0` given after l2 enslaved it: the address is on the bridge.
+        if link.is_some_and(|l| l.master == Some(br.index)) {
+            link = Some(br);
+        }
+    }
+    let link = link.ok_or_else(|| {
+        ClusterError::Setup(match &cfg.uplink {
+            Some(n) => format!("uplink {n} does not exist"),
+            None => "no default route to find the uplink by; pass --uplink".into(),
+        })
+    })?;
+    let addrs = nl
+        .addrs(link.index)
+        .await
+        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let segment = match cfg.address {
+        Some(a) => addrs
+            .iter()
+            .find(|n| n.addr() == a)
+            .copied()
+            .ok_or_else(|| {
+                ClusterError::Setup(format!("{a} is not an address of {}", link.name))
+            })?,
+        None => *addrs.first().ok_or_else(|| {
+            ClusterError::Setup(format!("uplink {} has no IPv4 address", link.name))
+        })?,
+    };
+    Ok(Underlay {
+        local: Local {
+            name: cfg.node.clone(),
+            address: segment.addr(),
+            uplink: link.name.clone(),
+            segment,
+            uplink_mtu: link.mtu,
+        },
+        port: port.unwrap_or_else(|| link.name.clone()),
+        gateway: default.and_then(|r| r.1),
+    })
+}
+
+/// Create or update our Node with the underlay address.
+async fn register(client: &Client, name: &str, address: Ipv4Addr) -> Result<(), ClientError> {
+    let path = format!("/v1/nodes/{name}");
+    match client.get(&path).await {
+        Ok(mut n) => {
+            if n["spec"]["address"] != json!(address) {
+                n["spec"]["address"] = json!(address);
+                client.put(&path, &n).await?;
+            }
+            Ok(())
+        }
+        Err(e) if e.status() == Some(404) => {
+            let n = json!({"apiVersion": "trellis/v1", "kind": "Node", "metadata": {"name": name}, "spec": {"address": address}});
+            match client.post("/v1/nodes", &n).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.status() == Some(409) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Register, heartbeat, lease a subnet of every network and read them, in
+/// `cfg.networks` order.
+pub(super) async fn join(
+    client: &Client,
+    cfg: &ClusterConfig,
+    local: &Local,
+) -> Result<Vec<(Ipv4Net, Value)>, ClientError> {
+    register(client, &cfg.node, local.address).await?;
+    client
+        .post(&format!("/v1/nodes/{}/heartbeat", cfg.node), &json!({}))
+        .await?;
+    let mut out = Vec::new();
+    for network in &cfg.networks {
+        let lease = client
+            .post(
+                &format!("/v1/nodes/{}/subnets/{network}", cfg.node),
+                &json!({}),
+            )
+            .await?;
+        let subnet: Ipv4Net = serde_json::from_value(lease["cidr"].clone())
+            .map_err(|e| ClientError::Decode(format!("subnet lease of {network}: {e}")))?;
+        let net = client.get(&format!("/v1/networks/{network}")).await?;
+        out.push((subnet, net));
+    }
+    Ok(out)
+}
+
+/// Heartbeat forever. After the node's lease lapsed (a partition, a stopped agent) the
+/// subnet leases are renewed too; losing a subnet to another node is fatal for its pods
+/// and logged loudly.
+pub(super) async fn heartbeat_loop(
+    client: Client,
+    cfg: ClusterConfig,
+    leases: Vec<(String, Ipv4Net)>,
+    address: Ipv4Addr,
+) {
+    let path = format!("/v1/nodes/{}/heartbeat", cfg.node);
+    loop {
+        tokio::time::sleep(cfg.heartbeat).await;
+        match client.post(&path, &json!({})).await {
+            Ok(v) if v["renewed"] == json!(true) => {}
+            Ok(_) => {
+                tracing::info!("node lease had lapsed; renewing the subnet leases");
+                for (network, subnet) in &leases {
+                    let p = format!("/v1/nodes/{}/subnets/{network}", cfg.node);
+                    match client.post(&p, &json!({})).await {
+                        Ok(l) if l["cidr"] == json!(subnet) => {}
+                        Ok(l) => tracing::error!(
+                            "our subnet {subnet} of {network} went to another node meanwhile (now offered {}); restart the agent after draining its pods",
+                            l["cidr"]
+                        ),
+                        Err(e) => tracing::warn!("renewing the subnet lease of {network}: {e}"),
+                    }
+                }
+            }
+            Err(e) if e.status() == Some(404) => {
+                tracing::warn!("our Node object is gone; registering again");
+                if let Err(e) = register(&client, &cfg.node, address).await {
+                    tracing::warn!("registering: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("heartbeat: {e}"),
+        }
+    }
+}
