@@ -79,13 +79,18 @@ impl UdpState {
 /// from `reply` (address and port).
 type Deletion = (Option<Ipv4Addr>, u16, Ipv4Addr, u16);
 
+/// What a clean-up did: entries deleted, and the first failure (the other deletions
+/// were still tried).
+pub(crate) type Outcome = (usize, Option<ProxyError>);
+
 /// Delete the entries `before` allowed and `after` does not, and the untranslated
-/// entries of destinations that became served. Returns how many were deleted.
+/// entries of destinations that became served, running `program` (conntrack-tools).
 pub(crate) fn clean(
+    program: &str,
     before: &UdpState,
     after: &UdpState,
     node_ips: &[Ipv4Addr],
-) -> Result<usize, ProxyError> {
+) -> Outcome {
     let mut dels: BTreeSet<Deletion> = BTreeSet::new();
     for ((dst, port), ep, target) in before.flows.difference(&after.flows) {
         match dst {
@@ -105,7 +110,22 @@ pub(crate) fn clean(
         };
         dels.extend(addrs.into_iter().map(|a| (Some(a), *port, a, *port)));
     }
-    dels.into_iter().map(delete).sum()
+    delete_all(program, dels)
+}
+
+/// Run every deletion, keeping going after a failure.
+fn delete_all(program: &str, dels: BTreeSet<Deletion>) -> Outcome {
+    let mut deleted = 0;
+    let mut first_error = None;
+    for d in dels {
+        match delete(program, d) {
+            Ok(n) => deleted += n,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    (deleted, first_error)
 }
 
 /// One UDP conntrack entry: its original destination and its reply source.
@@ -120,24 +140,21 @@ struct Entry {
 /// Read the kernel's UDP entries and delete those `state` does not allow: translated to
 /// an endpoint (address and port) the destination no longer has, or untranslated to a
 /// destination that is served now. Node ports count on `node_ips` (with none given, only
-/// translated entries are judged). Returns how many were deleted.
-pub(crate) fn sweep(state: &UdpState, node_ips: &[Ipv4Addr]) -> Result<usize, ProxyError> {
+/// translated entries are judged).
+pub(crate) fn sweep(program: &str, state: &UdpState, node_ips: &[Ipv4Addr]) -> Outcome {
     if state.dests.is_empty() {
-        return Ok(0);
+        return (0, None);
     }
-    let out = Command::new("conntrack")
-        .args(["-L", "-p", "udp"])
-        .output()
-        .map_err(|e| {
-            ProxyError::Conntrack(format!(
-                "run conntrack (is conntrack-tools installed?): {e}"
-            ))
-        })?;
+    let out = match Command::new(program).args(["-L", "-p", "udp"]).output() {
+        Ok(out) => out,
+        Err(e) => return (0, Some(not_runnable(program, e))),
+    };
     if !out.status.success() {
-        return Err(ProxyError::Conntrack(format!(
-            "conntrack -L -p udp: {}",
+        let e = ProxyError::Conntrack(format!(
+            "{program} -L -p udp: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        ));
+        return (0, Some(e));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let dels: BTreeSet<Deletion> = text
@@ -145,7 +162,13 @@ pub(crate) fn sweep(state: &UdpState, node_ips: &[Ipv4Addr]) -> Result<usize, Pr
         .filter_map(parse_entry)
         .filter_map(|e| stale(state, node_ips, &e))
         .collect();
-    dels.into_iter().map(delete).sum()
+    delete_all(program, dels)
+}
+
+fn not_runnable(program: &str, e: std::io::Error) -> ProxyError {
+    ProxyError::Conntrack(format!(
+        "run {program} (is conntrack-tools installed?): {e}"
+    ))
 }
 
 /// The deletion `e` calls for, if `state` does not allow it.
@@ -197,8 +220,11 @@ fn parse_entry(line: &str) -> Option<Entry> {
 }
 
 /// `conntrack -D -p udp [--orig-dst dst] --orig-port-dst port --reply-src r --reply-port-src rp`.
-fn delete((dst, port, reply_src, reply_port): Deletion) -> Result<usize, ProxyError> {
-    let mut cmd = Command::new("conntrack");
+fn delete(
+    program: &str,
+    (dst, port, reply_src, reply_port): Deletion,
+) -> Result<usize, ProxyError> {
+    let mut cmd = Command::new(program);
     cmd.args(["-D", "-p", "udp"]);
     if let Some(d) = dst {
         cmd.args(["--orig-dst", &d.to_string()]);
@@ -206,11 +232,7 @@ fn delete((dst, port, reply_src, reply_port): Deletion) -> Result<usize, ProxyEr
     cmd.args(["--orig-port-dst", &port.to_string()]);
     cmd.args(["--reply-src", &reply_src.to_string()]);
     cmd.args(["--reply-port-src", &reply_port.to_string()]);
-    let out = cmd.output().map_err(|e| {
-        ProxyError::Conntrack(format!(
-            "run conntrack (is conntrack-tools installed?): {e}"
-        ))
-    })?;
+    let out = cmd.output().map_err(|e| not_runnable(program, e))?;
     let err = String::from_utf8_lossy(&out.stderr);
     // "conntrack v1.4.7 (conntrack-tools): 2 flow entries have been deleted." (exit
     // status 1 when there were none).

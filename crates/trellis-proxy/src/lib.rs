@@ -150,6 +150,8 @@ pub struct ProxyConfig {
     /// fixed: changing it moves every service (one transaction, then the old shards
     /// are deleted).
     pub shards: u16,
+    /// The conntrack-tools program the UDP clean-up runs (`conntrack`, from `PATH`).
+    pub conntrack: String,
 }
 
 impl ProxyConfig {
@@ -164,6 +166,7 @@ impl ProxyConfig {
             node_ips,
             cluster_cidrs,
             shards: DEFAULT_SHARDS,
+            conntrack: "conntrack".into(),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::{ProxyConfig, ProxyError, ServiceModel};
 use trellis_api::naming::fnv1a64;
 
 /// What a [`Proxy::full_sync`] or [`Proxy::update`] changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
     /// Map and set elements added (a changed element counts as deleted and added).
     pub elements_added: usize,
@@ -31,6 +31,9 @@ pub struct SyncReport {
     /// UDP conntrack entries deleted (flows to endpoints that went away, and flows
     /// that were not translated while a service port had no endpoint).
     pub conntrack_flushed: usize,
+    /// Why the UDP conntrack clean-up failed, if it did (every deletion was still
+    /// tried). The tables are synced regardless; the next full sync sweeps again.
+    pub conntrack_error: Option<String>,
     /// nf_tables transactions committed (0 when nothing had to change).
     pub transactions: usize,
     /// netlink messages in those transactions.
@@ -41,6 +44,11 @@ impl SyncReport {
     /// True when the table was left exactly as it was.
     pub fn changed_nothing(&self) -> bool {
         self.transactions == 0
+    }
+
+    fn record_conntrack(&mut self, (deleted, error): conntrack::Outcome) {
+        self.conntrack_flushed = deleted;
+        self.conntrack_error = error.map(|e| e.to_string());
     }
 }
 
@@ -284,7 +292,8 @@ impl Proxy {
         self.services = next;
         let mut report = self.sync_all()?;
         let allowed = conntrack::UdpState::of(self.services.values());
-        report.conntrack_flushed = conntrack::sweep(&allowed, &self.cfg.node_ips)?;
+        let outcome = conntrack::sweep(&self.cfg.conntrack, &allowed, &self.cfg.node_ips);
+        report.record_conntrack(outcome);
         Ok(report)
     }
 
@@ -326,7 +335,13 @@ impl Proxy {
         } else {
             self.sync_keys(&keys)?
         };
-        report.conntrack_flushed = self.clean_conntrack(&old_models, &new_models)?;
+        let outcome = conntrack::clean(
+            &self.cfg.conntrack,
+            &conntrack::UdpState::of(old_models.values()),
+            &conntrack::UdpState::of(new_models.values()),
+            &self.cfg.node_ips,
+        );
+        report.record_conntrack(outcome);
         Ok(report)
     }
 
@@ -631,18 +646,6 @@ impl Proxy {
         plan.report.transactions = 1;
         plan.report.messages = msgs.len();
         Ok(plan.report)
-    }
-
-    fn clean_conntrack(
-        &self,
-        old: &BTreeMap<String, ServiceModel>,
-        new: &BTreeMap<String, ServiceModel>,
-    ) -> Result<usize, ProxyError> {
-        conntrack::clean(
-            &conntrack::UdpState::of(old.values()),
-            &conntrack::UdpState::of(new.values()),
-            &self.cfg.node_ips,
-        )
     }
 }
 

@@ -534,12 +534,9 @@ mod tests {
     use super::*;
 
     fn cfg() -> ProxyConfig {
-        ProxyConfig {
-            table: "t".into(),
-            node_ips: vec![],
-            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-            shards: 1,
-        }
+        let mut c = ProxyConfig::new("t", vec![], vec!["10.244.0.0/16".parse().unwrap()]);
+        c.shards = 1;
+        c
     }
 
     fn svc(eps: &[(&str, bool)]) -> ServiceModel {

@@ -695,6 +695,34 @@ fn udp_endpoint_removal_deletes_exactly_its_conntrack_entries() {
     check_after(to_p1);
     let r = lab.full_sync(&[dns(vec![ep(1, true)])]);
     assert_eq!(r.conntrack_flushed, 0, "{r:?}");
+
+    // Without conntrack-tools the tables still sync, full and partial (an update is not
+    // turned into a failure and a full sync); the report says why the clean-up failed,
+    // and the stale flows wait for a sweep that can run.
+    lab.update(&[dns(vec![ep(1, true), ep(2, true)])], &[]);
+    let (to_p1, to_p2) = flows();
+    let mut missing = config();
+    missing.conntrack = "/nonexistent/conntrack".into();
+    *lab.proxy.lock().unwrap() = Proxy::new(missing);
+    let r = lab.full_sync(&[dns(vec![ep(1, true), ep(2, true)])]);
+    let why = r.conntrack_error.clone().unwrap_or_default();
+    assert!(why.contains("conntrack-tools"), "{r:?}");
+    let r = lab.update(&[dns(vec![ep(1, true)])], &[]);
+    assert!(r.conntrack_error.is_some(), "{r:?}");
+    assert_eq!(r.transactions, 1, "{r:?}");
+    let stale = udp_entries(&lab, dns_ip, 53);
+    assert_eq!(
+        stale.iter().filter(|a| **a == pod_ip(2)).count(),
+        to_p2,
+        "{stale:?}"
+    );
+    *lab.proxy.lock().unwrap() = Proxy::new(config());
+    let r = lab.full_sync(&[dns(vec![ep(1, true)])]);
+    assert_eq!(
+        (r.conntrack_flushed, r.conntrack_error.clone()),
+        (to_p2, None)
+    );
+    check_after(to_p1);
 }
 
 #[test]

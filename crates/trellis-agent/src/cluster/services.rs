@@ -228,6 +228,10 @@ impl ServiceLoop {
         };
         match res {
             Ok(r) => {
+                if let Some(e) = &r.conntrack_error {
+                    // The tables are right; stale UDP flows wait for the next full sync.
+                    tracing::warn!("UDP conntrack clean-up: {e}");
+                }
                 tracing::debug!(?r, full, services = want.len(), "services synced");
                 Some(want)
             }
