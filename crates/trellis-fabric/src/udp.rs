@@ -2,12 +2,16 @@
 //!
 //! This is the slow path, for hosts without VXLAN (as Flannel's `udp` backend): every
 //! packet crosses into userspace twice, once on the sending node (TUN read, UDP send)
-//! and once on the receiving node (UDP receive, TUN write). Because the pump lives in
-//! the agent, traffic over the udp backend stops while the agent is down (the routes
-//! into the TUN device go with it: the device disappears when the pump's fd closes).
+//! and once on the receiving node (UDP receive, TUN write). The pump lives in the agent,
+//! so packets are dropped while the agent is down; the TUN device is persistent, though,
+//! so it and the routes into it outlive the agent, and the next agent's pump attaches
+//! to it without changing a link, address or route: a restart costs TCP a retransmit,
+//! not its connections. The device goes when the fabric no longer wants it (the
+//! reconciler deletes fabric devices nobody desires).
 //!
-//! [`UdpPump::start`] creates the TUN device (`IFF_TUN | IFF_NO_PI`, never persistent),
-//! configures it and binds a UDP socket; two blocking OS threads then move packets:
+//! [`UdpPump::start`] creates (or adopts) the TUN device (`IFF_TUN | IFF_NO_PI`,
+//! persistent), configures it and binds a UDP socket; two blocking OS threads then move
+//! packets:
 //!
 //! - tun -> udp: read an IPv4 packet from the TUN device, look its destination up in the
 //!   peer table (longest prefix wins), send it as the payload of one UDP datagram to the
@@ -257,8 +261,17 @@ fn ioctl_ifr(
 }
 
 /// Open `/dev/net/tun` and attach it to TUN device `name`, creating the device or
-/// adopting a leftover persistent one (whose persist flag is then cleared).
-fn open_tun(name: &str) -> Result<File, FabricError> {
+/// adopting a persistent one (an earlier pump's); either way it is persistent after.
+/// Returns the fd and whether the device was created.
+fn open_tun(name: &str) -> Result<(File, bool), FabricError> {
+    // (In this thread's network namespace: if_nametoindex asks through a socket, not
+    // /sys, which may belong to another namespace.)
+    let cname = std::ffi::CString::new(name).map_err(|_| FabricError::Io {
+        what: format!("create TUN device {name:?}"),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "invalid interface name"),
+    })?;
+    // SAFETY: `cname` is a valid NUL-terminated string for the duration of the call.
+    let existed = unsafe { libc::if_nametoindex(cname.as_ptr()) } != 0;
     let tun = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -290,15 +303,24 @@ fn open_tun(name: &str) -> Result<File, FabricError> {
             source: e,
         });
     }
-    // A device of that name that was already there (TUNSETIFF attached to it rather than
-    // creating it) is a persistent leftover, e.g. from `ip tuntap add`: adopt it, but
-    // clear the flag so that it goes away with us like one we created.
+    set_persist(&tun, name, true)?;
+    Ok((tun, !existed))
+}
+
+/// Set or clear the persist flag of the TUN device `tun` is attached to.
+fn set_persist(tun: &File, name: &str, on: bool) -> Result<(), FabricError> {
     // SAFETY: TUNSETPERSIST takes its argument by value; no memory is passed.
-    let r = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 0 as libc::c_ulong) };
+    let r = unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            libc::c_ulong::from(on),
+        )
+    };
     if r < 0 {
-        return Err(last_err(format!("clear persist on TUN device {name}")));
+        return Err(last_err(format!("set persist {on} on TUN device {name}")));
     }
-    Ok(tun)
+    Ok(())
 }
 
 /// Set the MTU and address of device `dev.name` and bring it up.
@@ -320,31 +342,45 @@ fn configure(dev: &TunDevice) -> Result<(), FabricError> {
             format!("MTU {} too large", dev.mtu),
         ),
     })?;
+    // Only what differs is set: an adopted device that is right sees no change (setting
+    // the same address again would delete and re-add it, and its routes with it).
     let mut ifr = ifreq(name);
-    ifr.ifr_ifru.ifru_mtu = mtu;
     ioctl_ifr(
         fd,
-        libc::SIOCSIFMTU,
+        libc::SIOCGIFMTU,
         &mut ifr,
-        &format!("set MTU {mtu} on {name}"),
+        &format!("get MTU of {name}"),
     )?;
+    // SAFETY: SIOCGIFMTU just filled in `ifru_mtu`.
+    if unsafe { ifr.ifr_ifru.ifru_mtu } != mtu {
+        let mut ifr = ifreq(name);
+        ifr.ifr_ifru.ifru_mtu = mtu;
+        ioctl_ifr(
+            fd,
+            libc::SIOCSIFMTU,
+            &mut ifr,
+            &format!("set MTU {mtu} on {name}"),
+        )?;
+    }
 
-    let mut ifr = ifreq(name);
-    ifr.ifr_ifru.ifru_addr = sockaddr_v4(dev.address.addr());
-    ioctl_ifr(
-        fd,
-        libc::SIOCSIFADDR,
-        &mut ifr,
-        &format!("add address {} to {name}", dev.address),
-    )?;
-    let mut ifr = ifreq(name);
-    ifr.ifr_ifru.ifru_netmask = sockaddr_v4(dev.address.netmask());
-    ioctl_ifr(
-        fd,
-        libc::SIOCSIFNETMASK,
-        &mut ifr,
-        &format!("set prefix {} on {name}", dev.address),
-    )?;
+    if current_address(fd, name) != Some(dev.address) {
+        let mut ifr = ifreq(name);
+        ifr.ifr_ifru.ifru_addr = sockaddr_v4(dev.address.addr());
+        ioctl_ifr(
+            fd,
+            libc::SIOCSIFADDR,
+            &mut ifr,
+            &format!("add address {} to {name}", dev.address),
+        )?;
+        let mut ifr = ifreq(name);
+        ifr.ifr_ifru.ifru_netmask = sockaddr_v4(dev.address.netmask());
+        ioctl_ifr(
+            fd,
+            libc::SIOCSIFNETMASK,
+            &mut ifr,
+            &format!("set prefix {} on {name}", dev.address),
+        )?;
+    }
 
     // The device carries IPv4 only: keep the kernel from sending IPv6 router
     // solicitations and MLD reports into it. Best effort (IPv6 may be off entirely).
@@ -359,14 +395,32 @@ fn configure(dev: &TunDevice) -> Result<(), FabricError> {
     )?;
     // SAFETY: SIOCGIFFLAGS just filled in `ifru_flags`.
     let flags = unsafe { ifr.ifr_ifru.ifru_flags };
-    ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    ioctl_ifr(
-        fd,
-        libc::SIOCSIFFLAGS,
-        &mut ifr,
-        &format!("bring up {name}"),
-    )?;
+    if flags & libc::IFF_UP as libc::c_short == 0 {
+        ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+        ioctl_ifr(
+            fd,
+            libc::SIOCSIFFLAGS,
+            &mut ifr,
+            &format!("bring up {name}"),
+        )?;
+    }
     Ok(())
+}
+
+/// The primary IPv4 address and prefix of device `name`, if it has one.
+fn current_address(fd: RawFd, name: &str) -> Option<Ipv4Net> {
+    let get = |req| {
+        let mut ifr = ifreq(name);
+        ioctl_ifr(fd, req, &mut ifr, "").ok()?;
+        // SAFETY: SIOCGIFADDR / SIOCGIFNETMASK just filled in `ifru_addr`.
+        let sa = unsafe { ifr.ifr_ifru.ifru_addr };
+        // A `sockaddr_in` in `sockaddr` clothing: port in data[0..2], address in [2..6].
+        let d = sa.sa_data.map(|b| b as u8);
+        Some(Ipv4Addr::new(d[2], d[3], d[4], d[5]))
+    };
+    let addr = get(libc::SIOCGIFADDR)?;
+    let mask = get(libc::SIOCGIFNETMASK)?;
+    Ipv4Net::with_netmask(addr, mask).ok()
 }
 
 /// An eventfd, non-blocking.
@@ -381,16 +435,16 @@ fn eventfd() -> Result<File, FabricError> {
 }
 
 impl UdpPump {
-    /// Create the TUN device `dev.name` (`IFF_TUN | IFF_NO_PI`) in the calling thread's
-    /// current network namespace, set its MTU, add `dev.address`, bring it up, bind a UDP
-    /// socket on `0.0.0.0:port`, and start the pump threads.
+    /// Create the persistent TUN device `dev.name` (`IFF_TUN | IFF_NO_PI`) in the calling
+    /// thread's current network namespace, set its MTU, add `dev.address`, bring it up,
+    /// bind a UDP socket on `0.0.0.0:port`, and start the pump threads.
     ///
-    /// A TUN device of that name left behind persistent (e.g. by `ip tuntap add`) is
-    /// adopted: the pump attaches to it, clears its persist flag (so it goes away with the
-    /// pump like a fresh one) and reconfigures it. A non-persistent TUN device of that
-    /// name cannot be left by a crashed agent (the kernel removes it with the last fd);
-    /// if one exists, another process is pumping it and `start` fails ("in use"). So
-    /// does it when a device of that name exists that is not a TUN device.
+    /// A TUN device of that name with no pump attached (an earlier pump's: they outlive
+    /// it, see the module documentation; or one made by `ip tuntap add`) is adopted: only
+    /// what differs from `dev` is changed, so an agent restart changes nothing. If
+    /// another process is pumping the device, `start` fails ("in use"); so does it when
+    /// a device of that name exists that is not a TUN device. Dropping the pump leaves
+    /// the device; deleting it is the reconciler's job once no backend wants it.
     ///
     /// The peer table starts empty: call [`UdpPump::set_peers`].
     pub fn start(dev: &TunDevice, port: u16) -> Result<UdpPump, FabricError> {
@@ -443,9 +497,14 @@ impl UdpPump {
         }
         let port = sock.local_addr().map(|a| a.port()).unwrap_or(port);
 
-        // From here on the device goes away with `tun` on any error.
-        let tun = open_tun(&name)?;
-        configure(dev)?;
+        let (tun, created) = open_tun(&name)?;
+        if let Err(e) = configure(dev) {
+            // A device made just now goes away with `tun`; an adopted one stays as it was.
+            if created {
+                let _ = set_persist(&tun, &name, false);
+            }
+            return Err(e);
+        }
 
         let shared = Arc::new(Shared {
             tun,
@@ -532,8 +591,8 @@ impl Drop for UdpPump {
                 tracing::error!(device = %self.name, "udp pump thread panicked");
             }
         }
-        // The last reference to `shared` goes with `self`: closing the TUN fd removes
-        // the (non-persistent) device.
+        // The last reference to `shared` goes with `self`: the TUN fd closes and the
+        // (persistent) device stays, with its routes, for the next pump.
         tracing::info!(device = %self.name, "udp pump stopped");
     }
 }

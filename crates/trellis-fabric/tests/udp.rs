@@ -148,6 +148,32 @@ fn spawn_in_ns<T: Send + 'static>(
     })
 }
 
+/// `ip monitor` of links, addresses and routes in a namespace, until stopped.
+struct Monitor(Child);
+
+impl Monitor {
+    fn start(ns: &str) -> Monitor {
+        let child = Command::new("ip")
+            .args([
+                "-n", ns, "-ts", "monitor", "label", "link", "address", "route",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("ip monitor in {ns}: {e}"));
+        // Let it subscribe before anything happens.
+        std::thread::sleep(Duration::from_millis(200));
+        Monitor(child)
+    }
+
+    /// Stop it (our own child, by PID) and return what it printed.
+    fn stop(mut self) -> String {
+        let _ = self.0.kill();
+        let out = self.0.wait_with_output().expect("ip monitor output");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     loop {
@@ -515,28 +541,88 @@ fn pump_carries_pod_traffic() {
     ]);
     assert!(!out.status.success(), "ping must fail without peers");
 
-    // Dropping a pump removes its device (and the routes through it).
+    // A pump's successor adopts its device: dropping pump1 (an agent stopping) leaves
+    // the device, its address and the route through it; a new pump attaches without a
+    // single link, address or route change and traffic flows again.
+    f.pump1.set_peers(vec![(
+        net("10.245.2.0/24"),
+        "192.168.91.2:8285".parse().unwrap(),
+    )]);
     let Fabric {
         pump1,
         pump2,
         n1,
         n2,
+        p1,
         tun,
         lab,
         ..
     } = f;
-    assert!(link_exists(&n1, &tun));
+    let state = |ns: &str| {
+        let links = sh(&["ip", "-n", ns, "-o", "link", "show", "dev", &tun]);
+        let addrs = sh(&["ip", "-n", ns, "-o", "addr", "show", "dev", &tun]);
+        let routes = sh(&["ip", "-n", ns, "route", "show", "dev", &tun]).replace(" linkdown", "");
+        // The carrier (and the routes' `linkdown`) follows the attached pump; everything
+        // else must stay.
+        let links = links.replace("NO-CARRIER,", "").replace(",LOWER_UP", "");
+        let mut words = links.split_whitespace();
+        let mut kept = Vec::new();
+        while let Some(w) = words.next() {
+            if w == "state" {
+                words.next(); // the operational state, with the carrier
+            } else {
+                kept.push(w);
+            }
+        }
+        (kept.join(" "), addrs, routes)
+    };
+    let before = state(&n1);
+    assert!(before.2.contains("10.245.2.0/24"), "{before:?}");
+    let monitor = Monitor::start(&n1);
     drop(pump1);
+    assert!(link_exists(&n1, &tun), "{tun} went with its pump");
+    assert_eq!(state(&n1), before, "the device changed while no pump ran");
+    let dev1 = tun_device(1);
+    let pump1 = in_ns(&n1, move || UdpPump::start(&dev1, UDP_PORT)).expect("adopt on n1");
+    pump1.set_peers(vec![(
+        net("10.245.2.0/24"),
+        "192.168.91.2:8285".parse().unwrap(),
+    )]);
+    assert_eq!(state(&n1), before, "the new pump changed the device");
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &p1,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "10.245.2.2",
+    ]);
     assert!(
-        wait_for(Duration::from_secs(2), || !link_exists(&n1, &tun)),
-        "{tun} still exists in {n1} after the pump was dropped"
+        out.status.success(),
+        "no traffic through the adopted device"
     );
+    let events = monitor.stop();
+    let changes: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("[ADDR]") || l.contains("[ROUTE]") || l.contains("Deleted"))
+        .collect();
+    assert!(changes.is_empty(), "{changes:?}\n{events}");
+
+    // Deleting the device (the reconciler's job once no backend wants it) stops the
+    // pump; the other node's device is untouched.
+    sh(&["ip", "-n", &n1, "link", "del", "dev", &tun]);
+    assert!(wait_for(Duration::from_secs(2), || !pump1.is_running()));
+    drop(pump1);
+    assert!(!link_exists(&n1, &tun));
     assert!(
         link_exists(&n2, &tun),
         "the other node's device is untouched"
     );
     drop(pump2);
-    assert!(wait_for(Duration::from_secs(2), || !link_exists(&n2, &tun)));
     drop(lab);
 }
 
@@ -547,8 +633,8 @@ fn device_lifecycle() {
     let dev = tun_device(1);
     let name = dev.name.clone();
 
-    // A persistent leftover (as from a crashed agent that had set TUNSETPERSIST) is
-    // adopted and loses its persist flag, so it goes away with the pump.
+    // A persistent device without a pump (as `ip tuntap add` makes, or an earlier pump
+    // leaves) is adopted, configured, and stays persistent.
     sh(&[
         "ip", "-n", &ns, "tuntap", "add", "dev", &name, "mode", "tun",
     ]);
@@ -556,7 +642,7 @@ fn device_lifecycle() {
     let d = dev.clone();
     let pump = in_ns(&ns, move || UdpPump::start(&d, 18285)).expect("adopt leftover");
     let show = sh(&["ip", "-n", &ns, "-d", "addr", "show", "dev", &name]);
-    assert!(show.contains("persist off"), "{show}");
+    assert!(show.contains("persist on"), "{show}");
     assert!(show.contains("mtu 1472"), "{show}");
     assert!(show.contains("inet 10.245.1.0/32"), "{show}");
     assert!(show.contains(",UP"), "{show}");
@@ -572,8 +658,8 @@ fn device_lifecycle() {
 
     drop(pump);
     assert!(
-        wait_for(Duration::from_secs(2), || !link_exists(&ns, &name)),
-        "{name} still exists after the pump was dropped"
+        link_exists(&ns, &name),
+        "{name} went with the pump: it must outlive it"
     );
 
     // A device deleted from outside stops the pump, which says so. (The port can stay
