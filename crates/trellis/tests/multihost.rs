@@ -641,6 +641,23 @@ fn backend_switch_keeps_addresses() {
         ips,
         "vxlan again changed pod addresses"
     );
+    // To udp and back: the (persistent) TUN device goes once no network wants it.
+    let n1 = lab.state.nodes[0].netns.clone();
+    let tun_exists = |lab: &Lab| {
+        let o = lab.exec(&n1, &["ip", "-o", "link"]).unwrap();
+        String::from_utf8_lossy(&o.stdout).contains(": trlu")
+    };
+    lab.apply(&t, &network_manifest("default", "udp")).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || tun_exists(&lab)));
+    assert_mesh(&lab, Duration::from_secs(15), "udp");
+    assert_eq!(pod_addresses(&lab), ips, "udp changed pod addresses");
+    lab.apply(&t, &network_manifest("default", "vxlan"))
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || !tun_exists(&lab)),
+        "the udp device stays after the switch back to vxlan"
+    );
+    assert_mesh(&lab, Duration::from_secs(15), "vxlan after udp");
 }
 
 #[test]
