@@ -197,7 +197,7 @@ impl Shared {
 
 /// A running pump. Dropping it stops the threads and removes the TUN device.
 pub struct UdpPump {
-    name: String,
+    dev: TunDevice,
     port: u16,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -206,7 +206,7 @@ pub struct UdpPump {
 impl std::fmt::Debug for UdpPump {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UdpPump")
-            .field("name", &self.name)
+            .field("name", &self.dev.name)
             .field("port", &self.port)
             .finish_non_exhaustive()
     }
@@ -516,7 +516,7 @@ impl UdpPump {
             counters: Counters::default(),
         });
         let mut pump = UdpPump {
-            name: name.clone(),
+            dev: dev.clone(),
             port,
             shared,
             threads: Vec::new(),
@@ -551,7 +551,12 @@ impl UdpPump {
         *cur = table;
         self.shared.generation.fetch_add(1, Ordering::Release);
         drop(cur);
-        tracing::debug!(device = %self.name, peers = peers.len(), "udp pump peers set");
+        tracing::debug!(device = %self.dev.name, peers = peers.len(), "udp pump peers set");
+    }
+
+    /// The device as this pump configured it.
+    pub fn device(&self) -> &TunDevice {
+        &self.dev
     }
 
     /// Whether both pump threads are still running. They stop on their own only when
@@ -584,16 +589,16 @@ impl Drop for UdpPump {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Err(e) = (&self.shared.wake).write_all(&1u64.to_ne_bytes()) {
             // Cannot happen for an eventfd far from overflow; the threads would hang.
-            tracing::error!(device = %self.name, error = %e, "udp pump: cannot signal stop");
+            tracing::error!(device = %self.dev.name, error = %e, "udp pump: cannot signal stop");
         }
         for t in self.threads.drain(..) {
             if t.join().is_err() {
-                tracing::error!(device = %self.name, "udp pump thread panicked");
+                tracing::error!(device = %self.dev.name, "udp pump thread panicked");
             }
         }
         // The last reference to `shared` goes with `self`: the TUN fd closes and the
         // (persistent) device stays, with its routes, for the next pump.
-        tracing::info!(device = %self.name, "udp pump stopped");
+        tracing::info!(device = %self.dev.name, "udp pump stopped");
     }
 }
 

@@ -534,9 +534,20 @@ fn kill9_under_iperf3(backend: &str) {
 /// renew; it must not declare the nodes dead before they can heartbeat).
 #[test]
 fn server_outage_and_return_change_nothing() {
+    server_outage_and_return("vxlan");
+}
+
+/// The same on udp, whose packets need the pump in the agent: the agent restarted while
+/// the server is away resumes its pump with the peers it remembers.
+#[test]
+fn udp_server_outage_and_return_change_nothing() {
+    server_outage_and_return("udp");
+}
+
+fn server_outage_and_return(backend: &str) {
     let t = trellis();
     let timing = Timing::default();
-    let mut lab = cluster_lab(3, 0, "vxlan", 1);
+    let mut lab = cluster_lab(3, 0, backend, 1);
     assert_mesh(&lab, Duration::from_secs(15), "before");
     let before: Vec<String> = (0..3).map(|i| fabric_snapshot(&lab, i)).collect();
     let monitors = start_monitors(&mut lab, 3);

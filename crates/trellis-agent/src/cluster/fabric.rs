@@ -7,14 +7,17 @@
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use ipnet::Ipv4Net;
 
 use serde_json::json;
 use trellis_api::objects::{Backend, NodeStatus};
 use trellis_client::{Client, ClientError};
 use trellis_fabric::reconcile::Reconciler;
 use trellis_fabric::udp::UdpPump;
-use trellis_fabric::{backend, pod_mtu, Desired, Local, NetworkFabric, Peer};
+use trellis_fabric::{backend, pod_mtu, Desired, Local, NetworkFabric, Peer, TunDevice};
 use trellis_net::Netlink;
 
 use super::informer::Informer;
@@ -176,6 +179,11 @@ impl FabricLoop {
                     tracing::warn!("udp pump stopped (its device is gone); starting a new one");
                     self.pump = None;
                 }
+                // One started for another device (a changed MTU, or resumed from an
+                // outdated memory) is replaced: the new one adopts and corrects it.
+                if self.pump.as_ref().is_some_and(|p| p.device() != &dev) {
+                    self.pump = None;
+                }
                 if self.pump.is_none() {
                     match UdpPump::start(&dev, trellis_fabric::UDP_PORT) {
                         Ok(p) => self.pump = Some(p),
@@ -185,22 +193,25 @@ impl FabricLoop {
                         }
                     }
                 }
+                let table: Vec<(Ipv4Net, SocketAddrV4)> = peers
+                    .iter()
+                    .filter(|p| p.subnet != subnet)
+                    .map(|p| {
+                        (
+                            p.subnet,
+                            SocketAddrV4::new(p.address, trellis_fabric::UDP_PORT),
+                        )
+                    })
+                    .collect();
                 if let Some(p) = &self.pump {
-                    p.set_peers(
-                        peers
-                            .iter()
-                            .filter(|p| p.subnet != subnet)
-                            .map(|p| {
-                                (
-                                    p.subnet,
-                                    SocketAddrV4::new(p.address, trellis_fabric::UDP_PORT),
-                                )
-                            })
-                            .collect(),
-                    );
+                    p.set_peers(table.clone());
                 }
+                remember_udp(&self.cfg.state_dir, Some((&dev, &table)));
             }
-            None => self.pump = None,
+            None => {
+                self.pump = None;
+                remember_udp(&self.cfg.state_dir, None);
+            }
         }
         let ok = match self.reconciler.apply(&desired).await {
             Ok(r) if r.changes() > 0 => {
@@ -244,5 +255,116 @@ impl FabricLoop {
             }
         }
         Ok(())
+    }
+}
+
+/// Where the udp pump's last device and peer table are kept between agent runs.
+fn udp_memory(state_dir: &Path) -> PathBuf {
+    state_dir.join("udp-pump.json")
+}
+
+/// Keep (or forget, with `None`) the udp pump's device and peer table, so a restarted
+/// agent can pump before it has joined (see [`resume_udp_pump`]). Written only when it
+/// changed, atomically (temporary file, then rename).
+fn remember_udp(state_dir: &Path, what: Option<(&TunDevice, &[(Ipv4Net, SocketAddrV4)])>) {
+    let path = udp_memory(state_dir);
+    let Some((dev, peers)) = what else {
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("forget the udp pump's peers ({}): {e}", path.display());
+            }
+        }
+        return;
+    };
+    let v = json!({
+        "device": {"name": dev.name, "mtu": dev.mtu, "address": dev.address.to_string()},
+        "peers": peers.iter().map(|(n, e)| json!([n.to_string(), e.to_string()])).collect::<Vec<_>>(),
+    });
+    let text = v.to_string();
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return;
+    }
+    let tmp = path.with_extension("json.tmp");
+    if let Err(e) = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        tracing::warn!("remember the udp pump's peers ({}): {e}", path.display());
+    }
+}
+
+/// What [`remember_udp`] kept; `None` when nothing is (an unreadable file is logged).
+fn recall_udp(state_dir: &Path) -> Option<UdpMemory> {
+    let text = std::fs::read_to_string(udp_memory(state_dir)).ok()?;
+    let parsed = (|| {
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let d = &v["device"];
+        let dev = TunDevice {
+            name: d["name"].as_str()?.to_string(),
+            mtu: u32::try_from(d["mtu"].as_u64()?).ok()?,
+            address: d["address"].as_str()?.parse().ok()?,
+        };
+        let peers = v["peers"]
+            .as_array()?
+            .iter()
+            .map(|p| Some((p[0].as_str()?.parse().ok()?, p[1].as_str()?.parse().ok()?)))
+            .collect::<Option<Vec<(Ipv4Net, SocketAddrV4)>>>()?;
+        Some((dev, peers))
+    })();
+    if parsed.is_none() {
+        tracing::warn!("ignoring unreadable {}", udp_memory(state_dir).display());
+    }
+    parsed
+}
+
+/// The udp pump's device and peer table.
+type UdpMemory = (TunDevice, Vec<(Ipv4Net, SocketAddrV4)>);
+
+/// Before joining: if the last agent ran a udp pump and its (persistent) device is still
+/// there, pump again with the remembered peer table, so udp traffic flows while the
+/// server is away. The fabric loop takes the pump over (and replaces it if the device
+/// it wants differs). `None` when there is nothing to resume or it fails (logged).
+pub(super) fn resume_udp_pump(state_dir: &Path) -> Option<UdpPump> {
+    let (dev, peers) = recall_udp(state_dir)?;
+    let name = std::ffi::CString::new(dev.name.clone()).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        return None; // the device is gone: nothing to resume into
+    }
+    match UdpPump::start(&dev, trellis_fabric::UDP_PORT) {
+        Ok(p) => {
+            p.set_peers(peers.clone());
+            tracing::info!(device = %dev.name, peers = peers.len(), "udp pump resumed before joining");
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!("resuming the udp pump: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_memory_round_trips_and_is_forgotten() {
+        let dir = std::env::temp_dir().join(format!("trellis-udp-memory-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(recall_udp(&dir).is_none());
+        let dev = TunDevice {
+            name: "trlu0123abcd".into(),
+            mtu: 1472,
+            address: "10.244.3.0/32".parse().unwrap(),
+        };
+        let peers = vec![(
+            "10.244.1.0/24".parse().unwrap(),
+            "192.168.77.12:8285".parse().unwrap(),
+        )];
+        remember_udp(&dir, Some((&dev, &peers)));
+        assert_eq!(recall_udp(&dir), Some((dev, peers)));
+        remember_udp(&dir, None);
+        assert!(recall_udp(&dir).is_none());
+        std::fs::write(udp_memory(&dir), "{not json").unwrap();
+        assert!(recall_udp(&dir).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

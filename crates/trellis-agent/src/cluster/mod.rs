@@ -8,7 +8,9 @@
 //!
 //! Invariants:
 //! - nothing in the kernel is touched until the first complete list of Nodes and the
-//!   Network arrived: an agent restarting while the server is away changes nothing;
+//!   Network arrived: an agent restarting while the server is away changes nothing (a
+//!   udp pump resumes on its persistent device with the peers the last agent knew,
+//!   changing nothing either);
 //! - a peer counts while its Node is ready and holds a lease: when its lease expires its
 //!   routes leave, when it returns with the same subnet they come back unchanged;
 //! - the fabric is re-applied after every change and every `resync` (drift repair).
@@ -136,6 +138,9 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
     let nl = Netlink::connect().map_err(|e| ClusterError::Setup(e.to_string()))?;
     let underlay = detect_local(&nl, &cfg).await?;
     let local = underlay.local.clone();
+    // The kernel keeps forwarding for every backend but udp, whose packets need a pump:
+    // start it now with what the last agent knew, not only once the server answers.
+    let resumed_pump = fabric::resume_udp_pump(&cfg.state_dir);
     let joined = loop {
         match join(&client, &cfg, &local).await {
             Ok(x) => break x,
@@ -271,7 +276,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
         networks,
         reconciler: Reconciler::new(nl.clone()),
         nl,
-        pump: None,
+        pump: resumed_pump,
         published_unreachable: None,
     };
     tokio::spawn(fabric.run());
