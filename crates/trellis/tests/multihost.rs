@@ -760,6 +760,32 @@ fn pod_mtu_follows_the_underlay() {
     );
 }
 
+/// The udp backend's TUN device follows the underlay MTU too (its pump is replaced and
+/// the new one resizes the device it adopts), and the mesh keeps working.
+#[test]
+fn udp_tun_mtu_follows_the_underlay() {
+    let lab = cluster_lab(3, 0, "udp", 1);
+    let n1 = lab.state.nodes[0].netns.clone();
+    let tun_line = |lab: &Lab| {
+        let l = lab.exec(&n1, &["ip", "-o", "link"]).unwrap();
+        String::from_utf8_lossy(&l.stdout)
+            .lines()
+            .find(|l| l.contains(": trlu"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(tun_line(&lab).contains("mtu 1472"), "{}", tun_line(&lab));
+    lab.exec(&n1, &["ip", "link", "set", "eth0", "mtu", "1400"])
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || tun_line(&lab)
+            .contains("mtu 1372")),
+        "TUN device not resized: {}",
+        tun_line(&lab)
+    );
+    assert_mesh(&lab, Duration::from_secs(15), "udp after the MTU change");
+}
+
 /// CNI `command` (ADD, DEL) of container `container` in namespace `netns` on node `node`,
 /// with `CNI_ARGS` and `extra` keys set in the plugin configuration (`network`,
 /// `runtimeConfig`): whether it succeeded, and the plugin's JSON answer (result or error;
