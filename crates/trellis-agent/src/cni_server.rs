@@ -83,16 +83,16 @@ impl Networks {
             Ok(node) => node,
             Err(msg) => return Response::error(codes::INVALID_CONFIG, msg),
         };
-        let ports = match &op {
-            Op::Add(req) if self.list.len() > 1 && !req.port_mappings.is_empty() => {
-                req.port_mappings.clone()
-            }
-            _ => return node.handle(op).await,
-        };
+        let publishes = matches!(&op, Op::Add(req) if !req.port_mappings.is_empty());
+        if !publishes || self.list.len() == 1 {
+            return node.handle(op).await;
+        }
         let _held = self.host_ports.lock().await;
-        for (name, other) in self.list.iter().filter(|(_, n)| !Arc::ptr_eq(n, node)) {
-            if let Some(e) = other.ipam().port_clash(&ports) {
-                return Response::error(codes::PORT_IN_USE, format!("{e} in network {name}"));
+        if let Op::Add(req) = &op {
+            for (name, other) in self.list.iter().filter(|(_, n)| !Arc::ptr_eq(n, node)) {
+                if let Some(e) = other.ipam().port_clash(&req.port_mappings) {
+                    return Response::error(codes::PORT_IN_USE, format!("{e} in network {name}"));
+                }
             }
         }
         node.handle(op).await

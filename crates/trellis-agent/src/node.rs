@@ -547,17 +547,17 @@ impl Node {
         Ok(report)
     }
 
-    /// Run [`Node::sweep`] every `every`, forever (the first one right away).
+    /// Run [`Node::sweep`] every `every`, forever ([`Node::start`] ran the first one).
     pub async fn run_sweeper(self: Arc<Self>, every: Duration) {
         loop {
+            // Retired links left by a previous run, or by the last pass, are deleted too.
+            let _ = self.retired.send(());
+            tokio::time::sleep(every).await;
             match self.sweep().await {
                 Ok(r) if r != SweepReport::default() => tracing::info!(?r, "sweep repaired drift"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("sweep: {e}"),
             }
-            // Retired links left by a previous run are deleted too.
-            let _ = self.retired.send(());
-            tokio::time::sleep(every).await;
         }
     }
 }

@@ -544,6 +544,21 @@ fn udp_server_outage_and_return_change_nothing() {
     server_outage_and_return("udp");
 }
 
+/// Every pod and node still reaches every other at once, and no node's fabric differs
+/// from `before` (one [`fabric_snapshot`] per node).
+fn assert_mesh_and_fabric_kept(lab: &Lab, before: &[String], when: &str) {
+    let failures = mesh_failures(lab);
+    assert!(failures.is_empty(), "{when}: {failures:?}");
+    for (i, b) in before.iter().enumerate() {
+        assert_eq!(
+            &fabric_snapshot(lab, i),
+            b,
+            "{when}: node n{} changed",
+            i + 1
+        );
+    }
+}
+
 fn server_outage_and_return(backend: &str) {
     let t = trellis();
     let timing = Timing::default();
@@ -564,19 +579,7 @@ fn server_outage_and_return(backend: &str) {
     lab.spawn(&n1, "agent n1", agent).unwrap();
     let down_for = Duration::from_secs_f64(timing.node_lease_ttl as f64 + timing.resync + 1.0);
     std::thread::sleep(down_for);
-    assert!(
-        mesh_failures(&lab).is_empty(),
-        "server down: {:?}",
-        mesh_failures(&lab)
-    );
-    for (i, b) in before.iter().enumerate() {
-        assert_eq!(
-            &fabric_snapshot(&lab, i),
-            b,
-            "server down: node n{} changed",
-            i + 1
-        );
-    }
+    assert_mesh_and_fabric_kept(&lab, &before, "server down");
     lab.run_server(&t, &timing).unwrap();
     let socket = lab.agent_paths(0).socket;
     assert!(
@@ -595,19 +598,7 @@ fn server_outage_and_return(backend: &str) {
     std::thread::sleep(Duration::from_secs_f64(
         timing.node_lease_ttl as f64 + timing.resync,
     ));
-    assert!(
-        mesh_failures(&lab).is_empty(),
-        "server back: {:?}",
-        mesh_failures(&lab)
-    );
-    for (i, b) in before.iter().enumerate() {
-        assert_eq!(
-            &fabric_snapshot(&lab, i),
-            b,
-            "server back: node n{} changed",
-            i + 1
-        );
-    }
+    assert_mesh_and_fabric_kept(&lab, &before, "server back");
     assert_no_configured_changes(&mut lab, monitors, "the server's outage and return");
     assert!(
         endpoints(&lab).iter().all(|e| e["spec"]["ready"] == true),

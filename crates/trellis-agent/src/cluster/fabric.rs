@@ -42,6 +42,9 @@ pub(super) struct FabricLoop {
     pub(super) reconciler: Reconciler,
     pub(super) nl: Netlink,
     pub(super) pump: Option<UdpPump>,
+    /// What `STATE_DIR/udp-pump.json` holds (see [`FabricLoop::remember_udp`]), so a pass writes it
+    /// only when the pump's device or peers changed.
+    pub(super) udp_memory: Option<UdpMemory>,
     pub(super) published_unreachable: Option<BTreeSet<String>>,
 }
 
@@ -99,6 +102,20 @@ impl FabricLoop {
             nets: out,
             hosts: node_addresses(nodes.values()),
         })
+    }
+
+    /// Keep (or forget, with `None`) the udp pump's device and peer table in the state
+    /// directory, so a restarted agent can pump before it has joined (see
+    /// [`resume_udp_pump`]); the file is touched only when that changed, and written
+    /// atomically (temporary file, then rename).
+    fn remember_udp(&mut self, now: Option<UdpMemory>) {
+        if now == self.udp_memory {
+            return;
+        }
+        match store_udp(&self.cfg.state_dir, now.as_ref()) {
+            Ok(()) => self.udp_memory = now,
+            Err(e) => tracing::warn!("remember the udp pump's peers: {e}"),
+        }
     }
 
     pub(super) async fn run(mut self) {
@@ -206,11 +223,11 @@ impl FabricLoop {
                 if let Some(p) = &self.pump {
                     p.set_peers(table.clone());
                 }
-                remember_udp(&self.cfg.state_dir, Some((&dev, &table)));
+                self.remember_udp(Some((dev, table)));
             }
             None => {
                 self.pump = None;
-                remember_udp(&self.cfg.state_dir, None);
+                self.remember_udp(None);
             }
         }
         let ok = match self.reconciler.apply(&desired).await {
@@ -259,40 +276,31 @@ impl FabricLoop {
 }
 
 /// Where the udp pump's last device and peer table are kept between agent runs.
-fn udp_memory(state_dir: &Path) -> PathBuf {
+fn udp_memory_path(state_dir: &Path) -> PathBuf {
     state_dir.join("udp-pump.json")
 }
 
-/// Keep (or forget, with `None`) the udp pump's device and peer table, so a restarted
-/// agent can pump before it has joined (see [`resume_udp_pump`]). Written only when it
-/// changed, atomically (temporary file, then rename).
-fn remember_udp(state_dir: &Path, what: Option<(&TunDevice, &[(Ipv4Net, SocketAddrV4)])>) {
-    let path = udp_memory(state_dir);
+/// Write (or, with `None`, remove) `STATE_DIR/udp-pump.json`.
+fn store_udp(state_dir: &Path, what: Option<&UdpMemory>) -> std::io::Result<()> {
+    let path = udp_memory_path(state_dir);
     let Some((dev, peers)) = what else {
-        if let Err(e) = std::fs::remove_file(&path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("forget the udp pump's peers ({}): {e}", path.display());
-            }
-        }
-        return;
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
     };
     let v = json!({
         "device": {"name": dev.name, "mtu": dev.mtu, "address": dev.address.to_string()},
         "peers": peers.iter().map(|(n, e)| json!([n.to_string(), e.to_string()])).collect::<Vec<_>>(),
     });
-    let text = v.to_string();
-    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
-        return;
-    }
     let tmp = path.with_extension("json.tmp");
-    if let Err(e) = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path)) {
-        tracing::warn!("remember the udp pump's peers ({}): {e}", path.display());
-    }
+    std::fs::write(&tmp, v.to_string())?;
+    std::fs::rename(&tmp, &path)
 }
 
-/// What [`remember_udp`] kept; `None` when nothing is (an unreadable file is logged).
+/// What [`store_udp`] kept; `None` when nothing is (an unreadable file is logged).
 fn recall_udp(state_dir: &Path) -> Option<UdpMemory> {
-    let text = std::fs::read_to_string(udp_memory(state_dir)).ok()?;
+    let text = std::fs::read_to_string(udp_memory_path(state_dir)).ok()?;
     let parsed = (|| {
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         let d = &v["device"];
@@ -309,34 +317,42 @@ fn recall_udp(state_dir: &Path) -> Option<UdpMemory> {
         Some((dev, peers))
     })();
     if parsed.is_none() {
-        tracing::warn!("ignoring unreadable {}", udp_memory(state_dir).display());
+        tracing::warn!(
+            "ignoring unreadable {}",
+            udp_memory_path(state_dir).display()
+        );
     }
     parsed
 }
 
 /// The udp pump's device and peer table.
-type UdpMemory = (TunDevice, Vec<(Ipv4Net, SocketAddrV4)>);
+pub(super) type UdpMemory = (TunDevice, Vec<(Ipv4Net, SocketAddrV4)>);
 
 /// Before joining: if the last agent ran a udp pump and its (persistent) device is still
 /// there, pump again with the remembered peer table, so udp traffic flows while the
 /// server is away. The fabric loop takes the pump over (and replaces it if the device
-/// it wants differs). `None` when there is nothing to resume or it fails (logged).
-pub(super) fn resume_udp_pump(state_dir: &Path) -> Option<UdpPump> {
-    let (dev, peers) = recall_udp(state_dir)?;
-    let name = std::ffi::CString::new(dev.name.clone()).ok()?;
-    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
-        return None; // the device is gone: nothing to resume into
+/// it wants differs). Returns the pump (`None` when there is nothing to resume or it
+/// failed, logged) and what the state directory remembers.
+pub(super) async fn resume_udp_pump(
+    nl: &Netlink,
+    state_dir: &Path,
+) -> (Option<UdpPump>, Option<UdpMemory>) {
+    let Some((dev, peers)) = recall_udp(state_dir) else {
+        return (None, None);
+    };
+    let memory = Some((dev.clone(), peers.clone()));
+    if !matches!(nl.link(&dev.name).await, Ok(Some(_))) {
+        return (None, memory); // the device is gone: nothing to resume into
     }
     match UdpPump::start(&dev, trellis_fabric::UDP_PORT) {
         Ok(p) => {
             p.set_peers(peers.clone());
             tracing::info!(device = %dev.name, peers = peers.len(), "udp pump resumed before joining");
-            Some(p)
+            (Some(p), memory)
         }
         Err(e) => {
             tracing::warn!("resuming the udp pump: {e}");
-            None
+            (None, memory)
         }
     }
 }
@@ -359,11 +375,13 @@ mod tests {
             "10.244.1.0/24".parse().unwrap(),
             "192.168.77.12:8285".parse().unwrap(),
         )];
-        remember_udp(&dir, Some((&dev, &peers)));
-        assert_eq!(recall_udp(&dir), Some((dev, peers)));
-        remember_udp(&dir, None);
+        let memory = (dev, peers);
+        store_udp(&dir, Some(&memory)).unwrap();
+        assert_eq!(recall_udp(&dir), Some(memory));
+        store_udp(&dir, None).unwrap();
+        store_udp(&dir, None).unwrap(); // forgetting twice is fine
         assert!(recall_udp(&dir).is_none());
-        std::fs::write(udp_memory(&dir), "{not json").unwrap();
+        std::fs::write(udp_memory_path(&dir), "{not json").unwrap();
         assert!(recall_udp(&dir).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }

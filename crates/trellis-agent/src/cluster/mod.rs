@@ -140,7 +140,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
     let local = underlay.local.clone();
     // The kernel keeps forwarding for every backend but udp, whose packets need a pump:
     // start it now with what the last agent knew, not only once the server answers.
-    let resumed_pump = fabric::resume_udp_pump(&cfg.state_dir);
+    let (resumed_pump, udp_memory) = fabric::resume_udp_pump(&nl, &cfg.state_dir).await;
     let joined = loop {
         match join(&client, &cfg, &local).await {
             Ok(x) => break x,
@@ -277,6 +277,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
         reconciler: Reconciler::new(nl.clone()),
         nl,
         pump: resumed_pump,
+        udp_memory,
         published_unreachable: None,
     };
     tokio::spawn(fabric.run());
