@@ -1,5 +1,5 @@
 //! Trellis's hands on the kernel: network namespaces ([`netns`]), links, addresses and
-//! routes over rtnetlink ([`netlink`]), nftables ([`nft`]) and sysctls ([`sysctl`]).
+//! routes over rtnetlink ([`netlink`]), nftables ([`nft`] through the tool, [`nftnl`] over netlink) and sysctls ([`sysctl`]).
 //! Everything here acts on the namespace it is given (or the caller's current one) and
 //! touches only objects it is told to; policy lives in the agent.
 
@@ -7,6 +7,7 @@ pub mod fabric_ops;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nftnl;
 pub mod sysctl;
 pub mod uplink;
 

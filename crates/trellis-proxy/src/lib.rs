@@ -42,7 +42,7 @@
 //!
 //! # Talking to the kernel
 //!
-//! The tables are read and written over netlink directly (`netlink.rs`): the `nft`
+//! The tables are read and written over netlink directly (`trellis_net::nftnl`): the `nft`
 //! tool dumps the kernel's whole chain list before every command, which alone costs
 //! 40 ms at 10,000 chains and seconds at 100,000. A change is one transaction holding
 //! exactly the messages it needs; the socket stays open (closing one waits for an RCU
@@ -68,9 +68,7 @@
 //! never flushed.
 
 mod conntrack;
-mod expr;
 mod live;
-mod netlink;
 mod proxy;
 mod render;
 
@@ -195,4 +193,14 @@ pub enum ProxyError {
     /// The `conntrack` tool could not be run or failed.
     #[error("conntrack: {0}")]
     Conntrack(String),
+}
+
+impl From<trellis_net::nftnl::NftError> for ProxyError {
+    fn from(e: trellis_net::nftnl::NftError) -> Self {
+        use trellis_net::nftnl::NftError;
+        match e {
+            NftError::Netlink { what, source } => ProxyError::Netlink { what, source },
+            NftError::Nft(m) => ProxyError::Nft(m),
+        }
+    }
 }

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::netlink::{attr, attr_be32, attr_be64, attr_str, msg, parse_attrs, Attrs, Socket};
 use crate::render::{SetSpec, StaticSet};
 use crate::ProxyError;
+use trellis_net::nftnl::{
+    attr, attr_be32, attr_be64, attr_str, msg, parse_attrs, udata_comment, Attrs, Socket, FAMILY_IP,
+};
 
 /// A base chain's hook as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,30 +38,6 @@ pub(crate) struct LiveTable {
 
 const NFTA_TABLE_NAME: u16 = 1;
 
-/// The comment in a rule's user data (nft's `NFTNL_UDATA_RULE_COMMENT` TLV).
-pub(crate) fn udata_comment(udata: &[u8]) -> Option<String> {
-    let mut off = 0;
-    while off + 2 <= udata.len() {
-        let ty = udata[off];
-        let len = usize::from(udata[off + 1]);
-        let v = udata.get(off + 2..off + 2 + len)?;
-        if ty == 0 {
-            let v = v.split(|b| *b == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(v).into_owned());
-        }
-        off += 2 + len;
-    }
-    None
-}
-
-/// Encode `comment` as rule user data.
-pub(crate) fn comment_udata(comment: &str) -> Vec<u8> {
-    let mut v = vec![0u8, u8::try_from(comment.len() + 1).expect("short comment")];
-    v.extend_from_slice(comment.as_bytes());
-    v.push(0);
-    v
-}
-
 fn table_attrs(ty: u16, table: &str) -> Attrs {
     let mut a = Attrs::new();
     a.put_str(ty, table);
@@ -69,7 +47,7 @@ fn table_attrs(ty: u16, table: &str) -> Attrs {
 /// The names of all tables of family `ip`.
 pub(crate) fn table_names(sock: &mut Socket) -> Result<Vec<String>, ProxyError> {
     Ok(sock
-        .dump(msg::GETTABLE, &Attrs::new())?
+        .dump(FAMILY_IP, msg::GETTABLE, &Attrs::new())?
         .iter()
         .filter_map(|m| attr_str(m, NFTA_TABLE_NAME))
         .collect())
@@ -81,7 +59,7 @@ pub(crate) fn read_all(sock: &mut Socket, tables: &[String]) -> Result<Vec<LiveT
     let mut chains: BTreeMap<String, BTreeMap<String, LiveChain>> = BTreeMap::new();
     if tables.iter().any(|t| existing.contains(t)) {
         // The kernel does not filter chain dumps by table: read them all once.
-        for m in sock.dump(msg::GETCHAIN, &Attrs::new())? {
+        for m in sock.dump(FAMILY_IP, msg::GETCHAIN, &Attrs::new())? {
             let m = &m[..];
             let Some(table) = attr_str(m, 1) else {
                 continue;
@@ -129,7 +107,7 @@ fn read(
     };
 
     let mut rule_info: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
-    for m in sock.dump(msg::GETRULE, &table_attrs(1, table))? {
+    for m in sock.dump(FAMILY_IP, msg::GETRULE, &table_attrs(1, table))? {
         let m = &m[..];
         if attr_str(m, 1).as_deref() != Some(table) {
             continue;
@@ -153,7 +131,7 @@ fn read(
     }
 
     let mut sets = BTreeMap::new();
-    for m in sock.dump(msg::GETSET, &table_attrs(1, table))? {
+    for m in sock.dump(FAMILY_IP, msg::GETSET, &table_attrs(1, table))? {
         let m = &m[..];
         if attr_str(m, 1).as_deref() != Some(table) {
             continue;
@@ -181,7 +159,7 @@ fn read(
         let mut a = Attrs::new();
         a.put_str(1, table).put_str(2, set.name());
         let mut elems = Vec::new();
-        for m in sock.dump(msg::GETSETELEM, &a)? {
+        for m in sock.dump(FAMILY_IP, msg::GETSETELEM, &a)? {
             let m = &m[..];
             let Some(list) = attr(m, 3) else { continue };
             for (ty, e) in parse_attrs(list) {
@@ -207,6 +185,7 @@ fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trellis_net::nftnl::comment_udata;
 
     #[test]
     fn comment_round_trip() {

@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::conntrack;
-use crate::expr::{value_data, verdict_data, NFT_GOTO};
-use crate::live::{self, comment_udata, LiveTable};
-use crate::netlink::{msg, Attrs, Message, Socket, NLM_F_APPEND, NLM_F_CREATE};
+use crate::live::{self, LiveTable};
 use crate::render::{self, BaseSpec, ChainSpec, Rendered, SetSpec, StaticSet};
 use crate::{ProxyConfig, ProxyError, ServiceModel};
 use trellis_api::naming::fnv1a64;
+use trellis_net::nftnl::comment_udata;
+use trellis_net::nftnl::expr::{value_data, verdict_data, NFT_GOTO};
+use trellis_net::nftnl::{msg, Attrs, Message, Socket, FAMILY_IP, NLM_F_APPEND, NLM_F_CREATE};
 
 /// What a [`Proxy::full_sync`] or [`Proxy::update`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -749,6 +750,7 @@ fn encode(tables: &[String], ops: &[TOp]) -> (Vec<Message>, Vec<usize>) {
                 }
                 a.nest_raw(3, list.bytes());
                 msgs.push(Message {
+                    family: FAMILY_IP,
                     kind: if add {
                         msg::NEWSETELEM
                     } else {
@@ -761,6 +763,7 @@ fn encode(tables: &[String], ops: &[TOp]) -> (Vec<Message>, Vec<usize>) {
             }
         };
         msgs.push(Message {
+            family: FAMILY_IP,
             kind,
             flags,
             attrs: a,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use trellis_api::naming::fnv1a64;
 
-use crate::expr::{Rule, NFT_RETURN, PROTO_TCP, PROTO_UDP};
 use crate::{EndpointModel, PortModel, Protocol, ProxyConfig, ServiceModel, MASQUERADE_MARK};
+use trellis_net::nftnl::expr::{Rule, NFT_RETURN, PROTO_TCP, PROTO_UDP};
 
 /// Bumped whenever the encoding of any rule changes, so that old tables are rewritten.
 const FORMAT: &str = "trellis-proxy/1";

@@ -161,7 +161,10 @@ pub async fn plan_create(s: &Server, key: &str, obj: &mut AnyObject) -> Result<P
         AnyObject::Node(_)
         | AnyObject::Pod(_)
         | AnyObject::Endpoint(_)
-        | AnyObject::LoadBalancerPool(_) => {}
+        | AnyObject::LoadBalancerPool(_)
+        | AnyObject::Namespace(_)
+        | AnyObject::NetworkPolicy(_)
+        | AnyObject::ClusterNetworkPolicy(_) => {}
     }
     Ok(plan)
 }

@@ -104,6 +104,25 @@ fn parse_rv(s: Option<&str>, field: &str) -> Result<Option<Revision>, ApiError> 
 }
 
 /// The node an object belongs to, for node-token authorization.
+/// What the server sets on every write: a Namespace's automatic name label.
+fn normalize(obj: &mut AnyObject) {
+    if let AnyObject::Namespace(ns) = obj {
+        ns.add_name_label();
+    }
+}
+
+/// Fields only an admin may set: a Pod source prefix of `/0` (no anti-spoofing at all).
+fn check_privileged(role: &Role, obj: &AnyObject) -> Result<(), ApiError> {
+    if let AnyObject::Pod(p) = obj {
+        if p.spec.allows_any_source() && *role != Role::Admin {
+            return Err(ApiError::forbidden(
+                "spec.allowedSourceAddresses: a /0 prefix (any source address) needs an admin token",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn node_of(obj: &AnyObject) -> Option<&str> {
     match obj {
         AnyObject::Endpoint(e) => Some(e.spec.node.as_str()),
@@ -294,6 +313,8 @@ pub async fn create(
         t.ns = obj.namespace().map(str::to_string);
     }
     role.check_write(t.kind.plural(), obj.name(), node_of(&obj))?;
+    check_privileged(&role, &obj)?;
+    normalize(&mut obj);
     obj.metadata_mut().resource_version = None;
     obj.metadata_mut()
         .set_creation_time(std::time::SystemTime::now());
@@ -344,6 +365,8 @@ pub async fn update(
     let (t, name) = Target::from_path(&path)?;
     let mut obj = parse_body(&headers, &body)?;
     t.adopt(&mut obj, Some(&name))?;
+    check_privileged(&role, &obj)?;
+    normalize(&mut obj);
     let key = t.key(&name)?;
     let wanted_rv = obj.metadata().revision().map(|r| r as Revision);
     obj.validate().map_err(invalid)?;

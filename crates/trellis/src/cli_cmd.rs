@@ -328,14 +328,7 @@ fn parse_kind(s: &str) -> anyhow::Result<Kind> {
 
 /// The short name of a kind, as kubectl has them.
 fn short_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Network => "net",
-        Kind::Node => "no",
-        Kind::Pod => "po",
-        Kind::Endpoint => "ep",
-        Kind::Service => "svc",
-        Kind::LoadBalancerPool => "lbpool",
-    }
+    k.short_name().unwrap_or_else(|| k.plural())
 }
 
 /// `service/web`: how results name an object.
@@ -830,6 +823,44 @@ fn columns(o: &AnyObject) -> Columns {
             )],
             vec![],
         ),
+        AnyObject::Namespace(n) => (vec![("LABELS", labels(&n.metadata.labels))], vec![]),
+        AnyObject::NetworkPolicy(p) => {
+            let (ing, eg) = p.spec.effective_types();
+            let types = [(ing, "Ingress"), (eg, "Egress")]
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, t)| t.to_string());
+            (
+                vec![("POD-SELECTOR", p.spec.pod_selector.describe())],
+                vec![
+                    ("POLICY-TYPES", join_or_none(types)),
+                    ("INGRESS-RULES", p.spec.ingress.len().to_string()),
+                    ("EGRESS-RULES", p.spec.egress.len().to_string()),
+                ],
+            )
+        }
+        AnyObject::ClusterNetworkPolicy(p) => {
+            let subject = match (&p.spec.subject.namespaces, &p.spec.subject.pods) {
+                (Some(n), _) => format!("namespaces:{}", n.describe()),
+                (_, Some(pods)) => format!(
+                    "pods:{}/{}",
+                    pods.namespace_selector.describe(),
+                    pods.pod_selector.describe()
+                ),
+                _ => NONE.to_string(),
+            };
+            (
+                vec![
+                    ("TIER", format!("{:?}", p.spec.tier)),
+                    ("PRIORITY", p.spec.priority.to_string()),
+                    ("SUBJECT", subject),
+                ],
+                vec![
+                    ("INGRESS-RULES", p.spec.ingress.len().to_string()),
+                    ("EGRESS-RULES", p.spec.egress.len().to_string()),
+                ],
+            )
+        }
     }
 }
 

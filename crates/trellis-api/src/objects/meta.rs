@@ -35,6 +35,10 @@ pub struct ObjectMeta {
     /// Labels, matched by selectors (Service `spec.selector`, later policies).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Free-form notes (not matched by anything); accepted so Kubernetes manifests
+    /// apply unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// Server-set: the store's mod revision of this version of the object, in decimal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,

@@ -9,6 +9,13 @@
 //! | `Endpoint` | [`Endpoint`] | namespaced | `endpoints` | [`EndpointSpec`] / [`NoStatus`] |
 //! | `Service` | [`Service`] | namespaced | `services` | [`ServiceSpec`] / [`ServiceStatus`] |
 //! | `LoadBalancerPool` | [`LoadBalancerPool`] | cluster | `loadbalancerpools` | [`LoadBalancerPoolSpec`] / [`NoStatus`] |
+//! | `Namespace` | [`Namespace`] | cluster | `namespaces` | [`NamespaceSpec`] (may be left out) / [`NoStatus`] |
+//! | `NetworkPolicy` | [`NetworkPolicy`] | namespaced | `networkpolicies` | [`NetworkPolicySpec`] / [`NoStatus`] |
+//! | `ClusterNetworkPolicy` | [`ClusterNetworkPolicy`] | cluster | `clusternetworkpolicies` | [`ClusterNetworkPolicySpec`] / [`NoStatus`] |
+//!
+//! Besides `trellis/v1`, Kubernetes manifests are accepted as they are: `apiVersion:
+//! networking.k8s.io/v1` for NetworkPolicy and `v1` for Namespace and Pod
+//! ([`Kind::foreign_api_version`]); objects are always written back as `trellis/v1`.
 //!
 //! Every kind is an [`Object<S>`] over its spec type; [`AnyObject`] holds any of them, for
 //! code (the server, `trellis apply`) that reads manifests of every kind.
@@ -35,13 +42,17 @@
 //! Serializing ([`AnyObject::to_json`], or `serde` on any object) always writes
 //! `apiVersion` and `kind`; `status` is left out while it equals its default.
 
+mod cnp;
 mod endpoint;
 mod error;
 mod lbpool;
 mod meta;
+mod namespace;
+mod netpol;
 mod network;
 mod node;
 mod pod;
+mod selector;
 mod service;
 
 use std::fmt;
@@ -51,6 +62,10 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use cnp::{
+    ClusterNetworkPolicy, ClusterNetworkPolicySpec, CnpAction, CnpPeer, CnpPort, CnpPortNumber,
+    CnpPortRange, CnpRule, NamespacedPods, Subject, Tier, MAX_CNP_PRIORITY, MAX_CNP_RULES,
+};
 pub use endpoint::{Endpoint, EndpointSpec};
 pub use error::ValidationError;
 pub use lbpool::{LoadBalancerPool, LoadBalancerPoolSpec};
@@ -59,12 +74,18 @@ pub use meta::{
     validate_label_key, validate_label_value, validate_labels, validate_mac, NameRule, ObjectMeta,
     DNS1123_LABEL_MAX, DNS1123_SUBDOMAIN_MAX, LABEL_VALUE_MAX,
 };
+pub use namespace::{namespace_labels, Namespace, NamespaceSpec, NAMESPACE_NAME_LABEL};
+pub use netpol::{
+    validate_port_name, EgressRule, IngressRule, IpBlock, NetworkPolicy, NetworkPolicySpec, Peer,
+    PolicyPort, PolicyProtocol, PolicyType, PortRef,
+};
 pub use network::{
     networks_overlap, Backend, Network, NetworkSpec, NetworkStatus, DEFAULT_NODE_SUBNET_PREFIX,
     MAX_NODE_SUBNET_PREFIX, MTU_RANGE, VNI_RANGE,
 };
 pub use node::{Node, NodeSpec, NodeStatus, SubnetLease};
-pub use pod::{Pod, PodSpec};
+pub use pod::{ContainerPort, Pod, PodSpec};
+pub use selector::{LabelSelector, SelectorOperator, SelectorRequirement};
 pub use service::{
     ExternalTrafficPolicy, Protocol, Service, ServicePort, ServiceSpec, ServiceStatus, ServiceType,
     SessionAffinity, CLUSTER_IP_NONE, DEFAULT_NODE_PORT_RANGE, DEFAULT_SESSION_AFFINITY_TIMEOUT,
@@ -93,17 +114,26 @@ pub enum Kind {
     Service,
     /// [`LoadBalancerPool`]: addresses for `LoadBalancer` Services. Cluster-scoped.
     LoadBalancerPool,
+    /// [`Namespace`]: a namespace's labels. Cluster-scoped.
+    Namespace,
+    /// [`NetworkPolicy`]: what a namespace's pods accept and send. Namespaced.
+    NetworkPolicy,
+    /// [`ClusterNetworkPolicy`]: the administrator's tiers of policy. Cluster-scoped.
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Network,
         Kind::Node,
         Kind::Pod,
         Kind::Endpoint,
         Kind::Service,
         Kind::LoadBalancerPool,
+        Kind::Namespace,
+        Kind::NetworkPolicy,
+        Kind::ClusterNetworkPolicy,
     ];
 
     /// The name written in `kind`: `Network`, `Node`, ...
@@ -115,6 +145,9 @@ impl Kind {
             Kind::Endpoint => "Endpoint",
             Kind::Service => "Service",
             Kind::LoadBalancerPool => "LoadBalancerPool",
+            Kind::Namespace => "Namespace",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         }
     }
 
@@ -127,6 +160,36 @@ impl Kind {
             Kind::Endpoint => "endpoints",
             Kind::Service => "services",
             Kind::LoadBalancerPool => "loadbalancerpools",
+            Kind::Namespace => "namespaces",
+            Kind::NetworkPolicy => "networkpolicies",
+            Kind::ClusterNetworkPolicy => "clusternetworkpolicies",
+        }
+    }
+
+    /// The short name the CLI accepts besides the plural and the singular (`svc`,
+    /// `netpol`, `cnp`, `ns`, ...).
+    pub fn short_name(self) -> Option<&'static str> {
+        match self {
+            Kind::Network => Some("net"),
+            Kind::Node => Some("no"),
+            Kind::Pod => Some("po"),
+            Kind::Endpoint => Some("ep"),
+            Kind::Service => Some("svc"),
+            Kind::LoadBalancerPool => Some("lbpool"),
+            Kind::Namespace => Some("ns"),
+            Kind::NetworkPolicy => Some("netpol"),
+            Kind::ClusterNetworkPolicy => Some("cnp"),
+        }
+    }
+
+    /// The Kubernetes `apiVersion` whose manifests of this kind are accepted as they
+    /// are, besides [`API_VERSION`]: `networking.k8s.io/v1` (NetworkPolicy), `v1`
+    /// (Namespace, Pod).
+    pub fn foreign_api_version(self) -> Option<&'static str> {
+        match self {
+            Kind::NetworkPolicy => Some("networking.k8s.io/v1"),
+            Kind::Namespace | Kind::Pod => Some("v1"),
+            _ => None,
         }
     }
 
@@ -138,7 +201,10 @@ impl Kind {
     /// Whether objects of this kind live in a namespace (Pod, Endpoint, Service) or are
     /// cluster-scoped (Network, Node).
     pub fn namespaced(self) -> bool {
-        matches!(self, Kind::Pod | Kind::Endpoint | Kind::Service)
+        matches!(
+            self,
+            Kind::Pod | Kind::Endpoint | Kind::Service | Kind::NetworkPolicy
+        )
     }
 
     /// The form `metadata.name` must have: a DNS-1123 subdomain (≤ 253 characters, dots
@@ -347,11 +413,16 @@ fn check_type_meta(
     match api_version {
         None => return Err(ValidationError::new("apiVersion", "is required")),
         Some(API_VERSION) => {}
+        Some(v) if Some(v) == kind.foreign_api_version() => {}
         Some(v) => {
+            let also = kind
+                .foreign_api_version()
+                .map(|f| format!(" (or {f:?})"))
+                .unwrap_or_default();
             return Err(ValidationError::new(
                 "apiVersion",
-                format!("must be {API_VERSION:?}, got {v:?}"),
-            ))
+                format!("must be {API_VERSION:?}{also} for {kind}, got {v:?}"),
+            ));
         }
     }
     match expected {
@@ -382,6 +453,12 @@ pub enum AnyObject {
     Service(Service),
     /// A `LoadBalancerPool`.
     LoadBalancerPool(LoadBalancerPool),
+    /// A `Namespace`.
+    Namespace(Namespace),
+    /// A `NetworkPolicy`.
+    NetworkPolicy(NetworkPolicy),
+    /// A `ClusterNetworkPolicy`.
+    ClusterNetworkPolicy(ClusterNetworkPolicy),
 }
 
 /// Run `$e` with `$o` bound to the typed object inside an [`AnyObject`].
@@ -394,6 +471,9 @@ macro_rules! each {
             AnyObject::Endpoint($o) => $e,
             AnyObject::Service($o) => $e,
             AnyObject::LoadBalancerPool($o) => $e,
+            AnyObject::Namespace($o) => $e,
+            AnyObject::NetworkPolicy($o) => $e,
+            AnyObject::ClusterNetworkPolicy($o) => $e,
         }
     };
 }
@@ -428,6 +508,9 @@ impl AnyObject {
             Kind::Endpoint => AnyObject::Endpoint(typed(value)?),
             Kind::Service => AnyObject::Service(typed(value)?),
             Kind::LoadBalancerPool => AnyObject::LoadBalancerPool(typed(value)?),
+            Kind::Namespace => AnyObject::Namespace(typed(value)?),
+            Kind::NetworkPolicy => AnyObject::NetworkPolicy(typed(value)?),
+            Kind::ClusterNetworkPolicy => AnyObject::ClusterNetworkPolicy(typed(value)?),
         })
     }
 
@@ -499,7 +582,17 @@ macro_rules! any_from {
         }
     )*};
 }
-any_from!(Network, Node, Pod, Endpoint, Service, LoadBalancerPool);
+any_from!(
+    Network,
+    Node,
+    Pod,
+    Endpoint,
+    Service,
+    LoadBalancerPool,
+    Namespace,
+    NetworkPolicy,
+    ClusterNetworkPolicy
+);
 
 /// Deserialize a typed object from a JSON value, errors naming the field path.
 fn typed<S: Spec>(value: serde_json::Value) -> Result<Object<S>, ValidationError> {

@@ -49,7 +49,10 @@ fn kind_facts() {
             "pods",
             "endpoints",
             "services",
-            "loadbalancerpools"
+            "loadbalancerpools",
+            "namespaces",
+            "networkpolicies",
+            "clusternetworkpolicies"
         ]
     );
     for k in Kind::ALL {
@@ -59,7 +62,15 @@ fn kind_facts() {
     }
     assert_eq!(Kind::from_plural("network"), None);
     let namespaced: Vec<_> = Kind::ALL.into_iter().filter(|k| k.namespaced()).collect();
-    assert_eq!(namespaced, [Kind::Pod, Kind::Endpoint, Kind::Service]);
+    assert_eq!(
+        namespaced,
+        [
+            Kind::Pod,
+            Kind::Endpoint,
+            Kind::Service,
+            Kind::NetworkPolicy
+        ]
+    );
 }
 
 #[test]
@@ -181,17 +192,22 @@ fn kind_and_api_version() {
     assert_err(&e, "kind", "unknown kind \"Foo\"");
     assert_eq!(
         e.to_string(),
-        r#"kind: unknown kind "Foo", expected one of Network, Node, Pod, Endpoint, Service, LoadBalancerPool"#
+        r#"kind: unknown kind "Foo", expected one of Network, Node, Pod, Endpoint, Service, LoadBalancerPool, Namespace, NetworkPolicy, ClusterNetworkPolicy"#
     );
     // kind is checked first, so a wrong apiVersion with an unknown kind reports the kind.
     let e = json_err(r#"{"apiVersion": "v1", "kind": "Deployment"}"#);
     assert_eq!(e.field, "kind");
 
-    let e = json_err(r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}"#);
+    let e = json_err(r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}}"#);
     assert_eq!(
         e.to_string(),
-        r#"apiVersion: must be "trellis/v1", got "v1""#
+        r#"apiVersion: must be "trellis/v1" for Service, got "v1""#
     );
+    // Kubernetes manifests of the kinds Trellis mirrors are accepted as they are.
+    parse_json(br#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}"#).unwrap();
+    parse_json(br#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}"#).unwrap();
+    let e = json_err(r#"{"apiVersion": "v1", "kind": "NetworkPolicy", "metadata": {"name": "x"}}"#);
+    assert_err(&e, "apiVersion", "networking.k8s.io/v1");
     let e = json_err(r#"{"kind": "Pod", "metadata": {"name": "x"}}"#);
     assert_eq!(e.to_string(), "apiVersion: is required");
     let e = json_err(r#"{"apiVersion": "trellis/v1", "metadata": {"name": "x"}}"#);
@@ -222,7 +238,7 @@ fn pod_spec_may_be_absent() {
     let o = parse_json(br#"{"apiVersion": "trellis/v1", "kind": "Pod", "metadata": {"name": "web-1", "labels": {"app": "web"}}}"#)
         .unwrap();
     let AnyObject::Pod(p) = &o else { panic!() };
-    assert_eq!(p.spec, PodSpec {});
+    assert_eq!(p.spec, PodSpec::default());
     assert_eq!(p.metadata.labels["app"], "web");
     assert_eq!(
         o.namespace(),
@@ -324,7 +340,10 @@ fn full_objects() -> Vec<AnyObject> {
         }],
         unreachable_peers: vec!["node-2".into()],
     };
-    let pod = Pod::new(ObjectMeta::namespaced("default", "web-1"), PodSpec {});
+    let pod = Pod::new(
+        ObjectMeta::namespaced("default", "web-1"),
+        PodSpec::default(),
+    );
     let endpoint = Endpoint::new(
         ObjectMeta::namespaced("default", "web-1-eth0"),
         EndpointSpec {
@@ -523,7 +542,7 @@ fn yaml_errors_match_json() {
     let e = parse_yaml("kind: Pod\napiVersion: trellis/v2\nmetadata: {name: x}\n").unwrap_err();
     assert_eq!(
         e.to_string(),
-        r#"apiVersion: must be "trellis/v1", got "trellis/v2""#
+        r#"apiVersion: must be "trellis/v1" (or "v1") for Pod, got "trellis/v2""#
     );
 
     let e = parse_yaml("kind: Pod\nmetadata: [\n").unwrap_err();

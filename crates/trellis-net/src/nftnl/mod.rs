@@ -6,11 +6,33 @@
 //! (the kernel restarts a chain dump from the beginning for every 32 KiB it returns).
 //! Speaking netlink directly, a change is one `sendmsg` of exactly the messages it needs.
 //! The socket is opened in the calling thread's network namespace, like `nft` would be.
+//!
+//! Shared by every owner of nftables tables (the service proxy, policy, anti-spoofing):
+//! [`Attrs`] encodes attributes, [`expr::Rule`] a rule's expressions, [`Socket`] runs
+//! transactions and dumps; [`comment_udata`] / [`udata_comment`] carry the fingerprint
+//! comment a rule is compared by.
+
+pub mod expr;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::ProxyError;
+/// A failed nf_tables request.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// A netlink socket operation failed.
+    #[error("netlink: {what}: {source}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused a transaction or a request.
+    #[error("nftables: {0}")]
+    Nft(String),
+}
 
 /// `NFNL_SUBSYS_NFTABLES`.
 const SUBSYS: u16 = 10;
@@ -19,22 +41,26 @@ const NFNL_MSG_BATCH_END: u16 = 17;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
-pub(crate) const NLM_F_REQUEST: u16 = 0x1;
-pub(crate) const NLM_F_ACK: u16 = 0x4;
+pub const NLM_F_REQUEST: u16 = 0x1;
+pub const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_ACK_TLVS: u16 = 0x200;
-pub(crate) const NLM_F_DUMP: u16 = 0x300;
-pub(crate) const NLM_F_CREATE: u16 = 0x400;
-pub(crate) const NLM_F_APPEND: u16 = 0x800;
+pub const NLM_F_DUMP: u16 = 0x300;
+pub const NLM_F_CREATE: u16 = 0x400;
+pub const NLM_F_APPEND: u16 = 0x800;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// `NFPROTO_IPV4`: the `ip` family.
-pub(crate) const FAMILY_IP: u8 = 2;
+pub const FAMILY_IP: u8 = 2;
+/// `NFPROTO_INET`: the `inet` family.
+pub const FAMILY_INET: u8 = 1;
+/// `NFPROTO_BRIDGE`: the `bridge` family.
+pub const FAMILY_BRIDGE: u8 = 7;
 
 /// nf_tables message types.
-pub(crate) mod msg {
+pub mod msg {
     pub const NEWTABLE: u8 = 0;
     pub const GETTABLE: u8 = 1;
     pub const DELTABLE: u8 = 2;
@@ -54,7 +80,7 @@ pub(crate) mod msg {
 
 /// A buffer of netlink attributes.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Attrs {
+pub struct Attrs {
     buf: Vec<u8>,
 }
 
@@ -63,23 +89,23 @@ fn align4(n: usize) -> usize {
 }
 
 impl Attrs {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Attrs::default()
     }
 
-    pub(crate) fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         &self.buf
     }
 
-    pub(crate) fn into_vec(self) -> Vec<u8> {
+    pub fn into_vec(self) -> Vec<u8> {
         self.buf
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.buf.len()
     }
 
-    pub(crate) fn put(&mut self, ty: u16, data: &[u8]) -> &mut Self {
+    pub fn put(&mut self, ty: u16, data: &[u8]) -> &mut Self {
         let len = 4 + data.len();
         self.buf
             .extend_from_slice(&u16::try_from(len).expect("attribute fits").to_ne_bytes());
@@ -89,15 +115,15 @@ impl Attrs {
         self
     }
 
-    pub(crate) fn put_be32(&mut self, ty: u16, v: u32) -> &mut Self {
+    pub fn put_be32(&mut self, ty: u16, v: u32) -> &mut Self {
         self.put(ty, &v.to_be_bytes())
     }
 
-    pub(crate) fn put_be64(&mut self, ty: u16, v: u64) -> &mut Self {
+    pub fn put_be64(&mut self, ty: u16, v: u64) -> &mut Self {
         self.put(ty, &v.to_be_bytes())
     }
 
-    pub(crate) fn put_str(&mut self, ty: u16, s: &str) -> &mut Self {
+    pub fn put_str(&mut self, ty: u16, s: &str) -> &mut Self {
         let mut v = Vec::with_capacity(s.len() + 1);
         v.extend_from_slice(s.as_bytes());
         v.push(0);
@@ -105,7 +131,7 @@ impl Attrs {
     }
 
     /// A nested attribute whose contents `f` writes.
-    pub(crate) fn nest(&mut self, ty: u16, f: impl FnOnce(&mut Attrs)) -> &mut Self {
+    pub fn nest(&mut self, ty: u16, f: impl FnOnce(&mut Attrs)) -> &mut Self {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0, 0, 0, 0]);
         let mut inner = Attrs {
@@ -120,7 +146,7 @@ impl Attrs {
     }
 
     /// Append already encoded attributes as the contents of a nested attribute.
-    pub(crate) fn nest_raw(&mut self, ty: u16, inner: &[u8]) -> &mut Self {
+    pub fn nest_raw(&mut self, ty: u16, inner: &[u8]) -> &mut Self {
         let len = u16::try_from(4 + inner.len()).expect("nested attribute fits");
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf
@@ -131,7 +157,7 @@ impl Attrs {
 }
 
 /// Iterate over the attributes in `buf`: (type without flags, payload).
-pub(crate) fn parse_attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub fn parse_attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut off = 0;
     std::iter::from_fn(move || {
         if off + 4 > buf.len() {
@@ -149,32 +175,37 @@ pub(crate) fn parse_attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 }
 
 /// The first attribute of type `ty` in `buf`.
-pub(crate) fn attr(buf: &[u8], ty: u16) -> Option<&[u8]> {
+pub fn attr(buf: &[u8], ty: u16) -> Option<&[u8]> {
     parse_attrs(buf).find(|(t, _)| *t == ty).map(|(_, d)| d)
 }
 
-pub(crate) fn attr_str(buf: &[u8], ty: u16) -> Option<String> {
+pub fn attr_str(buf: &[u8], ty: u16) -> Option<String> {
     let d = attr(buf, ty)?;
     let d = d.split(|b| *b == 0).next().unwrap_or_default();
     Some(String::from_utf8_lossy(d).into_owned())
 }
 
-pub(crate) fn attr_be32(buf: &[u8], ty: u16) -> Option<u32> {
+pub fn attr_be32(buf: &[u8], ty: u16) -> Option<u32> {
     let d = attr(buf, ty)?;
     Some(u32::from_be_bytes(d.get(..4)?.try_into().ok()?))
 }
 
-pub(crate) fn attr_be64(buf: &[u8], ty: u16) -> Option<u64> {
+pub fn attr_be64(buf: &[u8], ty: u16) -> Option<u64> {
     let d = attr(buf, ty)?;
     Some(u64::from_be_bytes(d.get(..8)?.try_into().ok()?))
 }
 
 /// One nf_tables message of a transaction.
 #[derive(Debug, Clone)]
-pub(crate) struct Message {
-    pub(crate) kind: u8,
-    pub(crate) flags: u16,
-    pub(crate) attrs: Attrs,
+pub struct Message {
+    /// The table family (`FAMILY_IP`, `FAMILY_BRIDGE`, ...).
+    pub family: u8,
+    /// The nf_tables message type (`msg::NEWRULE`, ...).
+    pub kind: u8,
+    /// Extra netlink flags (`NLM_F_CREATE`, ...).
+    pub flags: u16,
+    /// The message's attributes.
+    pub attrs: Attrs,
 }
 
 fn push_header(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
@@ -197,14 +228,14 @@ fn patch_len(buf: &mut [u8], start: usize) {
 
 /// An open `NETLINK_NETFILTER` socket.
 #[derive(Debug)]
-pub(crate) struct Socket {
+pub struct Socket {
     fd: OwnedFd,
     seq: u32,
     buf: Vec<u8>,
 }
 
-fn os_err(what: &str) -> ProxyError {
-    ProxyError::Netlink {
+fn os_err(what: &str) -> NftError {
+    NftError::Netlink {
         what: what.to_string(),
         source: io::Error::last_os_error(),
     }
@@ -230,7 +261,7 @@ fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> io::Result<()> {
 
 impl Socket {
     /// Open a socket in the calling thread's network namespace.
-    pub(crate) fn open() -> Result<Self, ProxyError> {
+    pub fn open() -> Result<Self, NftError> {
         // SAFETY: plain socket(2) call; the result is checked.
         let fd = unsafe {
             libc::socket(
@@ -301,7 +332,7 @@ impl Socket {
         self.seq
     }
 
-    fn send(&self, data: &[u8]) -> Result<(), ProxyError> {
+    fn send(&self, data: &[u8]) -> Result<(), NftError> {
         let raw = self.fd.as_raw_fd();
         // The whole transaction goes in one datagram: make the send buffer big enough.
         let need = i32::try_from(data.len() + (64 << 10)).unwrap_or(i32::MAX);
@@ -330,7 +361,7 @@ impl Socket {
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(ProxyError::Netlink {
+                return Err(NftError::Netlink {
                     what: format!("send {} bytes to nf_tables", data.len()),
                     source: e,
                 });
@@ -339,7 +370,7 @@ impl Socket {
     }
 
     /// Receive one datagram; `Ok(None)` when `nonblock` and nothing is queued.
-    fn recv(&mut self, nonblock: bool) -> Result<Option<usize>, ProxyError> {
+    fn recv(&mut self, nonblock: bool) -> Result<Option<usize>, NftError> {
         let flags = if nonblock { libc::MSG_DONTWAIT } else { 0 };
         loop {
             // SAFETY: `self.buf` is valid for writes of its length.
@@ -359,7 +390,7 @@ impl Socket {
                 io::ErrorKind::Interrupted => continue,
                 io::ErrorKind::WouldBlock if nonblock => return Ok(None),
                 _ => {
-                    return Err(ProxyError::Netlink {
+                    return Err(NftError::Netlink {
                         what: "receive from nf_tables".into(),
                         source: e,
                     })
@@ -369,11 +400,11 @@ impl Socket {
     }
 
     /// Run `msgs` as one transaction. `describe(i)` names message `i` in an error.
-    pub(crate) fn transact(
+    pub fn transact(
         &mut self,
         msgs: &[Message],
         describe: &dyn Fn(usize) -> String,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<(), NftError> {
         if msgs.is_empty() {
             return Ok(());
         }
@@ -402,7 +433,7 @@ impl Socket {
                 (SUBSYS << 8) | u16::from(m.kind),
                 flags,
                 last_seq,
-                FAMILY_IP,
+                m.family,
                 0,
             );
             out.extend_from_slice(m.attrs.bytes());
@@ -467,10 +498,10 @@ impl Socket {
             if errors.len() > 1 {
                 msg.push_str(&format!(" (and {} more errors)", errors.len() - 1));
             }
-            return Err(ProxyError::Nft(msg));
+            return Err(NftError::Nft(msg));
         }
         if !acked {
-            return Err(ProxyError::Nft(
+            return Err(NftError::Nft(
                 "nf_tables did not acknowledge the transaction".into(),
             ));
         }
@@ -479,14 +510,14 @@ impl Socket {
 
     /// A dump request: the attributes of every answer. Repeated (up to 3 times) when the
     /// kernel reports that a change interrupted it.
-    pub(crate) fn dump(&mut self, kind: u8, attrs: &Attrs) -> Result<Vec<Vec<u8>>, ProxyError> {
+    pub fn dump(&mut self, family: u8, kind: u8, attrs: &Attrs) -> Result<Vec<Vec<u8>>, NftError> {
         for _ in 0..3 {
             let mut out = Vec::new();
-            if self.dump_once(kind, attrs, &mut |m| out.push(m.to_vec()))? {
+            if self.dump_once(family, kind, attrs, &mut |m| out.push(m.to_vec()))? {
                 return Ok(out);
             }
         }
-        Err(ProxyError::Nft(
+        Err(NftError::Nft(
             "the table kept changing while it was being read".into(),
         ))
     }
@@ -494,10 +525,11 @@ impl Socket {
     /// Returns false when the dump was interrupted.
     fn dump_once(
         &mut self,
+        family: u8,
         kind: u8,
         attrs: &Attrs,
         each: &mut dyn FnMut(&[u8]),
-    ) -> Result<bool, ProxyError> {
+    ) -> Result<bool, NftError> {
         let seq = self.next_seq();
         let mut out = Vec::new();
         let s = push_header(
@@ -505,7 +537,7 @@ impl Socket {
             (SUBSYS << 8) | u16::from(kind),
             NLM_F_REQUEST | NLM_F_DUMP,
             seq,
-            FAMILY_IP,
+            family,
             0,
         );
         out.extend_from_slice(attrs.bytes());
@@ -515,7 +547,7 @@ impl Socket {
         loop {
             let n = self.recv(false)?.unwrap_or(0);
             if n == 0 {
-                return Err(ProxyError::Nft("nf_tables closed a dump".into()));
+                return Err(NftError::Nft("nf_tables closed a dump".into()));
             }
             let mut done = false;
             let mut err = None;
@@ -546,7 +578,7 @@ impl Socket {
                 if code == -libc::ENOENT {
                     return Ok(true);
                 }
-                return Err(ProxyError::Nft(format!(
+                return Err(NftError::Nft(format!(
                     "dump: {} {text}",
                     io::Error::from_raw_os_error(-code)
                 )));
@@ -556,6 +588,30 @@ impl Socket {
             }
         }
     }
+}
+
+/// The comment in a rule's user data (nft's `NFTNL_UDATA_RULE_COMMENT` TLV).
+pub fn udata_comment(udata: &[u8]) -> Option<String> {
+    let mut off = 0;
+    while off + 2 <= udata.len() {
+        let ty = udata[off];
+        let len = usize::from(udata[off + 1]);
+        let v = udata.get(off + 2..off + 2 + len)?;
+        if ty == 0 {
+            let v = v.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(v).into_owned());
+        }
+        off += 2 + len;
+    }
+    None
+}
+
+/// Encode `comment` (at most 254 bytes) as rule user data.
+pub fn comment_udata(comment: &str) -> Vec<u8> {
+    let mut v = vec![0u8, u8::try_from(comment.len() + 1).expect("short comment")];
+    v.extend_from_slice(comment.as_bytes());
+    v.push(0);
+    v
 }
 
 /// Split a datagram into messages: (type, flags, seq, payload after the header).

@@ -1,0 +1,1 @@
+//! Anti-spoofing (to be written).
