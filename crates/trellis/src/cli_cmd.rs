@@ -6,7 +6,9 @@
 //! ([`trellis_api::objects`]) and checked locally before anything is sent.
 //!
 //! Exit status: 0 on success, 1 on any error (`error: <message>` on stderr; a missing
-//! object is reported as `Error from server (NotFound): <message>`, like kubectl).
+//! object is reported as `Error from server (NotFound): <message>`, and a stale
+//! `metadata.resourceVersion` in an applied manifest as `Error from server (Conflict):
+//! <object> (<origin>): <message>`, like kubectl).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write as _};
@@ -554,6 +556,25 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
     for m in &manifests {
         match apply_one(&client, m).await {
             Ok(result) => emit(&format!("{} {result}\n", m.id()))?,
+            Err(ClientError::Api {
+                reason, message, ..
+            }) if reason == "Conflict" => {
+                ok = false;
+                // kubectl's form, naming the object and where its manifest came from.
+                let hint = match &m.obj.metadata().resource_version {
+                    Some(rv) => format!(
+                        " (the manifest's metadata.resourceVersion is {rv}: get the object \
+                         again and re-apply your change, or remove resourceVersion from the \
+                         manifest to apply over the current version)"
+                    ),
+                    None => String::new(),
+                };
+                eprintln!(
+                    "Error from server (Conflict): {} ({}): {message}{hint}",
+                    m.id(),
+                    m.origin
+                );
+            }
             Err(e) => {
                 ok = false;
                 report(format_args!("{} ({}): {}", m.id(), m.origin, describe(&e)));
@@ -565,10 +586,19 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
 
 /// Create the object, or update it when it exists: `created`, `configured` or
 /// `unchanged`. Status is left to the server (a manifest's `status` is not sent).
+///
+/// A manifest with `metadata.resourceVersion` (what `get -o yaml` prints) is applied
+/// only at that version, as kubectl does: the update carries it and the server refuses a
+/// stale one (409 Conflict), so a concurrent change is never silently overwritten; an
+/// object gone meanwhile is a conflict too, not created again. Without one, the update
+/// goes over the current version (re-read and retried when it races).
 async fn apply_one(client: &Client, m: &Manifest) -> Result<&'static str, ClientError> {
     let mut body = m.obj.to_value();
     if let Some(o) = body.as_object_mut() {
         o.remove("status");
+    }
+    if let Some(rv) = &m.obj.metadata().resource_version {
+        return apply_at_version(client, m, &body, rv).await;
     }
     let mut exists = false;
     let mut last = None;
@@ -606,6 +636,36 @@ async fn apply_one(client: &Client, m: &Manifest) -> Result<&'static str, Client
         reason: "Conflict".into(),
         message: format!("{}: kept changing while applying; retry", m.id()),
     }))
+}
+
+/// [`apply_one`] for a manifest naming resourceVersion `rv` (in `body`): one update at
+/// that version. `unchanged` when the object already is as the manifest wants it
+/// (nothing is written, so nothing is overwritten).
+async fn apply_at_version(
+    client: &Client,
+    m: &Manifest,
+    body: &Value,
+    rv: &str,
+) -> Result<&'static str, ClientError> {
+    let current = match client.get(&m.path()).await {
+        Ok(v) => v,
+        Err(e) if has_reason(&e, "NotFound") => {
+            return Err(ClientError::Api {
+                status: 409,
+                reason: "Conflict".into(),
+                message: format!(
+                    "{} {:?} does not exist (deleted since resourceVersion {rv} was read?)",
+                    m.obj.kind(),
+                    m.obj.name()
+                ),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    if unchanged(&m.obj, &current) {
+        return Ok("unchanged");
+    }
+    client.put(&m.path(), body).await.map(|_| "configured")
 }
 
 /// Whether applying `want` would change nothing: its spec (with what the server

@@ -510,6 +510,74 @@ fn apply_get_delete() {
     }
 }
 
+/// A manifest naming `metadata.resourceVersion` (what `get -o yaml` prints) is applied
+/// at that version only: a stale one is a kubectl-like Conflict naming the object, exit
+/// 1, and the concurrent change stays; the current one applies; a manifest without one
+/// goes over whatever is current.
+#[test]
+fn apply_honours_an_explicit_resource_version() {
+    let c = Cluster::start();
+    c.ok_in(&["apply", "-f", "-"], Some(MANIFEST));
+    let read = c.ok(&["get", "svc", "web", "-o", "yaml"]);
+    let rv = c.json(&["svc", "web"])["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(read.contains(&format!("resourceVersion: '{rv}'")), "{read}");
+
+    // Someone else changes the Service (a manifest without resourceVersion).
+    let theirs = MANIFEST.replace("port: 80", "port: 81");
+    assert!(c
+        .ok_in(&["apply", "-f", "-"], Some(&theirs))
+        .contains("service/web configured"));
+    // Our edit of the copy read before: refused, theirs kept.
+    let ours = c.write("ours.yaml", &read.replace("port: 80", "port: 82"));
+    let err = c.fails(&["apply", "-f", &ours], None);
+    assert!(
+        err.starts_with("Error from server (Conflict): service/web (")
+            && err.contains("ours.yaml: document 1")
+            && err.contains(&format!("resourceVersion {rv} is stale")),
+        "{err}"
+    );
+    assert_eq!(c.json(&["svc", "web"])["spec"]["ports"][0]["port"], 81);
+    // Unchanged at a stale version writes nothing: unchanged, not an error.
+    let mut same = c.json(&["svc", "web"]);
+    same["metadata"]["resourceVersion"] = rv.clone().into();
+    assert_eq!(
+        c.ok_in(&["apply", "-f", "-"], Some(&same.to_string()))
+            .trim(),
+        "service/web unchanged"
+    );
+
+    // At the current version it applies.
+    let fresh = c.ok(&["get", "svc", "web", "-o", "yaml"]);
+    let fresh = c.write("fresh.yaml", &fresh.replace("port: 81", "port: 82"));
+    assert_eq!(
+        c.ok(&["apply", "-f", &fresh]).trim(),
+        "service/web configured"
+    );
+    assert_eq!(c.json(&["svc", "web"])["spec"]["ports"][0]["port"], 82);
+    // Applying the same file again: its version is stale now, its content current.
+    assert_eq!(
+        c.ok(&["apply", "-f", &fresh]).trim(),
+        "service/web unchanged"
+    );
+
+    // An object deleted meanwhile is not created again from a stale manifest.
+    c.ok(&["delete", "svc", "web"]);
+    let err = c.fails(&["apply", "-f", &fresh], None);
+    assert!(
+        err.starts_with("Error from server (Conflict): service/web")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(c.fails(&["get", "svc", "web"], None).contains("NotFound"));
+    // Without a resourceVersion it is created, as before.
+    assert!(c
+        .ok_in(&["apply", "-f", "-"], Some(&theirs))
+        .contains("service/web created"));
+}
+
 #[test]
 fn invalid_manifests_send_nothing() {
     let c = Cluster::start();
