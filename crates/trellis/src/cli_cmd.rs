@@ -1,4 +1,5 @@
-//! The kubectl-like client commands: `apply`, `get`, `delete`, `watch` and `config`.
+//! The kubectl-like client commands: `apply`, `get`, `delete`, `watch`, `api-resources`
+//! and `config`.
 //!
 //! They talk to `trellis server` through [`trellis_client`], configured by the JSON
 //! config file ([`Config::default_path`], or `--config`) with `--server`, `--token` and
@@ -39,6 +40,8 @@ pub enum CliCmd {
     Delete(DeleteArgs),
     /// Print one line per change of a kind's objects until interrupted.
     Watch(WatchArgs),
+    /// The kinds of object: name, short name, apiVersion, scope (no server needed).
+    ApiResources,
     /// The config file: `set` (server, CA, token) and `view`.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -146,6 +149,7 @@ pub enum Output {
 
 /// `trellis get`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = kinds_help())]
 pub struct GetArgs {
     #[command(flatten)]
     conn: ConnArgs,
@@ -160,7 +164,7 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum)]
     output: Option<Output>,
-    /// Kind: plural, singular or short name (net, no, po, ep, svc); or `KIND/NAME`.
+    /// Kind: plural, singular or short name (listed below); or `KIND/NAME`.
     kind: String,
     /// Object names (all objects when none).
     names: Vec<String>,
@@ -168,6 +172,7 @@ pub struct GetArgs {
 
 /// `trellis delete`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = kinds_help())]
 pub struct DeleteArgs {
     #[command(flatten)]
     conn: ConnArgs,
@@ -184,13 +189,14 @@ pub struct DeleteArgs {
     /// An object that does not exist is not an error.
     #[arg(long)]
     ignore_not_found: bool,
-    /// `KIND NAME...`, or `KIND/NAME...`.
+    /// `KIND NAME...`, or `KIND/NAME...` (kinds listed below).
     #[arg(required_unless_present = "files")]
     args: Vec<String>,
 }
 
 /// `trellis watch`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = kinds_help())]
 pub struct WatchArgs {
     #[command(flatten)]
     conn: ConnArgs,
@@ -202,7 +208,7 @@ pub struct WatchArgs {
     /// `json`: print the raw event lines.
     #[arg(short = 'o', long, value_parser = ["json"])]
     output: Option<String>,
-    /// Kind: plural, singular or short name (net, no, po, ep, svc).
+    /// Kind: plural, singular or short name (listed below).
     kind: String,
 }
 
@@ -250,6 +256,10 @@ pub fn run(cmd: CliCmd) -> anyhow::Result<ExitCode> {
         CliCmd::Get(a) => block_on(get(a)),
         CliCmd::Delete(a) => block_on(delete(a)),
         CliCmd::Watch(a) => block_on(watch(a)),
+        CliCmd::ApiResources => {
+            emit(&api_resources())?;
+            Ok(ExitCode::SUCCESS)
+        }
         CliCmd::Config(c) => config(c),
     }
 }
@@ -331,6 +341,44 @@ fn parse_kind(s: &str) -> anyhow::Result<Kind> {
 /// The short name of a kind, as kubectl has them.
 fn short_name(k: Kind) -> &'static str {
     k.short_name().unwrap_or_else(|| k.plural())
+}
+
+/// The kinds as `get`, `delete` and `watch --help` list them: one line each, plural and
+/// short name.
+fn kinds_help() -> String {
+    let mut out = String::from(
+        "Kinds (plural, singular or short name, any case; `trellis api-resources` has more):\n",
+    );
+    for k in Kind::ALL {
+        let _ = writeln!(out, "  {:<24}{}", k.plural(), short_name(k));
+    }
+    out
+}
+
+/// `trellis api-resources`: NAME (plural), SHORTNAMES, APIVERSION (`trellis/v1`, and
+/// the Kubernetes apiVersion accepted as well), NAMESPACED, KIND, one row per kind,
+/// like kubectl's.
+fn api_resources() -> String {
+    let header: Vec<String> = ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+        .map(String::from)
+        .to_vec();
+    let rows: Vec<Vec<String>> = Kind::ALL
+        .iter()
+        .map(|k| {
+            let versions = std::iter::once(objects::API_VERSION)
+                .chain(k.foreign_api_version())
+                .collect::<Vec<_>>()
+                .join(",");
+            vec![
+                k.plural().to_string(),
+                k.short_name().unwrap_or_default().to_string(),
+                versions,
+                k.namespaced().to_string(),
+                k.as_str().to_string(),
+            ]
+        })
+        .collect();
+    align(&header, &rows)
 }
 
 /// `service/web`: how results name an object.
@@ -1199,6 +1247,57 @@ mod tests {
             assert_eq!(parse_kind(s).unwrap(), k, "{s}");
         }
         assert!(parse_kind("ingress").is_err());
+    }
+
+    #[test]
+    fn api_resources_lists_every_kind() {
+        let text = api_resources();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            header,
+            ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+        );
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows.len(), Kind::ALL.len(), "{text}");
+        let row = |kind: &str| {
+            rows.iter()
+                .find(|r| r[4] == kind)
+                .unwrap_or_else(|| panic!("no {kind}: {text}"))
+                .clone()
+        };
+        assert_eq!(
+            row("Service"),
+            ["services", "svc", "trellis/v1", "true", "Service"]
+        );
+        assert_eq!(
+            row("Network"),
+            ["networks", "net", "trellis/v1", "false", "Network"]
+        );
+        assert_eq!(
+            row("NetworkPolicy"),
+            [
+                "networkpolicies",
+                "netpol",
+                "trellis/v1,networking.k8s.io/v1",
+                "true",
+                "NetworkPolicy"
+            ]
+        );
+        assert_eq!(row("Pod")[2], "trellis/v1,v1");
+        // Every name the table shows is one `get` accepts.
+        for r in &rows {
+            assert_eq!(parse_kind(r[0]).unwrap().as_str(), r[4]);
+            assert_eq!(parse_kind(r[1]).unwrap().as_str(), r[4]);
+        }
+        let help = kinds_help();
+        for k in Kind::ALL {
+            assert!(
+                help.lines()
+                    .any(|l| l.split_whitespace().eq([k.plural(), short_name(k)])),
+                "{help}"
+            );
+        }
     }
 
     #[test]

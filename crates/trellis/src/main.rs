@@ -1,6 +1,6 @@
 //! The `trellis` command: `trellis agent` runs the node agent, `trellis server` the API
 //! server, `trellis lab` manages network-namespace labs; `apply`, `get`, `delete`,
-//! `watch` and `config` are the API client. Thin: each subcommand calls into its crate.
+//! `watch`, `api-resources` and `config` are the API client. Thin: each subcommand calls into its crate.
 
 mod agent_cmd;
 mod cli_cmd;
@@ -26,7 +26,7 @@ enum Cmd {
     /// The API server: `init`, `token`, `run`.
     #[command(subcommand)]
     Server(server_cmd::ServerCmd),
-    /// The client: `apply`, `get`, `delete`, `watch`, `config`.
+    /// The client: `apply`, `get`, `delete`, `watch`, `api-resources`, `config`.
     #[command(flatten)]
     Cli(cli_cmd::CliCmd),
 }

@@ -578,6 +578,43 @@ fn apply_honours_an_explicit_resource_version() {
         .contains("service/web created"));
 }
 
+/// `trellis api-resources` lists every kind the way kubectl does, and the help of the
+/// commands taking a kind names them all with their short names.
+#[test]
+fn api_resources_and_kind_help() {
+    let c = Cluster::start();
+    let t = Table::parse(&c.ok(&["api-resources"]));
+    t.assert_header(&["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]);
+    assert_eq!(t.rows.len(), 9, "{t:?}");
+    assert_eq!(t.cell("services", "SHORTNAMES"), "svc");
+    assert_eq!(t.cell("services", "NAMESPACED"), "true");
+    assert_eq!(t.cell("nodes", "NAMESPACED"), "false");
+    assert_eq!(t.cell("nodes", "KIND"), "Node");
+    assert_eq!(
+        t.cell("networkpolicies", "APIVERSION"),
+        "trellis/v1,networking.k8s.io/v1"
+    );
+    // Every row names a kind `get` accepts by its plural and its short name.
+    for row in &t.rows {
+        for name in [&row[0], &row[1]] {
+            let out = c.run(&["get", name], None);
+            assert_eq!(out.code, Some(0), "get {name}: {out:?}");
+        }
+    }
+    for cmd in ["get", "delete", "watch"] {
+        let help = c.ok(&[cmd, "--help"]);
+        for row in &t.rows {
+            assert!(
+                help.lines()
+                    .any(|l| l.split_whitespace().eq([row[0].as_str(), row[1].as_str()])),
+                "{cmd} --help lacks {} {}:\n{help}",
+                row[0],
+                row[1]
+            );
+        }
+    }
+}
+
 #[test]
 fn invalid_manifests_send_nothing() {
     let c = Cluster::start();
