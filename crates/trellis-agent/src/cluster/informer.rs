@@ -1,6 +1,8 @@
 //! A list-then-watch cache of one collection of API objects, kept by a background task:
 //! list, watch from the list's revision, and on any error or RESYNC start over. Every
-//! change bumps a counter the consumers wait on.
+//! change bumps a counter the consumers wait on. The cache also knows the store revision
+//! it is complete up to (the list's, then each event's and bookmark's), so a consumer can
+//! tell how far what it applied reaches.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,11 +15,28 @@ use trellis_client::Client;
 /// Objects by `namespace/name` (or `name` for cluster-scoped kinds).
 pub type Objects = BTreeMap<String, Value>;
 
+/// What the cache holds.
+#[derive(Debug, Default)]
+struct State {
+    objects: Objects,
+    /// Whether a list ever succeeded.
+    listed: bool,
+    /// Every change of the collection up to this store revision is in `objects`. (Each
+    /// API write changes one object, so no later event of the same revision can follow
+    /// the one that set it.)
+    revision: u64,
+}
+
 /// The cache: a snapshot of the collection and whether it was ever listed.
 #[derive(Debug, Clone)]
 pub struct Informer {
-    state: Arc<Mutex<(Objects, bool)>>,
+    state: Arc<Mutex<State>>,
     changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// A `resourceVersion` string as a revision (0 when absent or malformed).
+fn revision(v: &Value) -> u64 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 fn key(o: &Value) -> String {
@@ -32,7 +51,7 @@ impl Informer {
     /// Start keeping `path` (a list path such as `/v1/nodes`) in sync.
     pub fn start(client: Client, path: String) -> Informer {
         let inf = Informer {
-            state: Arc::new(Mutex::new((Objects::new(), false))),
+            state: Arc::new(Mutex::new(State::default())),
             changed: tokio::sync::watch::channel(0).0,
         };
         let me = inf.clone();
@@ -52,45 +71,70 @@ impl Informer {
         let rv = list["metadata"]["resourceVersion"]
             .as_str()
             .map(str::to_string);
-        self.replace(list["items"].as_array().cloned().unwrap_or_default());
+        self.replace(
+            list["items"].as_array().cloned().unwrap_or_default(),
+            revision(&list["metadata"]["resourceVersion"]),
+        );
         let mut w = client
             .watch(path, rv.as_deref(), true)
             .await
             .map_err(|e| e.to_string())?;
         while let Some(ev) = w.next().await {
             let ev = ev.map_err(|e| e.to_string())?;
+            // A DELETED event's object carries the revision of its deletion.
+            let rv = revision(&ev["object"]["metadata"]["resourceVersion"]);
             match ev["type"].as_str() {
-                Some("ADDED") | Some("MODIFIED") => self.update(|m| {
+                Some("ADDED") | Some("MODIFIED") => self.update(rv, |m| {
                     m.insert(key(&ev["object"]), ev["object"].clone());
                 }),
-                Some("DELETED") => self.update(|m| {
+                Some("DELETED") => self.update(rv, |m| {
                     m.remove(&key(&ev["object"]));
                 }),
-                Some("RESYNC") => self.replace(ev["items"].as_array().cloned().unwrap_or_default()),
-                Some("BOOKMARK") => {}
+                Some("RESYNC") => self.replace(
+                    ev["items"].as_array().cloned().unwrap_or_default(),
+                    revision(&ev["resourceVersion"]),
+                ),
+                // Nothing changed, but everything up to `rv` has been sent.
+                Some("BOOKMARK") => self.advance(rv),
                 _ => return Err(format!("watch ended: {ev}")),
             }
         }
         Err("watch stream closed".into())
     }
 
-    fn replace(&self, items: Vec<Value>) {
+    fn replace(&self, items: Vec<Value>, revision: u64) {
         let mut s = self.state.lock().expect("informer lock");
-        s.0 = items.into_iter().map(|o| (key(&o), o)).collect();
-        s.1 = true;
+        s.objects = items.into_iter().map(|o| (key(&o), o)).collect();
+        s.listed = true;
+        s.revision = s.revision.max(revision);
         drop(s);
         self.changed.send_modify(|v| *v += 1);
     }
 
-    fn update(&self, f: impl FnOnce(&mut Objects)) {
-        f(&mut self.state.lock().expect("informer lock").0);
+    fn update(&self, revision: u64, f: impl FnOnce(&mut Objects)) {
+        let mut s = self.state.lock().expect("informer lock");
+        f(&mut s.objects);
+        s.revision = s.revision.max(revision);
+        drop(s);
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn advance(&self, revision: u64) {
+        let mut s = self.state.lock().expect("informer lock");
+        s.revision = s.revision.max(revision);
     }
 
     /// The current objects, or `None` before the first list succeeded.
     pub fn snapshot(&self) -> Option<Objects> {
+        self.snapshot_at().map(|(objects, _)| objects)
+    }
+
+    /// The current objects and the store revision they are complete up to (every
+    /// change of the collection up to it is in them), or `None` before the first list
+    /// succeeded.
+    pub fn snapshot_at(&self) -> Option<(Objects, u64)> {
         let s = self.state.lock().expect("informer lock");
-        s.1.then(|| s.0.clone())
+        s.listed.then(|| (s.objects.clone(), s.revision))
     }
 
     /// A receiver that sees a new value after every change.

@@ -1,8 +1,9 @@
 //! Joining the cluster: the underlay as the kernel shows it, the Node's registration,
 //! a subnet lease of every served network, and the heartbeat that keeps the Node ready
-//! (and renews the leases after a lapse).
+//! (and renews the leases after a lapse); the Node's `status.servicesRevision`.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
@@ -179,4 +180,61 @@ pub(super) async fn heartbeat_loop(
             Err(e) => tracing::warn!("heartbeat: {e}"),
         }
     }
+}
+
+/// The shortest time between two writes of `status.servicesRevision`: changes arriving
+/// meanwhile are coalesced into the next write.
+const SERVICES_REVISION_PERIOD: Duration = Duration::from_secs(1);
+
+/// Publish the revision the service loop has programmed (`revision`, `None` before its
+/// first successful sync) as our Node's `status.servicesRevision`: a read and one
+/// compare-and-swap write whenever it changed (none when the Node already says so), at
+/// most one write per [`SERVICES_REVISION_PERIOD`]; failures are retried every second.
+/// Ends when the service loop is gone.
+pub(super) async fn publish_services_revision(
+    client: Client,
+    node: String,
+    mut revision: tokio::sync::watch::Receiver<Option<u64>>,
+) {
+    let path = format!("/v1/nodes/{node}");
+    let mut published = None;
+    loop {
+        let want = *revision.borrow_and_update();
+        if want.is_some() && want != published {
+            match set_services_revision(&client, &path, want).await {
+                Ok(()) => published = want,
+                Err(e) => tracing::warn!("publishing status.servicesRevision: {e}"),
+            }
+            tokio::time::sleep(SERVICES_REVISION_PERIOD).await;
+            continue;
+        }
+        if revision.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Set our Node's `status.servicesRevision` (read, then write at that resourceVersion;
+/// a concurrent write of the Node is read again). Every other field is kept.
+async fn set_services_revision(
+    client: &Client,
+    path: &str,
+    revision: Option<u64>,
+) -> Result<(), ClientError> {
+    for _ in 0..8 {
+        let mut n = client.get(path).await?;
+        if n["status"]["servicesRevision"] == json!(revision) {
+            return Ok(());
+        }
+        n["status"]["servicesRevision"] = json!(revision);
+        match client.put(path, &n).await {
+            Err(e) if e.status() == Some(409) => continue,
+            r => return r.map(|_| ()),
+        }
+    }
+    Err(ClientError::Api {
+        status: 409,
+        reason: "Conflict".into(),
+        message: format!("{path} kept changing while setting status.servicesRevision"),
+    })
 }

@@ -389,6 +389,7 @@ async fn start_services(
         served.iter().map(|s| s.cidr).collect(),
     ));
     let svc_loop = services::ServiceLoop {
+        client: client.clone(),
         node: cfg.node.clone(),
         services: Informer::start(client.clone(), "/v1/services".into()),
         endpoints: Informer::start(client.clone(), "/v1/endpoints".into()),

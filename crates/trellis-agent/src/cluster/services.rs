@@ -6,6 +6,12 @@
 //! ones (and the services gone) are applied as a partial update. A full sync runs at
 //! start, after any error, and every `full_resync`; it compares with the kernel and
 //! changes only what differs, so a restart changes nothing.
+//!
+//! After every pass whose proxy sync succeeded (or had nothing to do), the store
+//! revision both informers are complete up to is what the node has programmed: the
+//! loop publishes it as its Node's `status.servicesRevision` (one Node write when it
+//! changed, at most one a second), which `trellis get svc -o wide` (PROGRAMMED) and
+//! `trellis lab up` compare with a Service's and its Endpoints' resourceVersions.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,10 +21,12 @@ use std::time::{Duration, Instant};
 use trellis_api::objects::{
     AnyObject, Endpoint, ExternalTrafficPolicy, Protocol, Service, ServiceType,
 };
+use trellis_client::Client;
 use trellis_dns::{DnsServer, NamedPort, Proto, Records, ServiceRecord};
 use trellis_proxy::{EndpointModel, PortModel, Proxy, ServiceModel};
 
 use super::informer::Informer;
+use super::join::publish_services_revision;
 
 /// The cluster DNS domain.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
@@ -30,17 +38,6 @@ fn parse_all<T>(objs: &super::informer::Objects, pick: impl Fn(AnyObject) -> Opt
         .filter_map(|v| AnyObject::from_value(v.clone()).ok())
         .filter_map(pick)
         .collect()
-}
-
-/// Whether `ep` backs `svc`: same namespace, every selector label present.
-fn selects(svc: &Service, ep: &Endpoint) -> bool {
-    !svc.spec.selector.is_empty()
-        && ep.metadata.namespace == svc.metadata.namespace
-        && svc
-            .spec
-            .selector
-            .iter()
-            .all(|(k, v)| ep.metadata.labels.get(k) == Some(v))
 }
 
 fn key(svc: &Service) -> String {
@@ -61,7 +58,7 @@ pub fn models(services: &[Service], endpoints: &[Endpoint], node: &str) -> Vec<S
         let node_ports = svc.spec.type_.has_node_ports();
         let mut eps: Vec<EndpointModel> = endpoints
             .iter()
-            .filter(|e| e.spec.ready && selects(svc, e))
+            .filter(|e| e.spec.ready && svc.selects(e))
             .map(|e| EndpointModel {
                 ip: e.spec.ip,
                 local: e.spec.node == node,
@@ -127,7 +124,7 @@ pub fn dns_records(domain: &str, services: &[Service], endpoints: &[Endpoint]) -
         } else if svc.spec.is_headless() {
             let mut ips: Vec<Ipv4Addr> = endpoints
                 .iter()
-                .filter(|e| e.spec.ready && selects(svc, e))
+                .filter(|e| e.spec.ready && svc.selects(e))
                 .map(|e| e.spec.ip)
                 .collect();
             ips.sort();
@@ -146,6 +143,8 @@ pub fn dns_records(domain: &str, services: &[Service], endpoints: &[Endpoint]) -
 /// Runs the proxy and DNS for this node.
 #[derive(Debug)]
 pub struct ServiceLoop {
+    /// Writes the Node's `status.servicesRevision`.
+    pub(super) client: Client,
     pub(super) node: String,
     pub(super) services: Informer,
     pub(super) endpoints: Informer,
@@ -164,8 +163,16 @@ impl ServiceLoop {
         let mut ep_changed = self.endpoints.subscribe();
         let mut applied: Option<BTreeMap<String, ServiceModel>> = None;
         let mut last_full = Instant::now();
+        let (programmed, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(publish_services_revision(
+            self.client.clone(),
+            self.node.clone(),
+            rx,
+        ));
         loop {
-            if let (Some(svcs), Some(eps)) = (self.services.snapshot(), self.endpoints.snapshot()) {
+            if let (Some((svcs, svc_rev)), Some((eps, ep_rev))) =
+                (self.services.snapshot_at(), self.endpoints.snapshot_at())
+            {
                 let services = parse_all(&svcs, |o| match o {
                     AnyObject::Service(s) => Some(s),
                     _ => None,
@@ -186,6 +193,16 @@ impl ServiceLoop {
                         .map(|m| (m.key.clone(), m))
                         .collect();
                 applied = self.sync(applied.take(), want, &mut last_full).await;
+                if applied.is_some() {
+                    // Every Service and Endpoint change up to both informers' revision
+                    // is in the kernel (and in DNS) now.
+                    let new = Some(svc_rev.min(ep_rev));
+                    programmed.send_if_modified(|r| {
+                        let changed = *r != new;
+                        *r = new;
+                        changed
+                    });
+                }
             }
             tokio::select! {
                 _ = svc_changed.changed() => {}

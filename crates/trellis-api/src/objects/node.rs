@@ -40,6 +40,13 @@ pub struct NodeStatus {
     /// Names of the nodes this node's agent cannot currently reach.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable_peers: Vec<String>,
+    /// How far the node's service proxy and DNS have got (agent-set): every change of a
+    /// Service or an Endpoint up to this store revision is programmed on the node. The
+    /// agent publishes it after each successful sync (at most once a second);
+    /// [`Node::has_programmed`] compares it with a
+    /// [`Service::programmed_revision`](super::Service::programmed_revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_revision: Option<u64>,
 }
 
 /// One node's subnet of one network, and what peers need to reach it.
@@ -74,6 +81,12 @@ impl Node {
     /// This node's lease in `network`, if any.
     pub fn lease(&self, network: &str) -> Option<&SubnetLease> {
         self.status.leases.iter().find(|l| l.network == network)
+    }
+
+    /// Whether the node reports having programmed every Service and Endpoint change up
+    /// to store revision `revision` (its `status.servicesRevision` reached it).
+    pub fn has_programmed(&self, revision: u64) -> bool {
+        self.status.services_revision.is_some_and(|r| r >= revision)
     }
 }
 
@@ -168,10 +181,17 @@ mod tests {
                 ..SubnetLease::new("pods", "10.244.1.0/24".parse().unwrap())
             }],
             unreachable_peers: vec!["node-2".into()],
+            services_revision: Some(41),
         };
         n.validate().unwrap();
         assert_eq!(n.lease("pods").unwrap().cidr.to_string(), "10.244.1.0/24");
         assert!(n.lease("other").is_none());
+        assert!(n.has_programmed(40) && n.has_programmed(41) && !n.has_programmed(42));
+        n.status.services_revision = None;
+        assert!(
+            !n.has_programmed(0),
+            "a node that reported nothing programmed nothing"
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::node::check_unicast;
 use super::{
-    validate_dns1123_label, validate_dns1123_subdomain, validate_labels, Kind, Object, Spec,
-    ValidationError,
+    validate_dns1123_label, validate_dns1123_subdomain, validate_labels, Endpoint, Kind, Object,
+    Spec, ValidationError,
 };
 
 /// A `Service` object (namespaced, plural `services`).
@@ -474,6 +474,35 @@ impl Service {
     pub fn validate_node_ports(&self, range: &RangeInclusive<u16>) -> Result<(), ValidationError> {
         self.spec.validate_node_ports(range)
     }
+
+    /// Whether `ep` backs this Service (ready or not): the same namespace, and every
+    /// label of a non-empty selector on the Endpoint. A Service without a selector
+    /// selects nothing.
+    pub fn selects(&self, ep: &Endpoint) -> bool {
+        !self.spec.selector.is_empty()
+            && ep.metadata.namespace == self.metadata.namespace
+            && self
+                .spec
+                .selector
+                .iter()
+                .all(|(k, v)| ep.metadata.labels.get(k) == Some(v))
+    }
+
+    /// The store revision a node must have programmed (its `status.servicesRevision`,
+    /// [`Node::has_programmed`](super::Node::has_programmed)) to serve this Service as it
+    /// stands: the highest `resourceVersion` of the Service and of the Endpoints of
+    /// `endpoints` it selects. A missing resourceVersion counts as 0. (An Endpoint
+    /// deleted since is not in the list, so its removal is not covered.)
+    pub fn programmed_revision<'a>(
+        &self,
+        endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    ) -> u64 {
+        endpoints
+            .into_iter()
+            .filter(|e| self.selects(e))
+            .map(|e| e.metadata.revision().unwrap_or(0))
+            .fold(self.metadata.revision().unwrap_or(0), u64::max)
+    }
 }
 
 #[cfg(test)]
@@ -508,6 +537,52 @@ mod tests {
             ],
             ..basic()
         }
+    }
+
+    fn endpoint(ns: &str, name: &str, app: &str, rv: u64) -> Endpoint {
+        let mut meta = ObjectMeta::namespaced(ns, name);
+        meta.labels.insert("app".into(), app.into());
+        meta.set_revision(rv);
+        Endpoint::new(
+            meta,
+            crate::objects::EndpointSpec {
+                container_id: name.into(),
+                ifname: "eth0".into(),
+                network: "pods".into(),
+                node: "n1".into(),
+                ip: "10.244.1.2".parse().unwrap(),
+                mac: None,
+                ready: false,
+                pod_name: None,
+            },
+        )
+    }
+
+    #[test]
+    fn selected_endpoints_and_the_revision_to_program() {
+        let mut s = svc(basic());
+        s.metadata.set_revision(10);
+        let eps = [
+            endpoint("default", "a", "web", 7),
+            endpoint("default", "b", "web", 12),
+            endpoint("default", "c", "db", 30),
+            endpoint("other", "d", "web", 40),
+        ];
+        let picked: Vec<&str> = eps
+            .iter()
+            .filter(|e| s.selects(e))
+            .map(|e| e.name())
+            .collect();
+        assert_eq!(
+            picked,
+            ["a", "b"],
+            "same namespace, matching labels, ready or not"
+        );
+        assert_eq!(s.programmed_revision(&eps), 12);
+        assert_eq!(s.programmed_revision(&eps[..1]), 10, "the Service's own");
+        s.spec.selector.clear();
+        assert!(!s.selects(&eps[0]), "no selector, no endpoints");
+        assert_eq!(s.programmed_revision(&eps), 10);
     }
 
     #[track_caller]
