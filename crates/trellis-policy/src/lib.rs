@@ -2,11 +2,21 @@
 //! objects compiled into nftables sets, maps and chains of the node's own tables, so
 //! that a label change, a new pod or a policy change is a few element updates.
 //!
+//! - [`model`]: the inputs (namespaces, pods, nodes, policies) as pure data, pod
+//!   identities, and [`model::Inputs::check`], the verdict of a flow from the objects
+//!   with the rule that gives it (the specification the data path implements);
+//! - [`compile`]: the incremental compiler from inputs to set elements ([`elements`]:
+//!   atoms merged into disjoint kernel elements);
+//! - [`table`]: the table `ip trellis-policy` and its reconciler (full sync, deltas);
 //! - [`guard`]: anti-spoofing on the pod bridges' ports (table `bridge trellis-guard`):
 //!   a pod sends only from its own MAC and addresses, answers ARP only for them, and
 //!   never acts as a DHCP server.
 
+pub mod compile;
+pub mod elements;
 pub mod guard;
+pub mod model;
+pub mod table;
 
 /// Failures of the policy data path.
 #[derive(Debug, thiserror::Error)]

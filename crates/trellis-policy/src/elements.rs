@@ -1,0 +1,523 @@
+//! From atoms to kernel set elements.
+//!
+//! Policies contribute *atoms* (“subject 7 may reach peer 9 on TCP 80-90”); several
+//! policies may contribute the same or overlapping atoms. The kernel's interval sets
+//! (nftables' `pipapo`) refuse an element that starts or ends inside another one, so
+//! the atoms of one *group* (the elements of one set that can overlap: same subject,
+//! same peer or protocol) are merged into disjoint elements here. [`Atoms`] counts the
+//! contributions of every atom and keeps, per group, the elements it put in the kernel,
+//! so a change re-merges only the groups it touched.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use crate::model::{Dir, PortSpan};
+
+/// The name of a set of the policy table.
+pub type SetName = String;
+
+/// One element: the key, the end of an interval (interval sets), the map value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Elem {
+    /// The key bytes (each field padded to 4 bytes).
+    pub key: Vec<u8>,
+    /// The last key of the interval, for interval sets.
+    pub key_end: Option<Vec<u8>>,
+    /// The value, for maps.
+    pub data: Option<Vec<u8>>,
+}
+
+/// Element changes for the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Elements to delete, per set (applied before `add`).
+    pub del: BTreeMap<SetName, Vec<Elem>>,
+    /// Elements to add, per set.
+    pub add: BTreeMap<SetName, Vec<Elem>>,
+    /// The ClusterNetworkPolicy rule layout changed: chains and per-rule sets must be
+    /// rewritten (a full sync).
+    pub layout_changed: bool,
+}
+
+impl Delta {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.del.is_empty() && !self.layout_changed
+    }
+
+    /// How many element changes.
+    pub fn len(&self) -> usize {
+        self.add.values().map(Vec::len).sum::<usize>()
+            + self.del.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+/// The smallest unit a policy contributes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Atom {
+    /// `ids`: a pod address and its identity.
+    Id(Ipv4Addr, u32),
+    /// `local`: a pod of this node.
+    Local(Ipv4Addr),
+    /// `node-dns`: a DNS server of the node every pod may reach (address, protocol).
+    Dns(Ipv4Addr, u8),
+    /// `np-*-iso`: the identity is isolated for the direction.
+    Iso(Dir, u32),
+    /// A NetworkPolicy allows subject `s` ↔ peer identity `q` on `span`.
+    Peer(Dir, u32, u32, PortSpan),
+    /// A NetworkPolicy allows subject `s` ↔ addresses `lo..=hi` on `span`.
+    Net(Dir, u32, u32, u32, PortSpan),
+    /// A per-rule identity set of a ClusterNetworkPolicy (subjects or peers).
+    CnpId(SetName, u32),
+    /// A per-rule address set of a ClusterNetworkPolicy: `lo..=hi`.
+    CnpNet(SetName, u32, u32),
+    /// A per-rule port set of a ClusterNetworkPolicy (protocol always set).
+    CnpPort(SetName, PortSpan),
+    /// A per-rule named-port set: destination identity, protocol, port.
+    CnpNamed(SetName, u32, u8, u16),
+}
+
+/// Which atoms merge together.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Group {
+    /// Exact elements: one atom, one element.
+    Exact(Atom),
+    /// `np-*-any`/`np-*`: subject, peer, protocol (`None`: any).
+    Peer(Dir, u32, u32, Option<u8>),
+    /// `np-*-cidr-any`/`np-*-cidr`: subject, protocol.
+    Net(Dir, u32, Option<u8>),
+    /// A ClusterNetworkPolicy address set.
+    CnpNet(SetName),
+    /// A ClusterNetworkPolicy port set, per protocol.
+    CnpPort(SetName, u8),
+}
+
+/// The NetworkPolicy set names of a direction.
+#[derive(Debug, Clone, Copy)]
+pub struct NpSets {
+    /// `s . q`, any protocol and port (hash).
+    pub any: &'static str,
+    /// `s . q . proto . port` (intervals).
+    pub ports: &'static str,
+    /// `s . address`, any protocol and port (intervals).
+    pub cidr_any: &'static str,
+    /// `s . address . proto . port` (intervals).
+    pub cidr: &'static str,
+    /// `s`: isolated.
+    pub iso: &'static str,
+}
+
+/// The NetworkPolicy sets of `dir`.
+pub fn np_sets(dir: Dir) -> NpSets {
+    match dir {
+        Dir::Ingress => NpSets {
+            any: "np-in-any",
+            ports: "np-in",
+            cidr_any: "np-in-cidr-any",
+            cidr: "np-in-cidr",
+            iso: "np-in-iso",
+        },
+        Dir::Egress => NpSets {
+            any: "np-out-any",
+            ports: "np-out",
+            cidr_any: "np-out-cidr-any",
+            cidr: "np-out-cidr",
+            iso: "np-out-iso",
+        },
+    }
+}
+
+fn group_of(a: &Atom) -> Group {
+    match a {
+        Atom::Peer(d, s, q, span) => Group::Peer(*d, *s, *q, span.proto),
+        Atom::Net(d, s, _, _, span) => Group::Net(*d, *s, span.proto),
+        Atom::CnpNet(set, ..) => Group::CnpNet(set.clone()),
+        Atom::CnpPort(set, span) => Group::CnpPort(set.clone(), span.proto.unwrap_or(0)),
+        other => Group::Exact(other.clone()),
+    }
+}
+
+fn u32f(v: u32) -> [u8; 4] {
+    v.to_be_bytes()
+}
+
+fn protof(p: u8) -> [u8; 4] {
+    [p, 0, 0, 0]
+}
+
+fn portf(p: u16) -> [u8; 4] {
+    let b = p.to_be_bytes();
+    [b[0], b[1], 0, 0]
+}
+
+fn cat(fields: &[[u8; 4]]) -> Vec<u8> {
+    fields.iter().flatten().copied().collect()
+}
+
+fn exact(key: Vec<u8>) -> Elem {
+    Elem {
+        key,
+        key_end: None,
+        data: None,
+    }
+}
+
+fn range(lo: Vec<u8>, hi: Vec<u8>) -> Elem {
+    Elem {
+        key: lo,
+        key_end: Some(hi),
+        data: None,
+    }
+}
+
+/// Merge inclusive ranges into disjoint ones (adjacent ranges join).
+pub fn merge(mut r: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    r.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for (lo, hi) in r {
+        match out.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+/// Disjoint boxes covering the union of `boxes` (address range × port range): the
+/// ports are cut into elementary segments, the addresses of each segment merged, and
+/// neighbouring segments with equal addresses joined.
+pub fn disjoint_boxes(boxes: &[((u32, u32), (u16, u16))]) -> Vec<((u32, u32), (u16, u16))> {
+    let mut cuts: BTreeSet<u32> = BTreeSet::new();
+    for (_, (lo, hi)) in boxes {
+        cuts.insert(u32::from(*lo));
+        cuts.insert(u32::from(*hi) + 1);
+    }
+    let cuts: Vec<u32> = cuts.into_iter().collect();
+    let mut out: Vec<((u32, u32), (u16, u16))> = Vec::new();
+    let mut prev: Option<(Vec<(u32, u32)>, u16, u16)> = None;
+    for w in cuts.windows(2) {
+        let (seg_lo, seg_hi) = (w[0], w[1] - 1);
+        let addrs = merge(
+            boxes
+                .iter()
+                .filter(|(_, (lo, hi))| u32::from(*lo) <= seg_lo && seg_hi <= u32::from(*hi))
+                .map(|(a, _)| *a)
+                .collect(),
+        );
+        let (seg_lo, seg_hi) = (seg_lo as u16, seg_hi as u16);
+        match &mut prev {
+            Some((pa, _, phi)) if *pa == addrs && u32::from(*phi) + 1 == u32::from(seg_lo) => {
+                *phi = seg_hi
+            }
+            _ => {
+                if let Some((pa, plo, phi)) = prev.take() {
+                    out.extend(pa.into_iter().map(|a| (a, (plo, phi))));
+                }
+                prev = Some((addrs, seg_lo, seg_hi));
+            }
+        }
+    }
+    if let Some((pa, plo, phi)) = prev {
+        out.extend(pa.into_iter().map(|a| (a, (plo, phi))));
+    }
+    out
+}
+
+/// The kernel elements of one group, from its atoms.
+fn elements(g: &Group, atoms: &HashSet<Atom>) -> Vec<(SetName, Elem)> {
+    match g {
+        Group::Exact(a) => vec![exact_element(a)],
+        Group::Peer(d, s, q, proto) => {
+            let sets = np_sets(*d);
+            match proto {
+                None => vec![(sets.any.into(), exact(cat(&[u32f(*s), u32f(*q)])))],
+                Some(p) => {
+                    let r = merge(
+                        atoms
+                            .iter()
+                            .filter_map(|a| match a {
+                                Atom::Peer(_, _, _, sp) => {
+                                    Some((u32::from(sp.lo), u32::from(sp.hi)))
+                                }
+                                _ => None,
+                            })
+                            .collect(),
+                    );
+                    r.into_iter()
+                        .map(|(lo, hi)| {
+                            let k = |port: u32| {
+                                cat(&[u32f(*s), u32f(*q), protof(*p), portf(port as u16)])
+                            };
+                            (sets.ports.into(), range(k(lo), k(hi)))
+                        })
+                        .collect()
+                }
+            }
+        }
+        Group::Net(d, s, proto) => {
+            let sets = np_sets(*d);
+            match proto {
+                None => {
+                    let r = merge(
+                        atoms
+                            .iter()
+                            .filter_map(|a| match a {
+                                Atom::Net(_, _, lo, hi, _) => Some((*lo, *hi)),
+                                _ => None,
+                            })
+                            .collect(),
+                    );
+                    r.into_iter()
+                        .map(|(lo, hi)| {
+                            (
+                                sets.cidr_any.into(),
+                                range(cat(&[u32f(*s), u32f(lo)]), cat(&[u32f(*s), u32f(hi)])),
+                            )
+                        })
+                        .collect()
+                }
+                Some(p) => {
+                    let boxes: Vec<_> = atoms
+                        .iter()
+                        .filter_map(|a| match a {
+                            Atom::Net(_, _, lo, hi, sp) => Some(((*lo, *hi), (sp.lo, sp.hi))),
+                            _ => None,
+                        })
+                        .collect();
+                    disjoint_boxes(&boxes)
+                        .into_iter()
+                        .map(|((alo, ahi), (plo, phi))| {
+                            let k = |a: u32, port: u16| {
+                                cat(&[u32f(*s), u32f(a), protof(*p), portf(port)])
+                            };
+                            (sets.cidr.into(), range(k(alo, plo), k(ahi, phi)))
+                        })
+                        .collect()
+                }
+            }
+        }
+        Group::CnpNet(set) => merge(
+            atoms
+                .iter()
+                .filter_map(|a| match a {
+                    Atom::CnpNet(_, lo, hi) => Some((*lo, *hi)),
+                    _ => None,
+                })
+                .collect(),
+        )
+        .into_iter()
+        .map(|(lo, hi)| {
+            (
+                set.clone(),
+                range(
+                    cat(&[u32f(lo), protof(0)]),
+                    cat(&[u32f(hi), protof(u8::MAX)]),
+                ),
+            )
+        })
+        .collect(),
+        Group::CnpPort(set, p) => merge(
+            atoms
+                .iter()
+                .filter_map(|a| match a {
+                    Atom::CnpPort(_, sp) => Some((u32::from(sp.lo), u32::from(sp.hi))),
+                    _ => None,
+                })
+                .collect(),
+        )
+        .into_iter()
+        .map(|(lo, hi)| {
+            (
+                set.clone(),
+                range(
+                    cat(&[protof(*p), portf(lo as u16)]),
+                    cat(&[protof(*p), portf(hi as u16)]),
+                ),
+            )
+        })
+        .collect(),
+    }
+}
+
+fn exact_element(a: &Atom) -> (SetName, Elem) {
+    match a {
+        Atom::Id(ip, id) => (
+            "ids".into(),
+            Elem {
+                key: ip.octets().to_vec(),
+                key_end: None,
+                data: Some(id.to_be_bytes().to_vec()),
+            },
+        ),
+        Atom::Local(ip) => ("local".into(), exact(ip.octets().to_vec())),
+        Atom::Dns(ip, p) => (
+            "node-dns".into(),
+            exact(cat(&[ip.octets(), protof(*p), portf(53)])),
+        ),
+        Atom::Iso(d, s) => (np_sets(*d).iso.into(), exact(u32f(*s).to_vec())),
+        Atom::CnpId(set, id) => (set.clone(), exact(u32f(*id).to_vec())),
+        Atom::CnpNamed(set, id, p, port) => (
+            set.clone(),
+            exact(cat(&[u32f(*id), protof(*p), portf(*port)])),
+        ),
+        // Grouped atoms never reach here.
+        Atom::Peer(..) | Atom::Net(..) | Atom::CnpNet(..) | Atom::CnpPort(..) => {
+            unreachable!("grouped atom {a:?}")
+        }
+    }
+}
+
+/// A multiset of atoms and the kernel elements it stands for.
+#[derive(Debug, Default)]
+pub struct Atoms {
+    counts: HashMap<Atom, u32>,
+    members: HashMap<Group, HashSet<Atom>>,
+    emitted: HashMap<Group, Vec<(SetName, Elem)>>,
+}
+
+impl Atoms {
+    /// Replace contribution `old` by `new`; the element changes go to `delta`.
+    pub fn replace(&mut self, old: &HashSet<Atom>, new: &HashSet<Atom>, delta: &mut Delta) {
+        let mut dirty: HashSet<Group> = HashSet::new();
+        for a in old.difference(new) {
+            let c = self.counts.get_mut(a).expect("counted atom");
+            *c -= 1;
+            if *c == 0 {
+                self.counts.remove(a);
+                let g = group_of(a);
+                if let Some(m) = self.members.get_mut(&g) {
+                    m.remove(a);
+                }
+                dirty.insert(g);
+            }
+        }
+        for a in new.difference(old) {
+            let c = self.counts.entry(a.clone()).or_insert(0);
+            *c += 1;
+            if *c == 1 {
+                let g = group_of(a);
+                self.members.entry(g.clone()).or_default().insert(a.clone());
+                dirty.insert(g);
+            }
+        }
+        for g in dirty {
+            let now = match self.members.get(&g) {
+                Some(m) if !m.is_empty() => elements(&g, m),
+                _ => {
+                    self.members.remove(&g);
+                    Vec::new()
+                }
+            };
+            let before = self.emitted.remove(&g).unwrap_or_default();
+            if before == now {
+                if !now.is_empty() {
+                    self.emitted.insert(g, now);
+                }
+                continue;
+            }
+            let b: HashSet<&(SetName, Elem)> = before.iter().collect();
+            let n: HashSet<&(SetName, Elem)> = now.iter().collect();
+            for (set, e) in before.iter().filter(|x| !n.contains(x)) {
+                delta.del.entry(set.clone()).or_default().push(e.clone());
+            }
+            for (set, e) in now.iter().filter(|x| !b.contains(x)) {
+                delta.add.entry(set.clone()).or_default().push(e.clone());
+            }
+            if !now.is_empty() {
+                self.emitted.insert(g, now);
+            }
+        }
+    }
+
+    /// Every element wanted now, per set.
+    pub fn elements(&self) -> BTreeMap<SetName, BTreeSet<Elem>> {
+        let mut out: BTreeMap<SetName, BTreeSet<Elem>> = BTreeMap::new();
+        for v in self.emitted.values() {
+            for (set, e) in v {
+                out.entry(set.clone()).or_default().insert(e.clone());
+            }
+        }
+        out
+    }
+}
+
+/// A map element of `ids` as deleted: the key alone.
+pub fn id_key(ip: Ipv4Addr) -> Elem {
+    exact(ip.octets().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge() {
+        assert_eq!(
+            merge(vec![(5, 9), (1, 3), (4, 4), (20, 30), (25, 26)]),
+            vec![(1, 9), (20, 30)]
+        );
+    }
+
+    #[test]
+    fn boxes_become_disjoint_and_cover_the_same_points() {
+        let boxes = vec![
+            ((0, 100), (80, 80)),
+            ((50, 200), (80, 90)),
+            ((300, 300), (0, 65535)),
+            ((10, 20), (85, 85)),
+        ];
+        let out = disjoint_boxes(&boxes);
+        // Disjoint: no point of one box inside another.
+        for (i, a) in out.iter().enumerate() {
+            for b in &out[i + 1..] {
+                let overlap =
+                    a.0 .0 <= b.0 .1 && b.0 .0 <= a.0 .1 && a.1 .0 <= b.1 .1 && b.1 .0 <= a.1 .1;
+                assert!(!overlap, "{a:?} overlaps {b:?}");
+            }
+        }
+        // Same coverage on a grid of sample points.
+        for addr in [0, 10, 15, 20, 21, 49, 50, 100, 101, 200, 201, 299, 300, 301] {
+            for port in [0u16, 79, 80, 81, 85, 89, 90, 91, 65535] {
+                let inside = |bs: &[((u32, u32), (u16, u16))]| {
+                    bs.iter().any(|((alo, ahi), (plo, phi))| {
+                        (*alo..=*ahi).contains(&addr) && (*plo..=*phi).contains(&port)
+                    })
+                };
+                assert_eq!(inside(&boxes), inside(&out), "addr {addr} port {port}");
+            }
+        }
+    }
+
+    #[test]
+    fn overlapping_contributions_merge_and_unmerge() {
+        let mut atoms = Atoms::default();
+        let span = |lo, hi| PortSpan {
+            proto: Some(6),
+            lo,
+            hi,
+        };
+        let a: HashSet<Atom> = [Atom::Peer(Dir::Ingress, 1, 2, span(80, 80))].into();
+        let b: HashSet<Atom> = [Atom::Peer(Dir::Ingress, 1, 2, span(80, 90))].into();
+        let mut d = Delta::default();
+        atoms.replace(&HashSet::new(), &a, &mut d);
+        assert_eq!(d.add["np-in"].len(), 1);
+        let mut d = Delta::default();
+        atoms.replace(&HashSet::new(), &b, &mut d);
+        // 80 is replaced by 80-90: one delete, one add.
+        assert_eq!((d.del["np-in"].len(), d.add["np-in"].len()), (1, 1));
+        let mut d = Delta::default();
+        atoms.replace(&b, &HashSet::new(), &mut d);
+        assert_eq!((d.del["np-in"].len(), d.add["np-in"].len()), (1, 1));
+        let mut d = Delta::default();
+        atoms.replace(&a, &HashSet::new(), &mut d);
+        assert_eq!(d.del["np-in"].len(), 1);
+        assert!(atoms.elements().is_empty());
+        // The same atom from two contributions counts twice.
+        let mut d = Delta::default();
+        atoms.replace(&HashSet::new(), &a, &mut d);
+        atoms.replace(&HashSet::new(), &a, &mut d);
+        let mut d = Delta::default();
+        atoms.replace(&a, &HashSet::new(), &mut d);
+        assert!(d.is_empty(), "still held by the other contribution");
+    }
+}
