@@ -100,7 +100,7 @@ const FORMAT: &str = "trellis-guard/1";
 const IFNAMSIZ: usize = 16;
 
 const PAYLOAD_LL: u32 = 0;
-const META_PROTOCOL: u32 = 2;
+const META_PROTOCOL: u32 = 1;
 const META_IIFNAME: u32 = 6;
 const NF_DROP: i32 = 0;
 const NF_ACCEPT: u32 = 1;
@@ -145,6 +145,9 @@ const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_USERDATA: u16 = 13;
+/// `NFTNL_UDATA_SET_KEYBYTEORDER` in a set's user data (read by `nft list` only).
+const UDATA_SET_KEYBYTEORDER: u8 = 0;
 const NFTA_SET_DESC_CONCAT: u16 = 2;
 const NFTA_SET_FIELD_LEN: u16 = 1;
 const NFTA_LIST_ELEM: u16 = 1;
@@ -310,6 +313,9 @@ struct SetSpec {
     key_len: u32,
     /// The field lengths of a concatenation with intervals (sent as `NFTA_SET_DESC`).
     fields: &'static [u32],
+    /// The key's byte order as `nft` records it for display: 1 (host) for `ifname`, 0
+    /// for a concatenation.
+    byteorder: u32,
 }
 
 impl GuardSet {
@@ -338,18 +344,21 @@ impl GuardSet {
                 key_type: TYPE_IFNAME,
                 key_len: 16,
                 fields: &[],
+                byteorder: 1,
             },
             GuardSet::PortMacs => SetSpec {
                 flags: 0,
                 key_type: (TYPE_IFNAME << 6) | TYPE_ETHERADDR,
                 key_len: 16 + 8,
                 fields: &[],
+                byteorder: 0,
             },
             GuardSet::PortSources => SetSpec {
                 flags: SET_INTERVAL | SET_CONCAT,
                 key_type: (TYPE_IFNAME << 6) | TYPE_IPADDR,
                 key_len: 16 + 4,
                 fields: &[16, 4],
+                byteorder: 0,
             },
         }
     }
@@ -925,6 +934,9 @@ fn encode(chains: &[ChainSpec], ops: &[Op]) -> (Vec<Message>, Vec<usize>) {
                     .put_be32(NFTA_SET_KEY_TYPE, spec.key_type)
                     .put_be32(NFTA_SET_KEY_LEN, spec.key_len)
                     .put_be32(NFTA_SET_ID, u32::try_from(i).unwrap_or(0));
+                let mut udata = vec![UDATA_SET_KEYBYTEORDER, 4];
+                udata.extend_from_slice(&spec.byteorder.to_ne_bytes());
+                a.put(NFTA_SET_USERDATA, &udata);
                 if !spec.fields.is_empty() {
                     a.nest(NFTA_SET_DESC, |d| {
                         d.nest(NFTA_SET_DESC_CONCAT, |c| {
