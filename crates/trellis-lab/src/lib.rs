@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod conformance;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
