@@ -663,15 +663,11 @@ fn guard_stops_spoofing_from_pod_ports() {
     );
     assert_eq!(w.udp("own-ip", mac(1), ip(1), 5000, true), (true, true));
     // Sources outside the port's set, also on the node's subnet and 0.0.0.0.
-    assert_eq!(
-        w.udp("node-ip", mac(1), Ipv4Addr::new(10, 77, 0, 1), 5000, false)
-            .0,
-        false
+    assert!(
+        !w.udp("node-ip", mac(1), Ipv4Addr::new(10, 77, 0, 1), 5000, false)
+            .0
     );
-    assert_eq!(
-        w.udp("zero", mac(1), Ipv4Addr::UNSPECIFIED, 5000, false).0,
-        false
-    );
+    assert!(!w.udp("zero", mac(1), Ipv4Addr::UNSPECIFIED, 5000, false).0);
 
     // (2) A forged source MAC is dropped (a made-up one and p2's), and the bridge does
     // not learn it.
