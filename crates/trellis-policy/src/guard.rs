@@ -1,4 +1,5 @@
-//! Anti-spoofing on the pod bridges' ports, always on: the table `bridge trellis-guard`.
+//! Anti-spoofing on the pod bridges' ports, always on: the tables `bridge trellis-guard`
+//! (the checks) and `inet trellis-guard` (closing the one way around them).
 //!
 //! A pod sends only from its own MAC and its own addresses (its address and its
 //! `allowedSourceAddresses`), answers ARP only for them, never acts as a DHCP server or
@@ -41,6 +42,13 @@
 //!         udp sport 547 drop
 //!     }
 //! }
+//! table inet trellis-guard {
+//!     set pod-ports { type ifname }                     # the same ports
+//!     chain prerouting {
+//!         type filter hook prerouting priority raw; policy accept;
+//!         iifname @pod-ports drop
+//!     }
+//! }
 //! ```
 //!
 //! Choices:
@@ -57,12 +65,20 @@
 //!   router advertisements, redirects and DHCPv6 server replies are dropped. Non-first
 //!   fragments carry no transport header and are not matched by the port checks (the
 //!   kernel drops fragmented neighbour discovery itself, RFC 6980).
+//! - The kernel forced the second table: a frame to a link-local group address
+//!   (`01:80:c2:00:00:0X`, e.g. LLDP's `...:0e`) is not forwarded by the bridge but
+//!   handed to the *port's* own network stack, and it skips the bridge's prerouting
+//!   hook (LLDP, and STP's `...:00` while STP runs, skip every bridge hook). A pod could
+//!   so deliver packets with any source to the node's own addresses (not to other
+//!   pods: the node forwards no multicast-addressed frame). Nothing legitimate enters
+//!   the node's IP stack on a bridge port (bridged traffic enters on the bridge, also
+//!   with `br_netfilter`), so the inet table drops whatever does, for guarded ports.
 //! - Every rule carries a fingerprint of its chain (format, name, hook, every rule's
 //!   bytes) as its comment. A sync reads the table and rewrites the chains only when a
 //!   fingerprint, a hook or a set's type differs; elements are brought to the desired
-//!   ones by difference. A restart with unchanged ports writes nothing. Nothing but this
-//!   table is ever read for a change or written; nothing is flushed but its own chains
-//!   (when they are rewritten, in the same transaction).
+//!   ones by difference, in one transaction over both tables. A restart with unchanged
+//!   ports writes nothing. Nothing but these tables is ever written; nothing is flushed
+//!   but their own chains (when they are rewritten, in the same transaction).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -76,14 +92,14 @@ use trellis_net::nftnl::expr::{
 };
 use trellis_net::nftnl::{
     attr, attr_be32, attr_str, comment_udata, msg, parse_attrs, udata_comment, Attrs, Message,
-    NftError, Socket, FAMILY_BRIDGE, NLM_F_APPEND, NLM_F_CREATE,
+    NftError, Socket, FAMILY_BRIDGE, FAMILY_INET, NLM_F_APPEND, NLM_F_CREATE,
 };
 
 use crate::PolicyError;
 
-/// The table (family `bridge`).
+/// The name of both tables (families `bridge` and `inet`).
 pub const TABLE: &str = "trellis-guard";
-/// The base chain (hook prerouting).
+/// The base chain of each table (hook prerouting).
 pub const PREROUTING: &str = "prerouting";
 /// The checks every frame from a pod port goes through.
 pub const POD_GUARD: &str = "pod-guard";
@@ -107,6 +123,8 @@ const NF_ACCEPT: u32 = 1;
 const HOOK_PREROUTING: u32 = 0;
 /// The bridge family's `filter` priority.
 const PRIORITY_FILTER: i32 = -200;
+/// The inet family's `raw` priority.
+const PRIORITY_RAW: i32 = -300;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
@@ -194,8 +212,8 @@ impl GuardPort {
 /// What a [`Guard`] call changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
-    /// The table was created.
-    pub table_created: bool,
+    /// Tables created (2 on a fresh node).
+    pub tables_created: usize,
     /// Chains created or rewritten (all their rules replaced).
     pub chains_written: usize,
     /// Chains deleted (not ours any more, or recreated for another hook).
@@ -223,7 +241,7 @@ impl Report {
     }
 
     fn add(&mut self, o: &Report) {
-        self.table_created |= o.table_created;
+        self.tables_created += o.tables_created;
         self.chains_written += o.chains_written;
         self.chains_deleted += o.chains_deleted;
         self.rules_written += o.rules_written;
@@ -294,11 +312,38 @@ fn source_ranges(sources: &[Ipv4Net]) -> Vec<(u32, u32)> {
     out
 }
 
-/// The sets of the table.
+/// The family of one of the two tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Family {
+    Bridge,
+    Inet,
+}
+
+impl Family {
+    const ALL: [Family; 2] = [Family::Bridge, Family::Inet];
+
+    fn nfproto(self) -> u8 {
+        match self {
+            Family::Bridge => FAMILY_BRIDGE,
+            Family::Inet => FAMILY_INET,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::Bridge => "bridge",
+            Family::Inet => "inet",
+        }
+    }
+}
+
+/// The sets of the tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum GuardSet {
     /// `ifname`: the guarded ports.
     PodPorts,
+    /// `ifname`: the guarded ports, in the inet table.
+    InetPodPorts,
     /// `ifname . ether_addr`.
     PortMacs,
     /// `ifname . ipv4_addr`, intervals.
@@ -319,27 +364,37 @@ struct SetSpec {
 }
 
 impl GuardSet {
-    const ALL: [GuardSet; 3] = [
+    const ALL: [GuardSet; 4] = [
         GuardSet::PodPorts,
+        GuardSet::InetPodPorts,
         GuardSet::PortMacs,
         GuardSet::PortSources,
     ];
 
     fn name(self) -> &'static str {
         match self {
-            GuardSet::PodPorts => "pod-ports",
+            GuardSet::PodPorts | GuardSet::InetPodPorts => "pod-ports",
             GuardSet::PortMacs => "port-macs",
             GuardSet::PortSources => "port-sources",
         }
     }
 
-    fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
+    fn family(self) -> Family {
+        match self {
+            GuardSet::InetPodPorts => Family::Inet,
+            _ => Family::Bridge,
+        }
+    }
+
+    fn from_name(family: Family, name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.family() == family && s.name() == name)
     }
 
     fn spec(self) -> SetSpec {
         match self {
-            GuardSet::PodPorts => SetSpec {
+            GuardSet::PodPorts | GuardSet::InetPodPorts => SetSpec {
                 flags: 0,
                 key_type: TYPE_IFNAME,
                 key_len: 16,
@@ -397,6 +452,7 @@ impl Elem {
                 rest(&self.key),
                 rest(e)
             ),
+            None if self.key.len() == IFNAMSIZ => format!("{} {port:?}", self.set.name()),
             None => format!("{} {port:?} . {:02x?}", self.set.name(), rest(&self.key)),
         }
     }
@@ -410,11 +466,13 @@ fn port_elems(key: [u8; IFNAMSIZ], p: &GuardPort) -> BTreeSet<Elem> {
         k
     };
     let mut out = BTreeSet::new();
-    out.insert(Elem {
-        set: GuardSet::PodPorts,
-        key: key.to_vec(),
-        key_end: None,
-    });
+    for set in [GuardSet::PodPorts, GuardSet::InetPodPorts] {
+        out.insert(Elem {
+            set,
+            key: key.to_vec(),
+            key_end: None,
+        });
+    }
     let mut mac = [0u8; 8];
     mac[..6].copy_from_slice(&p.mac);
     out.insert(Elem {
@@ -435,6 +493,7 @@ fn port_elems(key: [u8; IFNAMSIZ], p: &GuardPort) -> BTreeSet<Elem> {
 /// A chain and its rules (each the contents of `NFTA_RULE_EXPRESSIONS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ChainSpec {
+    family: Family,
     name: &'static str,
     /// Hook and priority of a base chain (type filter, policy accept).
     base: Option<(u32, i32)>,
@@ -444,17 +503,23 @@ struct ChainSpec {
 }
 
 impl ChainSpec {
-    fn new(name: &'static str, base: Option<(u32, i32)>, rules: Vec<Rule>) -> Self {
+    fn new(family: Family, name: &'static str, base: Option<(u32, i32)>, rules: Vec<Rule>) -> Self {
         let rules: Vec<Arc<[u8]>> = rules.into_iter().map(Rule::into_bytes).collect();
         let base_text = base
             .map(|(h, p)| format!("filter {h} {p}"))
             .unwrap_or_default();
         let h = fnv1a64(
-            [FORMAT.as_bytes(), name.as_bytes(), base_text.as_bytes()]
-                .into_iter()
-                .chain(rules.iter().flat_map(|r| [b"|".as_slice(), &r[..]])),
+            [
+                FORMAT.as_bytes(),
+                family.name().as_bytes(),
+                name.as_bytes(),
+                base_text.as_bytes(),
+            ]
+            .into_iter()
+            .chain(rules.iter().flat_map(|r| [b"|".as_slice(), &r[..]])),
         );
         ChainSpec {
+            family,
             name,
             base,
             rules,
@@ -501,7 +566,7 @@ fn drop_frame(r: &mut Rule) -> &mut Rule {
     r.immediate_verdict(NF_DROP, None)
 }
 
-/// The chains of the table, in creation order.
+/// The chains of both tables, in creation order.
 fn skeleton() -> Vec<ChainSpec> {
     let prerouting = vec![rule(|r| {
         r.meta_load(REG_1, META_IIFNAME)
@@ -576,15 +641,28 @@ fn skeleton() -> Vec<ChainSpec> {
             drop_frame(r);
         }),
     ];
+    let inet = vec![rule(|r| {
+        r.meta_load(REG_1, META_IIFNAME)
+            .lookup(REG_1, GuardSet::InetPodPorts.name(), None, false);
+        drop_frame(r);
+    })];
+    let bridge = Family::Bridge;
     vec![
-        ChainSpec::new(POD_GUARD, None, guard),
-        ChainSpec::new(POD_ARP, None, arp),
-        ChainSpec::new(POD_IPV4, None, ipv4),
-        ChainSpec::new(POD_IPV6, None, ipv6),
+        ChainSpec::new(bridge, POD_GUARD, None, guard),
+        ChainSpec::new(bridge, POD_ARP, None, arp),
+        ChainSpec::new(bridge, POD_IPV4, None, ipv4),
+        ChainSpec::new(bridge, POD_IPV6, None, ipv6),
         ChainSpec::new(
+            bridge,
             PREROUTING,
             Some((HOOK_PREROUTING, PRIORITY_FILTER)),
             prerouting,
+        ),
+        ChainSpec::new(
+            Family::Inet,
+            PREROUTING,
+            Some((HOOK_PREROUTING, PRIORITY_RAW)),
+            inet,
         ),
     ]
 }
@@ -607,21 +685,32 @@ struct LiveChain {
     comments: Vec<String>,
 }
 
-/// The table as read back.
+/// One table as read back.
 #[derive(Debug, Clone, Default)]
-struct Live {
+struct LiveTable {
     exists: bool,
     chains: BTreeMap<String, LiveChain>,
     /// Name -> (flags, key type, key length).
     sets: BTreeMap<String, (u32, u32, u32)>,
+}
+
+/// Both tables as read back.
+#[derive(Debug, Clone, Default)]
+struct Live {
+    tables: BTreeMap<Family, LiveTable>,
     /// The elements of our sets (of those whose type is right).
     elems: BTreeSet<Elem>,
 }
 
 impl Live {
+    fn table(&self, f: Family) -> Option<&LiveTable> {
+        self.tables.get(&f).filter(|t| t.exists)
+    }
+
     fn set_ok(&self, s: GuardSet) -> bool {
         let spec = s.spec();
-        self.sets.get(s.name()) == Some(&(spec.flags, spec.key_type, spec.key_len))
+        self.table(s.family()).and_then(|t| t.sets.get(s.name()))
+            == Some(&(spec.flags, spec.key_type, spec.key_len))
     }
 }
 
@@ -631,76 +720,12 @@ fn table_attrs(ty: u16) -> Attrs {
     a
 }
 
-/// Read the table: chains, rule comments, sets and the elements of our sets.
+/// Read both tables: chains, rule comments, sets and the elements of our sets.
 fn read_live(sock: &mut Socket) -> Result<Live, PolicyError> {
-    let exists = sock
-        .dump(FAMILY_BRIDGE, msg::GETTABLE, &Attrs::new())?
-        .iter()
-        .any(|m| attr_str(m, NFTA_TABLE_NAME).as_deref() == Some(TABLE));
-    let mut live = Live {
-        exists,
-        ..Default::default()
-    };
-    if !exists {
-        return Ok(live);
-    }
-    // The kernel does not filter chain dumps by table.
-    for m in sock.dump(FAMILY_BRIDGE, msg::GETCHAIN, &table_attrs(NFTA_CHAIN_TABLE))? {
-        let m = &m[..];
-        if attr_str(m, NFTA_CHAIN_TABLE).as_deref() != Some(TABLE) {
-            continue;
-        }
-        let Some(name) = attr_str(m, NFTA_CHAIN_NAME) else {
-            continue;
-        };
-        let base = attr(m, NFTA_CHAIN_HOOK).map(|hook| LiveBase {
-            kind: attr_str(m, NFTA_CHAIN_TYPE).unwrap_or_default(),
-            hook: attr_be32(hook, NFTA_HOOK_HOOKNUM).unwrap_or(u32::MAX),
-            priority: attr_be32(hook, NFTA_HOOK_PRIORITY).map_or(i32::MIN, |p| p as i32),
-            policy: attr_be32(m, NFTA_CHAIN_POLICY).unwrap_or(NF_ACCEPT),
-        });
-        live.chains.insert(
-            name,
-            LiveChain {
-                base,
-                ..Default::default()
-            },
-        );
-    }
-    for m in sock.dump(FAMILY_BRIDGE, msg::GETRULE, &table_attrs(NFTA_RULE_TABLE))? {
-        let m = &m[..];
-        if attr_str(m, NFTA_RULE_TABLE).as_deref() != Some(TABLE) {
-            continue;
-        }
-        let Some(chain) = attr_str(m, NFTA_RULE_CHAIN) else {
-            continue;
-        };
-        let comment = attr(m, NFTA_RULE_USERDATA)
-            .and_then(udata_comment)
-            .unwrap_or_default();
-        if let Some(c) = live.chains.get_mut(&chain) {
-            c.rules += 1;
-            if !c.comments.contains(&comment) {
-                c.comments.push(comment);
-            }
-        }
-    }
-    for m in sock.dump(FAMILY_BRIDGE, msg::GETSET, &table_attrs(NFTA_SET_TABLE))? {
-        let m = &m[..];
-        if attr_str(m, NFTA_SET_TABLE).as_deref() != Some(TABLE) {
-            continue;
-        }
-        let Some(name) = attr_str(m, NFTA_SET_NAME) else {
-            continue;
-        };
-        live.sets.insert(
-            name,
-            (
-                attr_be32(m, NFTA_SET_FLAGS).unwrap_or(0),
-                attr_be32(m, NFTA_SET_KEY_TYPE).unwrap_or(0),
-                attr_be32(m, NFTA_SET_KEY_LEN).unwrap_or(0),
-            ),
-        );
+    let mut live = Live::default();
+    for f in Family::ALL {
+        let t = read_table(sock, f)?;
+        live.tables.insert(f, t);
     }
     for set in GuardSet::ALL {
         if !live.set_ok(set) {
@@ -709,7 +734,7 @@ fn read_live(sock: &mut Socket) -> Result<Live, PolicyError> {
         let mut a = Attrs::new();
         a.put_str(NFTA_SET_ELEM_LIST_TABLE, TABLE)
             .put_str(NFTA_SET_ELEM_LIST_SET, set.name());
-        for m in sock.dump(FAMILY_BRIDGE, msg::GETSETELEM, &a)? {
+        for m in sock.dump(set.family().nfproto(), msg::GETSETELEM, &a)? {
             let Some(list) = attr(&m, NFTA_SET_ELEM_LIST_ELEMENTS) else {
                 continue;
             };
@@ -737,14 +762,89 @@ fn read_live(sock: &mut Socket) -> Result<Live, PolicyError> {
     Ok(live)
 }
 
+/// Read the chains, rule comments and sets of the table of family `f`.
+fn read_table(sock: &mut Socket, f: Family) -> Result<LiveTable, PolicyError> {
+    let fam = f.nfproto();
+    let exists = sock
+        .dump(fam, msg::GETTABLE, &Attrs::new())?
+        .iter()
+        .any(|m| attr_str(m, NFTA_TABLE_NAME).as_deref() == Some(TABLE));
+    let mut live = LiveTable {
+        exists,
+        ..Default::default()
+    };
+    if !exists {
+        return Ok(live);
+    }
+    // The kernel does not filter chain dumps by table.
+    for m in sock.dump(fam, msg::GETCHAIN, &table_attrs(NFTA_CHAIN_TABLE))? {
+        let m = &m[..];
+        if attr_str(m, NFTA_CHAIN_TABLE).as_deref() != Some(TABLE) {
+            continue;
+        }
+        let Some(name) = attr_str(m, NFTA_CHAIN_NAME) else {
+            continue;
+        };
+        let base = attr(m, NFTA_CHAIN_HOOK).map(|hook| LiveBase {
+            kind: attr_str(m, NFTA_CHAIN_TYPE).unwrap_or_default(),
+            hook: attr_be32(hook, NFTA_HOOK_HOOKNUM).unwrap_or(u32::MAX),
+            priority: attr_be32(hook, NFTA_HOOK_PRIORITY).map_or(i32::MIN, |p| p as i32),
+            policy: attr_be32(m, NFTA_CHAIN_POLICY).unwrap_or(NF_ACCEPT),
+        });
+        live.chains.insert(
+            name,
+            LiveChain {
+                base,
+                ..Default::default()
+            },
+        );
+    }
+    for m in sock.dump(fam, msg::GETRULE, &table_attrs(NFTA_RULE_TABLE))? {
+        let m = &m[..];
+        if attr_str(m, NFTA_RULE_TABLE).as_deref() != Some(TABLE) {
+            continue;
+        }
+        let Some(chain) = attr_str(m, NFTA_RULE_CHAIN) else {
+            continue;
+        };
+        let comment = attr(m, NFTA_RULE_USERDATA)
+            .and_then(udata_comment)
+            .unwrap_or_default();
+        if let Some(c) = live.chains.get_mut(&chain) {
+            c.rules += 1;
+            if !c.comments.contains(&comment) {
+                c.comments.push(comment);
+            }
+        }
+    }
+    for m in sock.dump(fam, msg::GETSET, &table_attrs(NFTA_SET_TABLE))? {
+        let m = &m[..];
+        if attr_str(m, NFTA_SET_TABLE).as_deref() != Some(TABLE) {
+            continue;
+        }
+        let Some(name) = attr_str(m, NFTA_SET_NAME) else {
+            continue;
+        };
+        live.sets.insert(
+            name,
+            (
+                attr_be32(m, NFTA_SET_FLAGS).unwrap_or(0),
+                attr_be32(m, NFTA_SET_KEY_TYPE).unwrap_or(0),
+                attr_be32(m, NFTA_SET_KEY_LEN).unwrap_or(0),
+            ),
+        );
+    }
+    Ok(live)
+}
+
 /// One step of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
-    NewTable,
-    FlushChain(String),
+    NewTable(Family),
+    FlushChain(Family, String),
     DelElem(Elem),
-    DelSet(String),
-    DelChain(String),
+    DelSet(Family, String),
+    DelChain(Family, String),
     NewSet(GuardSet),
     /// Index into the skeleton.
     NewChain(usize),
@@ -758,24 +858,34 @@ impl Op {
     /// is deleted, and created before they are used.
     fn phase(&self) -> u8 {
         match self {
-            Op::NewTable => 0,
-            Op::FlushChain(_) => 1,
+            Op::NewTable(_) => 0,
+            Op::FlushChain(..) => 1,
             Op::DelElem(_) => 2,
-            Op::DelSet(_) | Op::DelChain(_) => 3,
+            Op::DelSet(..) | Op::DelChain(..) => 3,
             Op::NewSet(_) | Op::NewChain(_) => 4,
             Op::NewRule(..) => 5,
             Op::NewElem(_) => 6,
         }
     }
 
-    fn describe(&self, chains: &[ChainSpec]) -> String {
-        let t = format!("bridge {TABLE}");
+    /// The family of the table the op changes.
+    fn family(&self, chains: &[ChainSpec]) -> Family {
         match self {
-            Op::NewTable => format!("add table {t}"),
-            Op::FlushChain(c) => format!("flush chain {t} {c}"),
+            Op::NewTable(f) | Op::FlushChain(f, _) | Op::DelSet(f, _) | Op::DelChain(f, _) => *f,
+            Op::DelElem(e) | Op::NewElem(e) => e.set.family(),
+            Op::NewSet(s) => s.family(),
+            Op::NewChain(c) | Op::NewRule(c, _) => chains[*c].family,
+        }
+    }
+
+    fn describe(&self, chains: &[ChainSpec]) -> String {
+        let t = format!("{} {TABLE}", self.family(chains).name());
+        match self {
+            Op::NewTable(_) => format!("add table {t}"),
+            Op::FlushChain(_, c) => format!("flush chain {t} {c}"),
             Op::DelElem(e) => format!("delete element {t} {}", e.describe()),
-            Op::DelSet(s) => format!("delete set {t} {s}"),
-            Op::DelChain(c) => format!("delete chain {t} {c}"),
+            Op::DelSet(_, s) => format!("delete set {t} {s}"),
+            Op::DelChain(_, c) => format!("delete chain {t} {c}"),
             Op::NewSet(s) => format!("add set {t} {}", s.name()),
             Op::NewChain(c) => format!("add chain {t} {}", chains[*c].name),
             Op::NewRule(c, _) => format!("add rule {t} {}", chains[*c].name),
@@ -802,16 +912,45 @@ impl Plan {
         self.report.elements_added += 1;
     }
 
-    /// Bring the skeleton (table, sets, chains, rules) to `chains`; returns the sets
+    /// Bring the skeleton (tables, sets, chains, rules) to `chains`; returns the sets
     /// created by the plan (whose elements all have to be added).
     fn skeleton(&mut self, live: &Live, chains: &[ChainSpec]) -> BTreeSet<GuardSet> {
         let mut created = BTreeSet::new();
-        if !live.exists {
-            self.ops.push(Op::NewTable);
-            self.report.table_created = true;
+        for f in Family::ALL {
+            let empty = LiveTable::default();
+            let table = live.table(f).unwrap_or(&empty);
+            let chains: Vec<(usize, &ChainSpec)> = chains
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.family == f)
+                .collect();
+            self.table_skeleton(f, live, table, &chains, &mut created);
         }
-        let sets_ok = GuardSet::ALL.iter().all(|s| live.set_ok(*s))
-            && live.sets.keys().all(|n| GuardSet::from_name(n).is_some());
+        created
+    }
+
+    /// The skeleton of the table of family `f` (`table` as read back).
+    fn table_skeleton(
+        &mut self,
+        f: Family,
+        live: &Live,
+        table: &LiveTable,
+        chains: &[(usize, &ChainSpec)],
+        created: &mut BTreeSet<GuardSet>,
+    ) {
+        if !table.exists {
+            self.ops.push(Op::NewTable(f));
+            self.report.tables_created += 1;
+        }
+        let sets: Vec<GuardSet> = GuardSet::ALL
+            .into_iter()
+            .filter(|s| s.family() == f)
+            .collect();
+        let sets_ok = sets.iter().all(|s| live.set_ok(*s))
+            && table
+                .sets
+                .keys()
+                .all(|n| GuardSet::from_name(f, n).is_some());
         let base_ok = |spec: &ChainSpec, l: &LiveChain| match (spec.base, &l.base) {
             (None, None) => true,
             (Some((hook, priority)), Some(lb)) => {
@@ -823,58 +962,57 @@ impl Plan {
             _ => false,
         };
         let chain_ok = |spec: &ChainSpec| {
-            live.chains.get(spec.name).is_some_and(|l| {
+            table.chains.get(spec.name).is_some_and(|l| {
                 base_ok(spec, l)
                     && l.rules == spec.rules.len()
                     && l.comments == std::slice::from_ref(&spec.comment)
             })
         };
-        let chains_ok = chains.iter().all(chain_ok)
-            && live
+        let chains_ok = chains.iter().all(|(_, c)| chain_ok(c))
+            && table
                 .chains
                 .keys()
-                .all(|n| chains.iter().any(|c| c.name == n));
-        if live.exists && sets_ok && chains_ok {
-            return created;
+                .all(|n| chains.iter().any(|(_, c)| c.name == n));
+        if table.exists && sets_ok && chains_ok {
+            return;
         }
         // Something differs: every chain of the table is flushed and rewritten in this
         // transaction (so no rule refers to a set or chain being replaced).
-        for name in live.chains.keys() {
-            self.ops.push(Op::FlushChain(name.clone()));
+        for name in table.chains.keys() {
+            self.ops.push(Op::FlushChain(f, name.clone()));
         }
-        for (name, l) in &live.chains {
-            let keep = chains.iter().any(|c| c.name == name && base_ok(c, l));
+        for (name, l) in &table.chains {
+            let keep = chains.iter().any(|(_, c)| c.name == name && base_ok(c, l));
             if !keep {
-                self.ops.push(Op::DelChain(name.clone()));
+                self.ops.push(Op::DelChain(f, name.clone()));
                 self.report.chains_deleted += 1;
             }
         }
-        for name in live.sets.keys() {
-            let keep = GuardSet::from_name(name).is_some_and(|s| live.set_ok(s));
+        for name in table.sets.keys() {
+            let keep = GuardSet::from_name(f, name).is_some_and(|s| live.set_ok(s));
             if !keep {
-                self.ops.push(Op::DelSet(name.clone()));
+                self.ops.push(Op::DelSet(f, name.clone()));
                 self.report.sets_deleted += 1;
             }
         }
-        for s in GuardSet::ALL {
+        for s in sets {
             if !live.set_ok(s) {
                 self.ops.push(Op::NewSet(s));
                 self.report.sets_added += 1;
                 created.insert(s);
             }
         }
-        for (i, c) in chains.iter().enumerate() {
-            let kept = live.chains.get(c.name).is_some_and(|l| base_ok(c, l));
+        for (i, c) in chains {
+            let kept = table.chains.get(c.name).is_some_and(|l| base_ok(c, l));
             if !kept {
-                self.ops.push(Op::NewChain(i));
+                self.ops.push(Op::NewChain(*i));
             }
             for j in 0..c.rules.len() {
-                self.ops.push(Op::NewRule(i, j));
+                self.ops.push(Op::NewRule(*i, j));
             }
             self.report.chains_written += 1;
             self.report.rules_written += c.rules.len();
         }
-        created
     }
 
     /// Bring the elements from `live` to `want`; the sets in `created` are new (empty).
@@ -906,22 +1044,23 @@ fn encode(chains: &[ChainSpec], ops: &[Op]) -> (Vec<Message>, Vec<usize>) {
     while i < ops.len() {
         first.push(i);
         let mut a = Attrs::new();
+        let family = ops[i].family(chains).nfproto();
         let (kind, flags) = match &ops[i] {
-            Op::NewTable => {
+            Op::NewTable(_) => {
                 a.put_str(NFTA_TABLE_NAME, TABLE)
                     .put_be32(NFTA_TABLE_FLAGS, 0);
                 (msg::NEWTABLE, NLM_F_CREATE)
             }
-            Op::FlushChain(c) => {
+            Op::FlushChain(_, c) => {
                 a.put_str(NFTA_RULE_TABLE, TABLE)
                     .put_str(NFTA_RULE_CHAIN, c);
                 (msg::DELRULE, 0)
             }
-            Op::DelSet(s) => {
+            Op::DelSet(_, s) => {
                 a.put_str(NFTA_SET_TABLE, TABLE).put_str(NFTA_SET_NAME, s);
                 (msg::DELSET, 0)
             }
-            Op::DelChain(c) => {
+            Op::DelChain(_, c) => {
                 a.put_str(NFTA_CHAIN_TABLE, TABLE)
                     .put_str(NFTA_CHAIN_NAME, c);
                 (msg::DELCHAIN, 0)
@@ -993,7 +1132,7 @@ fn encode(chains: &[ChainSpec], ops: &[Op]) -> (Vec<Message>, Vec<usize>) {
                 }
                 a.nest_raw(NFTA_SET_ELEM_LIST_ELEMENTS, list.bytes());
                 msgs.push(Message {
-                    family: FAMILY_BRIDGE,
+                    family,
                     kind: if add {
                         msg::NEWSETELEM
                     } else {
@@ -1006,7 +1145,7 @@ fn encode(chains: &[ChainSpec], ops: &[Op]) -> (Vec<Message>, Vec<usize>) {
             }
         };
         msgs.push(Message {
-            family: FAMILY_BRIDGE,
+            family,
             kind,
             flags,
             attrs: a,
@@ -1277,8 +1416,11 @@ mod tests {
     #[test]
     fn elements_encode_like_nft() {
         let p = port("vp1", 0x11, &["10.99.0.0/16"]);
-        let e: Vec<Elem> = port_elems(key("vp1"), &p).into_iter().collect();
-        assert_eq!(e.len(), 4);
+        let mut e: Vec<Elem> = port_elems(key("vp1"), &p).into_iter().collect();
+        assert_eq!(e.len(), 5);
+        assert_eq!(e[1].set, GuardSet::InetPodPorts);
+        assert_eq!(e[1].key, key("vp1").to_vec());
+        e.remove(1);
         assert_eq!(e[0].set, GuardSet::PodPorts);
         assert_eq!(e[0].key, key("vp1").to_vec());
         assert_eq!(e[1].set, GuardSet::PortMacs);
@@ -1310,8 +1452,8 @@ mod tests {
         let want: BTreeSet<Elem> = b2.iter().cloned().collect();
         let mut p = Plan::default();
         p.elements(&live, &want, &BTreeSet::new());
-        // vp1's three elements go, vp2 gains one source range.
-        assert_eq!(p.report.elements_deleted, 3);
+        // vp1's four elements (two pod-ports, MAC, source) go, vp2 gains one source range.
+        assert_eq!(p.report.elements_deleted, 4);
         assert_eq!(p.report.elements_added, 1);
         assert!(p
             .ops
@@ -1335,17 +1477,26 @@ mod tests {
     }
 
     fn live_of(chains: &[ChainSpec]) -> Live {
-        let mut live = Live {
-            exists: true,
-            ..Default::default()
-        };
+        let mut live = Live::default();
+        for f in Family::ALL {
+            live.tables.insert(
+                f,
+                LiveTable {
+                    exists: true,
+                    ..Default::default()
+                },
+            );
+        }
         for s in GuardSet::ALL {
             let spec = s.spec();
-            live.sets
+            live.tables
+                .get_mut(&s.family())
+                .unwrap()
+                .sets
                 .insert(s.name().into(), (spec.flags, spec.key_type, spec.key_len));
         }
         for c in chains {
-            live.chains.insert(
+            live.tables.get_mut(&c.family).unwrap().chains.insert(
                 c.name.into(),
                 LiveChain {
                     base: c.base.map(|(hook, priority)| LiveBase {
@@ -1366,8 +1517,9 @@ mod tests {
     fn skeleton_is_adopted_created_or_rewritten() {
         let chains = skeleton();
         assert_eq!(chains, skeleton(), "stable");
-        let names: BTreeSet<&str> = chains.iter().map(|c| c.name).collect();
+        let names: BTreeSet<(Family, &str)> = chains.iter().map(|c| (c.family, c.name)).collect();
         assert_eq!(names.len(), chains.len());
+        assert_eq!(chains.len(), 6);
 
         let mut adopt = Plan::default();
         assert!(adopt.skeleton(&live_of(&chains), &chains).is_empty());
@@ -1375,8 +1527,8 @@ mod tests {
 
         let mut create = Plan::default();
         let created = create.skeleton(&Live::default(), &chains);
-        assert_eq!(created.len(), 3);
-        assert!(create.report.table_created);
+        assert_eq!(created.len(), 4);
+        assert_eq!(create.report.tables_created, 2);
         assert_eq!(create.report.chains_written, chains.len());
         let rules: usize = chains.iter().map(|c| c.rules.len()).sum();
         assert_eq!(create.report.rules_written, rules);
@@ -1385,43 +1537,72 @@ mod tests {
             o.sort_by_key(Op::phase);
             o
         });
-        assert_eq!(msgs.len(), 1 + 3 + chains.len() + rules);
+        assert_eq!(msgs.len(), 2 + 4 + chains.len() + rules);
         assert_eq!(first.len(), msgs.len());
-        assert!(msgs.iter().all(|m| m.family == FAMILY_BRIDGE));
+        let inet = msgs.iter().filter(|m| m.family == FAMILY_INET).count();
+        // table, set, chain, rule
+        assert_eq!(inet, 4);
+        assert!(msgs
+            .iter()
+            .all(|m| m.family == FAMILY_INET || m.family == FAMILY_BRIDGE));
 
-        // A rule changed by hand: every chain is rewritten, nothing recreated.
+        let bridge = |live: &mut Live| live.tables.get_mut(&Family::Bridge).unwrap().clone();
+        // A rule changed by hand: every chain of that table is rewritten, nothing
+        // recreated, the other table untouched.
         let mut live = live_of(&chains);
-        live.chains.get_mut(POD_IPV4).unwrap().rules = 2;
+        let mut t = bridge(&mut live);
+        t.chains.get_mut(POD_IPV4).unwrap().rules = 2;
+        live.tables.insert(Family::Bridge, t);
         let mut fix = Plan::default();
         assert!(fix.skeleton(&live, &chains).is_empty());
-        assert_eq!(fix.report.chains_written, chains.len());
+        assert_eq!(fix.report.chains_written, 5);
+        assert!(fix.ops.iter().all(|o| o.family(&chains) == Family::Bridge));
         assert_eq!(fix.report.chains_deleted, 0);
         assert!(!fix.ops.iter().any(|o| matches!(o, Op::NewChain(_))));
 
         // Another priority, a foreign chain and a set of another type.
         let mut live = live_of(&chains);
-        live.chains
+        let mut t = bridge(&mut live);
+        t.chains
             .get_mut(PREROUTING)
             .unwrap()
             .base
             .as_mut()
             .unwrap()
             .priority = 0;
-        live.chains.insert("old".into(), LiveChain::default());
-        live.sets.get_mut("port-macs").unwrap().2 = 22;
+        t.chains.insert("old".into(), LiveChain::default());
+        t.sets.get_mut("port-macs").unwrap().2 = 22;
+        live.tables.insert(Family::Bridge, t);
         let mut fix = Plan::default();
         let created = fix.skeleton(&live, &chains);
         assert_eq!(created, BTreeSet::from([GuardSet::PortMacs]));
         assert_eq!(fix.report.chains_deleted, 2);
         assert_eq!(fix.report.sets_deleted, 1);
-        assert!(fix.ops.contains(&Op::DelChain("old".into())));
-        assert!(fix.ops.contains(&Op::DelChain(PREROUTING.into())));
-        assert!(fix.ops.contains(&Op::DelSet("port-macs".into())));
+        let br = Family::Bridge;
+        assert!(fix.ops.contains(&Op::DelChain(br, "old".into())));
+        assert!(fix.ops.contains(&Op::DelChain(br, PREROUTING.into())));
+        assert!(fix.ops.contains(&Op::DelSet(br, "port-macs".into())));
+        assert!(!fix
+            .ops
+            .contains(&Op::DelChain(Family::Inet, PREROUTING.into())));
+
+        // The inet table missing alone.
+        let mut live = live_of(&chains);
+        live.tables.remove(&Family::Inet);
+        let mut fix = Plan::default();
+        let created = fix.skeleton(&live, &chains);
+        assert_eq!(created, BTreeSet::from([GuardSet::InetPodPorts]));
+        assert_eq!(fix.report.tables_created, 1);
+        assert_eq!(
+            (fix.report.chains_written, fix.report.rules_written),
+            (1, 1)
+        );
     }
 
     #[test]
     fn fingerprints_follow_the_rules() {
         let a = ChainSpec::new(
+            Family::Bridge,
             "c",
             None,
             vec![rule(|r| {
@@ -1429,6 +1610,7 @@ mod tests {
             })],
         );
         let b = ChainSpec::new(
+            Family::Bridge,
             "c",
             None,
             vec![rule(|r| {
@@ -1436,14 +1618,24 @@ mod tests {
             })],
         );
         let c = ChainSpec::new(
+            Family::Bridge,
             "c",
             Some((0, -200)),
             vec![rule(|r| {
                 drop_frame(r);
             })],
         );
+        let d = ChainSpec::new(
+            Family::Inet,
+            "c",
+            None,
+            vec![rule(|r| {
+                drop_frame(r);
+            })],
+        );
         assert_ne!(a.comment, b.comment);
         assert_ne!(a.comment, c.comment);
+        assert_ne!(a.comment, d.comment);
         assert_eq!(a.comment.len(), 16);
     }
 
@@ -1462,8 +1654,10 @@ mod tests {
             _ => unreachable!(),
         });
         let (msgs, first) = encode(&chains, &ops);
-        // 12,000 elements in three sets: a few messages each.
-        assert!(msgs.len() >= 3 && msgs.len() < 20, "{}", msgs.len());
+        // 15,000 elements in four sets: a few messages each.
+        assert!(msgs.len() >= 4 && msgs.len() < 20, "{}", msgs.len());
+        let inet = msgs.iter().filter(|m| m.family == FAMILY_INET).count();
+        assert!(inet >= 1 && inet < 5, "{inet}");
         assert_eq!(first.len(), msgs.len());
         assert!(msgs.iter().all(|m| m.kind == msg::NEWSETELEM));
     }

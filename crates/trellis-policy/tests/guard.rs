@@ -6,7 +6,7 @@
 //! `vp1`..`vp3` on the bridge. p1 (the attacker) and p2 are guarded ports; p3 is not
 //! guarded and listens. Frames are written by hand and sent with AF_PACKET sockets from
 //! inside the pods; whether they arrive is seen by an AF_PACKET socket on p3's `eth0`
-//! (and, for well-formed datagrams, a UDP socket in p3). The guard runs on threads
+//! (and, for well-formed datagrams, a UDP socket in p3 or in the node). The guard runs on threads
 //! inside the node namespace. Every namespace is named `trgd-<pid>-<test>-<role>` and
 //! removed on success, failure and panic; namespaces of earlier runs whose process is
 //! gone are swept at the start. The root namespace is never touched.
@@ -471,6 +471,10 @@ struct Wire {
     p1: Tap,
     p3: Tap,
     udp: UdpSocket,
+    /// A UDP socket in the node (on every address).
+    node_udp: UdpSocket,
+    /// The bridge's MAC (frames to the node itself).
+    br_mac: [u8; 6],
     n: std::cell::Cell<u32>,
 }
 
@@ -482,11 +486,57 @@ impl Wire {
             UdpSocket::bind(("0.0.0.0", UDP_PORT)).expect("bind UDP in p3")
         });
         udp.set_nonblocking(true).unwrap();
+        let node_udp = in_ns(&lab.ns("node"), || {
+            UdpSocket::bind(("0.0.0.0", UDP_PORT)).expect("bind UDP in the node")
+        });
+        node_udp.set_nonblocking(true).unwrap();
+        let link = sh(&["ip", "-n", &lab.ns("node"), "link", "show", "br0"]);
+        let text = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .expect("bridge MAC");
+        let mut br_mac = [0u8; 6];
+        for (b, h) in br_mac.iter_mut().zip(text.split(':')) {
+            *b = u8::from_str_radix(h, 16).unwrap();
+        }
         Wire {
             p1: Tap::open(&lab.ns("p1")),
             p3: Tap::open(&lab.ns("p3")),
             udp,
+            node_udp,
+            br_mac,
             n: std::cell::Cell::new(0),
+        }
+    }
+
+    /// A UDP datagram from p1 (its own MAC) to the node's address 10.77.0.1 with
+    /// destination MAC `dst` and source `src`: whether the node's socket gets it.
+    fn to_node(&self, dst: [u8; 6], src: Ipv4Addr, expect: bool) -> bool {
+        let mut buf = [0u8; 512];
+        while self.node_udp.recv(&mut buf).is_ok() {}
+        let m = self.marker("to-node");
+        let f = eth(
+            dst,
+            mac(1),
+            ETH_P_IP,
+            &ipv4_udp(src, Ipv4Addr::new(10, 77, 0, 1), 5000, UDP_PORT, &m),
+        );
+        for _ in 0..3 {
+            self.p1.send(&f);
+        }
+        let deadline = Instant::now() + if expect { POSITIVE_WAIT } else { NEGATIVE_WAIT };
+        loop {
+            if let Ok(n) = self.node_udp.recv(&mut buf) {
+                if buf[..n] == m[..] {
+                    return true;
+                }
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -611,12 +661,12 @@ fn guard_stops_spoofing_from_pod_ports() {
 
     let ports = vec![port(1, &[]), port(2, &[])];
     let r = lab.full_sync(&ports);
-    assert!(r.table_created, "{r:?}");
+    assert_eq!(r.tables_created, 2, "{r:?}");
     assert_eq!(r.transactions, 1, "{r:?}");
-    assert_eq!(r.sets_added, 3, "{r:?}");
-    assert_eq!(r.chains_written, 5, "{r:?}");
-    // Two ports: pod-ports, port-macs and one source range each.
-    assert_eq!(r.elements_added, 6, "{r:?}");
+    assert_eq!(r.sets_added, 4, "{r:?}");
+    assert_eq!(r.chains_written, 6, "{r:?}");
+    // Two ports: pod-ports (in both tables), port-macs and one source range each.
+    assert_eq!(r.elements_added, 8, "{r:?}");
     assert_eq!(r.elements_deleted, 0, "{r:?}");
     let table = lab.table();
     eprintln!("{table}");
@@ -637,6 +687,15 @@ fn guard_stops_spoofing_from_pod_ports() {
         "\"vp2\" . 10.77.0.12",
     ] {
         assert!(table.contains(line), "missing {line:?} in\n{table}");
+    }
+    let inet = lab.nft(&["list", "table", "inet", "trellis-guard"]);
+    eprintln!("{inet}");
+    for line in [
+        "type filter hook prerouting priority raw; policy accept;",
+        "iifname @pod-ports drop",
+        "elements = { \"vp1\",",
+    ] {
+        assert!(inet.contains(line), "missing {line:?} in\n{inet}");
     }
 
     // p3 knows p2 (the entry a poisoning would overwrite).
@@ -719,6 +778,17 @@ fn guard_stops_spoofing_from_pod_ports() {
     assert!(!w.icmpv6(137, false), "redirect");
     assert!(w.icmpv6(128, true), "echo request");
 
+    // The node itself: reached from p1's own address through the bridge, not with a
+    // forged one; frames to link-local group addresses (which the bridge hands to the
+    // port's own stack, LLDP's past every bridge hook) reach it with neither.
+    assert!(w.to_node(w.br_mac, ip(1), true), "own address to the node");
+    assert!(!w.to_node(w.br_mac, ip(2), false), "forged to the node");
+    for last in [0x03, 0x0e] {
+        let group = [0x01, 0x80, 0xc2, 0, 0, last];
+        assert!(!w.to_node(group, ip(2), false), "forged via {group:02x?}");
+        assert!(!w.to_node(group, ip(1), false), "own via {group:02x?}");
+    }
+
     // (5) allowedSourceAddresses: 10.99.0.0/16 added to p1's sources.
     let p1_allowed = port(1, &["10.99.0.0/16"]);
     let r = lab.add_port(&p1_allowed);
@@ -767,9 +837,16 @@ fn guard_stops_spoofing_from_pod_ports() {
     let r = lab.remove_port("vp1");
     assert_eq!(
         (r.elements_added, r.elements_deleted, r.transactions),
-        (0, 4, 1),
+        (0, 5, 1),
         "{r:?}"
     );
+    for last in [0x03, 0x0e] {
+        let group = [0x01, 0x80, 0xc2, 0, 0, last];
+        assert!(
+            w.to_node(group, ip(2), true),
+            "forged via {group:02x?}, unguarded"
+        );
+    }
     assert_eq!(w.udp("unguarded", mac(1), ip(2), 5000, true), (true, true));
     assert!(w.vlan(true), "VLAN-tagged, unguarded");
     assert!(w.dhcp_like(67, true), "DHCP server, unguarded");
@@ -802,7 +879,11 @@ fn guard_stops_spoofing_from_pod_ports() {
 
     // Adding it back stops it again.
     let r = lab.add_port(&p1_allowed);
-    assert_eq!((r.elements_added, r.transactions), (4, 1), "{r:?}");
+    assert_eq!((r.elements_added, r.transactions), (5, 1), "{r:?}");
+    assert!(
+        !w.to_node([0x01, 0x80, 0xc2, 0, 0, 0x0e], ip(2), false),
+        "LLDP again"
+    );
     assert_eq!(
         w.udp("guarded-again", mac(1), ip(2), 5000, false),
         (false, false)
@@ -813,6 +894,29 @@ fn guard_stops_spoofing_from_pod_ports() {
     );
     assert!(w.udp("own-again", mac(1), ip(1), 5000, true).1);
     assert_written_nothing(&lab.full_sync(&ports), "full sync after add back");
+
+    // Without its inet element the bridge table alone misses LLDP-addressed frames
+    // (the reason for the inet table); a full sync puts the element back.
+    let lldp = [0x01, 0x80, 0xc2, 0, 0, 0x0e];
+    lab.nft(&["delete element inet trellis-guard pod-ports { \"vp1\" }"]);
+    assert!(
+        w.to_node(lldp, ip(2), true),
+        "LLDP-addressed, bridge table only"
+    );
+    assert!(
+        !w.to_node(w.br_mac, ip(2), false),
+        "forged to the node, bridge table only"
+    );
+    let r = lab.full_sync(&ports);
+    assert_eq!(
+        (r.elements_added, r.elements_deleted, r.chains_written),
+        (1, 0, 0),
+        "{r:?}"
+    );
+    assert!(
+        !w.to_node(lldp, ip(2), false),
+        "LLDP-addressed after the repair"
+    );
 
     // The unguarded port p3 is not looked at.
     let p2 = Tap::open(&lab.ns("p2"));
@@ -838,12 +942,12 @@ fn guard_adopts_repairs_and_recovers() {
 
     // add_port before any full sync creates the table (a CNI ADD on a fresh node).
     let r = lab.add_port(&ports[1]);
-    assert!(r.table_created, "{r:?}");
-    assert_eq!(r.elements_added, 3, "{r:?}");
+    assert_eq!(r.tables_created, 2, "{r:?}");
+    assert_eq!(r.elements_added, 4, "{r:?}");
     let r = lab.full_sync(&ports);
-    assert!(!r.table_created && r.chains_written == 0, "{r:?}");
-    // p1: pod-ports, port-macs, its address and the (merged) 10.99.0.0/16.
-    assert_eq!((r.elements_added, r.elements_deleted), (4, 0), "{r:?}");
+    assert!(r.tables_created == 0 && r.chains_written == 0, "{r:?}");
+    // p1: pod-ports twice, port-macs, its address and the (merged) 10.99.0.0/16.
+    assert_eq!((r.elements_added, r.elements_deleted), (5, 0), "{r:?}");
     assert_written_nothing(&lab.full_sync(&ports), "unchanged");
 
     // An element deleted by hand comes back.
@@ -883,6 +987,21 @@ fn guard_adopts_repairs_and_recovers() {
         "{r:?}"
     );
     assert_written_nothing(&lab.full_sync(&ports), "after rewriting chains");
+
+    // The inet table deleted by hand comes back, elements and all.
+    lab.nft(&["delete table inet trellis-guard"]);
+    let r = lab.full_sync(&ports);
+    assert_eq!(
+        (
+            r.tables_created,
+            r.chains_written,
+            r.elements_added,
+            r.elements_deleted
+        ),
+        (1, 1, 2, 0),
+        "{r:?}"
+    );
+    assert_written_nothing(&lab.full_sync(&ports), "after recreating the inet table");
     let table = lab.table();
     assert!(
         table.contains("type filter hook prerouting priority filter;") && !table.contains("stray"),
@@ -893,7 +1012,7 @@ fn guard_adopts_repairs_and_recovers() {
     // transaction fails, the guard reads the table and succeeds.
     lab.nft(&["delete element bridge trellis-guard port-macs { \"vp2\" . 02:00:00:00:00:12 }"]);
     let r = lab.remove_port("vp2");
-    assert_eq!(r.elements_deleted, 2, "{r:?}");
+    assert_eq!(r.elements_deleted, 3, "{r:?}");
     assert!(!lab.table().contains("\"vp2\""));
     // Removing it again changes nothing.
     assert_written_nothing(&lab.remove_port("vp2"), "second remove");
@@ -924,7 +1043,7 @@ fn guard_adopts_repairs_and_recovers() {
 
     // The last full sync wins, and an empty one leaves the empty skeleton.
     let r = lab.full_sync(&[]);
-    assert_eq!(r.elements_deleted, 4, "{r:?}");
+    assert_eq!(r.elements_deleted, 5, "{r:?}");
     let table = lab.table();
     assert!(
         !table.contains("vp1") && table.contains("jump pod-guard"),
