@@ -1655,9 +1655,9 @@ mod tests {
         });
         let (msgs, first) = encode(&chains, &ops);
         // 15,000 elements in four sets: a few messages each.
-        assert!(msgs.len() >= 4 && msgs.len() < 20, "{}", msgs.len());
+        assert!((4..20).contains(&msgs.len()), "{}", msgs.len());
         let inet = msgs.iter().filter(|m| m.family == FAMILY_INET).count();
-        assert!(inet >= 1 && inet < 5, "{inet}");
+        assert!((1..5).contains(&inet), "{inet}");
         assert_eq!(first.len(), msgs.len());
         assert!(msgs.iter().all(|m| m.kind == msg::NEWSETELEM));
     }
