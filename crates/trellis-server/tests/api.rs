@@ -680,6 +680,58 @@ async fn node_lease_expiry_and_subnet_reclaim() {
     );
 }
 
+/// A Node's agent-set `status.programmed` survives everything the server writes into
+/// the Node (heartbeats, lease expiry, subnet leases) and updates that leave the status
+/// out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_status_programmed_is_kept_by_server_side_updates() {
+    let (store, _d) = embedded();
+    let srv = start(store, false, test_config()).await; // ttl 2 s
+    let c = srv.client(ADMIN);
+    c.post("/v1/networks", &network("pods", "10.244.0.0/16"))
+        .await
+        .unwrap();
+    c.post("/v1/nodes", &node("n1", "192.168.77.5"))
+        .await
+        .unwrap();
+    c.post("/v1/nodes/n1/heartbeat", &json!({})).await.unwrap();
+    // The agent's way: read, set the field, write at that version.
+    let want = json!({"services": 7, "endpoints": 9});
+    let mut n = c.get("/v1/nodes/n1").await.unwrap();
+    n["status"]["programmed"] = want.clone();
+    c.put("/v1/nodes/n1", &n).await.unwrap();
+    let programmed = |c: Client| async move {
+        let n = c.get("/v1/nodes/n1").await.unwrap();
+        (
+            n["status"]["programmed"].clone(),
+            n["status"]["ready"].clone(),
+        )
+    };
+    assert_eq!(programmed(c.clone()).await, (want.clone(), json!(true)));
+    // A subnet lease lands in the status.
+    c.post("/v1/nodes/n1/subnets/pods", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(programmed(c.clone()).await.0, want);
+    // An update without a status (a manifest applied by a user).
+    let mut labelled = node("n1", "192.168.77.5");
+    labelled["metadata"]["labels"] = json!({"zone": "a"});
+    c.put("/v1/nodes/n1", &labelled).await.unwrap();
+    assert_eq!(programmed(c.clone()).await, (want.clone(), json!(true)));
+    // No heartbeat: the node lifecycle marks it not ready; the heartbeat marks it ready.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while programmed(c.clone()).await.1 != json!(false) {
+        assert!(
+            Instant::now() < deadline,
+            "n1 stays ready without heartbeats"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(programmed(c.clone()).await.0, want);
+    c.post("/v1/nodes/n1/heartbeat", &json!({})).await.unwrap();
+    assert_eq!(programmed(c.clone()).await, (want, json!(true)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subnets_avoid_reserved_ranges_and_host_addresses() {
     let (store, _d) = embedded();

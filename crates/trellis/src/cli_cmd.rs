@@ -49,7 +49,7 @@ pub enum CliCmd {
 
 /// How to reach the server: the config file, and flags overriding it.
 #[derive(clap::Args, Debug, Clone)]
-pub struct ConnArgs {
+pub(crate) struct ConnArgs {
     /// The config file [default: $TRELLIS_CONFIG, else ~/.trellis/config.json].
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -101,14 +101,14 @@ impl ConnArgs {
     }
 
     /// A client for the resolved config.
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::new(&self.resolve()?)?)
     }
 }
 
 /// The namespace flag.
 #[derive(clap::Args, Debug, Clone)]
-pub struct NsArgs {
+pub(crate) struct NsArgs {
     /// The namespace of namespaced objects [default: default].
     #[arg(short = 'n', long, value_name = "NS")]
     namespace: Option<String>,
@@ -116,7 +116,7 @@ pub struct NsArgs {
 
 impl NsArgs {
     /// `-n`, else `default`.
-    fn ns(&self) -> &str {
+    pub(crate) fn ns(&self) -> &str {
         self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
     }
 }
@@ -819,6 +819,12 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow!("the server sent a {} that does not parse: {e}", kind))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let wide = a.output == Some(Output::Wide);
+    let programmed = if wide && kind == Kind::Service {
+        Some(Programmed::fetch(&client).await?)
+    } else {
+        None
+    };
     let text = match a.output {
         Some(Output::Name) => objs
             .iter()
@@ -826,8 +832,9 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         _ => table(
             &objs,
-            a.output == Some(Output::Wide),
+            wide,
             a.all_namespaces && kind.namespaced(),
+            programmed.as_ref(),
             SystemTime::now(),
         ),
     };
@@ -848,9 +855,54 @@ fn print_value(v: &Value, output: Option<Output>) -> anyhow::Result<()> {
 /// those `-o wide` adds after AGE.
 type Columns = (Vec<(&'static str, String)>, Vec<(&'static str, String)>);
 
+/// What the PROGRAMMED column of `get services -o wide` is computed from: every Node
+/// and every Endpoint.
+#[derive(Debug, Default)]
+struct Programmed {
+    nodes: Vec<objects::Node>,
+    endpoints: Vec<objects::Endpoint>,
+}
+
+impl Programmed {
+    /// List the Nodes and the Endpoints of all namespaces.
+    async fn fetch(client: &Client) -> anyhow::Result<Programmed> {
+        let mut p = Programmed::default();
+        for kind in [Kind::Node, Kind::Endpoint] {
+            let list = client.get(&list_path(kind, None)).await.map_err(|e| {
+                anyhow!("listing {} for PROGRAMMED: {}", kind.plural(), describe(&e))
+            })?;
+            for v in list["items"].as_array().cloned().unwrap_or_default() {
+                match AnyObject::from_value(v) {
+                    Ok(AnyObject::Node(n)) => p.nodes.push(n),
+                    Ok(AnyObject::Endpoint(e)) => p.endpoints.push(e),
+                    Ok(_) => {}
+                    Err(e) => bail!("the server sent a {kind} that does not parse: {e}"),
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// `programmed/ready`: of the ready Nodes, how many report (`status.programmed`)
+    /// having programmed the Service's and every selected Endpoint's resourceVersion.
+    fn cell(&self, svc: &objects::Service) -> String {
+        let want = svc.programmed_revisions(&self.endpoints);
+        let ready: Vec<&objects::Node> = self.nodes.iter().filter(|n| n.status.ready).collect();
+        let done = ready.iter().filter(|n| n.has_programmed(&want)).count();
+        format!("{done}/{}", ready.len())
+    }
+}
+
 /// The table of `objs` (all of one kind): `[NAMESPACE] NAME <kind columns> AGE [wide
-/// columns]`, aligned like kubectl's (three spaces between columns).
-fn table(objs: &[AnyObject], wide: bool, with_ns: bool, now: SystemTime) -> String {
+/// columns]`, aligned like kubectl's (three spaces between columns); a Service's wide
+/// columns end with PROGRAMMED when `programmed` is given.
+fn table(
+    objs: &[AnyObject],
+    wide: bool,
+    with_ns: bool,
+    programmed: Option<&Programmed>,
+    now: SystemTime,
+) -> String {
     let mut header = Vec::new();
     let mut rows = Vec::new();
     for o in objs {
@@ -864,6 +916,9 @@ fn table(objs: &[AnyObject], wide: bool, with_ns: bool, now: SystemTime) -> Stri
         row.push(("AGE", age(o.metadata().creation_timestamp.as_deref(), now)));
         if wide {
             row.extend(wide_cols);
+            if let (AnyObject::Service(s), Some(p)) = (o, programmed) {
+                row.push(("PROGRAMMED", p.cell(s)));
+            }
         }
         if header.is_empty() {
             header = row.iter().map(|(h, _)| h.to_string()).collect();
@@ -1298,6 +1353,72 @@ mod tests {
                 "{help}"
             );
         }
+    }
+
+    #[test]
+    fn programmed_counts_ready_nodes_that_reached_the_revision() {
+        let parse = |v: Value| AnyObject::from_value(v).unwrap();
+        // `rev`: the revision programmed in both collections.
+        let node = |name: &str, ready: bool, rev: Option<u64>| {
+            let mut status = serde_json::json!({"ready": ready});
+            if let Some(r) = rev {
+                status["programmed"] = serde_json::json!({"services": r, "endpoints": r});
+            }
+            match parse(
+                serde_json::json!({"apiVersion": "trellis/v1", "kind": "Node",
+                "metadata": {"name": name}, "spec": {"address": "192.0.2.1"}, "status": status}),
+            ) {
+                AnyObject::Node(n) => n,
+                o => panic!("{o:?}"),
+            }
+        };
+        let endpoint = |name: &str, app: &str, rv: &str| match parse(serde_json::json!({
+            "apiVersion": "trellis/v1", "kind": "Endpoint",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": app},
+                "resourceVersion": rv},
+            "spec": {"containerId": name, "ifname": "eth0", "network": "pods", "node": "n1",
+                "ip": "10.244.1.2"}}))
+        {
+            AnyObject::Endpoint(e) => e,
+            o => panic!("{o:?}"),
+        };
+        let svc = match parse(
+            serde_json::json!({"apiVersion": "trellis/v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default", "resourceVersion": "20"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+        ) {
+            AnyObject::Service(s) => s,
+            o => panic!("{o:?}"),
+        };
+        let mut p = Programmed {
+            nodes: vec![
+                node("a", true, Some(30)),
+                node("b", true, Some(25)),
+                node("c", true, None),
+                node("d", false, Some(99)),
+            ],
+            endpoints: vec![endpoint("e1", "web", "10"), endpoint("e2", "db", "50")],
+        };
+        // The Service (20) is the newest of what it selects: a and b reached it, c
+        // reported nothing, d is not ready and not counted.
+        assert_eq!(p.cell(&svc), "2/3");
+        // A selected Endpoint at 28: only a.
+        p.endpoints.push(endpoint("e3", "web", "28"));
+        assert_eq!(p.cell(&svc), "1/3");
+        p.nodes.clear();
+        assert_eq!(p.cell(&svc), "0/0");
+        // The column sits at the end of the wide table.
+        p.nodes.push(node("a", true, Some(30)));
+        let t = table(
+            &[AnyObject::Service(svc)],
+            true,
+            false,
+            Some(&p),
+            SystemTime::now(),
+        );
+        let header = t.lines().next().unwrap();
+        assert!(header.ends_with("SELECTOR   PROGRAMMED"), "{t}");
+        assert!(t.lines().nth(1).unwrap().ends_with("app=web    1/1"), "{t}");
     }
 
     #[test]

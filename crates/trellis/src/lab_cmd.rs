@@ -1,9 +1,10 @@
 //! `trellis lab up|down|exec|status`: a persistent lab for the demo and for poking around.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use trellis_api::objects::{AnyObject, Endpoint};
 use trellis_lab::cluster::{network_manifest, Timing};
 use trellis_lab::Lab;
 
@@ -44,6 +45,10 @@ pub enum LabCmd {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
+    /// Pods to try policies on: `add NAME --node N [--namespace NS] [--labels k=v,...]
+    /// [--ports name:port/proto,...]`, `del NAME`.
+    #[command(subcommand)]
+    Pod(crate::lab_pod_cmd::LabPodCmd),
     /// Show a lab's namespaces, addresses and processes.
     Status {
         /// Lab name (all labs when omitted).
@@ -62,6 +67,7 @@ fn sibling(bin: &str) -> anyhow::Result<PathBuf> {
 
 pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
     match cmd {
+        LabCmd::Pod(c) => crate::lab_pod_cmd::run(c),
         LabCmd::Up {
             nodes,
             backend,
@@ -220,8 +226,19 @@ fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<Ex
         println!("(some paths failed; see the agent logs below)");
         println!();
     }
+    // Measure only once the client's node has programmed the Service and every pod's
+    // Endpoint: until then requests would meet a partial (or empty) endpoint set.
+    let programmed = match wait_demo_programmed(&lab, &trellis, nodes * pods) {
+        Ok(()) => true,
+        Err(e) => {
+            println!("{e}");
+            println!("(measuring anyway; see the agent logs below)");
+            println!();
+            false
+        }
+    };
     let spread = demo_spread(&lab, &trellis);
-    let all_ok = all_ok && spread.is_some();
+    let all_ok = all_ok && programmed && spread.is_some();
     println!();
     let me = trellis.display().to_string();
     println!("Where to look:");
@@ -318,6 +335,78 @@ spec:
   selector: {app: demo}
   ports: [{name: http, port: 80, targetPort: 8080}]
 ";
+
+/// How long `lab up` waits for the client's node to program the demo Service.
+const PROGRAMMED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Wait (at most [`PROGRAMMED_TIMEOUT`]) until the demo Service selects `endpoints`
+/// ready Endpoints (one per pod) and the node of the first pod, where the requests come
+/// from, reports in `status.servicesRevision` that it has programmed the Service and
+/// all of them. The error says what was still missing.
+fn wait_demo_programmed(lab: &Lab, trellis: &Path, endpoints: usize) -> Result<(), String> {
+    let Some(pod) = lab.state.pods.first() else {
+        return Ok(());
+    };
+    let node = lab.state.nodes[pod.node].name.clone();
+    let get = |args: &[&str]| -> Result<AnyObject, String> {
+        let text = lab.cli(trellis, args).map_err(|e| e.to_string())?;
+        let v = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        AnyObject::from_value(v).map_err(|e| e.to_string())
+    };
+    let check = || -> Result<(), String> {
+        let AnyObject::Service(svc) = get(&["get", "service", "demo", "-o", "json"])? else {
+            return Err("service demo is not a Service".into());
+        };
+        let text = lab
+            .cli(trellis, &["get", "endpoints", "-o", "json"])
+            .map_err(|e| e.to_string())?;
+        let list: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let eps: Vec<Endpoint> = list["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| match AnyObject::from_value(v) {
+                Ok(AnyObject::Endpoint(e)) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let ready = eps
+            .iter()
+            .filter(|e| svc.selects(e) && e.spec.ready)
+            .count();
+        let AnyObject::Node(n) = get(&["get", "node", &node, "-o", "json"])? else {
+            return Err(format!("node {node} is not a Node"));
+        };
+        let want = svc.programmed_revisions(&eps);
+        if ready == endpoints && n.has_programmed(&want) {
+            return Ok(());
+        }
+        let had = match n.status.programmed {
+            Some(p) => format!("services {} / endpoints {}", p.services, p.endpoints),
+            None => "nothing".into(),
+        };
+        Err(format!(
+            "{ready} of {endpoints} endpoints ready; node {node} reports having programmed \
+             {had}, the Service needs services {} / endpoints {}",
+            want.services, want.endpoints
+        ))
+    };
+    let deadline = std::time::Instant::now() + PROGRAMMED_TIMEOUT;
+    loop {
+        let last = match check() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the demo Service is not programmed on {node} after {}s: {last}",
+                PROGRAMMED_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
 
 /// 60 requests from the first pod to the demo Service's cluster IP; prints which pod
 /// answered how often. `None` when the service did not answer.

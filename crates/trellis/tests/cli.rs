@@ -430,6 +430,8 @@ fn apply_get_delete() {
     assert!((30000..=32767).contains(&node_port), "{ports}");
     let t = c.table(&["service", "web", "-o", "wide"]);
     assert_eq!(t.cell("web", "SELECTOR"), "app=web");
+    // Programmed on 0 of 0 ready nodes (n1 never heartbeat).
+    assert_eq!(t.cell("web", "PROGRAMMED"), "0/0");
     assert_eq!(
         c.ok(&["get", "svc", "-o", "name"]).trim(),
         "service/web",

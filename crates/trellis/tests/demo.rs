@@ -1,7 +1,8 @@
 //! The README's demo: `trellis lab up` brings up a server, agents and pods, prints a
-//! full reachability matrix and the demo Service's spread, the lab's CLI works, and
-//! `trellis lab down` removes every namespace it made. Labs are named
-//! `tdemo<pid>x<backend>`; labs of earlier runs whose process is gone are removed first.
+//! full reachability matrix and the demo Service's spread (every request answered), the
+//! lab's CLI works, and `trellis lab down` removes every namespace it made. Labs are
+//! named `tdemo<pid>x<backend><nodes><pods>`; labs of earlier runs whose process is gone
+//! are removed first.
 
 mod common;
 
@@ -61,16 +62,26 @@ fn sweep_stale() {
     }
 }
 
-fn up_and_down(backend: &str, pods: usize) {
+/// `lab up` with `nodes` nodes and `pods` pods each on `backend`: a full reachability
+/// matrix, every one of the 60 demo requests answered (the lab measures only once the
+/// client's node has programmed the Service), PROGRAMMED `N/N`, the lab's CLI and DNS;
+/// `lab down` removes everything.
+fn up_and_down(backend: &str, nodes: usize, pods: usize) {
     require(&["ip", "nft", "ping", "busybox", "bridge"]);
     sweep_stale();
-    let name = format!("tdemo{}x{}", std::process::id(), backend.replace('-', ""));
+    // At most 20 characters: tdemo + PID (up to 7 digits) + x + backend + nodes + pods.
+    let name = format!(
+        "tdemo{}x{}{nodes}{pods}",
+        std::process::id(),
+        backend.replace('-', "")
+    );
     let guard = Down(name.clone());
     let pods_arg = pods.to_string();
+    let nodes_arg = nodes.to_string();
     let up = lab_cmd(&[
         "up",
         "--nodes",
-        "3",
+        &nodes_arg,
         "--backend",
         backend,
         "--pods",
@@ -84,30 +95,80 @@ fn up_and_down(backend: &str, pods: usize) {
         out.contains(&format!("reachability over {backend}")),
         "{out}"
     );
-    // 3 nodes + 3*pods sources, each row all "ok".
+    // nodes + nodes*pods sources, each row all "ok".
     let rows: Vec<&str> = out
         .lines()
         .skip_while(|l| !l.starts_with("reachability"))
         .skip(2)
         .take_while(|l| !l.trim().is_empty())
         .collect();
-    assert_eq!(rows.len(), 3 + 3 * pods, "{out}");
-    let targets = 3 + 3 * pods;
+    let targets = nodes + nodes * pods;
+    assert_eq!(rows.len(), targets, "{out}");
     for r in &rows {
         assert_eq!(r.matches(" ok").count(), targets, "row {r:?}:\n{out}");
     }
-    assert!(out.contains("service demo"), "{out}");
+    // The demo Service: 60 requests, every one answered, by every pod.
+    let spread: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("service demo"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert!(!spread.is_empty(), "no demo spread:\n{out}");
+    assert!(
+        !out.contains("failed") && !out.contains("not programmed"),
+        "{out}"
+    );
+    let answered: u32 = spread
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or_else(|| panic!("spread line {l:?}:\n{out}"))
+        })
+        .sum();
+    assert_eq!(answered, 60, "{out}");
+    assert_eq!(spread.len(), nodes * pods, "every pod answers:\n{out}");
     assert!(out.contains("Where to look"), "{out}");
-    assert_eq!(namespaces_of(&name).len(), 1 + 3 + 3 * pods, "{out}");
+    assert_eq!(
+        namespaces_of(&name).len(),
+        1 + nodes + nodes * pods,
+        "{out}"
+    );
 
     // The lab's CLI talks to the lab's server.
     let t = trellis().display().to_string();
-    let nodes = lab_cmd(&["exec", &name, "u", "--", &t, "get", "nodes"]);
-    let listing = text(&nodes);
-    assert!(nodes.status.success(), "{listing}");
-    for n in ["n1", "n2", "n3"] {
-        assert!(listing.contains(n), "{listing}");
+    let get = lab_cmd(&["exec", &name, "u", "--", &t, "get", "nodes"]);
+    let listing = text(&get);
+    assert!(get.status.success(), "{listing}");
+    for n in 1..=nodes {
+        assert!(listing.contains(&format!("n{n}")), "{listing}");
     }
+    // Every ready node reports the demo Service programmed (bounded: the other
+    // nodes may publish up to a second after the client's node).
+    let want = format!("{nodes}/{nodes}");
+    let mut svc = String::new();
+    let programmed = trellis_lab::wait_for(std::time::Duration::from_secs(10), || {
+        let o = lab_cmd(&[
+            "exec", &name, "u", "--", &t, "get", "svc", "demo", "-o", "wide",
+        ]);
+        svc = text(&o);
+        let header: Vec<&str> = svc
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let row: Vec<&str> = svc
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        header.last() == Some(&"PROGRAMMED") && row.last() == Some(&want.as_str())
+    });
+    assert!(programmed, "PROGRAMMED is not {want}:\n{svc}");
     // The DNS hint names a server that answers for the demo Service.
     let hint = out
         .lines()
@@ -143,10 +204,17 @@ fn up_and_down(backend: &str, pods: usize) {
 
 #[test]
 fn lab_up_vxlan_shows_a_full_mesh_and_down_removes_it() {
-    up_and_down("vxlan", 2);
+    up_and_down("vxlan", 3, 2);
+}
+
+/// The smallest lab a new user tries: before the demo waited for the client's node to
+/// program the Service, a third or more of its requests failed.
+#[test]
+fn lab_up_two_nodes_one_pod_answers_every_demo_request() {
+    up_and_down("vxlan", 2, 1);
 }
 
 #[test]
 fn lab_up_l2_shows_a_full_mesh_and_down_removes_it() {
-    up_and_down("l2", 1);
+    up_and_down("l2", 3, 1);
 }

@@ -1,6 +1,6 @@
 //! Joining the cluster: the underlay as the kernel shows it, the Node's registration,
 //! a subnet lease of every served network, and the heartbeat that keeps the Node ready
-//! (and renews the leases after a lapse); the Node's `status.servicesRevision`.
+//! (and renews the leases after a lapse); the Node's `status.programmed`.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use trellis_api::naming::LINK_PREFIX;
+use trellis_api::objects::ProgrammedRevisions;
 use trellis_client::{Client, ClientError};
 use trellis_fabric::Local;
 use trellis_net::Netlink;
@@ -182,30 +183,30 @@ pub(super) async fn heartbeat_loop(
     }
 }
 
-/// The shortest time between two writes of `status.servicesRevision`: changes arriving
+/// The shortest time between two writes of `status.programmed`: changes arriving
 /// meanwhile are coalesced into the next write.
-const SERVICES_REVISION_PERIOD: Duration = Duration::from_secs(1);
+const PROGRAMMED_PERIOD: Duration = Duration::from_secs(1);
 
-/// Publish the revision the service loop has programmed (`revision`, `None` before its
-/// first successful sync) as our Node's `status.servicesRevision`: a read and one
-/// compare-and-swap write whenever it changed (none when the Node already says so), at
-/// most one write per [`SERVICES_REVISION_PERIOD`]; failures are retried every second.
-/// Ends when the service loop is gone.
-pub(super) async fn publish_services_revision(
+/// Publish what the service loop has programmed (`revision`, `None` before its first
+/// successful sync) as our Node's `status.programmed`: a read and one compare-and-swap
+/// write whenever it changed (none when the Node already says so), at most one write per
+/// [`PROGRAMMED_PERIOD`]; failures are retried every second. Ends when the service loop
+/// is gone.
+pub(super) async fn publish_programmed(
     client: Client,
     node: String,
-    mut revision: tokio::sync::watch::Receiver<Option<u64>>,
+    mut revision: tokio::sync::watch::Receiver<Option<ProgrammedRevisions>>,
 ) {
     let path = format!("/v1/nodes/{node}");
     let mut published = None;
     loop {
         let want = *revision.borrow_and_update();
         if want.is_some() && want != published {
-            match set_services_revision(&client, &path, want).await {
+            match set_programmed(&client, &path, want).await {
                 Ok(()) => published = want,
-                Err(e) => tracing::warn!("publishing status.servicesRevision: {e}"),
+                Err(e) => tracing::warn!("publishing status.programmed: {e}"),
             }
-            tokio::time::sleep(SERVICES_REVISION_PERIOD).await;
+            tokio::time::sleep(PROGRAMMED_PERIOD).await;
             continue;
         }
         if revision.changed().await.is_err() {
@@ -214,19 +215,20 @@ pub(super) async fn publish_services_revision(
     }
 }
 
-/// Set our Node's `status.servicesRevision` (read, then write at that resourceVersion;
-/// a concurrent write of the Node is read again). Every other field is kept.
-async fn set_services_revision(
+/// Set our Node's `status.programmed` (read, then write at that resourceVersion; a
+/// concurrent write of the Node is read again). Every other field is kept.
+async fn set_programmed(
     client: &Client,
     path: &str,
-    revision: Option<u64>,
+    revision: Option<ProgrammedRevisions>,
 ) -> Result<(), ClientError> {
+    let want = json!(revision);
     for _ in 0..8 {
         let mut n = client.get(path).await?;
-        if n["status"]["servicesRevision"] == json!(revision) {
+        if n["status"]["programmed"] == want {
             return Ok(());
         }
-        n["status"]["servicesRevision"] = json!(revision);
+        n["status"]["programmed"] = want.clone();
         match client.put(path, &n).await {
             Err(e) if e.status() == Some(409) => continue,
             r => return r.map(|_| ()),
@@ -235,6 +237,6 @@ async fn set_services_revision(
     Err(ClientError::Api {
         status: 409,
         reason: "Conflict".into(),
-        message: format!("{path} kept changing while setting status.servicesRevision"),
+        message: format!("{path} kept changing while setting status.programmed"),
     })
 }

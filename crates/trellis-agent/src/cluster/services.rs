@@ -8,8 +8,8 @@
 //! changes only what differs, so a restart changes nothing.
 //!
 //! After every pass whose proxy sync succeeded (or had nothing to do), the store
-//! revision both informers are complete up to is what the node has programmed: the
-//! loop publishes it as its Node's `status.servicesRevision` (one Node write when it
+//! revisions the two informers are complete up to are what the node has programmed: the
+//! loop publishes them as its Node's `status.programmed` (one Node write when they
 //! changed, at most one a second), which `trellis get svc -o wide` (PROGRAMMED) and
 //! `trellis lab up` compare with a Service's and its Endpoints' resourceVersions.
 
@@ -19,14 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trellis_api::objects::{
-    AnyObject, Endpoint, ExternalTrafficPolicy, Protocol, Service, ServiceType,
+    AnyObject, Endpoint, ExternalTrafficPolicy, ProgrammedRevisions, Protocol, Service, ServiceType,
 };
 use trellis_client::Client;
 use trellis_dns::{DnsServer, NamedPort, Proto, Records, ServiceRecord};
 use trellis_proxy::{EndpointModel, PortModel, Proxy, ServiceModel};
 
 use super::informer::Informer;
-use super::join::publish_services_revision;
+use super::join::publish_programmed;
 
 /// The cluster DNS domain.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
@@ -143,7 +143,7 @@ pub fn dns_records(domain: &str, services: &[Service], endpoints: &[Endpoint]) -
 /// Runs the proxy and DNS for this node.
 #[derive(Debug)]
 pub struct ServiceLoop {
-    /// Writes the Node's `status.servicesRevision`.
+    /// Writes the Node's `status.programmed`.
     pub(super) client: Client,
     pub(super) node: String,
     pub(super) services: Informer,
@@ -164,7 +164,7 @@ impl ServiceLoop {
         let mut applied: Option<BTreeMap<String, ServiceModel>> = None;
         let mut last_full = Instant::now();
         let (programmed, rx) = tokio::sync::watch::channel(None);
-        tokio::spawn(publish_services_revision(
+        tokio::spawn(publish_programmed(
             self.client.clone(),
             self.node.clone(),
             rx,
@@ -194,9 +194,12 @@ impl ServiceLoop {
                         .collect();
                 applied = self.sync(applied.take(), want, &mut last_full).await;
                 if applied.is_some() {
-                    // Every Service and Endpoint change up to both informers' revision
+                    // Every Service and Endpoint change up to the informers' revisions
                     // is in the kernel (and in DNS) now.
-                    let new = Some(svc_rev.min(ep_rev));
+                    let new = Some(ProgrammedRevisions {
+                        services: svc_rev,
+                        endpoints: ep_rev,
+                    });
                     programmed.send_if_modified(|r| {
                         let changed = *r != new;
                         *r = new;

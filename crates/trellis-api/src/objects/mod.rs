@@ -83,7 +83,7 @@ pub use network::{
     networks_overlap, Backend, Network, NetworkSpec, NetworkStatus, DEFAULT_NODE_SUBNET_PREFIX,
     MAX_NODE_SUBNET_PREFIX, MTU_RANGE, VNI_RANGE,
 };
-pub use node::{Node, NodeSpec, NodeStatus, SubnetLease};
+pub use node::{Node, NodeSpec, NodeStatus, ProgrammedRevisions, SubnetLease};
 pub use pod::{ContainerPort, Pod, PodSpec};
 pub use selector::{LabelSelector, SelectorOperator, SelectorRequirement};
 pub use service::{

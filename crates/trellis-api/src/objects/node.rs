@@ -40,13 +40,32 @@ pub struct NodeStatus {
     /// Names of the nodes this node's agent cannot currently reach.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable_peers: Vec<String>,
-    /// How far the node's service proxy and DNS have got (agent-set): every change of a
-    /// Service or an Endpoint up to this store revision is programmed on the node. The
-    /// agent publishes it after each successful sync (at most once a second);
-    /// [`Node::has_programmed`] compares it with a
-    /// [`Service::programmed_revision`](super::Service::programmed_revision).
+    /// How far the node's service proxy and DNS have got (agent-set), published after
+    /// each successful sync (at most once a second); [`Node::has_programmed`] compares
+    /// it with what a Service needs
+    /// ([`Service::programmed_revisions`](super::Service::programmed_revisions)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub services_revision: Option<u64>,
+    pub programmed: Option<ProgrammedRevisions>,
+}
+
+/// Store revisions up to which every change of the Services and of the Endpoints is
+/// programmed. The two collections are watched apart, and a quiet collection's watch
+/// brings no news, so each has its own revision: one number for both would either stay
+/// behind forever or run ahead of the other collection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProgrammedRevisions {
+    /// Every Service change up to this revision.
+    pub services: u64,
+    /// Every Endpoint change up to this revision.
+    pub endpoints: u64,
+}
+
+impl ProgrammedRevisions {
+    /// Whether these revisions reach `want` in both collections.
+    pub fn covers(&self, want: &ProgrammedRevisions) -> bool {
+        self.services >= want.services && self.endpoints >= want.endpoints
+    }
 }
 
 /// One node's subnet of one network, and what peers need to reach it.
@@ -83,10 +102,10 @@ impl Node {
         self.status.leases.iter().find(|l| l.network == network)
     }
 
-    /// Whether the node reports having programmed every Service and Endpoint change up
-    /// to store revision `revision` (its `status.servicesRevision` reached it).
-    pub fn has_programmed(&self, revision: u64) -> bool {
-        self.status.services_revision.is_some_and(|r| r >= revision)
+    /// Whether the node reports (`status.programmed`) having programmed the Service and
+    /// Endpoint changes up to `want`.
+    pub fn has_programmed(&self, want: &ProgrammedRevisions) -> bool {
+        self.status.programmed.is_some_and(|p| p.covers(want))
     }
 }
 
@@ -181,15 +200,23 @@ mod tests {
                 ..SubnetLease::new("pods", "10.244.1.0/24".parse().unwrap())
             }],
             unreachable_peers: vec!["node-2".into()],
-            services_revision: Some(41),
+            programmed: Some(ProgrammedRevisions {
+                services: 41,
+                endpoints: 50,
+            }),
         };
         n.validate().unwrap();
         assert_eq!(n.lease("pods").unwrap().cidr.to_string(), "10.244.1.0/24");
         assert!(n.lease("other").is_none());
-        assert!(n.has_programmed(40) && n.has_programmed(41) && !n.has_programmed(42));
-        n.status.services_revision = None;
+        let want = |services, endpoints| ProgrammedRevisions {
+            services,
+            endpoints,
+        };
+        assert!(n.has_programmed(&want(41, 50)) && n.has_programmed(&want(3, 0)));
+        assert!(!n.has_programmed(&want(42, 0)) && !n.has_programmed(&want(0, 51)));
+        n.status.programmed = None;
         assert!(
-            !n.has_programmed(0),
+            !n.has_programmed(&want(0, 0)),
             "a node that reported nothing programmed nothing"
         );
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::node::check_unicast;
 use super::{
     validate_dns1123_label, validate_dns1123_subdomain, validate_labels, Endpoint, Kind, Object,
-    Spec, ValidationError,
+    ProgrammedRevisions, Spec, ValidationError,
 };
 
 /// A `Service` object (namespaced, plural `services`).
@@ -488,20 +488,24 @@ impl Service {
                 .all(|(k, v)| ep.metadata.labels.get(k) == Some(v))
     }
 
-    /// The store revision a node must have programmed (its `status.servicesRevision`,
+    /// What a node must have programmed (its `status.programmed`,
     /// [`Node::has_programmed`](super::Node::has_programmed)) to serve this Service as it
-    /// stands: the highest `resourceVersion` of the Service and of the Endpoints of
-    /// `endpoints` it selects. A missing resourceVersion counts as 0. (An Endpoint
-    /// deleted since is not in the list, so its removal is not covered.)
-    pub fn programmed_revision<'a>(
+    /// stands: the Service's `resourceVersion`, and the highest of the Endpoints of
+    /// `endpoints` it selects (0 when none). A missing resourceVersion counts as 0. (An
+    /// Endpoint deleted since is not in the list, so its removal is not covered.)
+    pub fn programmed_revisions<'a>(
         &self,
         endpoints: impl IntoIterator<Item = &'a Endpoint>,
-    ) -> u64 {
-        endpoints
-            .into_iter()
-            .filter(|e| self.selects(e))
-            .map(|e| e.metadata.revision().unwrap_or(0))
-            .fold(self.metadata.revision().unwrap_or(0), u64::max)
+    ) -> ProgrammedRevisions {
+        ProgrammedRevisions {
+            services: self.metadata.revision().unwrap_or(0),
+            endpoints: endpoints
+                .into_iter()
+                .filter(|e| self.selects(e))
+                .map(|e| e.metadata.revision().unwrap_or(0))
+                .max()
+                .unwrap_or(0),
+        }
     }
 }
 
@@ -578,11 +582,15 @@ mod tests {
             ["a", "b"],
             "same namespace, matching labels, ready or not"
         );
-        assert_eq!(s.programmed_revision(&eps), 12);
-        assert_eq!(s.programmed_revision(&eps[..1]), 10, "the Service's own");
+        let want = |services, endpoints| ProgrammedRevisions {
+            services,
+            endpoints,
+        };
+        assert_eq!(s.programmed_revisions(&eps), want(10, 12));
+        assert_eq!(s.programmed_revisions(&eps[..1]), want(10, 7));
         s.spec.selector.clear();
         assert!(!s.selects(&eps[0]), "no selector, no endpoints");
-        assert_eq!(s.programmed_revision(&eps), 10);
+        assert_eq!(s.programmed_revisions(&eps), want(10, 0));
     }
 
     #[track_caller]

@@ -339,7 +339,10 @@ fn full_objects() -> Vec<AnyObject> {
             ..SubnetLease::new("pods", "10.244.1.0/24".parse().unwrap())
         }],
         unreachable_peers: vec!["node-2".into()],
-        services_revision: Some(12),
+        programmed: Some(ProgrammedRevisions {
+            services: 12,
+            endpoints: 14,
+        }),
     };
     let pod = Pod::new(
         ObjectMeta::namespaced("default", "web-1"),
