@@ -69,7 +69,7 @@
 //!   (`01:80:c2:00:00:0X`, e.g. LLDP's `...:0e`) is not forwarded by the bridge but
 //!   handed to the *port's* own network stack, and it skips the bridge's prerouting
 //!   hook (LLDP, and STP's `...:00` while STP runs, skip every bridge hook). A pod could
-//!   so deliver packets with any source to the node's own addresses (not to other
+//!   thus deliver packets with any source to the node's own addresses (not to other
 //!   pods: the node forwards no multicast-addressed frame). Nothing legitimate enters
 //!   the node's IP stack on a bridge port (bridged traffic enters on the bridge, also
 //!   with `br_netfilter`), so the inet table drops whatever does, for guarded ports.
@@ -1178,7 +1178,7 @@ fn by_port(elems: impl IntoIterator<Item = Elem>) -> ByPort {
     out
 }
 
-/// The anti-spoofing table of one node (in the network namespace of the calling
+/// The anti-spoofing tables of one node (in the network namespace of the calling
 /// thread). Nothing is read or written before the first call.
 #[derive(Debug)]
 pub struct Guard {
@@ -1207,11 +1207,12 @@ impl Guard {
         }
     }
 
-    /// Make the table exactly the desired state for `ports` (a port named twice: the
-    /// last one counts): creates the table, sets and chains when missing, rewrites
-    /// chains and sets that differ, and adds and deletes elements by difference, in one
-    /// transaction. On a table that already matches (an agent restart with the same
-    /// pods) nothing is written. Invalid ports fail the call before anything is read.
+    /// Make both tables exactly the desired state for `ports` (a port named twice: the
+    /// last one counts): creates tables, sets and chains when missing, rewrites the
+    /// chains (and sets) of a table that differs, and adds and deletes elements by
+    /// difference, in one transaction. On tables that already match (an agent restart
+    /// with the same pods) nothing is written. Invalid ports (a name no interface can
+    /// have, a multicast or zero MAC) fail the call before anything is read.
     pub fn full_sync(&mut self, ports: &[GuardPort]) -> Result<Report, PolicyError> {
         let mut want = ByPort::new();
         for p in ports {
@@ -1229,8 +1230,11 @@ impl Guard {
     }
 
     /// Add or replace the elements of one port (its MAC and sources) in one small
-    /// transaction (creating the table first if it is missing). Call it before the pod
-    /// can send: until then the port is not guarded.
+    /// transaction. Call it before the pod can send: until then the port is not
+    /// guarded. Without a known state (before the first sync, after a failed change,
+    /// or when the tables were changed behind the guard's back, which makes the small
+    /// transaction fail) it reads the tables first, creating them when missing, and
+    /// leaves the other ports' elements as they are.
     pub fn add_port(&mut self, port: &GuardPort) -> Result<Report, PolicyError> {
         let key = validate(port)?;
         self.change(key, port_elems(key, port))
