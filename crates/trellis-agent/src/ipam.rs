@@ -45,6 +45,24 @@ pub struct Reservation {
     /// Endpoint labels from `CNI_ARGS` (`LABELS=`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The MAC the ADD asked for, if any (else the pod gets [`Reservation::mac`]'s
+    /// address-derived one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_mac: Option<String>,
+}
+
+impl Reservation {
+    /// The MAC of the pod's interface: the requested one, else `0a:58:` and the
+    /// address (locally administered, unique per address).
+    pub fn mac(&self) -> [u8; 6] {
+        self.requested_mac
+            .as_deref()
+            .and_then(trellis_net::netlink::parse_mac)
+            .unwrap_or_else(|| {
+                let o = self.ip.octets();
+                [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+            })
+    }
 }
 
 /// IPAM failures.
@@ -325,6 +343,7 @@ impl Ipam {
             pod_namespace: req.pod_namespace.clone(),
             pod_name: req.pod_name.clone(),
             labels: req.labels.clone(),
+            requested_mac: req.mac.clone(),
         };
         let cursor = if req.requested_ip.is_none() {
             u32::from(ip)
@@ -457,6 +476,7 @@ mod tests {
             pod_namespace: None,
             pod_name: None,
             labels: Default::default(),
+            mac: None,
         }
     }
 

@@ -19,6 +19,7 @@ use trellis_api::agent::{
 use trellis_api::naming::{fnv1a64, host_veth_name, LINK_PREFIX};
 use trellis_net::{sysctl, LinkInfo, Netlink};
 
+use crate::gate::Gate;
 use crate::ipam::{Ipam, IpamError, Reservation};
 use crate::nat::{self, NatConfig, PortElement};
 
@@ -47,6 +48,9 @@ pub struct NodeConfig {
     pub orphan_grace: Duration,
     /// `l2` backend: pods sit on the underlay segment itself (see [`L2Uplink`]).
     pub l2: Option<L2Uplink>,
+    /// What an ADD must put in the kernel before it answers (anti-spoofing, policy);
+    /// shared by every network of the agent.
+    pub gate: Arc<Gate>,
 }
 
 /// The `l2` backend's "bridge over the uplink": the uplink is a port of the pod bridge,
@@ -208,6 +212,7 @@ impl Node {
                 .collect(),
             swept: std::sync::atomic::AtomicBool::new(false),
         });
+        node.cfg.gate.register(&node);
         // Before anything is served or published: free what a crash left behind.
         match node.sweep().await {
             Ok(r) => report.orphans_released = r.released,
@@ -297,6 +302,7 @@ impl Node {
             mtu: self.mtu(),
             port_mappings: r.port_mappings.clone(),
             existing,
+            mac: Some(trellis_net::netlink::format_mac(&r.mac())),
             dns: self.dns.get().map(|d| {
                 let ns = r.pod_namespace.as_deref().unwrap_or("default");
                 LeaseDns {
@@ -381,6 +387,22 @@ impl Node {
         if !existing {
             self.notify_changed();
         }
+        // Protected from its first packet: anti-spoofing and policy are in the kernel
+        // before the plugin learns the address.
+        if let Err(e) = self.cfg.gate.admit(&r) {
+            if !existing {
+                let ports: Vec<PortElement> = r
+                    .port_mappings
+                    .iter()
+                    .map(|pm| PortElement::new(r.ip, pm))
+                    .collect();
+                let _ = nat::update_ports(&self.cfg.nat_table, &[], &ports);
+                let _ = self.ipam.release(&req.attachment());
+                let _ = self.cfg.gate.forget(&r);
+                self.notify_changed();
+            }
+            return Response::error(codes::TRY_AGAIN, format!("admit the pod: {e}"));
+        }
         Response::Lease(self.lease(&r, existing))
     }
 
@@ -404,6 +426,11 @@ impl Node {
                 // any reservation.
                 if let Err(e) = nat::update_ports(&self.cfg.nat_table, &[], &del) {
                     errors.push(format!("remove port mappings: {e}"));
+                }
+                // The veth is already detached; a failure here is repaired by the
+                // gate's next full sync.
+                if let Err(e) = self.cfg.gate.forget(&r) {
+                    tracing::warn!("{e}");
                 }
                 self.notify_changed();
             }

@@ -170,6 +170,9 @@ pub struct AddRequest {
     /// (a Pod object of the same namespace/name, when it exists, wins).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// A specific MAC address asked for (the `mac` capability or `MAC=` in `CNI_ARGS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// One published port.
@@ -253,6 +256,10 @@ pub struct Lease {
     /// sets `dns` itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<LeaseDns>,
+    /// The MAC address the pod's interface must have: the requested one, else
+    /// `0a:58:` followed by the address (anti-spoofing lets the port send only from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// The cluster DNS handed to pods.

@@ -79,6 +79,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value, CniError> {
         pod_namespace: env.args.get("K8S_POD_NAMESPACE").cloned(),
         pod_name: env.args.get("K8S_POD_NAME").cloned(),
         labels: env.labels()?,
+        mac: mac.map(|m| trellis_net::netlink::format_mac(&m)),
     };
     let lease = match call(&conf.agent_socket, conf.network.as_deref(), Op::Add(req))? {
         Response::Lease(l) => l,
@@ -90,6 +91,12 @@ fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value, CniError> {
         }
     };
     let mtu = conf.mtu.unwrap_or(lease.mtu);
+    // The agent decides the MAC (anti-spoofing binds the port to it).
+    let mac = lease
+        .mac
+        .as_deref()
+        .and_then(trellis_net::netlink::parse_mac)
+        .or(mac);
     match plumb::add(env, &netns, &lease, mtu, mac) {
         Ok(ours) => {
             let mut out = conf.prev_result.clone().unwrap_or_default();

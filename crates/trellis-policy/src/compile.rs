@@ -95,7 +95,8 @@ pub fn block_ranges(cidr: Ipv4Net, except: &[Ipv4Net]) -> Vec<(Ipv4Addr, Ipv4Add
 struct Identity {
     id: u32,
     pods: BTreeSet<Ipv4Addr>,
-    local: usize,
+    /// This node's pods of it.
+    local: BTreeSet<Ipv4Addr>,
 }
 
 type Contribution = HashSet<Atom>;
@@ -121,8 +122,10 @@ pub struct Compiler {
 
 impl Compiler {
     /// An empty compiler for node `node` (its pods are the subjects); `dns`: the node's
-    /// cluster DNS addresses, which every pod may reach on port 53.
-    pub fn new(node: &str, dns: &[Ipv4Addr]) -> Self {
+    /// cluster DNS addresses, which every pod may reach on port 53; `node_addrs`: the
+    /// node's own addresses, whose connections to its pods are never policed (kubelet
+    /// probes).
+    pub fn new(node: &str, dns: &[Ipv4Addr], node_addrs: &[Ipv4Addr]) -> Self {
         let mut c = Compiler {
             node: node.to_string(),
             dns: dns.to_vec(),
@@ -140,6 +143,7 @@ impl Compiler {
             .dns
             .iter()
             .flat_map(|ip| [Atom::Dns(*ip, 6), Atom::Dns(*ip, 17)])
+            .chain(node_addrs.iter().map(|ip| Atom::NodeAddr(*ip)))
             .collect();
         let mut d = Delta::default();
         c.atoms.replace(&HashSet::new(), &fixed, &mut d);
@@ -211,6 +215,7 @@ impl Compiler {
         let mut idents_changed: BTreeSet<IdentityKey> = BTreeSet::new();
         let mut subjects_changed: BTreeSet<IdentityKey> = BTreeSet::new();
         let mut changed_ips: Vec<Ipv4Addr> = Vec::new();
+        let mut local_changed: BTreeSet<u32> = BTreeSet::new();
         for (ip, before, after) in diff_maps(&old.pods, &self.inputs.pods) {
             changed_ips.push(ip);
             if let Some(p) = before {
@@ -218,8 +223,9 @@ impl Compiler {
                 let i = self.identities.get_mut(&k).expect("known identity");
                 i.pods.remove(&ip);
                 if p.node == self.node {
-                    i.local -= 1;
-                    if i.local == 0 {
+                    i.local.remove(&ip);
+                    local_changed.insert(i.id);
+                    if i.local.is_empty() {
                         subjects_changed.insert(k.clone());
                     }
                 }
@@ -243,7 +249,7 @@ impl Compiler {
                         Identity {
                             id,
                             pods: BTreeSet::new(),
-                            local: 0,
+                            local: BTreeSet::new(),
                         },
                     );
                     idents_changed.insert(k.clone());
@@ -251,12 +257,23 @@ impl Compiler {
                 let i = self.identities.get_mut(&k).expect("identity");
                 i.pods.insert(ip);
                 if p.node == self.node {
-                    i.local += 1;
-                    if i.local == 1 {
+                    i.local.insert(ip);
+                    local_changed.insert(i.id);
+                    if i.local.len() == 1 {
                         subjects_changed.insert(k);
                     }
                 }
             }
+        }
+        // Subject atoms are spelled out per local pod: follow the pod sets.
+        for id in local_changed {
+            let addrs = self
+                .by_id
+                .get(&id)
+                .and_then(|k| self.identities.get(k))
+                .map(|i| i.local.clone())
+                .unwrap_or_default();
+            self.atoms.set_subject(id, addrs, &mut delta);
         }
         for ip in changed_ips {
             let now: Contribution = match self.inputs.pods.get(&ip) {
@@ -341,7 +358,7 @@ impl Compiler {
     ) -> impl Iterator<Item = (&'a IdentityKey, u32)> + 'a {
         self.identities
             .iter()
-            .filter(move |(k, i)| i.local > 0 && k.namespace == ns)
+            .filter(move |(k, i)| !i.local.is_empty() && k.namespace == ns)
             .map(|(k, i)| (k, i.id))
     }
 
@@ -452,8 +469,8 @@ impl Compiler {
                 let h = format!("{:08x}", fnv1a64([name.as_bytes()]) as u32);
                 let subject_set = format!("c{h}-subj");
                 for (k, i) in &self.identities {
-                    if i.local > 0 && self.inputs.subject_selects(&spec.subject, k) {
-                        c.insert(Atom::CnpId(subject_set.clone(), i.id));
+                    if !i.local.is_empty() && self.inputs.subject_selects(&spec.subject, k) {
+                        c.insert(Atom::CnpSubject(subject_set.clone(), i.id));
                     }
                 }
                 for dir in [Dir::Ingress, Dir::Egress] {
@@ -507,10 +524,22 @@ impl Compiler {
                             .collect();
                         if !named.is_empty() {
                             let set = format!("{base}-named");
+                            // The destination's port: the subject's for ingress,
+                            // the peer's for egress.
                             for (k, i) in &self.identities {
+                                if dir == Dir::Ingress && i.local.is_empty() {
+                                    continue;
+                                }
                                 for sp in cnp_port_spans(&named, Some(k)) {
                                     if let Some(p) = sp.proto {
-                                        c.insert(Atom::CnpNamed(set.clone(), i.id, p, sp.lo));
+                                        c.insert(match dir {
+                                            Dir::Ingress => {
+                                                Atom::CnpNamedSubject(set.clone(), i.id, p, sp.lo)
+                                            }
+                                            Dir::Egress => {
+                                                Atom::CnpNamedPeer(set.clone(), i.id, p, sp.lo)
+                                            }
+                                        });
                                     }
                                 }
                             }

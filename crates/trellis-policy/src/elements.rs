@@ -1,6 +1,10 @@
 //! From atoms to kernel set elements.
 //!
-//! Policies contribute *atoms* (“subject 7 may reach peer 9 on TCP 80-90”); several
+//! Policies contribute *atoms* (“subject identity 7 may reach peer identity 9 on TCP
+//! 80-90”). In the kernel, the peer side stays an identity (the `ids` map turns a peer
+//! address into it), while the subject side is spelled out per local pod address: a
+//! subject identity's atoms become one element per pod of this node that has it
+//! ([`Atoms::set_subject`] re-emits them when that pod set changes). Several
 //! policies may contribute the same or overlapping atoms. The kernel's interval sets
 //! (nftables' `pipapo`) refuse an element that starts or ends inside another one, so
 //! the atoms of one *group* (the elements of one set that can overlap: same subject,
@@ -52,35 +56,56 @@ impl Delta {
     }
 }
 
-/// The smallest unit a policy contributes.
+/// The smallest unit a policy contributes. `s` is a subject identity (spelled out per
+/// local pod address in the kernel), `q` a peer identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Atom {
     /// `ids`: a pod address and its identity.
     Id(Ipv4Addr, u32),
     /// `local`: a pod of this node.
     Local(Ipv4Addr),
+    /// `node-addrs`: an address of this node (its own connections are not policed).
+    NodeAddr(Ipv4Addr),
     /// `node-dns`: a DNS server of the node every pod may reach (address, protocol).
     Dns(Ipv4Addr, u8),
-    /// `np-*-iso`: the identity is isolated for the direction.
+    /// `np-*-iso`: subject `s` is isolated for the direction.
     Iso(Dir, u32),
     /// A NetworkPolicy allows subject `s` ↔ peer identity `q` on `span`.
     Peer(Dir, u32, u32, PortSpan),
     /// A NetworkPolicy allows subject `s` ↔ addresses `lo..=hi` on `span`.
     Net(Dir, u32, u32, u32, PortSpan),
-    /// A per-rule identity set of a ClusterNetworkPolicy (subjects or peers).
+    /// A ClusterNetworkPolicy's subject set holds subject `s`.
+    CnpSubject(SetName, u32),
+    /// A per-rule peer identity set of a ClusterNetworkPolicy.
     CnpId(SetName, u32),
     /// A per-rule address set of a ClusterNetworkPolicy: `lo..=hi`.
     CnpNet(SetName, u32, u32),
     /// A per-rule port set of a ClusterNetworkPolicy (protocol always set).
     CnpPort(SetName, PortSpan),
-    /// A per-rule named-port set: destination identity, protocol, port.
-    CnpNamed(SetName, u32, u8, u16),
+    /// An egress rule's named port: destination (peer) identity, protocol, port.
+    CnpNamedPeer(SetName, u32, u8, u16),
+    /// An ingress rule's named port: destination (subject) identity, protocol, port.
+    CnpNamedSubject(SetName, u32, u8, u16),
+}
+
+impl Atom {
+    /// The subject identity an atom is spelled out for, if any.
+    fn subject(&self) -> Option<u32> {
+        match self {
+            Atom::Iso(_, s)
+            | Atom::Peer(_, s, ..)
+            | Atom::Net(_, s, ..)
+            | Atom::CnpSubject(_, s)
+            | Atom::CnpNamedSubject(_, s, ..) => Some(*s),
+            _ => None,
+        }
+    }
 }
 
 /// Which atoms merge together.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Group {
-    /// Exact elements: one atom, one element.
+    /// Exact elements: one atom, one element (per subject address).
     Exact(Atom),
     /// `np-*-any`/`np-*`: subject, peer, protocol (`None`: any).
     Peer(Dir, u32, u32, Option<u8>),
@@ -90,6 +115,16 @@ enum Group {
     CnpNet(SetName),
     /// A ClusterNetworkPolicy port set, per protocol.
     CnpPort(SetName, u8),
+}
+
+impl Group {
+    fn subject(&self) -> Option<u32> {
+        match self {
+            Group::Exact(a) => a.subject(),
+            Group::Peer(_, s, ..) | Group::Net(_, s, _) => Some(*s),
+            _ => None,
+        }
+    }
 }
 
 /// The NetworkPolicy set names of a direction.
@@ -183,18 +218,23 @@ pub fn merge(mut r: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
     out
 }
 
+/// An inclusive address range and an inclusive port range.
+pub type Box2 = ((u32, u32), (u16, u16));
+
 /// Disjoint boxes covering the union of `boxes` (address range × port range): the
 /// ports are cut into elementary segments, the addresses of each segment merged, and
 /// neighbouring segments with equal addresses joined.
-pub fn disjoint_boxes(boxes: &[((u32, u32), (u16, u16))]) -> Vec<((u32, u32), (u16, u16))> {
+pub fn disjoint_boxes(boxes: &[Box2]) -> Vec<Box2> {
     let mut cuts: BTreeSet<u32> = BTreeSet::new();
     for (_, (lo, hi)) in boxes {
         cuts.insert(u32::from(*lo));
         cuts.insert(u32::from(*hi) + 1);
     }
     let cuts: Vec<u32> = cuts.into_iter().collect();
-    let mut out: Vec<((u32, u32), (u16, u16))> = Vec::new();
-    let mut prev: Option<(Vec<(u32, u32)>, u16, u16)> = None;
+    let mut out: Vec<Box2> = Vec::new();
+    // The merged addresses of the segment being built, and its first and last port.
+    type Pending = (Vec<(u32, u32)>, u16, u16);
+    let mut prev: Option<Pending> = None;
     for w in cuts.windows(2) {
         let (seg_lo, seg_hi) = (w[0], w[1] - 1);
         let addrs = merge(
@@ -223,79 +263,17 @@ pub fn disjoint_boxes(boxes: &[((u32, u32), (u16, u16))]) -> Vec<((u32, u32), (u
     out
 }
 
-/// The kernel elements of one group, from its atoms.
-fn elements(g: &Group, atoms: &HashSet<Atom>) -> Vec<(SetName, Elem)> {
+/// The kernel elements of one group, from its atoms, for subject addresses `addrs`
+/// (groups without a subject ignore it).
+fn elements(g: &Group, atoms: &HashSet<Atom>, addrs: &BTreeSet<Ipv4Addr>) -> Vec<(SetName, Elem)> {
+    if g.subject().is_some() {
+        return addrs
+            .iter()
+            .flat_map(|a| subject_elements(g, atoms, u32::from(*a)))
+            .collect();
+    }
     match g {
         Group::Exact(a) => vec![exact_element(a)],
-        Group::Peer(d, s, q, proto) => {
-            let sets = np_sets(*d);
-            match proto {
-                None => vec![(sets.any.into(), exact(cat(&[u32f(*s), u32f(*q)])))],
-                Some(p) => {
-                    let r = merge(
-                        atoms
-                            .iter()
-                            .filter_map(|a| match a {
-                                Atom::Peer(_, _, _, sp) => {
-                                    Some((u32::from(sp.lo), u32::from(sp.hi)))
-                                }
-                                _ => None,
-                            })
-                            .collect(),
-                    );
-                    r.into_iter()
-                        .map(|(lo, hi)| {
-                            let k = |port: u32| {
-                                cat(&[u32f(*s), u32f(*q), protof(*p), portf(port as u16)])
-                            };
-                            (sets.ports.into(), range(k(lo), k(hi)))
-                        })
-                        .collect()
-                }
-            }
-        }
-        Group::Net(d, s, proto) => {
-            let sets = np_sets(*d);
-            match proto {
-                None => {
-                    let r = merge(
-                        atoms
-                            .iter()
-                            .filter_map(|a| match a {
-                                Atom::Net(_, _, lo, hi, _) => Some((*lo, *hi)),
-                                _ => None,
-                            })
-                            .collect(),
-                    );
-                    r.into_iter()
-                        .map(|(lo, hi)| {
-                            (
-                                sets.cidr_any.into(),
-                                range(cat(&[u32f(*s), u32f(lo)]), cat(&[u32f(*s), u32f(hi)])),
-                            )
-                        })
-                        .collect()
-                }
-                Some(p) => {
-                    let boxes: Vec<_> = atoms
-                        .iter()
-                        .filter_map(|a| match a {
-                            Atom::Net(_, _, lo, hi, sp) => Some(((*lo, *hi), (sp.lo, sp.hi))),
-                            _ => None,
-                        })
-                        .collect();
-                    disjoint_boxes(&boxes)
-                        .into_iter()
-                        .map(|((alo, ahi), (plo, phi))| {
-                            let k = |a: u32, port: u16| {
-                                cat(&[u32f(*s), u32f(a), protof(*p), portf(port)])
-                            };
-                            (sets.cidr.into(), range(k(alo, plo), k(ahi, phi)))
-                        })
-                        .collect()
-                }
-            }
-        }
         Group::CnpNet(set) => merge(
             atoms
                 .iter()
@@ -336,6 +314,92 @@ fn elements(g: &Group, atoms: &HashSet<Atom>) -> Vec<(SetName, Elem)> {
             )
         })
         .collect(),
+        Group::Peer(..) | Group::Net(..) => unreachable!("subject groups are handled above"),
+    }
+}
+
+/// The elements of a subject group for one subject address `s` (as a number).
+fn subject_elements(g: &Group, atoms: &HashSet<Atom>, s: u32) -> Vec<(SetName, Elem)> {
+    match g {
+        Group::Exact(Atom::Iso(d, _)) => vec![(np_sets(*d).iso.into(), exact(u32f(s).to_vec()))],
+        Group::Exact(Atom::CnpSubject(set, _)) => vec![(set.clone(), exact(u32f(s).to_vec()))],
+        Group::Exact(Atom::CnpNamedSubject(set, _, p, port)) => {
+            vec![(
+                set.clone(),
+                exact(cat(&[u32f(s), protof(*p), portf(*port)])),
+            )]
+        }
+        Group::Exact(a) => unreachable!("{a:?} has no subject"),
+        Group::CnpNet(_) | Group::CnpPort(..) => unreachable!("no subject"),
+        Group::Peer(d, _, q, proto) => {
+            let sets = np_sets(*d);
+            match proto {
+                None => vec![(sets.any.into(), exact(cat(&[u32f(s), u32f(*q)])))],
+                Some(p) => {
+                    let r = merge(
+                        atoms
+                            .iter()
+                            .filter_map(|a| match a {
+                                Atom::Peer(_, _, _, sp) => {
+                                    Some((u32::from(sp.lo), u32::from(sp.hi)))
+                                }
+                                _ => None,
+                            })
+                            .collect(),
+                    );
+                    r.into_iter()
+                        .map(|(lo, hi)| {
+                            let k = |port: u32| {
+                                cat(&[u32f(s), u32f(*q), protof(*p), portf(port as u16)])
+                            };
+                            (sets.ports.into(), range(k(lo), k(hi)))
+                        })
+                        .collect()
+                }
+            }
+        }
+        Group::Net(d, _, proto) => {
+            let sets = np_sets(*d);
+            match proto {
+                None => {
+                    let r = merge(
+                        atoms
+                            .iter()
+                            .filter_map(|a| match a {
+                                Atom::Net(_, _, lo, hi, _) => Some((*lo, *hi)),
+                                _ => None,
+                            })
+                            .collect(),
+                    );
+                    r.into_iter()
+                        .map(|(lo, hi)| {
+                            (
+                                sets.cidr_any.into(),
+                                range(cat(&[u32f(s), u32f(lo)]), cat(&[u32f(s), u32f(hi)])),
+                            )
+                        })
+                        .collect()
+                }
+                Some(p) => {
+                    let boxes: Vec<_> = atoms
+                        .iter()
+                        .filter_map(|a| match a {
+                            Atom::Net(_, _, lo, hi, sp) => Some(((*lo, *hi), (sp.lo, sp.hi))),
+                            _ => None,
+                        })
+                        .collect();
+                    disjoint_boxes(&boxes)
+                        .into_iter()
+                        .map(|((alo, ahi), (plo, phi))| {
+                            let k = |a: u32, port: u16| {
+                                cat(&[u32f(s), u32f(a), protof(*p), portf(port)])
+                            };
+                            (sets.cidr.into(), range(k(alo, plo), k(ahi, phi)))
+                        })
+                        .collect()
+                }
+            }
+        }
     }
 }
 
@@ -354,15 +418,21 @@ fn exact_element(a: &Atom) -> (SetName, Elem) {
             "node-dns".into(),
             exact(cat(&[ip.octets(), protof(*p), portf(53)])),
         ),
-        Atom::Iso(d, s) => (np_sets(*d).iso.into(), exact(u32f(*s).to_vec())),
+        Atom::NodeAddr(ip) => ("node-addrs".into(), exact(ip.octets().to_vec())),
         Atom::CnpId(set, id) => (set.clone(), exact(u32f(*id).to_vec())),
-        Atom::CnpNamed(set, id, p, port) => (
+        Atom::CnpNamedPeer(set, id, p, port) => (
             set.clone(),
             exact(cat(&[u32f(*id), protof(*p), portf(*port)])),
         ),
-        // Grouped atoms never reach here.
-        Atom::Peer(..) | Atom::Net(..) | Atom::CnpNet(..) | Atom::CnpPort(..) => {
-            unreachable!("grouped atom {a:?}")
+        // Grouped and subject atoms never reach here.
+        Atom::Peer(..)
+        | Atom::Net(..)
+        | Atom::CnpNet(..)
+        | Atom::CnpPort(..)
+        | Atom::Iso(..)
+        | Atom::CnpSubject(..)
+        | Atom::CnpNamedSubject(..) => {
+            unreachable!("grouped or subject atom {a:?}")
         }
     }
 }
@@ -373,6 +443,10 @@ pub struct Atoms {
     counts: HashMap<Atom, u32>,
     members: HashMap<Group, HashSet<Atom>>,
     emitted: HashMap<Group, Vec<(SetName, Elem)>>,
+    /// This node's pods of each subject identity.
+    subjects: HashMap<u32, BTreeSet<Ipv4Addr>>,
+    /// The groups of each subject identity.
+    by_subject: HashMap<u32, HashSet<Group>>,
 }
 
 impl Atoms {
@@ -401,20 +475,62 @@ impl Atoms {
             }
         }
         for g in dirty {
-            let now = match self.members.get(&g) {
-                Some(m) if !m.is_empty() => elements(&g, m),
-                _ => {
-                    self.members.remove(&g);
-                    Vec::new()
+            self.emit(g, delta);
+        }
+    }
+
+    /// This node's pods with subject identity `s` are now `addrs`: re-emit its groups.
+    pub fn set_subject(&mut self, s: u32, addrs: BTreeSet<Ipv4Addr>, delta: &mut Delta) {
+        let same = self
+            .subjects
+            .get(&s)
+            .map_or(addrs.is_empty(), |a| *a == addrs);
+        if same {
+            return;
+        }
+        if addrs.is_empty() {
+            self.subjects.remove(&s);
+        } else {
+            self.subjects.insert(s, addrs);
+        }
+        let groups: Vec<Group> = self
+            .by_subject
+            .get(&s)
+            .map(|g| g.iter().cloned().collect())
+            .unwrap_or_default();
+        for g in groups {
+            self.emit(g, delta);
+        }
+    }
+
+    /// Recompute group `g`'s elements and record the difference.
+    fn emit(&mut self, g: Group, delta: &mut Delta) {
+        let empty = BTreeSet::new();
+        let subject = g.subject();
+        let addrs = subject
+            .and_then(|s| self.subjects.get(&s))
+            .unwrap_or(&empty);
+        let now = match self.members.get(&g) {
+            Some(m) if !m.is_empty() => elements(&g, m, addrs),
+            _ => Vec::new(),
+        };
+        let live = self.members.get(&g).is_some_and(|m| !m.is_empty());
+        if !live {
+            self.members.remove(&g);
+        }
+        if let Some(s) = subject {
+            let idx = self.by_subject.entry(s).or_default();
+            if live {
+                idx.insert(g.clone());
+            } else {
+                idx.remove(&g);
+                if idx.is_empty() {
+                    self.by_subject.remove(&s);
                 }
-            };
-            let before = self.emitted.remove(&g).unwrap_or_default();
-            if before == now {
-                if !now.is_empty() {
-                    self.emitted.insert(g, now);
-                }
-                continue;
             }
+        }
+        let before = self.emitted.remove(&g).unwrap_or_default();
+        if before != now {
             let b: HashSet<&(SetName, Elem)> = before.iter().collect();
             let n: HashSet<&(SetName, Elem)> = now.iter().collect();
             for (set, e) in before.iter().filter(|x| !n.contains(x)) {
@@ -423,9 +539,9 @@ impl Atoms {
             for (set, e) in now.iter().filter(|x| !b.contains(x)) {
                 delta.add.entry(set.clone()).or_default().push(e.clone());
             }
-            if !now.is_empty() {
-                self.emitted.insert(g, now);
-            }
+        }
+        if !now.is_empty() {
+            self.emitted.insert(g, now);
         }
     }
 
@@ -478,7 +594,7 @@ mod tests {
         // Same coverage on a grid of sample points.
         for addr in [0, 10, 15, 20, 21, 49, 50, 100, 101, 200, 201, 299, 300, 301] {
             for port in [0u16, 79, 80, 81, 85, 89, 90, 91, 65535] {
-                let inside = |bs: &[((u32, u32), (u16, u16))]| {
+                let inside = |bs: &[Box2]| {
                     bs.iter().any(|((alo, ahi), (plo, phi))| {
                         (*alo..=*ahi).contains(&addr) && (*plo..=*phi).contains(&port)
                     })
@@ -491,6 +607,11 @@ mod tests {
     #[test]
     fn overlapping_contributions_merge_and_unmerge() {
         let mut atoms = Atoms::default();
+        atoms.set_subject(
+            1,
+            [Ipv4Addr::new(10, 0, 0, 1)].into(),
+            &mut Delta::default(),
+        );
         let span = |lo, hi| PortSpan {
             proto: Some(6),
             lo,

@@ -14,6 +14,7 @@
 
 pub mod compile;
 pub mod elements;
+pub mod explain;
 pub mod guard;
 pub mod model;
 pub mod table;

@@ -647,3 +647,90 @@ pub fn identities(inputs: &Inputs) -> BTreeMap<IdentityKey, BTreeSet<Ipv4Addr>> 
     }
     m
 }
+
+/// Labels the agent adds to Endpoints (`trellis.io/node`, `trellis.io/network`): not
+/// the pod's own, so not part of its identity.
+pub fn is_agent_label(key: &str) -> bool {
+    key == "trellis.io/node" || key == "trellis.io/network"
+}
+
+impl Inputs {
+    /// The inputs of a cluster from its objects: Namespaces, NetworkPolicies,
+    /// ClusterNetworkPolicies, Nodes, and a pod per Endpoint (its labels without the
+    /// agent's, its named ports from its Pod object). Other kinds are ignored.
+    pub fn from_objects(objects: &[trellis_api::objects::AnyObject]) -> Inputs {
+        use trellis_api::objects::AnyObject;
+        let mut inputs = Inputs::default();
+        let mut pod_ports: BTreeMap<(String, String), Vec<ContainerPort>> = BTreeMap::new();
+        for o in objects {
+            match o {
+                AnyObject::Namespace(n) => {
+                    inputs
+                        .namespaces
+                        .insert(n.metadata.name.clone(), n.metadata.labels.clone());
+                }
+                AnyObject::NetworkPolicy(p) => {
+                    inputs.netpols.insert(
+                        (
+                            p.metadata.namespace.clone().unwrap_or_default(),
+                            p.metadata.name.clone(),
+                        ),
+                        p.spec.clone(),
+                    );
+                }
+                AnyObject::ClusterNetworkPolicy(p) => {
+                    inputs.cnps.insert(p.metadata.name.clone(), p.spec.clone());
+                }
+                AnyObject::Node(n) => {
+                    inputs.nodes.insert(
+                        n.metadata.name.clone(),
+                        NodeInfo {
+                            labels: n.metadata.labels.clone(),
+                            address: n.spec.address,
+                        },
+                    );
+                }
+                AnyObject::Pod(p) => {
+                    pod_ports.insert(
+                        (
+                            p.metadata.namespace.clone().unwrap_or_default(),
+                            p.metadata.name.clone(),
+                        ),
+                        p.spec.ports.clone(),
+                    );
+                }
+                _ => {}
+            }
+        }
+        for o in objects {
+            let AnyObject::Endpoint(e) = o else { continue };
+            let ns = e.metadata.namespace.clone().unwrap_or_default();
+            let name = e.spec.pod_name.clone().unwrap_or(e.metadata.name.clone());
+            let ports = e
+                .spec
+                .pod_name
+                .as_ref()
+                .and_then(|n| pod_ports.get(&(ns.clone(), n.clone())))
+                .cloned()
+                .unwrap_or_default();
+            inputs.pods.insert(
+                e.spec.ip,
+                PodInfo {
+                    namespace: ns,
+                    name,
+                    ip: e.spec.ip,
+                    labels: e
+                        .metadata
+                        .labels
+                        .iter()
+                        .filter(|(k, _)| !is_agent_label(k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    ports,
+                    node: e.spec.node.clone(),
+                },
+            );
+        }
+        inputs
+    }
+}

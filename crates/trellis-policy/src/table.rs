@@ -63,7 +63,12 @@ const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
 
 const HOOK_IN: u32 = 1;
-const HOOK_FORWARD: u32 = 2;
+const HOOK_POSTROUTING: u32 = 4;
+
+/// After source NAT (100): the packet mark is free to use as a scratch register.
+const PRIORITY: i32 = 200;
+
+const META_MARK: u32 = 3;
 
 // nft_ct keys and directions.
 const CT_STATE: u32 = 0;
@@ -129,8 +134,12 @@ fn interval_set(types: &[u32]) -> SetSpec {
     }
 }
 
-/// The sets every policy table has, with their specs.
-pub static STATIC_SETS: [(&str, fn() -> SetSpec); 13] = [
+/// A set's name and the function giving its spec.
+pub type StaticSet = (&'static str, fn() -> SetSpec);
+
+/// The sets every policy table has, with their specs. Subjects are this node's pod
+/// addresses, peers identities (`ids`) or addresses.
+pub static STATIC_SETS: [StaticSet; 14] = [
     ("ids", || SetSpec {
         flags: SET_MAP,
         key_type: T_IPV4,
@@ -139,34 +148,39 @@ pub static STATIC_SETS: [(&str, fn() -> SetSpec); 13] = [
         data: Some((T_MARK, 4)),
     }),
     ("local", || hash_set(&[T_IPV4])),
+    ("node-addrs", || hash_set(&[T_IPV4])),
     ("node-dns", || hash_set(&[T_IPV4, T_PROTO, T_SERVICE])),
-    ("np-in-any", || hash_set(&[T_MARK, T_MARK])),
+    ("np-in-any", || hash_set(&[T_IPV4, T_MARK])),
     ("np-in", || {
-        interval_set(&[T_MARK, T_MARK, T_PROTO, T_SERVICE])
+        interval_set(&[T_IPV4, T_MARK, T_PROTO, T_SERVICE])
     }),
-    ("np-in-cidr-any", || interval_set(&[T_MARK, T_IPV4])),
+    ("np-in-cidr-any", || interval_set(&[T_IPV4, T_IPV4])),
     ("np-in-cidr", || {
-        interval_set(&[T_MARK, T_IPV4, T_PROTO, T_SERVICE])
+        interval_set(&[T_IPV4, T_IPV4, T_PROTO, T_SERVICE])
     }),
-    ("np-in-iso", || hash_set(&[T_MARK])),
-    ("np-out-any", || hash_set(&[T_MARK, T_MARK])),
+    ("np-in-iso", || hash_set(&[T_IPV4])),
+    ("np-out-any", || hash_set(&[T_IPV4, T_MARK])),
     ("np-out", || {
-        interval_set(&[T_MARK, T_MARK, T_PROTO, T_SERVICE])
+        interval_set(&[T_IPV4, T_MARK, T_PROTO, T_SERVICE])
     }),
-    ("np-out-cidr-any", || interval_set(&[T_MARK, T_IPV4])),
+    ("np-out-cidr-any", || interval_set(&[T_IPV4, T_IPV4])),
     ("np-out-cidr", || {
-        interval_set(&[T_MARK, T_IPV4, T_PROTO, T_SERVICE])
+        interval_set(&[T_IPV4, T_IPV4, T_PROTO, T_SERVICE])
     }),
-    ("np-out-iso", || hash_set(&[T_MARK])),
+    ("np-out-iso", || hash_set(&[T_IPV4])),
 ];
 
-/// The spec of a per-rule ClusterNetworkPolicy set.
-fn rule_set_spec(kind: RuleSet) -> SetSpec {
+/// The spec of a per-rule ClusterNetworkPolicy set. Named ports belong to the
+/// destination: the subject (an address) for ingress, the peer (an identity) for egress.
+fn rule_set_spec(kind: RuleSet, dir: Dir) -> SetSpec {
     match kind {
         RuleSet::Ids => hash_set(&[T_MARK]),
         RuleSet::Nets => interval_set(&[T_IPV4, T_PROTO]),
         RuleSet::Ports => interval_set(&[T_PROTO, T_SERVICE]),
-        RuleSet::Named => hash_set(&[T_MARK, T_PROTO, T_SERVICE]),
+        RuleSet::Named => match dir {
+            Dir::Ingress => hash_set(&[T_IPV4, T_PROTO, T_SERVICE]),
+            Dir::Egress => hash_set(&[T_MARK, T_PROTO, T_SERVICE]),
+        },
     }
 }
 
@@ -177,9 +191,9 @@ pub fn set_specs(layout: &[CnpRuleLayout]) -> BTreeMap<String, SetSpec> {
         .map(|(n, f)| (n.to_string(), f()))
         .collect();
     for r in layout {
-        out.insert(r.subject_set.clone(), hash_set(&[T_MARK]));
+        out.insert(r.subject_set.clone(), hash_set(&[T_IPV4]));
         for (k, name) in &r.sets {
-            out.insert(name.clone(), rule_set_spec(*k));
+            out.insert(name.clone(), rule_set_spec(*k, r.dir));
         }
     }
     out
@@ -284,16 +298,19 @@ fn subject_peer(dir: Dir) -> (u8, u8) {
     }
 }
 
-fn load_subject_id(r: &mut Rule, dir: Dir) {
-    r.ct(R8, CT_SRC_IP, Some(subject_peer(dir).0)).map_ids(R8);
+fn load_subject(r: &mut Rule, dir: Dir, reg: u32) {
+    r.ct(reg, CT_SRC_IP, Some(subject_peer(dir).0));
 }
 
-fn load_peer_id(r: &mut Rule, dir: Dir) {
-    r.ct(R9, CT_SRC_IP, Some(subject_peer(dir).1)).map_ids(R9);
+fn load_peer_addr(r: &mut Rule, dir: Dir, reg: u32) {
+    r.ct(reg, CT_SRC_IP, Some(subject_peer(dir).1));
 }
 
-fn load_peer_addr(r: &mut Rule, dir: Dir) {
-    r.ct(R9, CT_SRC_IP, Some(subject_peer(dir).1));
+/// `meta mark set ct <peer> ip saddr map @ids`: the peer's identity, in the packet
+/// mark (the rule stops when the peer is no known pod).
+fn mark_peer_id(r: &mut Rule, dir: Dir) {
+    load_peer_addr(r, dir, R9);
+    r.map_ids(R9).meta_set(META_MARK, R9);
 }
 
 fn load_proto_port(r: &mut Rule, proto_reg: u32) {
@@ -305,30 +322,38 @@ fn load_proto_port(r: &mut Rule, proto_reg: u32) {
 fn np_stage(dir: Dir) -> Vec<Rule> {
     let s = np_sets(dir);
     let mut out = Vec::new();
+    // subject . peer id
     let mut r = Rule::new();
-    load_subject_id(&mut r, dir);
-    load_peer_id(&mut r, dir);
-    r.lookup_set(R8, s.any).verdict_code(NFT_RETURN, None);
+    mark_peer_id(&mut r, dir);
+    load_subject(&mut r, dir, R8);
+    r.meta_load(R9, META_MARK)
+        .lookup_set(R8, s.any)
+        .verdict_code(NFT_RETURN, None);
     out.push(r);
+    // subject . peer id . proto . port
     let mut r = Rule::new();
-    load_subject_id(&mut r, dir);
-    load_peer_id(&mut r, dir);
+    mark_peer_id(&mut r, dir);
+    load_subject(&mut r, dir, R8);
+    r.meta_load(R9, META_MARK);
     load_proto_port(&mut r, R10);
     r.lookup_set(R8, s.ports).verdict_code(NFT_RETURN, None);
     out.push(r);
+    // subject . peer address
     let mut r = Rule::new();
-    load_subject_id(&mut r, dir);
-    load_peer_addr(&mut r, dir);
+    load_subject(&mut r, dir, R8);
+    load_peer_addr(&mut r, dir, R9);
     r.lookup_set(R8, s.cidr_any).verdict_code(NFT_RETURN, None);
     out.push(r);
+    // subject . peer address . proto . port
     let mut r = Rule::new();
-    load_subject_id(&mut r, dir);
-    load_peer_addr(&mut r, dir);
+    load_subject(&mut r, dir, R8);
+    load_peer_addr(&mut r, dir, R9);
     load_proto_port(&mut r, R10);
     r.lookup_set(R8, s.cidr).verdict_code(NFT_RETURN, None);
     out.push(r);
+    // isolated: nothing above allowed it
     let mut r = Rule::new();
-    load_subject_id(&mut r, dir);
+    load_subject(&mut r, dir, R8);
     r.lookup_set(R8, s.iso).verdict_code(NF_DROP, None);
     out.push(r);
     out
@@ -354,15 +379,20 @@ fn cnp_rules(l: &CnpRuleLayout) -> Vec<Rule> {
     for pk in &peer_kinds {
         for port in &port_kinds {
             let mut r = Rule::new();
-            load_subject_id(&mut r, l.dir);
+            let needs_peer_id =
+                *pk == RuleSet::Ids || (*port == Some(RuleSet::Named) && l.dir == Dir::Egress);
+            if needs_peer_id {
+                mark_peer_id(&mut r, l.dir);
+            }
+            load_subject(&mut r, l.dir, R8);
             r.lookup_set(R8, &l.subject_set);
             match pk {
                 RuleSet::Ids => {
-                    load_peer_id(&mut r, l.dir);
+                    r.meta_load(R9, META_MARK);
                     r.lookup_set(R9, &l.sets[pk]);
                 }
                 _ => {
-                    load_peer_addr(&mut r, l.dir);
+                    load_peer_addr(&mut r, l.dir, R9);
                     r.ct(R10, CT_PROTOCOL, Some(ORIGINAL));
                     r.lookup_set(R9, &l.sets[pk]);
                 }
@@ -373,7 +403,10 @@ fn cnp_rules(l: &CnpRuleLayout) -> Vec<Rule> {
                     r.lookup_set(R10, &l.sets[&RuleSet::Ports]);
                 }
                 Some(_) => {
-                    r.ct(R12, CT_SRC_IP, Some(REPLY)).map_ids(R12);
+                    match l.dir {
+                        Dir::Egress => r.meta_load(R12, META_MARK),
+                        Dir::Ingress => r.ct(R12, CT_SRC_IP, Some(REPLY)),
+                    };
                     load_proto_port(&mut r, R13);
                     r.lookup_set(R12, &l.sets[&RuleSet::Named]);
                 }
@@ -403,47 +436,53 @@ fn cnp_rules(l: &CnpRuleLayout) -> Vec<Rule> {
 
 /// Every chain of the table for `layout`.
 pub fn chains(layout: &[CnpRuleLayout]) -> Vec<ChainSpec> {
-    let mut forward = Vec::new();
-    for dst in [false, true] {
+    let dns = || {
+        let mut r = Rule::new();
+        r.ct(R8, CT_SRC_IP, Some(REPLY));
+        load_proto_port(&mut r, R9);
+        r.lookup_set(R8, "node-dns").verdict_code(NFT_RETURN, None);
+        r
+    };
+    let invalid = |dst: bool| {
         let mut r = Rule::new();
         r.ct_invalid()
             .ip_addr(R8, dst)
             .lookup_set(R8, "local")
             .verdict_code(NF_DROP, None);
-        forward.push(r);
-    }
-    let mut r = Rule::new();
-    r.ct(R8, CT_SRC_IP, Some(ORIGINAL))
-        .lookup_set(R8, "local")
-        .verdict_code(NFT_JUMP, Some("egress"));
-    forward.push(r);
-    let mut r = Rule::new();
-    r.ct(R8, CT_SRC_IP, Some(REPLY))
+        r
+    };
+    let to_egress = || {
+        let mut r = Rule::new();
+        r.ct(R8, CT_SRC_IP, Some(ORIGINAL))
+            .lookup_set(R8, "local")
+            .verdict_code(NFT_JUMP, Some("egress"));
+        r
+    };
+    let mut own = Rule::new();
+    own.ct(R8, CT_SRC_IP, Some(ORIGINAL))
+        .lookup_set(R8, "node-addrs")
+        .verdict_code(NFT_RETURN, None);
+    let mut to_ingress = Rule::new();
+    to_ingress
+        .ct(R8, CT_SRC_IP, Some(REPLY))
         .lookup_set(R8, "local")
         .verdict_code(NFT_JUMP, Some("ingress"));
-    forward.push(r);
-
-    let mut input = Vec::new();
-    let mut r = Rule::new();
-    r.ct(R8, CT_SRC_IP, Some(REPLY));
-    load_proto_port(&mut r, R9);
-    r.lookup_set(R8, "node-dns").verdict_code(NF_ACCEPT, None);
-    input.push(r);
-    let mut r = Rule::new();
-    r.ct_invalid()
-        .ip_addr(R8, false)
-        .lookup_set(R8, "local")
-        .verdict_code(NF_DROP, None);
-    input.push(r);
-    let mut r = Rule::new();
-    r.ct(R8, CT_SRC_IP, Some(ORIGINAL))
-        .lookup_set(R8, "local")
-        .verdict_code(NFT_JUMP, Some("egress"));
-    input.push(r);
-
+    let postrouting = vec![
+        invalid(false),
+        invalid(true),
+        own,
+        dns(),
+        to_egress(),
+        to_ingress,
+    ];
+    let input = vec![dns(), invalid(false), to_egress()];
     let mut out = vec![
-        ChainSpec::new("forward", Some((HOOK_FORWARD, 0)), forward),
-        ChainSpec::new("input", Some((HOOK_IN, 0)), input),
+        ChainSpec::new(
+            "postrouting",
+            Some((HOOK_POSTROUTING, PRIORITY)),
+            postrouting,
+        ),
+        ChainSpec::new("input", Some((HOOK_IN, PRIORITY)), input),
     ];
     for dir in [Dir::Ingress, Dir::Egress] {
         let np_chain = format!("{}-np", dir.as_str());

@@ -414,7 +414,11 @@ fn apply(
 fn probed_reachability_equals_the_model() {
     let lab = Lab::new("matrix");
     let mut node = Node {
-        compiler: Compiler::new(NODE, &[]),
+        compiler: Compiler::new(
+            NODE,
+            &[],
+            &[Ipv4Addr::new(10, 244, 1, 1), Ipv4Addr::new(192, 168, 94, 1)],
+        ),
         table: Table::new(),
     };
     let steps: Vec<(&str, &str)> = vec![
@@ -513,6 +517,40 @@ spec:
         let (n, report) = apply(&lab, node, inp.clone(), false);
         node = n;
         eprintln!("{what}: {report:?}");
+        // nft itself can read every rule (operators list the ruleset).
+        for chain in [
+            "postrouting",
+            "input",
+            "ingress",
+            "ingress-np",
+            "egress",
+            "egress-np",
+        ] {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &lab.node,
+                    "nft",
+                    "list",
+                    "chain",
+                    "ip",
+                    "trellis-policy",
+                    chain,
+                ])
+                .output()
+                .unwrap();
+            eprintln!(
+                "chain {chain}: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let listing = sh(&["ip", "netns", "exec", &lab.node, "nft", "list", "ruleset"]);
+        assert!(
+            listing.contains("table ip trellis-policy"),
+            "{what}: {listing}"
+        );
         check_matrix(&lab, &inp, what);
         // The compiled state equals what a fresh full sync finds: nothing to write.
         let (n, again) = apply(&lab, node, inp.clone(), true);
@@ -528,7 +566,11 @@ spec:
 fn a_denied_established_connection_stops_at_once_and_replies_need_no_rule() {
     let lab = Lab::new("estab");
     let node = Node {
-        compiler: Compiler::new(NODE, &[]),
+        compiler: Compiler::new(
+            NODE,
+            &[],
+            &[Ipv4Addr::new(10, 244, 1, 1), Ipv4Addr::new(192, 168, 94, 1)],
+        ),
         table: Table::new(),
     };
     let (node, _) = apply(&lab, node, inputs(""), false);

@@ -104,6 +104,8 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--network {n:?}: {why}");
             }
         }
+        // Anti-spoofing (and, in cluster mode, policy) for every pod of every network.
+        let gate = trellis_agent::gate::Gate::new();
         let served = match (&a.server, a.pod_cidr) {
             (Some(server), _) => {
                 let cfg = ClusterConfig {
@@ -129,6 +131,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                         .map(|s| parse_upstream(s))
                         .collect::<anyhow::Result<_>>()?,
                     proxy_full_resync: Duration::from_secs_f64(a.proxy_full_resync),
+                    gate: gate.clone(),
                 };
                 let (served, local) = cluster::start(cfg).await?;
                 let subnets: Vec<String> =
@@ -150,6 +153,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                     state_dir: a.state_dir,
                     orphan_grace: Duration::from_secs(a.orphan_grace),
                     l2: None,
+                    gate: gate.clone(),
                 };
                 let (node, report) = Node::start(cfg).await.map_err(anyhow::Error::msg)?;
                 tracing::info!(?report, "node ready");
@@ -168,6 +172,19 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                     .run_sweeper(Duration::from_secs(a.sweep_interval)),
             );
         }
+        // The guard table holds exactly the reservations: at start and every sweep.
+        if let Err(e) = gate.sync() {
+            tracing::warn!("{e}");
+        }
+        let every = Duration::from_secs(a.sweep_interval);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = gate.sync() {
+                    tracing::warn!("{e}");
+                }
+            }
+        });
         let server = tokio::spawn(cni_server::serve(listener, served));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

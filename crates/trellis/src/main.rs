@@ -5,6 +5,8 @@
 mod agent_cmd;
 mod cli_cmd;
 mod lab_cmd;
+mod lab_pod_cmd;
+mod policy_cmd;
 mod server_cmd;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,9 @@ enum Cmd {
     /// Network-namespace labs: `up`, `down`, `exec`, `status`.
     #[command(subcommand)]
     Lab(lab_cmd::LabCmd),
+    /// Network policy answers from the server's objects: `explain POD`, `check SRC DST:PORT`.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
     /// The API server: `init`, `token`, `run`.
     #[command(subcommand)]
     Server(server_cmd::ServerCmd),
@@ -49,6 +54,7 @@ fn main() -> std::process::ExitCode {
     let res = match cli.cmd {
         Cmd::Agent(a) => agent_cmd::run(a),
         Cmd::Lab(l) => lab_cmd::run(l),
+        Cmd::Policy(c) => policy_cmd::run(c),
         Cmd::Server(c) => server_cmd::run(c),
         Cmd::Cli(c) => cli_cmd::run(c),
     };

@@ -19,6 +19,7 @@ pub mod endpoints;
 mod fabric;
 mod informer;
 mod join;
+pub mod policy;
 pub mod services;
 
 use std::net::Ipv4Addr;
@@ -71,6 +72,8 @@ pub struct ClusterConfig {
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// Period of the service proxy's full sync (drift repair).
     pub proxy_full_resync: Duration,
+    /// Pod admission (anti-spoofing, policy), shared by every network.
+    pub gate: Arc<crate::gate::Gate>,
 }
 
 /// Cluster-mode failures.
@@ -232,6 +235,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
             state_dir,
             orphan_grace: cfg.orphan_grace,
             l2,
+            gate: cfg.gate.clone(),
         };
         let (node, report) = Node::start(node_cfg)
             .await
@@ -291,6 +295,32 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
         tokio::spawn(publisher.run(cfg.resync));
     }
     start_services(&cfg, &client, &served, &local).await?;
+    // Network policy: every pod's DNS server (its gateway, or the node under l2) stays
+    // reachable whatever the egress policy says.
+    let dns: Vec<Ipv4Addr> = served
+        .iter()
+        .map(|s| {
+            if s.started_backend == Backend::L2 {
+                local.address
+            } else {
+                s.node.ipam().gateway()
+            }
+        })
+        .collect();
+    // The node's own addresses: its connections to its pods are never policed.
+    let mut node_addrs = vec![local.address];
+    node_addrs.extend(served.iter().map(|s| s.node.ipam().gateway()));
+    let policy = policy::PolicyController::new(
+        &client,
+        &cfg.node,
+        served.iter().map(|s| s.node.clone()).collect(),
+        &dns,
+        &node_addrs,
+        cfg.gate.clone(),
+        cfg.resync,
+    );
+    cfg.gate.set_policy(policy.clone());
+    tokio::spawn(policy.run());
     Ok((served, local))
 }
 

@@ -105,6 +105,11 @@ impl Attrs {
         self.buf.len()
     }
 
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     pub fn put(&mut self, ty: u16, data: &[u8]) -> &mut Self {
         let len = 4 + data.len();
         self.buf

@@ -1,0 +1,263 @@
+//! Network policy on this node: informers on Namespaces, NetworkPolicies,
+//! ClusterNetworkPolicies, Pods, Endpoints and Nodes, plus this node's own IPAM
+//! reservations → [`Inputs`] (typed, pure) → `trellis_policy`'s incremental compiler →
+//! one reconciler on the table `ip trellis-policy`.
+//!
+//! - This node's pods come from its IPAM reservations (labels and named ports from
+//!   their Pod object, else the ADD's `LABELS`), so a pod is known the moment its
+//!   address is reserved: [`PolicyController::admit`] runs a pass before the CNI ADD
+//!   answers. Other nodes' pods come from their Endpoints.
+//! - A pass applies only the element changes the compiler returns (partial sync); a
+//!   full sync (read the kernel, change only the difference) runs at start, after an
+//!   error and every `resync`, so drift is repaired and a restart writes nothing.
+//! - Nothing is programmed before every informer has listed once; until then an ADD
+//!   waits (bounded) and is refused with "try again later" rather than let a pod run
+//!   unprotected.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use trellis_api::objects::{AnyObject, Pod};
+use trellis_client::Client;
+use trellis_policy::compile::Compiler;
+use trellis_policy::model::{Inputs, PodInfo};
+use trellis_policy::table::Table;
+
+use super::informer::{Informer, Objects};
+use crate::gate::{Gate, PodPolicy};
+use crate::node::Node;
+
+/// How long an ADD waits for the first complete view of the policies.
+const ADMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// The informers policy reads.
+#[derive(Debug, Clone)]
+struct Informers {
+    namespaces: Informer,
+    netpols: Informer,
+    cnps: Informer,
+    pods: Informer,
+    endpoints: Informer,
+    nodes: Informer,
+}
+
+impl Informers {
+    fn all(&self) -> [&Informer; 6] {
+        [
+            &self.namespaces,
+            &self.netpols,
+            &self.cnps,
+            &self.pods,
+            &self.endpoints,
+            &self.nodes,
+        ]
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    compiler: Compiler,
+    table: Table,
+    last_full: Option<Instant>,
+}
+
+/// The policy controller of one node.
+#[derive(Debug)]
+pub struct PolicyController {
+    node: String,
+    served: Vec<Arc<Node>>,
+    informers: Informers,
+    state: Mutex<State>,
+    gate: Arc<Gate>,
+    resync: Duration,
+}
+
+fn typed(objs: &Objects) -> Vec<AnyObject> {
+    objs.values()
+        .filter_map(|v| AnyObject::from_value(v.clone()).ok())
+        .collect()
+}
+
+/// The inputs from informer snapshots and this node's reservations; `None` until every
+/// informer has listed once.
+fn build_inputs(node: &str, inf: &Informers, served: &[Arc<Node>]) -> Option<Inputs> {
+    let mut objects = Vec::new();
+    for i in inf.all() {
+        objects.extend(typed(&i.snapshot()?));
+    }
+    let mut inputs = Inputs::from_objects(&objects);
+    // Our own pods come from IPAM: known from the moment their address is reserved.
+    inputs.pods.retain(|_, p| p.node != node);
+    let pods: BTreeMap<(String, String), &Pod> = objects
+        .iter()
+        .filter_map(|o| match o {
+            AnyObject::Pod(p) => Some((
+                (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone(),
+                ),
+                p,
+            )),
+            _ => None,
+        })
+        .collect();
+    for n in served {
+        for r in n.ipam().list() {
+            let ns = r.pod_namespace.clone().unwrap_or_else(|| "default".into());
+            let pod = r
+                .pod_name
+                .as_ref()
+                .and_then(|name| pods.get(&(ns.clone(), name.clone())));
+            let labels = pod
+                .map(|p| p.metadata.labels.clone())
+                .unwrap_or_else(|| r.labels.clone());
+            inputs.pods.insert(
+                r.ip,
+                PodInfo {
+                    namespace: ns,
+                    name: r
+                        .pod_name
+                        .clone()
+                        .unwrap_or(r.attachment.container_id.clone()),
+                    ip: r.ip,
+                    labels,
+                    ports: pod.map(|p| p.spec.ports.clone()).unwrap_or_default(),
+                    node: node.to_string(),
+                },
+            );
+        }
+    }
+    Some(inputs)
+}
+
+impl PolicyController {
+    /// Start the informers; [`PolicyController::run`] does the passes.
+    pub fn new(
+        client: &Client,
+        node: &str,
+        served: Vec<Arc<Node>>,
+        dns: &[Ipv4Addr],
+        node_addrs: &[Ipv4Addr],
+        gate: Arc<Gate>,
+        resync: Duration,
+    ) -> Arc<Self> {
+        let inf = |p: &str| Informer::start(client.clone(), p.to_string());
+        Arc::new(PolicyController {
+            node: node.to_string(),
+            served,
+            informers: Informers {
+                namespaces: inf("/v1/namespaces"),
+                netpols: inf("/v1/networkpolicies"),
+                cnps: inf("/v1/clusternetworkpolicies"),
+                pods: inf("/v1/pods"),
+                endpoints: inf("/v1/endpoints"),
+                nodes: inf("/v1/nodes"),
+            },
+            state: Mutex::new(State {
+                compiler: Compiler::new(node, dns, node_addrs),
+                table: Table::new(),
+                last_full: None,
+            }),
+            gate,
+            resync,
+        })
+    }
+
+    /// One pass: compile the current inputs and write the change (a full sync at the
+    /// first pass, after an error and every `resync`). `Ok(false)` when the informers
+    /// have not all listed yet.
+    pub fn pass(&self) -> Result<bool, String> {
+        let Some(inputs) = build_inputs(&self.node, &self.informers, &self.served) else {
+            return Ok(false);
+        };
+        let mut st = self.state.lock().expect("policy lock");
+        let st = &mut *st;
+        let delta = st.compiler.update(inputs);
+        let full = st.last_full.is_none_or(|t| t.elapsed() >= self.resync);
+        let r = if full {
+            st.table.full_sync(&st.compiler)
+        } else {
+            st.table.apply(&st.compiler, &delta)
+        };
+        match r {
+            Ok(report) => {
+                if full {
+                    st.last_full = Some(Instant::now());
+                }
+                if !report.changed_nothing() {
+                    tracing::debug!(?report, full, "policy table updated");
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                st.table.mark_dirty();
+                st.last_full = None;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Follow every change of the informers and of this node's reservations.
+    pub async fn run(self: Arc<Self>) {
+        let mut rx: Vec<tokio::sync::watch::Receiver<u64>> =
+            self.informers.all().iter().map(|i| i.subscribe()).collect();
+        rx.extend(self.served.iter().map(|n| n.subscribe()));
+        let mut pods_seen = None;
+        loop {
+            match self.pass() {
+                Ok(_) => {}
+                Err(e) => tracing::warn!("network policy: {e}; a full sync follows"),
+            }
+            // A Pod's allowedSourceAddresses may have changed: resync the guard.
+            let pods_now = self.informers.pods.snapshot_at().map(|(_, r)| r);
+            if pods_now != pods_seen {
+                pods_seen = pods_now;
+                if let Err(e) = self.gate.sync() {
+                    tracing::warn!("{e}");
+                }
+            }
+            let changed = futures::future::select_all(rx.iter_mut().map(|r| Box::pin(r.changed())));
+            tokio::select! {
+                _ = changed => {
+                    // Coalesce a burst of events into one pass.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ = tokio::time::sleep(self.resync) => {}
+            }
+        }
+    }
+}
+
+impl PodPolicy for PolicyController {
+    fn admit(&self) -> Result<(), String> {
+        let deadline = Instant::now() + ADMIT_WAIT;
+        loop {
+            if self.pass()? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    "the node has not received the cluster's policies yet (server unreachable?); try again later"
+                        .into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn allowed_sources(&self, namespace: &str, name: &str) -> Vec<Ipv4Net> {
+        let Some(pods) = self.informers.pods.snapshot() else {
+            return Vec::new();
+        };
+        pods.get(&format!("{namespace}/{name}"))
+            .and_then(|v| AnyObject::from_value(v.clone()).ok())
+            .and_then(|o| match o {
+                AnyObject::Pod(p) => Some(p.spec.allowed_source_addresses),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+}

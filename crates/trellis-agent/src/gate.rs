@@ -1,0 +1,123 @@
+//! What must be in the kernel before a pod's CNI ADD returns, so the pod is protected
+//! from its first packet: its anti-spoofing port (table `bridge trellis-guard`, every
+//! mode) and, in cluster mode, the policy elements that concern it (table
+//! `ip trellis-policy`, through [`PodPolicy`]).
+//!
+//! One gate per agent, shared by every network's [`Node`]: the guard table holds the
+//! ports of all of them, so its full sync (at start, every resync, after a Pod's
+//! `allowedSourceAddresses` changed) reads the reservations of every registered node.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use ipnet::Ipv4Net;
+use trellis_api::naming::host_veth_name;
+use trellis_policy::guard::{Guard, GuardPort};
+
+use crate::ipam::Reservation;
+use crate::node::Node;
+
+/// The policy side of admission (cluster mode).
+pub trait PodPolicy: Send + Sync + std::fmt::Debug {
+    /// Program the policy elements of every pod the node's IPAM holds (the new one
+    /// included) before returning; an error fails the ADD.
+    fn admit(&self) -> Result<(), String>;
+    /// The `allowedSourceAddresses` of pod `namespace/name`, if it is declared.
+    fn allowed_sources(&self, namespace: &str, name: &str) -> Vec<Ipv4Net>;
+}
+
+/// Admission of pods into the kernel's protections.
+#[derive(Debug, Default)]
+pub struct Gate {
+    guard: Mutex<Guard>,
+    policy: OnceLock<Arc<dyn PodPolicy>>,
+    nodes: Mutex<Vec<Weak<Node>>>,
+}
+
+impl Gate {
+    /// A gate with anti-spoofing only (policy joins with [`Gate::set_policy`]).
+    pub fn new() -> Arc<Gate> {
+        Arc::new(Gate::default())
+    }
+
+    /// Enforce policy too (cluster mode).
+    pub fn set_policy(&self, p: Arc<dyn PodPolicy>) {
+        let _ = self.policy.set(p);
+    }
+
+    /// Count `node`'s reservations in full syncs.
+    pub fn register(&self, node: &Arc<Node>) {
+        self.nodes
+            .lock()
+            .expect("gate lock")
+            .push(Arc::downgrade(node));
+    }
+
+    fn port(&self, r: &Reservation) -> GuardPort {
+        let allowed = match (self.policy.get(), &r.pod_name) {
+            (Some(p), Some(name)) => {
+                p.allowed_sources(r.pod_namespace.as_deref().unwrap_or("default"), name)
+            }
+            _ => Vec::new(),
+        };
+        GuardPort::new(
+            host_veth_name(&r.attachment.container_id, &r.attachment.ifname),
+            r.mac(),
+            r.ip,
+            &allowed,
+        )
+    }
+
+    /// Admit a pod whose address is reserved: its guard port, then the policy.
+    pub fn admit(&self, r: &Reservation) -> Result<(), String> {
+        let port = self.port(r);
+        self.guard
+            .lock()
+            .expect("gate lock")
+            .add_port(&port)
+            .map_err(|e| format!("anti-spoofing for {}: {e}", port.ifname))?;
+        if let Some(p) = self.policy.get() {
+            p.admit().map_err(|e| format!("network policy: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// A pod is gone: its guard port goes (its policy elements leave with the next
+    /// policy pass, which follows reservation changes).
+    pub fn forget(&self, r: &Reservation) -> Result<(), String> {
+        let name = host_veth_name(&r.attachment.container_id, &r.attachment.ifname);
+        self.guard
+            .lock()
+            .expect("gate lock")
+            .remove_port(&name)
+            .map(|_| ())
+            .map_err(|e| format!("anti-spoofing for {name}: {e}"))
+    }
+
+    /// Bring the guard table to exactly the registered nodes' reservations.
+    pub fn sync(&self) -> Result<(), String> {
+        let nodes: Vec<Arc<Node>> = {
+            let mut v = self.nodes.lock().expect("gate lock");
+            v.retain(|w| w.strong_count() > 0);
+            v.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut ports: BTreeMap<String, GuardPort> = BTreeMap::new();
+        for n in nodes {
+            for r in n.ipam().list() {
+                let p = self.port(&r);
+                ports.insert(p.ifname.clone(), p);
+            }
+        }
+        let ports: Vec<GuardPort> = ports.into_values().collect();
+        let report = self
+            .guard
+            .lock()
+            .expect("gate lock")
+            .full_sync(&ports)
+            .map_err(|e| format!("anti-spoofing full sync: {e}"))?;
+        if !report.changed_nothing() {
+            tracing::info!(?report, "anti-spoofing table synced");
+        }
+        Ok(())
+    }
+}
