@@ -203,13 +203,13 @@ impl Case {
             .collect()
     }
 
-    /// A manifest of the objects (`---`-separated JSON documents) for `trellis apply`.
+    /// A manifest of the objects for `trellis apply -f -` / `trellis delete -f -`: a
+    /// JSON stream, one object per line.
     pub fn manifest(objects: &[&AnyObject]) -> String {
         objects
             .iter()
-            .map(|o| String::from_utf8(o.to_json()).expect("JSON is UTF-8"))
-            .collect::<Vec<_>>()
-            .join("\n---\n")
+            .map(|o| String::from_utf8(o.to_json()).expect("JSON is UTF-8") + "\n")
+            .collect()
     }
 }
 
