@@ -341,7 +341,7 @@ const PROGRAMMED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 
 /// Wait (at most [`PROGRAMMED_TIMEOUT`]) until the demo Service selects `endpoints`
 /// ready Endpoints (one per pod) and the node of the first pod, where the requests come
-/// from, reports in `status.servicesRevision` that it has programmed the Service and
+/// from, reports in `status.programmed` that it has programmed the Service and
 /// all of them. The error says what was still missing.
 fn wait_demo_programmed(lab: &Lab, trellis: &Path, endpoints: usize) -> Result<(), String> {
     let Some(pod) = lab.state.pods.first() else {
