@@ -1,23 +1,14 @@
 //! Compiling [`Inputs`] into the elements of the policy table's sets, in proportion to
-//! the change: [`Compiler::update`] takes the new inputs, finds what changed (pods,
-//! namespaces, policies, nodes), recomputes only the contributions of the policies the
-//! change can affect, and returns the element [`Delta`] (an element leaves a set only
-//! when no policy contributes it any more).
+//! the change: [`Compiler::apply`] takes a list of [`Change`]s (a pod, namespace,
+//! policy or node added, changed or gone; [`Compiler::update`] computes them from new
+//! inputs), recomputes only the contributions of the policies the change can affect
+//! (found through the inverted indexes of [`crate::index`]), and returns the element
+//! [`Delta`] (an element leaves a set only when no policy contributes it any more).
 //!
-//! Sets (see `table` for the chains that look them up):
-//!
-//! | set | key | elements |
-//! |---|---|---|
-//! | `ids` (map) | pod address → identity | every known pod |
-//! | `local` | pod address | this node's pods |
-//! | `np-in` / `np-out` | subject id . peer id . proto . port (intervals) | NetworkPolicy rules, peers by selector |
-//! | `np-in-cidr` / `np-out-cidr` | subject id . peer address . proto . port (intervals) | NetworkPolicy rules, `ipBlock` and "every peer" |
-//! | `np-in-iso` / `np-out-iso` | subject id | identities isolated for the direction |
-//! | `c<h>-subj` | id | a ClusterNetworkPolicy's subjects |
-//! | `c<h>-<d><i>-ids` | id | the peers (namespaces/pods) of rule i |
-//! | `c<h>-<d><i>-nets` | address (intervals) | the peers (networks/nodes) of rule i |
-//! | `c<h>-<d><i>-ports` | proto . port (intervals) | the numbered ports of rule i |
-//! | `c<h>-<d><i>-named` | destination id . proto . port | rule i's named ports, per identity |
+//! The compiler works on pod *identities* (namespace, labels, named ports: pods that
+//! are alike share one), which keeps its work small; the kernel's sets are keyed by
+//! addresses (see [`crate::elements`], which spells identities out per pod, and
+//! [`crate::table`] for the sets and chains).
 //!
 //! Only identities with a pod on this node are subjects: a node holds the rules of its
 //! own pods.
@@ -29,9 +20,29 @@ use ipnet::Ipv4Net;
 use trellis_api::naming::fnv1a64;
 use trellis_api::objects::{CnpAction, NetworkPolicySpec, Peer, PolicyPort, PortRef, Tier};
 
+use trellis_api::objects::ClusterNetworkPolicySpec;
+
 use crate::elements::{Atom, Atoms};
 pub use crate::elements::{Delta, Elem, SetName};
-use crate::model::{cnp_port_spans, np_port_spans, Dir, IdentityKey, Inputs, PortSpan};
+use crate::index::{IdentIndex, NpIndex, NpKey};
+use crate::model::{
+    cnp_port_spans, np_port_spans, Dir, IdentityKey, Inputs, Labels, NodeInfo, PodInfo, PortSpan,
+};
+
+/// One change of the inputs: the new value, or `None` when the object is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A pod, by address.
+    Pod(Ipv4Addr, Option<PodInfo>),
+    /// A Namespace object's labels, by name.
+    Namespace(String, Option<Labels>),
+    /// A NetworkPolicy, by (namespace, name).
+    NetPol(NpKey, Option<NetworkPolicySpec>),
+    /// A ClusterNetworkPolicy, by name.
+    Cnp(String, Option<ClusterNetworkPolicySpec>),
+    /// A Node, by name.
+    Node(String, Option<NodeInfo>),
+}
 
 /// The kind of a per-rule set of a ClusterNetworkPolicy rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,6 +124,8 @@ pub struct Compiler {
     pods: HashMap<Ipv4Addr, Contribution>,
     /// Per NetworkPolicy: the atoms it contributes.
     np: HashMap<(String, String), Contribution>,
+    np_index: NpIndex,
+    ident_index: IdentIndex,
     /// All ClusterNetworkPolicy atoms (recomputed as a whole; there are few).
     cnp: Contribution,
     cnp_layout: Vec<CnpRuleLayout>,
@@ -134,6 +147,8 @@ impl Compiler {
             by_id: HashMap::new(),
             pods: HashMap::new(),
             np: HashMap::new(),
+            np_index: NpIndex::default(),
+            ident_index: IdentIndex::default(),
             cnp: HashSet::new(),
             cnp_layout: Vec::new(),
             fixed: HashSet::new(),
@@ -206,22 +221,97 @@ impl Compiler {
         s
     }
 
-    /// Bring the compiled state to `new` and return the element changes.
+    /// Bring the compiled state to `new` and return the element changes (the changes
+    /// are found by comparing every object; [`Compiler::apply`] takes them directly).
     pub fn update(&mut self, new: Inputs) -> Delta {
-        let old = std::mem::replace(&mut self.inputs, new);
+        let mut changes = Vec::new();
+        for (k, _, v) in diff_maps(&self.inputs.pods, &new.pods) {
+            changes.push(Change::Pod(k, v.cloned()));
+        }
+        for (k, _, v) in diff_maps(&self.inputs.namespaces, &new.namespaces) {
+            changes.push(Change::Namespace(k, v.cloned()));
+        }
+        for (k, _, v) in diff_maps(&self.inputs.netpols, &new.netpols) {
+            changes.push(Change::NetPol(k, v.cloned()));
+        }
+        for (k, _, v) in diff_maps(&self.inputs.cnps, &new.cnps) {
+            changes.push(Change::Cnp(k, v.cloned()));
+        }
+        for (k, _, v) in diff_maps(&self.inputs.nodes, &new.nodes) {
+            changes.push(Change::Node(k, v.cloned()));
+        }
+        self.apply(changes)
+    }
+
+    /// Apply `changes` and return the element changes.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Delta {
         let mut delta = Delta::default();
+        let mut pod_changes: Vec<(Ipv4Addr, Option<PodInfo>)> = Vec::new();
+        let mut ns_changed = false;
+        let mut redo: BTreeSet<NpKey> = BTreeSet::new();
+        let mut cnp_changed = false;
+        for c in changes {
+            match c {
+                Change::Pod(ip, new) => {
+                    let old = match new {
+                        Some(p) => self.inputs.pods.insert(ip, p),
+                        None => self.inputs.pods.remove(&ip),
+                    };
+                    if old.as_ref() != self.inputs.pods.get(&ip) {
+                        pod_changes.push((ip, old));
+                    }
+                }
+                Change::Namespace(n, new) => {
+                    let old = match new {
+                        Some(l) => self.inputs.namespaces.insert(n.clone(), l),
+                        None => self.inputs.namespaces.remove(&n),
+                    };
+                    ns_changed |= old.as_ref() != self.inputs.namespaces.get(&n);
+                }
+                Change::NetPol(k, new) => {
+                    let old = match new {
+                        Some(spec) => self.inputs.netpols.insert(k.clone(), spec),
+                        None => self.inputs.netpols.remove(&k),
+                    };
+                    if old.as_ref() != self.inputs.netpols.get(&k) {
+                        if let Some(o) = &old {
+                            self.np_index.remove(&k, o);
+                        }
+                        if let Some(n) = self.inputs.netpols.get(&k) {
+                            self.np_index.add(&k, n);
+                        }
+                        redo.insert(k);
+                    }
+                }
+                Change::Cnp(k, new) => {
+                    let old = match new {
+                        Some(spec) => self.inputs.cnps.insert(k.clone(), spec),
+                        None => self.inputs.cnps.remove(&k),
+                    };
+                    cnp_changed |= old.as_ref() != self.inputs.cnps.get(&k);
+                }
+                Change::Node(k, new) => {
+                    let old = match new {
+                        Some(n) => self.inputs.nodes.insert(k.clone(), n),
+                        None => self.inputs.nodes.remove(&k),
+                    };
+                    cnp_changed |= old.as_ref() != self.inputs.nodes.get(&k);
+                }
+            }
+        }
 
         // Pods: identities, then their `ids`/`local` atoms.
         let mut idents_changed: BTreeSet<IdentityKey> = BTreeSet::new();
         let mut subjects_changed: BTreeSet<IdentityKey> = BTreeSet::new();
-        let mut changed_ips: Vec<Ipv4Addr> = Vec::new();
         let mut local_changed: BTreeSet<u32> = BTreeSet::new();
-        for (ip, before, after) in diff_maps(&old.pods, &self.inputs.pods) {
-            changed_ips.push(ip);
+        let mut pods_changed: BTreeSet<u32> = BTreeSet::new();
+        for (ip, before) in &pod_changes {
+            let ip = *ip;
             if let Some(p) = before {
                 let k = IdentityKey::of(p);
                 let i = self.identities.get_mut(&k).expect("known identity");
                 i.pods.remove(&ip);
+                pods_changed.insert(i.id);
                 if p.node == self.node {
                     i.local.remove(&ip);
                     local_changed.insert(i.id);
@@ -233,10 +323,11 @@ impl Compiler {
                     let id = i.id;
                     self.identities.remove(&k);
                     self.by_id.remove(&id);
+                    self.ident_index.remove(&k);
                     idents_changed.insert(k);
                 }
             }
-            if let Some(p) = after {
+            if let Some(p) = self.inputs.pods.get(&ip) {
                 let k = IdentityKey::of(p);
                 if !self.identities.contains_key(&k) {
                     let mut id = k.preferred_id();
@@ -244,6 +335,7 @@ impl Compiler {
                         id = id.wrapping_add(1);
                     }
                     self.by_id.insert(id, k.clone());
+                    self.ident_index.add(&k);
                     self.identities.insert(
                         k.clone(),
                         Identity {
@@ -256,6 +348,7 @@ impl Compiler {
                 }
                 let i = self.identities.get_mut(&k).expect("identity");
                 i.pods.insert(ip);
+                pods_changed.insert(i.id);
                 if p.node == self.node {
                     i.local.insert(ip);
                     local_changed.insert(i.id);
@@ -275,17 +368,21 @@ impl Compiler {
                 .unwrap_or_default();
             self.atoms.set_subject(id, addrs, &mut delta);
         }
-        for ip in changed_ips {
+        // Peer atoms are spelled out per pod of the identity.
+        for id in pods_changed {
+            let addrs = self
+                .by_id
+                .get(&id)
+                .and_then(|k| self.identities.get(k))
+                .map(|i| i.pods.clone())
+                .unwrap_or_default();
+            self.atoms.set_peer(id, addrs, &mut delta);
+        }
+        for (ip, _) in &pod_changes {
+            let ip = *ip;
             let now: Contribution = match self.inputs.pods.get(&ip) {
-                Some(p) => {
-                    let id = self.identities[&IdentityKey::of(p)].id;
-                    let mut c: Contribution = [Atom::Id(ip, id)].into();
-                    if p.node == self.node {
-                        c.insert(Atom::Local(ip));
-                    }
-                    c
-                }
-                None => HashSet::new(),
+                Some(p) if p.node == self.node => [Atom::Local(ip)].into(),
+                _ => HashSet::new(),
             };
             let before = self.pods.remove(&ip).unwrap_or_default();
             self.atoms.replace(&before, &now, &mut delta);
@@ -294,23 +391,18 @@ impl Compiler {
             }
         }
 
-        // Which NetworkPolicies the change can affect.
-        let ns_changed = !diff_maps(&old.namespaces, &self.inputs.namespaces).is_empty();
-        let mut redo: BTreeSet<(String, String)> = diff_maps(&old.netpols, &self.inputs.netpols)
-            .into_iter()
-            .map(|(k, ..)| k)
-            .collect();
-        let touched_ns: BTreeSet<&String> = idents_changed
-            .iter()
-            .chain(subjects_changed.iter())
-            .map(|k| &k.namespace)
-            .collect();
-        let any_ident = !idents_changed.is_empty();
-        for ((ns, name), spec) in &self.inputs.netpols {
-            let wide = has_ns_selector_peer(spec) || has_block_named(spec);
-            if touched_ns.contains(ns) || (wide && (any_ident || ns_changed)) {
-                redo.insert((ns.clone(), name.clone()));
-            }
+        // The NetworkPolicies the change can affect: changed ones, those that can
+        // select a changed subject or match a changed peer identity, and (namespace
+        // labels changed) those selecting namespaces by label.
+        for k in &subjects_changed {
+            self.np_index.subject_candidates(k, &mut redo);
+        }
+        for k in &idents_changed {
+            let l = self.inputs.ns_labels(&k.namespace);
+            self.np_index.peer_candidates(k, &l, &mut redo);
+        }
+        if ns_changed {
+            redo.extend(self.np_index.ns_selecting().iter().cloned());
         }
         for key in redo {
             let now = match self.inputs.netpols.get(&key) {
@@ -325,12 +417,9 @@ impl Compiler {
         }
 
         // ClusterNetworkPolicies: recomputed as a whole when anything they read changed.
-        let cnp_inputs_changed = old.cnps != self.inputs.cnps
-            || old.nodes != self.inputs.nodes
-            || ns_changed
-            || any_ident
-            || !subjects_changed.is_empty();
-        if cnp_inputs_changed && !(self.inputs.cnps.is_empty() && old.cnps.is_empty()) {
+        let cnp_inputs_changed =
+            cnp_changed || ns_changed || !idents_changed.is_empty() || !subjects_changed.is_empty();
+        if cnp_inputs_changed && !(self.inputs.cnps.is_empty() && self.cnp.is_empty()) {
             let (layout, now) = self.cnp_contribution();
             let old_sets = self.cnp_set_names();
             if layout != self.cnp_layout {
@@ -356,10 +445,10 @@ impl Compiler {
         &'a self,
         ns: &'a str,
     ) -> impl Iterator<Item = (&'a IdentityKey, u32)> + 'a {
-        self.identities
-            .iter()
-            .filter(move |(k, i)| !i.local.is_empty() && k.namespace == ns)
-            .map(|(k, i)| (k, i.id))
+        self.ident_index.in_ns(ns).filter_map(move |k| {
+            let i = &self.identities[k];
+            (!i.local.is_empty()).then_some((k, i.id))
+        })
     }
 
     fn np_contribution(&self, ns: &str, spec: &NetworkPolicySpec) -> Contribution {
@@ -444,7 +533,17 @@ impl Compiler {
                 }
                 continue;
             }
-            for (q_key, q) in &self.identities {
+            let namespaces = self
+                .ident_index
+                .namespaces()
+                .map(|n| (n, self.inputs.ns_labels(n)));
+            let candidates: Vec<&IdentityKey> =
+                match self.ident_index.peer_candidates(ns, peer, namespaces) {
+                    Some(c) => c,
+                    None => self.identities.keys().collect(),
+                };
+            for q_key in candidates {
+                let q = &self.identities[q_key];
                 if !self.inputs.np_peer_matches(ns, peer, q_key) {
                     continue;
                 }
@@ -595,27 +694,4 @@ fn diff_maps<'a, K: Ord + Clone, V: PartialEq>(
         }
     }
     out
-}
-
-fn has_ns_selector_peer(spec: &NetworkPolicySpec) -> bool {
-    spec.ingress
-        .iter()
-        .flat_map(|r| &r.from)
-        .chain(spec.egress.iter().flat_map(|r| &r.to))
-        .any(|p| p.namespace_selector.is_some())
-        || spec.egress.iter().any(|r| {
-            r.to.is_empty()
-                && r.ports
-                    .iter()
-                    .any(|p| matches!(p.port, Some(PortRef::Name(_))))
-        })
-}
-
-fn has_block_named(spec: &NetworkPolicySpec) -> bool {
-    spec.egress.iter().any(|r| {
-        r.to.iter().any(|p| p.ip_block.is_some())
-            && r.ports
-                .iter()
-                .any(|p| matches!(p.port, Some(PortRef::Name(_))))
-    })
 }

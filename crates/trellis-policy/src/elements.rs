@@ -1,16 +1,19 @@
 //! From atoms to kernel set elements.
 //!
 //! Policies contribute *atoms* (“subject identity 7 may reach peer identity 9 on TCP
-//! 80-90”). In the kernel, the peer side stays an identity (the `ids` map turns a peer
-//! address into it), while the subject side is spelled out per local pod address: a
-//! subject identity's atoms become one element per pod of this node that has it
-//! ([`Atoms::set_subject`] re-emits them when that pod set changes). Several
-//! policies may contribute the same or overlapping atoms. The kernel's interval sets
-//! (nftables' `pipapo`) refuse an element that starts or ends inside another one, so
-//! the atoms of one *group* (the elements of one set that can overlap: same subject,
-//! same peer or protocol) are merged into disjoint elements here. [`Atoms`] counts the
-//! contributions of every atom and keeps, per group, the elements it put in the kernel,
-//! so a change re-merges only the groups it touched.
+//! 80-90”). The kernel's sets are keyed by addresses on both sides (nothing else is
+//! needed per packet than the connection's addresses, protocol and port): an atom
+//! becomes one element per pod of this node with the subject identity and per pod with
+//! the peer identity. [`Atoms::set_subject`] and [`Atoms::set_peer`] re-emit the atoms
+//! of an identity when its pods change, so a pod joining an identity costs the elements
+//! of that pod only.
+//!
+//! Several policies may contribute the same or overlapping atoms. The kernel's interval
+//! sets (nftables' `pipapo`) refuse an element that starts or ends inside another one,
+//! so the atoms of one *group* (same subject, same peer, same protocol) are merged into
+//! disjoint elements; single ports and whole protocols go to hash sets, true ranges to
+//! interval sets. [`Atoms`] counts the contributions of every atom and keeps, per group,
+//! the elements it put in the kernel, so a change re-merges only the groups it touched.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -20,15 +23,13 @@ use crate::model::{Dir, PortSpan};
 /// The name of a set of the policy table.
 pub type SetName = String;
 
-/// One element: the key, the end of an interval (interval sets), the map value.
+/// One element: the key, the end of an interval (interval sets).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Elem {
     /// The key bytes (each field padded to 4 bytes).
     pub key: Vec<u8>,
     /// The last key of the interval, for interval sets.
     pub key_end: Option<Vec<u8>>,
-    /// The value, for maps.
-    pub data: Option<Vec<u8>>,
 }
 
 /// Element changes for the kernel.
@@ -57,11 +58,9 @@ impl Delta {
 }
 
 /// The smallest unit a policy contributes. `s` is a subject identity (spelled out per
-/// local pod address in the kernel), `q` a peer identity.
+/// pod of this node), `q` a peer identity (spelled out per pod anywhere).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Atom {
-    /// `ids`: a pod address and its identity.
-    Id(Ipv4Addr, u32),
     /// `local`: a pod of this node.
     Local(Ipv4Addr),
     /// `node-addrs`: an address of this node (its own connections are not policed).
@@ -76,7 +75,7 @@ pub enum Atom {
     Net(Dir, u32, u32, u32, PortSpan),
     /// A ClusterNetworkPolicy's subject set holds subject `s`.
     CnpSubject(SetName, u32),
-    /// A per-rule peer identity set of a ClusterNetworkPolicy.
+    /// A per-rule peer set of a ClusterNetworkPolicy holds the pods of identity `q`.
     CnpId(SetName, u32),
     /// A per-rule address set of a ClusterNetworkPolicy: `lo..=hi`.
     CnpNet(SetName, u32, u32),
@@ -88,28 +87,14 @@ pub enum Atom {
     CnpNamedSubject(SetName, u32, u8, u16),
 }
 
-impl Atom {
-    /// The subject identity an atom is spelled out for, if any.
-    fn subject(&self) -> Option<u32> {
-        match self {
-            Atom::Iso(_, s)
-            | Atom::Peer(_, s, ..)
-            | Atom::Net(_, s, ..)
-            | Atom::CnpSubject(_, s)
-            | Atom::CnpNamedSubject(_, s, ..) => Some(*s),
-            _ => None,
-        }
-    }
-}
-
 /// Which atoms merge together.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Group {
-    /// Exact elements: one atom, one element (per subject address).
+    /// Exact elements: one atom, its elements (per subject / peer address).
     Exact(Atom),
-    /// `np-*-any`/`np-*`: subject, peer, protocol (`None`: any).
+    /// Subject, peer, protocol (`None`: any protocol and port).
     Peer(Dir, u32, u32, Option<u8>),
-    /// `np-*-cidr-any`/`np-*-cidr`: subject, protocol.
+    /// Subject, protocol: address ranges.
     Net(Dir, u32, Option<u8>),
     /// A ClusterNetworkPolicy address set.
     CnpNet(SetName),
@@ -118,10 +103,24 @@ enum Group {
 }
 
 impl Group {
+    /// The subject identity spelled out per local pod, if any.
     fn subject(&self) -> Option<u32> {
         match self {
-            Group::Exact(a) => a.subject(),
-            Group::Peer(_, s, ..) | Group::Net(_, s, _) => Some(*s),
+            Group::Exact(Atom::Iso(_, s))
+            | Group::Exact(Atom::CnpSubject(_, s))
+            | Group::Exact(Atom::CnpNamedSubject(_, s, ..))
+            | Group::Peer(_, s, ..)
+            | Group::Net(_, s, _) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// The peer identity spelled out per pod, if any.
+    fn peer(&self) -> Option<u32> {
+        match self {
+            Group::Exact(Atom::CnpId(_, q))
+            | Group::Exact(Atom::CnpNamedPeer(_, q, ..))
+            | Group::Peer(_, _, q, _) => Some(*q),
             _ => None,
         }
     }
@@ -130,15 +129,19 @@ impl Group {
 /// The NetworkPolicy set names of a direction.
 #[derive(Debug, Clone, Copy)]
 pub struct NpSets {
-    /// `s . q`, any protocol and port (hash).
+    /// `subject . peer`: any protocol and port (hash).
     pub any: &'static str,
-    /// `s . q . proto . port` (intervals).
-    pub ports: &'static str,
-    /// `s . address`, any protocol and port (intervals).
+    /// `subject . peer . proto`: every port of a protocol (hash).
+    pub proto: &'static str,
+    /// `subject . peer . proto . port` (hash).
+    pub port: &'static str,
+    /// `subject . peer . proto . port range` (intervals).
+    pub range: &'static str,
+    /// `subject . address range`: any protocol and port (intervals).
     pub cidr_any: &'static str,
-    /// `s . address . proto . port` (intervals).
+    /// `subject . address range . proto . port range` (intervals).
     pub cidr: &'static str,
-    /// `s`: isolated.
+    /// `subject`: isolated.
     pub iso: &'static str,
 }
 
@@ -147,14 +150,18 @@ pub fn np_sets(dir: Dir) -> NpSets {
     match dir {
         Dir::Ingress => NpSets {
             any: "np-in-any",
-            ports: "np-in",
+            proto: "np-in-proto",
+            port: "np-in-port",
+            range: "np-in-range",
             cidr_any: "np-in-cidr-any",
             cidr: "np-in-cidr",
             iso: "np-in-iso",
         },
         Dir::Egress => NpSets {
             any: "np-out-any",
-            ports: "np-out",
+            proto: "np-out-proto",
+            port: "np-out-port",
+            range: "np-out-range",
             cidr_any: "np-out-cidr-any",
             cidr: "np-out-cidr",
             iso: "np-out-iso",
@@ -176,6 +183,10 @@ fn u32f(v: u32) -> [u8; 4] {
     v.to_be_bytes()
 }
 
+fn addrf(a: Ipv4Addr) -> [u8; 4] {
+    a.octets()
+}
+
 fn protof(p: u8) -> [u8; 4] {
     [p, 0, 0, 0]
 }
@@ -190,18 +201,13 @@ fn cat(fields: &[[u8; 4]]) -> Vec<u8> {
 }
 
 fn exact(key: Vec<u8>) -> Elem {
-    Elem {
-        key,
-        key_end: None,
-        data: None,
-    }
+    Elem { key, key_end: None }
 }
 
 fn range(lo: Vec<u8>, hi: Vec<u8>) -> Elem {
     Elem {
         key: lo,
         key_end: Some(hi),
-        data: None,
     }
 }
 
@@ -263,98 +269,98 @@ pub fn disjoint_boxes(boxes: &[Box2]) -> Vec<Box2> {
     out
 }
 
-/// The kernel elements of one group, from its atoms, for subject addresses `addrs`
-/// (groups without a subject ignore it).
-fn elements(g: &Group, atoms: &HashSet<Atom>, addrs: &BTreeSet<Ipv4Addr>) -> Vec<(SetName, Elem)> {
-    if g.subject().is_some() {
-        return addrs
-            .iter()
-            .flat_map(|a| subject_elements(g, atoms, u32::from(*a)))
-            .collect();
-    }
+/// The kernel elements of one group from its atoms, for the subject's local pods and
+/// the peer's pods.
+fn elements(
+    g: &Group,
+    atoms: &HashSet<Atom>,
+    subjects: &BTreeSet<Ipv4Addr>,
+    peers: &BTreeSet<Ipv4Addr>,
+) -> Vec<(SetName, Elem)> {
+    let mut out = Vec::new();
     match g {
-        Group::Exact(a) => vec![exact_element(a)],
-        Group::CnpNet(set) => merge(
-            atoms
-                .iter()
-                .filter_map(|a| match a {
-                    Atom::CnpNet(_, lo, hi) => Some((*lo, *hi)),
-                    _ => None,
-                })
-                .collect(),
-        )
-        .into_iter()
-        .map(|(lo, hi)| {
-            (
-                set.clone(),
-                range(
-                    cat(&[u32f(lo), protof(0)]),
-                    cat(&[u32f(hi), protof(u8::MAX)]),
-                ),
-            )
-        })
-        .collect(),
-        Group::CnpPort(set, p) => merge(
-            atoms
-                .iter()
-                .filter_map(|a| match a {
-                    Atom::CnpPort(_, sp) => Some((u32::from(sp.lo), u32::from(sp.hi))),
-                    _ => None,
-                })
-                .collect(),
-        )
-        .into_iter()
-        .map(|(lo, hi)| {
-            (
-                set.clone(),
-                range(
-                    cat(&[protof(*p), portf(lo as u16)]),
-                    cat(&[protof(*p), portf(hi as u16)]),
-                ),
-            )
-        })
-        .collect(),
-        Group::Peer(..) | Group::Net(..) => unreachable!("subject groups are handled above"),
-    }
-}
-
-/// The elements of a subject group for one subject address `s` (as a number).
-fn subject_elements(g: &Group, atoms: &HashSet<Atom>, s: u32) -> Vec<(SetName, Elem)> {
-    match g {
-        Group::Exact(Atom::Iso(d, _)) => vec![(np_sets(*d).iso.into(), exact(u32f(s).to_vec()))],
-        Group::Exact(Atom::CnpSubject(set, _)) => vec![(set.clone(), exact(u32f(s).to_vec()))],
-        Group::Exact(Atom::CnpNamedSubject(set, _, p, port)) => {
-            vec![(
-                set.clone(),
-                exact(cat(&[u32f(s), protof(*p), portf(*port)])),
-            )]
-        }
-        Group::Exact(a) => unreachable!("{a:?} has no subject"),
-        Group::CnpNet(_) | Group::CnpPort(..) => unreachable!("no subject"),
-        Group::Peer(d, _, q, proto) => {
+        Group::Exact(a) => match a {
+            Atom::Local(ip) => out.push(("local".into(), exact(addrf(*ip).to_vec()))),
+            Atom::NodeAddr(ip) => out.push(("node-addrs".into(), exact(addrf(*ip).to_vec()))),
+            Atom::Dns(ip, p) => out.push((
+                "node-dns".into(),
+                exact(cat(&[addrf(*ip), protof(*p), portf(53)])),
+            )),
+            Atom::Iso(d, _) => {
+                for s in subjects {
+                    out.push((np_sets(*d).iso.into(), exact(addrf(*s).to_vec())));
+                }
+            }
+            Atom::CnpSubject(set, _) => {
+                for s in subjects {
+                    out.push((set.clone(), exact(addrf(*s).to_vec())));
+                }
+            }
+            Atom::CnpNamedSubject(set, _, p, port) => {
+                for s in subjects {
+                    out.push((
+                        set.clone(),
+                        exact(cat(&[addrf(*s), protof(*p), portf(*port)])),
+                    ));
+                }
+            }
+            Atom::CnpId(set, _) => {
+                for q in peers {
+                    out.push((set.clone(), exact(addrf(*q).to_vec())));
+                }
+            }
+            Atom::CnpNamedPeer(set, _, p, port) => {
+                for q in peers {
+                    out.push((
+                        set.clone(),
+                        exact(cat(&[addrf(*q), protof(*p), portf(*port)])),
+                    ));
+                }
+            }
+            Atom::Peer(..) | Atom::Net(..) | Atom::CnpNet(..) | Atom::CnpPort(..) => {
+                unreachable!("grouped atom {a:?}")
+            }
+        },
+        Group::Peer(d, _, _, proto) => {
             let sets = np_sets(*d);
-            match proto {
-                None => vec![(sets.any.into(), exact(cat(&[u32f(s), u32f(*q)])))],
-                Some(p) => {
-                    let r = merge(
-                        atoms
-                            .iter()
-                            .filter_map(|a| match a {
-                                Atom::Peer(_, _, _, sp) => {
-                                    Some((u32::from(sp.lo), u32::from(sp.hi)))
-                                }
-                                _ => None,
-                            })
-                            .collect(),
-                    );
-                    r.into_iter()
-                        .map(|(lo, hi)| {
-                            let k = |port: u32| {
-                                cat(&[u32f(s), u32f(*q), protof(*p), portf(port as u16)])
-                            };
-                            (sets.ports.into(), range(k(lo), k(hi)))
+            let ranges = match proto {
+                None => Vec::new(),
+                Some(_) => merge(
+                    atoms
+                        .iter()
+                        .filter_map(|a| match a {
+                            Atom::Peer(_, _, _, sp) => Some((u32::from(sp.lo), u32::from(sp.hi))),
+                            _ => None,
                         })
-                        .collect()
+                        .collect(),
+                ),
+            };
+            for s in subjects {
+                for q in peers {
+                    let (s, q) = (addrf(*s), addrf(*q));
+                    let Some(p) = proto else {
+                        out.push((sets.any.into(), exact(cat(&[s, q]))));
+                        continue;
+                    };
+                    for (lo, hi) in &ranges {
+                        let (lo, hi) = (*lo as u16, *hi as u16);
+                        if lo == 0 && hi == u16::MAX {
+                            out.push((sets.proto.into(), exact(cat(&[s, q, protof(*p)]))));
+                        } else if lo == hi {
+                            out.push((
+                                sets.port.into(),
+                                exact(cat(&[s, q, protof(*p), portf(lo)])),
+                            ));
+                        } else {
+                            out.push((
+                                sets.range.into(),
+                                range(
+                                    cat(&[s, q, protof(*p), portf(lo)]),
+                                    cat(&[s, q, protof(*p), portf(hi)]),
+                                ),
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -371,70 +377,77 @@ fn subject_elements(g: &Group, atoms: &HashSet<Atom>, s: u32) -> Vec<(SetName, E
                             })
                             .collect(),
                     );
-                    r.into_iter()
-                        .map(|(lo, hi)| {
-                            (
+                    for s in subjects {
+                        for (lo, hi) in &r {
+                            out.push((
                                 sets.cidr_any.into(),
-                                range(cat(&[u32f(s), u32f(lo)]), cat(&[u32f(s), u32f(hi)])),
-                            )
-                        })
-                        .collect()
+                                range(cat(&[addrf(*s), u32f(*lo)]), cat(&[addrf(*s), u32f(*hi)])),
+                            ));
+                        }
+                    }
                 }
                 Some(p) => {
-                    let boxes: Vec<_> = atoms
+                    let boxes: Vec<Box2> = atoms
                         .iter()
                         .filter_map(|a| match a {
                             Atom::Net(_, _, lo, hi, sp) => Some(((*lo, *hi), (sp.lo, sp.hi))),
                             _ => None,
                         })
                         .collect();
-                    disjoint_boxes(&boxes)
-                        .into_iter()
-                        .map(|((alo, ahi), (plo, phi))| {
+                    let boxes = disjoint_boxes(&boxes);
+                    for s in subjects {
+                        for ((alo, ahi), (plo, phi)) in &boxes {
                             let k = |a: u32, port: u16| {
-                                cat(&[u32f(s), u32f(a), protof(*p), portf(port)])
+                                cat(&[addrf(*s), u32f(a), protof(*p), portf(port)])
                             };
-                            (sets.cidr.into(), range(k(alo, plo), k(ahi, phi)))
-                        })
-                        .collect()
+                            out.push((sets.cidr.into(), range(k(*alo, *plo), k(*ahi, *phi))));
+                        }
+                    }
                 }
             }
         }
-    }
-}
-
-fn exact_element(a: &Atom) -> (SetName, Elem) {
-    match a {
-        Atom::Id(ip, id) => (
-            "ids".into(),
-            Elem {
-                key: ip.octets().to_vec(),
-                key_end: None,
-                data: Some(id.to_be_bytes().to_vec()),
-            },
-        ),
-        Atom::Local(ip) => ("local".into(), exact(ip.octets().to_vec())),
-        Atom::Dns(ip, p) => (
-            "node-dns".into(),
-            exact(cat(&[ip.octets(), protof(*p), portf(53)])),
-        ),
-        Atom::NodeAddr(ip) => ("node-addrs".into(), exact(ip.octets().to_vec())),
-        Atom::CnpId(set, id) => (set.clone(), exact(u32f(*id).to_vec())),
-        Atom::CnpNamedPeer(set, id, p, port) => (
-            set.clone(),
-            exact(cat(&[u32f(*id), protof(*p), portf(*port)])),
-        ),
-        // Grouped and subject atoms never reach here.
-        Atom::Peer(..)
-        | Atom::Net(..)
-        | Atom::CnpNet(..)
-        | Atom::CnpPort(..)
-        | Atom::Iso(..)
-        | Atom::CnpSubject(..)
-        | Atom::CnpNamedSubject(..) => {
-            unreachable!("grouped or subject atom {a:?}")
+        Group::CnpNet(set) => {
+            let r = merge(
+                atoms
+                    .iter()
+                    .filter_map(|a| match a {
+                        Atom::CnpNet(_, lo, hi) => Some((*lo, *hi)),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+            for (lo, hi) in r {
+                out.push((
+                    set.clone(),
+                    range(
+                        cat(&[u32f(lo), protof(0)]),
+                        cat(&[u32f(hi), protof(u8::MAX)]),
+                    ),
+                ));
+            }
+        }
+        Group::CnpPort(set, p) => {
+            let r = merge(
+                atoms
+                    .iter()
+                    .filter_map(|a| match a {
+                        Atom::CnpPort(_, sp) => Some((u32::from(sp.lo), u32::from(sp.hi))),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+            for (lo, hi) in r {
+                out.push((
+                    set.clone(),
+                    range(
+                        cat(&[protof(*p), portf(lo as u16)]),
+                        cat(&[protof(*p), portf(hi as u16)]),
+                    ),
+                ));
+            }
         }
     }
+    out
 }
 
 /// A multiset of atoms and the kernel elements it stands for.
@@ -445,8 +458,11 @@ pub struct Atoms {
     emitted: HashMap<Group, Vec<(SetName, Elem)>>,
     /// This node's pods of each subject identity.
     subjects: HashMap<u32, BTreeSet<Ipv4Addr>>,
-    /// The groups of each subject identity.
+    /// Every pod of each peer identity.
+    peers: HashMap<u32, BTreeSet<Ipv4Addr>>,
+    /// The live groups of each subject / peer identity.
     by_subject: HashMap<u32, HashSet<Group>>,
+    by_peer: HashMap<u32, HashSet<Group>>,
 }
 
 impl Atoms {
@@ -479,53 +495,75 @@ impl Atoms {
         }
     }
 
-    /// This node's pods with subject identity `s` are now `addrs`: re-emit its groups.
+    /// This node's pods with identity `s` are now `addrs`: re-emit its subject groups.
     pub fn set_subject(&mut self, s: u32, addrs: BTreeSet<Ipv4Addr>, delta: &mut Delta) {
-        let same = self
-            .subjects
-            .get(&s)
-            .map_or(addrs.is_empty(), |a| *a == addrs);
-        if same {
-            return;
+        if Self::store(&mut self.subjects, s, addrs) {
+            let groups: Vec<Group> = self
+                .by_subject
+                .get(&s)
+                .map(|g| g.iter().cloned().collect())
+                .unwrap_or_default();
+            for g in groups {
+                self.emit(g, delta);
+            }
+        }
+    }
+
+    /// The pods with identity `q` are now `addrs`: re-emit its peer groups.
+    pub fn set_peer(&mut self, q: u32, addrs: BTreeSet<Ipv4Addr>, delta: &mut Delta) {
+        if Self::store(&mut self.peers, q, addrs) {
+            let groups: Vec<Group> = self
+                .by_peer
+                .get(&q)
+                .map(|g| g.iter().cloned().collect())
+                .unwrap_or_default();
+            for g in groups {
+                self.emit(g, delta);
+            }
+        }
+    }
+
+    /// Record `addrs` for `id`; whether it changed.
+    fn store(
+        map: &mut HashMap<u32, BTreeSet<Ipv4Addr>>,
+        id: u32,
+        addrs: BTreeSet<Ipv4Addr>,
+    ) -> bool {
+        if map.get(&id).map_or(addrs.is_empty(), |a| *a == addrs) {
+            return false;
         }
         if addrs.is_empty() {
-            self.subjects.remove(&s);
+            map.remove(&id);
         } else {
-            self.subjects.insert(s, addrs);
+            map.insert(id, addrs);
         }
-        let groups: Vec<Group> = self
-            .by_subject
-            .get(&s)
-            .map(|g| g.iter().cloned().collect())
-            .unwrap_or_default();
-        for g in groups {
-            self.emit(g, delta);
-        }
+        true
     }
 
     /// Recompute group `g`'s elements and record the difference.
     fn emit(&mut self, g: Group, delta: &mut Delta) {
         let empty = BTreeSet::new();
-        let subject = g.subject();
-        let addrs = subject
-            .and_then(|s| self.subjects.get(&s))
-            .unwrap_or(&empty);
-        let now = match self.members.get(&g) {
-            Some(m) if !m.is_empty() => elements(&g, m, addrs),
-            _ => Vec::new(),
-        };
+        let (subject, peer) = (g.subject(), g.peer());
         let live = self.members.get(&g).is_some_and(|m| !m.is_empty());
-        if !live {
+        let now = if live {
+            let subjects = subject
+                .and_then(|s| self.subjects.get(&s))
+                .unwrap_or(&empty);
+            let peers = peer.and_then(|q| self.peers.get(&q)).unwrap_or(&empty);
+            elements(&g, &self.members[&g], subjects, peers)
+        } else {
             self.members.remove(&g);
-        }
-        if let Some(s) = subject {
-            let idx = self.by_subject.entry(s).or_default();
+            Vec::new()
+        };
+        for (id, index) in [(subject, &mut self.by_subject), (peer, &mut self.by_peer)] {
+            let Some(id) = id else { continue };
+            let idx = index.entry(id).or_default();
             if live {
                 idx.insert(g.clone());
             } else {
                 idx.remove(&g);
                 if idx.is_empty() {
-                    self.by_subject.remove(&s);
+                    index.remove(&id);
                 }
             }
         }
@@ -555,11 +593,6 @@ impl Atoms {
         }
         out
     }
-}
-
-/// A map element of `ids` as deleted: the key alone.
-pub fn id_key(ip: Ipv4Addr) -> Elem {
-    exact(ip.octets().to_vec())
 }
 
 #[cfg(test)]
@@ -612,6 +645,11 @@ mod tests {
             [Ipv4Addr::new(10, 0, 0, 1)].into(),
             &mut Delta::default(),
         );
+        atoms.set_peer(
+            2,
+            [Ipv4Addr::new(10, 0, 0, 2)].into(),
+            &mut Delta::default(),
+        );
         let span = |lo, hi| PortSpan {
             proto: Some(6),
             lo,
@@ -621,17 +659,23 @@ mod tests {
         let b: HashSet<Atom> = [Atom::Peer(Dir::Ingress, 1, 2, span(80, 90))].into();
         let mut d = Delta::default();
         atoms.replace(&HashSet::new(), &a, &mut d);
-        assert_eq!(d.add["np-in"].len(), 1);
+        assert_eq!(d.add["np-in-port"].len(), 1);
         let mut d = Delta::default();
         atoms.replace(&HashSet::new(), &b, &mut d);
         // 80 is replaced by 80-90: one delete, one add.
-        assert_eq!((d.del["np-in"].len(), d.add["np-in"].len()), (1, 1));
+        assert_eq!(
+            (d.del["np-in-port"].len(), d.add["np-in-range"].len()),
+            (1, 1)
+        );
         let mut d = Delta::default();
         atoms.replace(&b, &HashSet::new(), &mut d);
-        assert_eq!((d.del["np-in"].len(), d.add["np-in"].len()), (1, 1));
+        assert_eq!(
+            (d.del["np-in-range"].len(), d.add["np-in-port"].len()),
+            (1, 1)
+        );
         let mut d = Delta::default();
         atoms.replace(&a, &HashSet::new(), &mut d);
-        assert_eq!(d.del["np-in"].len(), 1);
+        assert_eq!(d.del["np-in-port"].len(), 1);
         assert!(atoms.elements().is_empty());
         // The same atom from two contributions counts twice.
         let mut d = Delta::default();

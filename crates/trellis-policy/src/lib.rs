@@ -16,6 +16,7 @@ pub mod compile;
 pub mod elements;
 pub mod explain;
 pub mod guard;
+pub mod index;
 pub mod model;
 pub mod table;
 

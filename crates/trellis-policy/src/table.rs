@@ -5,29 +5,33 @@
 //! [`Table::apply`] writes one [`Delta`] as one transaction.
 //!
 //! ```text
-//! forward (filter, hook forward, priority 0)
+//! postrouting (filter, hook postrouting, priority 200: after DNAT and SNAT)
 //!   ct state invalid ip saddr @local drop; ct state invalid ip daddr @local drop
+//!   ct original ip saddr @node-addrs return        # the node's own connections (probes)
+//!   ct reply ip saddr . ct original protocol . ct reply proto-src @node-dns return
 //!   ct original ip saddr @local jump egress        # the source is our pod
-//!   ct reply ip saddr @local jump ingress          # the (post-DNAT) destination is our pod
-//! input (filter, hook input, priority 0)           # a pod talking to its node
-//!   ct reply ip saddr . ct original protocol . ct reply proto-src @node-dns accept
-//!   ct state invalid ip saddr @local drop
-//!   ct original ip saddr @local jump egress
+//!   ct reply ip saddr @local jump ingress          # the (post-DNAT) destination is ours
+//! input (filter, hook input, priority 200)         # a pod talking to its node
+//!   (node-dns, invalid, jump egress as above)
 //! ingress / egress: the Admin-tier rules in order, then goto ingress-np / egress-np
-//! ingress-np / egress-np:
-//!   subject id . peer id @np-in-any return
-//!   subject id . peer id . proto . port @np-in return
-//!   subject id . peer address @np-in-cidr-any return
-//!   subject id . peer address . proto . port @np-in-cidr return
-//!   subject id @np-in-iso drop                     # isolated, nothing allowed
+//! ingress-np / egress-np (subject = our pod, peer = the other end, by address):
+//!   subject . peer @np-in-any return               # every port
+//!   subject . peer . proto @np-in-proto return     # every port of a protocol
+//!   subject . peer . proto . port @np-in-port return
+//!   subject . peer . proto . port @np-in-range return          (endPort ranges)
+//!   subject . peer @np-in-cidr-any return                      (ipBlock, every peer)
+//!   subject . peer . proto . port @np-in-cidr return
+//!   subject @np-in-iso drop                        # isolated, nothing allowed
 //!   the Baseline-tier rules in order               # reached only when not isolated
 //! ```
 //!
 //! Every packet is judged by its connection's *original* tuple (`ct original ...`, the
 //! destination after DNAT from `ct reply ...`): replies pass as their connection does,
 //! and a policy that starts denying a connection drops its very next packet, in both
-//! directions, with nothing to delete from conntrack. Identities come from the `ids`
-//! map (pod address → identity), so a pod joining an existing identity is one element.
+//! directions, with nothing to delete from conntrack. Nothing but the connection's
+//! addresses, protocol and port is read, and nothing in the packet is written, so the
+//! chains live next to the service proxy and tunnels without side effects; `nft list
+//! ruleset` shows them as ordinary rules.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,7 +59,6 @@ const SET_MAP: u32 = 0x8;
 const SET_CONCAT: u32 = 0x80;
 
 const T_IPV4: u32 = 7;
-const T_MARK: u32 = 19;
 const T_PROTO: u32 = 12;
 const T_SERVICE: u32 = 13;
 
@@ -65,10 +68,8 @@ const NF_ACCEPT: i32 = 1;
 const HOOK_IN: u32 = 1;
 const HOOK_POSTROUTING: u32 = 4;
 
-/// After source NAT (100): the packet mark is free to use as a scratch register.
+/// After source NAT (100), so the connection's tuples are complete.
 const PRIORITY: i32 = 200;
-
-const META_MARK: u32 = 3;
 
 // nft_ct keys and directions.
 const CT_STATE: u32 = 0;
@@ -137,31 +138,32 @@ fn interval_set(types: &[u32]) -> SetSpec {
 /// A set's name and the function giving its spec.
 pub type StaticSet = (&'static str, fn() -> SetSpec);
 
-/// The sets every policy table has, with their specs. Subjects are this node's pod
-/// addresses, peers identities (`ids`) or addresses.
-pub static STATIC_SETS: [StaticSet; 14] = [
-    ("ids", || SetSpec {
-        flags: SET_MAP,
-        key_type: T_IPV4,
-        key_len: 4,
-        fields: Vec::new(),
-        data: Some((T_MARK, 4)),
-    }),
+/// The sets every policy table has, with their specs (keyed by addresses: subjects are
+/// this node's pods, peers any address).
+pub static STATIC_SETS: [StaticSet; 17] = [
     ("local", || hash_set(&[T_IPV4])),
     ("node-addrs", || hash_set(&[T_IPV4])),
     ("node-dns", || hash_set(&[T_IPV4, T_PROTO, T_SERVICE])),
-    ("np-in-any", || hash_set(&[T_IPV4, T_MARK])),
-    ("np-in", || {
-        interval_set(&[T_IPV4, T_MARK, T_PROTO, T_SERVICE])
+    ("np-in-any", || hash_set(&[T_IPV4, T_IPV4])),
+    ("np-in-proto", || hash_set(&[T_IPV4, T_IPV4, T_PROTO])),
+    ("np-in-port", || {
+        hash_set(&[T_IPV4, T_IPV4, T_PROTO, T_SERVICE])
+    }),
+    ("np-in-range", || {
+        interval_set(&[T_IPV4, T_IPV4, T_PROTO, T_SERVICE])
     }),
     ("np-in-cidr-any", || interval_set(&[T_IPV4, T_IPV4])),
     ("np-in-cidr", || {
         interval_set(&[T_IPV4, T_IPV4, T_PROTO, T_SERVICE])
     }),
     ("np-in-iso", || hash_set(&[T_IPV4])),
-    ("np-out-any", || hash_set(&[T_IPV4, T_MARK])),
-    ("np-out", || {
-        interval_set(&[T_IPV4, T_MARK, T_PROTO, T_SERVICE])
+    ("np-out-any", || hash_set(&[T_IPV4, T_IPV4])),
+    ("np-out-proto", || hash_set(&[T_IPV4, T_IPV4, T_PROTO])),
+    ("np-out-port", || {
+        hash_set(&[T_IPV4, T_IPV4, T_PROTO, T_SERVICE])
+    }),
+    ("np-out-range", || {
+        interval_set(&[T_IPV4, T_IPV4, T_PROTO, T_SERVICE])
     }),
     ("np-out-cidr-any", || interval_set(&[T_IPV4, T_IPV4])),
     ("np-out-cidr", || {
@@ -170,17 +172,14 @@ pub static STATIC_SETS: [StaticSet; 14] = [
     ("np-out-iso", || hash_set(&[T_IPV4])),
 ];
 
-/// The spec of a per-rule ClusterNetworkPolicy set. Named ports belong to the
-/// destination: the subject (an address) for ingress, the peer (an identity) for egress.
-fn rule_set_spec(kind: RuleSet, dir: Dir) -> SetSpec {
+/// The spec of a per-rule ClusterNetworkPolicy set.
+fn rule_set_spec(kind: RuleSet) -> SetSpec {
     match kind {
-        RuleSet::Ids => hash_set(&[T_MARK]),
+        RuleSet::Ids => hash_set(&[T_IPV4]),
         RuleSet::Nets => interval_set(&[T_IPV4, T_PROTO]),
         RuleSet::Ports => interval_set(&[T_PROTO, T_SERVICE]),
-        RuleSet::Named => match dir {
-            Dir::Ingress => hash_set(&[T_IPV4, T_PROTO, T_SERVICE]),
-            Dir::Egress => hash_set(&[T_MARK, T_PROTO, T_SERVICE]),
-        },
+        // The destination's address: the subject's (ingress) or the peer's (egress).
+        RuleSet::Named => hash_set(&[T_IPV4, T_PROTO, T_SERVICE]),
     }
 }
 
@@ -193,7 +192,7 @@ pub fn set_specs(layout: &[CnpRuleLayout]) -> BTreeMap<String, SetSpec> {
     for r in layout {
         out.insert(r.subject_set.clone(), hash_set(&[T_IPV4]));
         for (k, name) in &r.sets {
-            out.insert(name.clone(), rule_set_spec(*k, r.dir));
+            out.insert(name.clone(), rule_set_spec(*k));
         }
     }
     out
@@ -235,7 +234,6 @@ impl ChainSpec {
 trait RuleExt {
     fn ct(&mut self, dreg: u32, key: u32, dir: Option<u8>) -> &mut Self;
     fn lookup_set(&mut self, sreg: u32, set: &str) -> &mut Self;
-    fn map_ids(&mut self, reg: u32) -> &mut Self;
     fn verdict_code(&mut self, code: i32, chain: Option<&str>) -> &mut Self;
     fn log_prefix(&mut self, prefix: &str) -> &mut Self;
     fn counter(&mut self) -> &mut Self;
@@ -255,11 +253,6 @@ impl RuleExt for Rule {
 
     fn lookup_set(&mut self, sreg: u32, set: &str) -> &mut Self {
         self.lookup(sreg, set, None, false)
-    }
-
-    /// Replace the address in `reg` by its identity (the rule stops when it has none).
-    fn map_ids(&mut self, reg: u32) -> &mut Self {
-        self.lookup(reg, "ids", Some(reg), false)
     }
 
     fn verdict_code(&mut self, code: i32, chain: Option<&str>) -> &mut Self {
@@ -306,13 +299,6 @@ fn load_peer_addr(r: &mut Rule, dir: Dir, reg: u32) {
     r.ct(reg, CT_SRC_IP, Some(subject_peer(dir).1));
 }
 
-/// `meta mark set ct <peer> ip saddr map @ids`: the peer's identity, in the packet
-/// mark (the rule stops when the peer is no known pod).
-fn mark_peer_id(r: &mut Rule, dir: Dir) {
-    load_peer_addr(r, dir, R9);
-    r.map_ids(R9).meta_set(META_MARK, R9);
-}
-
 fn load_proto_port(r: &mut Rule, proto_reg: u32) {
     r.ct(proto_reg, CT_PROTOCOL, Some(ORIGINAL))
         .ct(proto_reg + 1, CT_PROTO_SRC, Some(REPLY));
@@ -321,37 +307,31 @@ fn load_proto_port(r: &mut Rule, proto_reg: u32) {
 /// The NetworkPolicy stage of a direction.
 fn np_stage(dir: Dir) -> Vec<Rule> {
     let s = np_sets(dir);
+    // (set, fields after subject . peer: 0 none, 1 proto, 2 proto . port)
+    let lookups = [
+        (s.any, 0),
+        (s.proto, 1),
+        (s.port, 2),
+        (s.range, 2),
+        (s.cidr_any, 0),
+        (s.cidr, 2),
+    ];
     let mut out = Vec::new();
-    // subject . peer id
-    let mut r = Rule::new();
-    mark_peer_id(&mut r, dir);
-    load_subject(&mut r, dir, R8);
-    r.meta_load(R9, META_MARK)
-        .lookup_set(R8, s.any)
-        .verdict_code(NFT_RETURN, None);
-    out.push(r);
-    // subject . peer id . proto . port
-    let mut r = Rule::new();
-    mark_peer_id(&mut r, dir);
-    load_subject(&mut r, dir, R8);
-    r.meta_load(R9, META_MARK);
-    load_proto_port(&mut r, R10);
-    r.lookup_set(R8, s.ports).verdict_code(NFT_RETURN, None);
-    out.push(r);
-    // subject . peer address
-    let mut r = Rule::new();
-    load_subject(&mut r, dir, R8);
-    load_peer_addr(&mut r, dir, R9);
-    r.lookup_set(R8, s.cidr_any).verdict_code(NFT_RETURN, None);
-    out.push(r);
-    // subject . peer address . proto . port
-    let mut r = Rule::new();
-    load_subject(&mut r, dir, R8);
-    load_peer_addr(&mut r, dir, R9);
-    load_proto_port(&mut r, R10);
-    r.lookup_set(R8, s.cidr).verdict_code(NFT_RETURN, None);
-    out.push(r);
-    // isolated: nothing above allowed it
+    for (set, extra) in lookups {
+        let mut r = Rule::new();
+        load_subject(&mut r, dir, R8);
+        load_peer_addr(&mut r, dir, R9);
+        match extra {
+            1 => {
+                r.ct(R10, CT_PROTOCOL, Some(ORIGINAL));
+            }
+            2 => load_proto_port(&mut r, R10),
+            _ => {}
+        }
+        r.lookup_set(R8, set).verdict_code(NFT_RETURN, None);
+        out.push(r);
+    }
+    // Isolated and nothing above allowed it.
     let mut r = Rule::new();
     load_subject(&mut r, dir, R8);
     r.lookup_set(R8, s.iso).verdict_code(NF_DROP, None);
@@ -379,16 +359,11 @@ fn cnp_rules(l: &CnpRuleLayout) -> Vec<Rule> {
     for pk in &peer_kinds {
         for port in &port_kinds {
             let mut r = Rule::new();
-            let needs_peer_id =
-                *pk == RuleSet::Ids || (*port == Some(RuleSet::Named) && l.dir == Dir::Egress);
-            if needs_peer_id {
-                mark_peer_id(&mut r, l.dir);
-            }
             load_subject(&mut r, l.dir, R8);
             r.lookup_set(R8, &l.subject_set);
             match pk {
                 RuleSet::Ids => {
-                    r.meta_load(R9, META_MARK);
+                    load_peer_addr(&mut r, l.dir, R9);
                     r.lookup_set(R9, &l.sets[pk]);
                 }
                 _ => {
@@ -403,10 +378,9 @@ fn cnp_rules(l: &CnpRuleLayout) -> Vec<Rule> {
                     r.lookup_set(R10, &l.sets[&RuleSet::Ports]);
                 }
                 Some(_) => {
-                    match l.dir {
-                        Dir::Egress => r.meta_load(R12, META_MARK),
-                        Dir::Ingress => r.ct(R12, CT_SRC_IP, Some(REPLY)),
-                    };
+                    // The destination's address: the peer's for egress, the subject's
+                    // for ingress; either way the connection's (post-DNAT) reply source.
+                    r.ct(R12, CT_SRC_IP, Some(REPLY));
                     load_proto_port(&mut r, R13);
                     r.lookup_set(R12, &l.sets[&RuleSet::Named]);
                 }
@@ -769,7 +743,6 @@ impl Table {
                     elems.insert(Elem {
                         key,
                         key_end: value(10),
-                        data: value(2),
                     });
                 }
             }
@@ -862,13 +835,6 @@ fn encode(ops: &[Op<'_>]) -> Vec<Message> {
                                     k.put(1, end);
                                 });
                             }
-                            if *add {
-                                if let Some(d) = &e.data {
-                                    x.nest(2, |k| {
-                                        k.put(1, d);
-                                    });
-                                }
-                            }
                         });
                     }
                     a.nest_raw(3, list.bytes());
@@ -891,7 +857,7 @@ fn chunks<'a>(elems: &'a [&'a Elem]) -> Vec<&'a [&'a Elem]> {
     let mut start = 0;
     let mut size = 0;
     for (i, e) in elems.iter().enumerate() {
-        let n = 24 + e.key.len() * 2 + e.data.as_ref().map_or(0, Vec::len);
+        let n = 24 + e.key.len() * 2;
         if size + n > MAX_ELEM_BYTES && i > start {
             out.push(&elems[start..i]);
             start = i;

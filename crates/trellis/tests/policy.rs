@@ -81,12 +81,7 @@ fn reaches(lab: &Lab, from: &str, ip: Ipv4Addr) -> bool {
 
 /// The elements of a set, as `nft` lists them.
 fn set_text(lab: &Lab, node: usize, family_table_set: &[&str]) -> String {
-    let kind = if family_table_set.last() == Some(&"ids") {
-        "map"
-    } else {
-        "set"
-    };
-    let mut argv = vec!["nft", "list", kind];
+    let mut argv = vec!["nft", "list", "set"];
     argv.extend_from_slice(family_table_set);
     let out = lab
         .exec(&lab.state.nodes[node].netns, &argv)
@@ -124,10 +119,10 @@ fn policies_from_the_server_are_enforced_across_nodes() {
         local.contains(&fresh.to_string()),
         "fresh {fresh} not in local right after ADD:\n{local}"
     );
-    let ids = set_text(&lab, 1, &["ip", "trellis-policy", "ids"]);
+    let iso = set_text(&lab, 1, &["ip", "trellis-policy", "np-in-iso"]);
     assert!(
-        ids.contains(&fresh.to_string()),
-        "fresh {fresh} has no identity right after ADD:\n{ids}"
+        iso.contains(&fresh.to_string()),
+        "fresh {fresh} is not isolated (x's default deny) right after ADD:\n{iso}"
     );
     assert!(
         !reaches(&lab, &client_ns, fresh),

@@ -25,7 +25,7 @@ use super::{exclude_hosts, network_spec, node_addresses, ClusterConfig, Served};
 
 /// What the fabric loop works from: every served network with its ready peers, and the
 /// addresses of all Nodes (for `l2` IPAM).
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct View {
     nets: Vec<(NetworkFabric, Vec<Peer>)>,
     hosts: Vec<Ipv4Addr>,
@@ -122,9 +122,17 @@ impl FabricLoop {
         let mut nodes_changed = self.nodes.subscribe();
         let mut nets_changed = self.networks.subscribe();
         let mut last_error = false;
+        let mut applied: Option<View> = None;
+        let mut due = true;
         loop {
             if let Some(view) = self.view() {
-                last_error = !self.sync(&view).await;
+                // A Node write that changes nothing the fabric reads (its heartbeat,
+                // the services it programmed) is not a reason to touch the kernel;
+                // drift is repaired at the resync tick.
+                if due || last_error || applied.as_ref() != Some(&view) {
+                    last_error = !self.sync(&view).await;
+                    applied = Some(view);
+                }
             }
             // Coalesce bursts: wait for a change (or the resync tick, sooner after an
             // error), then take everything that arrived meanwhile in one pass.
@@ -133,11 +141,11 @@ impl FabricLoop {
             } else {
                 self.cfg.resync
             };
-            tokio::select! {
-                _ = nodes_changed.changed() => {}
-                _ = nets_changed.changed() => {}
-                _ = tokio::time::sleep(tick) => {}
-            }
+            due = tokio::select! {
+                _ = nodes_changed.changed() => false,
+                _ = nets_changed.changed() => false,
+                _ = tokio::time::sleep(tick) => true,
+            };
         }
     }
 
