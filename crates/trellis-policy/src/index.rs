@@ -17,7 +17,9 @@ pub type NpKey = (String, String);
 /// Where a selector peer is filed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum PeerKey {
-    /// Pods with this label.
+    /// Pods of this namespace with this label (a `podSelector` alone).
+    NsPodLabel(String, String, String),
+    /// Pods with this label, in any namespace.
     Label(String, String),
     /// Pods in namespaces with this label.
     NsLabel(String, String),
@@ -45,7 +47,10 @@ fn peer_key(ns: &str, p: &Peer) -> Option<PeerKey> {
         return None;
     }
     if let Some((k, v)) = p.pod_selector.as_ref().and_then(|s| first(&s.match_labels)) {
-        return Some(PeerKey::Label(k, v));
+        return Some(match p.namespace_selector {
+            None => PeerKey::NsPodLabel(ns.to_string(), k, v),
+            Some(_) => PeerKey::Label(k, v),
+        });
     }
     match &p.namespace_selector {
         None => Some(PeerKey::Ns(ns.to_string())),
@@ -157,6 +162,11 @@ impl NpIndex {
         add(PeerKey::Ns(q.namespace.clone()));
         for (k, v) in &q.labels {
             add(PeerKey::Label(k.clone(), v.clone()));
+            add(PeerKey::NsPodLabel(
+                q.namespace.clone(),
+                k.clone(),
+                v.clone(),
+            ));
         }
         for (k, v) in ns_labels {
             add(PeerKey::NsLabel(k.clone(), v.clone()));
@@ -181,6 +191,7 @@ fn has_ns_selector(spec: &NetworkPolicySpec) -> bool {
 #[derive(Debug, Default)]
 pub struct IdentIndex {
     by_label: HashMap<(String, String), BTreeSet<IdentityKey>>,
+    by_ns_label: HashMap<(String, String, String), BTreeSet<IdentityKey>>,
     by_ns: HashMap<String, BTreeSet<IdentityKey>>,
 }
 
@@ -190,6 +201,10 @@ impl IdentIndex {
         for (l, v) in &k.labels {
             self.by_label
                 .entry((l.clone(), v.clone()))
+                .or_default()
+                .insert(k.clone());
+            self.by_ns_label
+                .entry((k.namespace.clone(), l.clone(), v.clone()))
                 .or_default()
                 .insert(k.clone());
         }
@@ -207,6 +222,13 @@ impl IdentIndex {
                 s.remove(k);
                 if s.is_empty() {
                     self.by_label.remove(&key);
+                }
+            }
+            let key = (k.namespace.clone(), l.clone(), v.clone());
+            if let Some(s) = self.by_ns_label.get_mut(&key) {
+                s.remove(k);
+                if s.is_empty() {
+                    self.by_ns_label.remove(&key);
                 }
             }
         }
@@ -236,6 +258,13 @@ impl IdentIndex {
             PeerKey::Label(k, v) => {
                 Some(self.by_label.get(&(k, v)).into_iter().flatten().collect())
             }
+            PeerKey::NsPodLabel(n, k, v) => Some(
+                self.by_ns_label
+                    .get(&(n, k, v))
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            ),
             PeerKey::Ns(n) => Some(self.in_ns(&n).collect()),
             PeerKey::NsLabel(k, v) => Some(
                 namespaces
