@@ -656,12 +656,15 @@ pub fn is_agent_label(key: &str) -> bool {
 
 impl Inputs {
     /// The inputs of a cluster from its objects: Namespaces, NetworkPolicies,
-    /// ClusterNetworkPolicies, Nodes, and a pod per Endpoint (its labels without the
-    /// agent's, its named ports from its Pod object). Other kinds are ignored.
+    /// ClusterNetworkPolicies, Nodes, and a pod per Endpoint (labels and named ports from
+    /// its Pod object when it names one that exists, so a label change applies without
+    /// waiting for the Endpoint to be republished; else the Endpoint's labels without the
+    /// agent's). Other kinds are ignored.
     pub fn from_objects(objects: &[trellis_api::objects::AnyObject]) -> Inputs {
         use trellis_api::objects::AnyObject;
         let mut inputs = Inputs::default();
-        let mut pod_ports: BTreeMap<(String, String), Vec<ContainerPort>> = BTreeMap::new();
+        let mut pod_objects: BTreeMap<(String, String), (Labels, Vec<ContainerPort>)> =
+            BTreeMap::new();
         for o in objects {
             match o {
                 AnyObject::Namespace(n) => {
@@ -691,12 +694,12 @@ impl Inputs {
                     );
                 }
                 AnyObject::Pod(p) => {
-                    pod_ports.insert(
+                    pod_objects.insert(
                         (
                             p.metadata.namespace.clone().unwrap_or_default(),
                             p.metadata.name.clone(),
                         ),
-                        p.spec.ports.clone(),
+                        (p.metadata.labels.clone(), p.spec.ports.clone()),
                     );
                 }
                 _ => {}
@@ -706,27 +709,28 @@ impl Inputs {
             let AnyObject::Endpoint(e) = o else { continue };
             let ns = e.metadata.namespace.clone().unwrap_or_default();
             let name = e.spec.pod_name.clone().unwrap_or(e.metadata.name.clone());
-            let ports = e
+            let declared = e
                 .spec
                 .pod_name
                 .as_ref()
-                .and_then(|n| pod_ports.get(&(ns.clone(), n.clone())))
-                .cloned()
-                .unwrap_or_default();
+                .and_then(|n| pod_objects.get(&(ns.clone(), n.clone())));
             inputs.pods.insert(
                 e.spec.ip,
                 PodInfo {
                     namespace: ns,
                     name,
                     ip: e.spec.ip,
-                    labels: e
-                        .metadata
-                        .labels
-                        .iter()
-                        .filter(|(k, _)| !is_agent_label(k))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    ports,
+                    labels: match declared {
+                        Some((labels, _)) => labels.clone(),
+                        None => e
+                            .metadata
+                            .labels
+                            .iter()
+                            .filter(|(k, _)| !is_agent_label(k))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    },
+                    ports: declared.map(|d| d.1.clone()).unwrap_or_default(),
                     node: e.spec.node.clone(),
                 },
             );
