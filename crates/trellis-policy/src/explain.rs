@@ -325,3 +325,119 @@ pub fn verdict_text(src: &End<'_>, dst: &End<'_>, proto: u8, port: u16, v: &Verd
     side(&mut out, "ingress of the destination", &v.ingress);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PodInfo;
+    use std::collections::BTreeMap;
+    use trellis_api::objects::{parse_yaml, AnyObject};
+
+    fn pod(ns: &str, name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            ip: ip.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            ports: Vec::new(),
+            node: "n1".into(),
+        }
+    }
+
+    fn inputs() -> Inputs {
+        let mut i = Inputs::default();
+        for p in [
+            pod("x", "web", [10, 0, 0, 1], &[("app", "web")]),
+            pod("x", "db", [10, 0, 0, 2], &[("app", "db")]),
+            pod("y", "client", [10, 0, 0, 3], &[("app", "client")]),
+        ] {
+            i.pods.insert(p.ip, p);
+        }
+        let yaml = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 5432}]}]
+---
+apiVersion: trellis/v1
+kind: ClusterNetworkPolicy
+metadata: {name: no-y}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}
+  ingress: [{name: deny-y, action: Deny, from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: y}}}]}]
+"#;
+        for o in parse_yaml(yaml).unwrap() {
+            match o {
+                AnyObject::NetworkPolicy(p) => {
+                    i.netpols.insert(
+                        (
+                            p.metadata.namespace.clone().unwrap(),
+                            p.metadata.name.clone(),
+                        ),
+                        p.spec,
+                    );
+                }
+                AnyObject::ClusterNetworkPolicy(p) => {
+                    i.cnps.insert(p.metadata.name.clone(), p.spec);
+                }
+                _ => unreachable!(),
+            }
+        }
+        i
+    }
+
+    #[test]
+    fn explain_lists_the_policies_in_order_and_the_allow_list() {
+        let i = inputs();
+        let db = &i.pods[&[10, 0, 0, 2].into()];
+        let text = explain(&i, db);
+        let admin = text
+            .find("1. ClusterNetworkPolicy no-y (Admin, priority 5)")
+            .unwrap();
+        let np = text.find("2. NetworkPolicy x/db (Ingress)").unwrap();
+        assert!(admin < np, "{text}");
+        assert!(
+            text.contains(
+                "allow from pods app=web in x on TCP 5432 (x/db ingress[0]; now: x/web 10.0.0.1)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("no-y/deny-y (priority 5): Deny from every pod in namespaces kubernetes.io/metadata.name=y"), "{text}");
+        let web = &i.pods[&[10, 0, 0, 1].into()];
+        assert!(explain(&i, web).contains("2. NetworkPolicies: none selects it for ingress"));
+    }
+
+    #[test]
+    fn check_names_the_deciding_rule() {
+        let i = inputs();
+        let p = |ip: [u8; 4]| End::Pod(&i.pods[&ip.into()]);
+        let v = i.check(p([10, 0, 0, 1]), p([10, 0, 0, 2]), 6, 5432);
+        assert!(v.allowed());
+        let t = verdict_text(&p([10, 0, 0, 1]), &p([10, 0, 0, 2]), 6, 5432, &v);
+        assert!(
+            t.starts_with("ALLOWED x/web (10.0.0.1) -> x/db (10.0.0.2) port 5432/TCP"),
+            "{t}"
+        );
+        assert!(t.contains("NetworkPolicy x/db ingress[0]"), "{t}");
+        let v = i.check(p([10, 0, 0, 1]), p([10, 0, 0, 2]), 6, 80);
+        assert!(!v.allowed());
+        let v = i.check(p([10, 0, 0, 3]), p([10, 0, 0, 1]), 17, 53);
+        assert!(!v.allowed(), "the admin Deny wins for y");
+        let t = verdict_text(&p([10, 0, 0, 3]), &p([10, 0, 0, 1]), 17, 53, &v);
+        assert!(
+            t.contains(
+                "denied by ClusterNetworkPolicy no-y (Admin, priority 5) ingress[deny-y] (Deny)"
+            ),
+            "{t}"
+        );
+        let v = i.check(End::Addr([192, 168, 1, 1].into()), p([10, 0, 0, 1]), 6, 80);
+        assert!(v.allowed() && v.egress.is_none());
+    }
+}

@@ -255,7 +255,7 @@ impl Report {
 }
 
 fn invalid(what: String) -> PolicyError {
-    PolicyError::Nft(NftError::Nft(what))
+    PolicyError::InvalidPort(what)
 }
 
 /// An interface name as the kernel compares it (`meta iifname`): zero-padded to

@@ -26,4 +26,7 @@ pub enum PolicyError {
     /// The kernel refused or failed a request.
     #[error(transparent)]
     Nft(#[from] trellis_net::nftnl::NftError),
+    /// A guard port that no interface could be (a bad name or MAC).
+    #[error("{0}")]
+    InvalidPort(String),
 }

@@ -660,12 +660,14 @@ impl Inputs {
     /// its Pod object when it names one that exists, so a label change applies without
     /// waiting for the Endpoint to be republished; else the Endpoint's labels without the
     /// agent's). Other kinds are ignored.
-    pub fn from_objects(objects: &[trellis_api::objects::AnyObject]) -> Inputs {
+    pub fn from_objects<'a>(
+        objects: impl IntoIterator<Item = &'a trellis_api::objects::AnyObject> + Clone,
+    ) -> Inputs {
         use trellis_api::objects::AnyObject;
         let mut inputs = Inputs::default();
         let mut pod_objects: BTreeMap<(String, String), (Labels, Vec<ContainerPort>)> =
             BTreeMap::new();
-        for o in objects {
+        for o in objects.clone() {
             match o {
                 AnyObject::Namespace(n) => {
                     inputs

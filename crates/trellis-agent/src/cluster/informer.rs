@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
+use trellis_api::objects::AnyObject;
 use trellis_client::Client;
 
 /// Objects by `namespace/name` (or `name` for cluster-scoped kinds).
@@ -19,6 +20,9 @@ pub type Objects = BTreeMap<String, Value>;
 #[derive(Debug, Default)]
 struct State {
     objects: Objects,
+    /// The same objects parsed (those that parse), so typed consumers do not parse the
+    /// whole collection on every pass.
+    typed: BTreeMap<String, Arc<AnyObject>>,
     /// Whether a list ever succeeded.
     listed: bool,
     /// Every change of the collection up to this store revision is in `objects`. (Each
@@ -84,11 +88,22 @@ impl Informer {
             // A DELETED event's object carries the revision of its deletion.
             let rv = revision(&ev["object"]["metadata"]["resourceVersion"]);
             match ev["type"].as_str() {
-                Some("ADDED") | Some("MODIFIED") => self.update(rv, |m| {
-                    m.insert(key(&ev["object"]), ev["object"].clone());
-                }),
-                Some("DELETED") => self.update(rv, |m| {
-                    m.remove(&key(&ev["object"]));
+                Some("ADDED") | Some("MODIFIED") => {
+                    let o = ev["object"].clone();
+                    let parsed = AnyObject::from_value(o.clone()).ok().map(Arc::new);
+                    self.update(rv, |s| {
+                        let k = key(&o);
+                        match parsed {
+                            Some(p) => s.typed.insert(k.clone(), p),
+                            None => s.typed.remove(&k),
+                        };
+                        s.objects.insert(k, o);
+                    })
+                }
+                Some("DELETED") => self.update(rv, |s| {
+                    let k = key(&ev["object"]);
+                    s.objects.remove(&k);
+                    s.typed.remove(&k);
                 }),
                 Some("RESYNC") => self.replace(
                     ev["items"].as_array().cloned().unwrap_or_default(),
@@ -103,17 +118,25 @@ impl Informer {
     }
 
     fn replace(&self, items: Vec<Value>, revision: u64) {
+        let typed = items
+            .iter()
+            .filter_map(|o| {
+                let p = AnyObject::from_value(o.clone()).ok()?;
+                Some((key(o), Arc::new(p)))
+            })
+            .collect();
         let mut s = self.state.lock().expect("informer lock");
         s.objects = items.into_iter().map(|o| (key(&o), o)).collect();
+        s.typed = typed;
         s.listed = true;
         s.revision = s.revision.max(revision);
         drop(s);
         self.changed.send_modify(|v| *v += 1);
     }
 
-    fn update(&self, revision: u64, f: impl FnOnce(&mut Objects)) {
+    fn update(&self, revision: u64, f: impl FnOnce(&mut State)) {
         let mut s = self.state.lock().expect("informer lock");
-        f(&mut s.objects);
+        f(&mut s);
         s.revision = s.revision.max(revision);
         drop(s);
         self.changed.send_modify(|v| *v += 1);
@@ -135,6 +158,13 @@ impl Informer {
     pub fn snapshot_at(&self) -> Option<(Objects, u64)> {
         let s = self.state.lock().expect("informer lock");
         s.listed.then(|| (s.objects.clone(), s.revision))
+    }
+
+    /// The current objects parsed (objects that do not parse are left out), or `None`
+    /// before the first list succeeded.
+    pub fn typed_snapshot(&self) -> Option<Vec<Arc<AnyObject>>> {
+        let s = self.state.lock().expect("informer lock");
+        s.listed.then(|| s.typed.values().cloned().collect())
     }
 
     /// A receiver that sees a new value after every change.

@@ -26,7 +26,7 @@ use trellis_policy::compile::Compiler;
 use trellis_policy::model::{Inputs, PodInfo};
 use trellis_policy::table::Table;
 
-use super::informer::{Informer, Objects};
+use super::informer::Informer;
 use crate::gate::{Gate, PodPolicy};
 use crate::node::Node;
 
@@ -75,25 +75,19 @@ pub struct PolicyController {
     resync: Duration,
 }
 
-fn typed(objs: &Objects) -> Vec<AnyObject> {
-    objs.values()
-        .filter_map(|v| AnyObject::from_value(v.clone()).ok())
-        .collect()
-}
-
 /// The inputs from informer snapshots and this node's reservations; `None` until every
 /// informer has listed once.
 fn build_inputs(node: &str, inf: &Informers, served: &[Arc<Node>]) -> Option<Inputs> {
     let mut objects = Vec::new();
     for i in inf.all() {
-        objects.extend(typed(&i.snapshot()?));
+        objects.extend(i.typed_snapshot()?);
     }
-    let mut inputs = Inputs::from_objects(&objects);
+    let mut inputs = Inputs::from_objects(objects.iter().map(|o| &**o));
     // Our own pods come from IPAM: known from the moment their address is reserved.
     inputs.pods.retain(|_, p| p.node != node);
     let pods: BTreeMap<(String, String), &Pod> = objects
         .iter()
-        .filter_map(|o| match o {
+        .filter_map(|o| match &**o {
             AnyObject::Pod(p) => Some((
                 (
                     p.metadata.namespace.clone().unwrap_or_default(),
