@@ -218,3 +218,149 @@ fn lab_up_two_nodes_one_pod_answers_every_demo_request() {
 fn lab_up_l2_shows_a_full_mesh_and_down_removes_it() {
     up_and_down("l2", 3, 1);
 }
+
+/// Trying policies in a lab, as docs/policy.md walks through it: `lab pod add` declares
+/// Pods with namespaces, labels and named ports and serves HTTP on their TCP ports; a
+/// default-deny policy and `policy check` agree with what the pods see; bad flags
+/// change nothing; `lab pod del` removes a pod and its Pod object.
+#[test]
+fn lab_pods_to_try_policies() {
+    require(&["ip", "nft", "busybox"]);
+    sweep_stale();
+    let name = format!("tdemo{}xpol", std::process::id());
+    let _guard = Down(name.clone());
+    let up = lab_cmd(&["up", "--nodes", "2", "--pods", "1", "--name", &name]);
+    assert!(up.status.success(), "lab up: {}", text(&up));
+    let t = trellis().display().to_string();
+    let add = |args: &[&str]| {
+        let mut v = vec!["pod", "add"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&["--lab", &name]);
+        lab_cmd(&v)
+    };
+    let web = add(&[
+        "web",
+        "--node",
+        "n1",
+        "--namespace",
+        "x",
+        "--labels",
+        "app=web",
+        "--ports",
+        "http:8080/tcp",
+    ]);
+    assert!(web.status.success(), "{}", text(&web));
+    let web_ip = text(&web)
+        .split_whitespace()
+        .find_map(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse::<std::net::Ipv4Addr>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no address in {}", text(&web)));
+    let client = add(&[
+        "client",
+        "--node",
+        "n2",
+        "--namespace",
+        "y",
+        "--labels",
+        "app=client",
+    ]);
+    assert!(client.status.success(), "{}", text(&client));
+    let fetch = || {
+        let o = lab_cmd(&[
+            "exec",
+            &name,
+            "n2-client",
+            "--",
+            "timeout",
+            "2",
+            "busybox",
+            "wget",
+            "-q",
+            "-O-",
+            &format!("http://{web_ip}:8080/"),
+        ]);
+        text(&o).contains("x/web")
+    };
+    assert!(
+        trellis_lab::wait_for(std::time::Duration::from_secs(10), fetch),
+        "client never reached web"
+    );
+
+    // Bad flags: an error naming the flag, and no pod made.
+    let before = namespaces_of(&name).len();
+    for (args, flag) in [
+        (vec!["bad", "--node", "n9"], "--node"),
+        (vec!["bad", "--node", "n1", "--labels", "a b=1"], "--labels"),
+        (
+            vec!["bad", "--node", "n1", "--ports", "http:99999"],
+            "--ports",
+        ),
+    ] {
+        let o = add(&args);
+        assert!(
+            !o.status.success() && text(&o).contains(flag),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+    assert_eq!(
+        namespaces_of(&name).len(),
+        before,
+        "a refused pod left a namespace"
+    );
+
+    // x becomes default-deny for ingress: check and the data path agree.
+    let manifest = std::env::temp_dir().join(format!("{name}-deny.yaml"));
+    std::fs::write(
+        &manifest,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n",
+    )
+    .unwrap();
+    let apply = lab_cmd(&[
+        "exec",
+        &name,
+        "u",
+        "--",
+        &t,
+        "apply",
+        "-f",
+        &manifest.display().to_string(),
+    ]);
+    let _ = std::fs::remove_file(&manifest);
+    assert!(apply.status.success(), "{}", text(&apply));
+    // The pods are known to policy once their Endpoints are published.
+    let mut verdict = String::new();
+    let denied = trellis_lab::wait_for(std::time::Duration::from_secs(10), || {
+        let check = lab_cmd(&[
+            "exec",
+            &name,
+            "u",
+            "--",
+            &t,
+            "policy",
+            "check",
+            "y/client",
+            "x/web:8080/tcp",
+        ]);
+        verdict = text(&check);
+        !check.status.success() && verdict.starts_with("DENIED")
+    });
+    assert!(denied, "{verdict}");
+    assert!(
+        trellis_lab::wait_for(std::time::Duration::from_secs(10), || !fetch()),
+        "the deny was not enforced"
+    );
+
+    let del = lab_cmd(&["pod", "del", "web", "--lab", &name]);
+    assert!(del.status.success(), "{}", text(&del));
+    assert_eq!(namespaces_of(&name).len(), before - 1);
+    let get = lab_cmd(&["exec", &name, "u", "--", &t, "get", "pod", "web", "-n", "x"]);
+    assert!(
+        !get.status.success(),
+        "the Pod object outlived lab pod del: {}",
+        text(&get)
+    );
+}

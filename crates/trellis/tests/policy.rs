@@ -186,6 +186,27 @@ fn policies_from_the_server_are_enforced_across_nodes() {
     let bad_cnp = "apiVersion: trellis/v1\nkind: ClusterNetworkPolicy\nmetadata: {name: bad}\nspec: {tier: Admin, priority: 1001, subject: {namespaces: {}}}\n";
     let e = lab.apply(&t, bad_cnp).expect_err("priority out of range");
     assert!(e.to_string().contains("spec.priority"), "{e}");
+    let head = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\nspec:\n";
+    for (spec, field) in [
+        ("  podSelector: {}\n  ingres: []\n", "ingres"),
+        (
+            "  podSelector: {matchExpressions: [{key: app, operator: Equals, values: [a]}]}\n",
+            "spec.podSelector.matchExpressions[0].operator",
+        ),
+        (
+            "  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]\n",
+            "spec.egress[0].to[0].ipBlock.except[0]",
+        ),
+        (
+            "  egress: [{to: [{ipBlock: {cidr: 10.0.0.1/16}}]}]\n",
+            "spec.egress[0].to[0].ipBlock.cidr",
+        ),
+    ] {
+        let e = lab
+            .apply(&t, &format!("{head}{spec}"))
+            .expect_err("bad policy refused");
+        assert!(e.to_string().contains(field), "{field}: {e}");
+    }
     assert!(lab.cli(&t, &["get", "netpol", "bad", "-n", "x"]).is_err());
     assert!(lab.cli(&t, &["get", "cnp", "bad"]).is_err());
 
