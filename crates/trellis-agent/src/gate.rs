@@ -19,9 +19,9 @@ use crate::node::Node;
 
 /// The policy side of admission (cluster mode).
 pub trait PodPolicy: Send + Sync + std::fmt::Debug {
-    /// Program the policy elements of every pod the node's IPAM holds (the new one
-    /// included) before returning; an error fails the ADD.
-    fn admit(&self) -> Result<(), String>;
+    /// Program the policy elements of pod `r` (whose address is reserved) before
+    /// returning; an error fails the ADD.
+    fn admit(&self, r: &Reservation) -> Result<(), String>;
     /// The `allowedSourceAddresses` of pod `namespace/name`, if it is declared.
     fn allowed_sources(&self, namespace: &str, name: &str) -> Vec<Ipv4Net>;
 }
@@ -77,7 +77,7 @@ impl Gate {
             .add_port(&port)
             .map_err(|e| format!("anti-spoofing for {}: {e}", port.ifname))?;
         if let Some(p) = self.policy.get() {
-            p.admit().map_err(|e| format!("network policy: {e}"))?;
+            p.admit(r).map_err(|e| format!("network policy: {e}"))?;
         }
         Ok(())
     }

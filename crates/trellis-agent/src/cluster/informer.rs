@@ -167,6 +167,16 @@ impl Informer {
         s.listed.then(|| s.typed.values().cloned().collect())
     }
 
+    /// The parsed object at `key` (`namespace/name`, or `name`), if present.
+    pub fn get_typed(&self, key: &str) -> Option<Arc<AnyObject>> {
+        self.state
+            .lock()
+            .expect("informer lock")
+            .typed
+            .get(key)
+            .cloned()
+    }
+
     /// A receiver that sees a new value after every change.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()

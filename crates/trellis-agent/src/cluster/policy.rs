@@ -22,12 +22,13 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use trellis_api::objects::{AnyObject, Pod};
 use trellis_client::Client;
-use trellis_policy::compile::Compiler;
+use trellis_policy::compile::{Change, Compiler};
 use trellis_policy::model::{Inputs, PodInfo};
 use trellis_policy::table::Table;
 
 use super::informer::Informer;
 use crate::gate::{Gate, PodPolicy};
+use crate::ipam::Reservation;
 use crate::node::Node;
 
 /// How long an ADD waits for the first complete view of the policies.
@@ -100,31 +101,34 @@ fn build_inputs(node: &str, inf: &Informers, served: &[Arc<Node>]) -> Option<Inp
         .collect();
     for n in served {
         for r in n.ipam().list() {
-            let ns = r.pod_namespace.clone().unwrap_or_else(|| "default".into());
-            let pod = r
-                .pod_name
-                .as_ref()
-                .and_then(|name| pods.get(&(ns.clone(), name.clone())));
-            let labels = pod
-                .map(|p| p.metadata.labels.clone())
-                .unwrap_or_else(|| r.labels.clone());
-            inputs.pods.insert(
-                r.ip,
-                PodInfo {
-                    namespace: ns,
-                    name: r
-                        .pod_name
-                        .clone()
-                        .unwrap_or(r.attachment.container_id.clone()),
-                    ip: r.ip,
-                    labels,
-                    ports: pod.map(|p| p.spec.ports.clone()).unwrap_or_default(),
-                    node: node.to_string(),
-                },
-            );
+            let pod = r.pod_name.as_ref().and_then(|name| {
+                pods.get(&(
+                    r.pod_namespace.clone().unwrap_or_else(|| "default".into()),
+                    name.clone(),
+                ))
+            });
+            inputs.pods.insert(r.ip, local_pod(node, &r, pod.copied()));
         }
     }
     Some(inputs)
+}
+
+/// The policy view of a reservation of this node: labels and named ports from its Pod
+/// object when it names one that exists, else the ADD's `LABELS`.
+fn local_pod(node: &str, r: &Reservation, pod: Option<&Pod>) -> PodInfo {
+    PodInfo {
+        namespace: r.pod_namespace.clone().unwrap_or_else(|| "default".into()),
+        name: r
+            .pod_name
+            .clone()
+            .unwrap_or(r.attachment.container_id.clone()),
+        ip: r.ip,
+        labels: pod
+            .map(|p| p.metadata.labels.clone())
+            .unwrap_or_else(|| r.labels.clone()),
+        ports: pod.map(|p| p.spec.ports.clone()).unwrap_or_default(),
+        node: node.to_string(),
+    }
 }
 
 impl PolicyController {
@@ -226,7 +230,34 @@ impl PolicyController {
 }
 
 impl PodPolicy for PolicyController {
-    fn admit(&self) -> Result<(), String> {
+    fn admit(&self, r: &Reservation) -> Result<(), String> {
+        // Once a pass has compiled the cluster, the new pod is one change: its
+        // elements only, whatever the cluster's size.
+        {
+            let mut st = self.state.lock().expect("policy lock");
+            if st.last_full.is_some() {
+                let ns = r.pod_namespace.as_deref().unwrap_or("default");
+                let pod = r
+                    .pod_name
+                    .as_ref()
+                    .and_then(|name| self.informers.pods.get_typed(&format!("{ns}/{name}")));
+                let pod = pod.as_deref().and_then(|o| match o {
+                    AnyObject::Pod(p) => Some(p),
+                    _ => None,
+                });
+                let info = local_pod(&self.node, r, pod);
+                let st = &mut *st;
+                let delta = st.compiler.apply(vec![Change::Pod(r.ip, Some(info))]);
+                return match st.table.apply(&st.compiler, &delta) {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        st.table.mark_dirty();
+                        st.last_full = None;
+                        Err(e.to_string())
+                    }
+                };
+            }
+        }
         let deadline = Instant::now() + ADMIT_WAIT;
         loop {
             if self.pass()? {
