@@ -497,47 +497,41 @@ impl Atoms {
 
     /// This node's pods with identity `s` are now `addrs`: re-emit its subject groups.
     pub fn set_subject(&mut self, s: u32, addrs: BTreeSet<Ipv4Addr>, delta: &mut Delta) {
-        if Self::store(&mut self.subjects, s, addrs) {
-            let groups: Vec<Group> = self
-                .by_subject
-                .get(&s)
-                .map(|g| g.iter().cloned().collect())
-                .unwrap_or_default();
-            for g in groups {
-                self.emit(g, delta);
-            }
-        }
+        self.set_members(true, s, addrs, delta);
     }
 
     /// The pods with identity `q` are now `addrs`: re-emit its peer groups.
     pub fn set_peer(&mut self, q: u32, addrs: BTreeSet<Ipv4Addr>, delta: &mut Delta) {
-        if Self::store(&mut self.peers, q, addrs) {
-            let groups: Vec<Group> = self
-                .by_peer
-                .get(&q)
-                .map(|g| g.iter().cloned().collect())
-                .unwrap_or_default();
-            for g in groups {
-                self.emit(g, delta);
-            }
-        }
+        self.set_members(false, q, addrs, delta);
     }
 
-    /// Record `addrs` for `id`; whether it changed.
-    fn store(
-        map: &mut HashMap<u32, BTreeSet<Ipv4Addr>>,
+    fn set_members(
+        &mut self,
+        subject: bool,
         id: u32,
         addrs: BTreeSet<Ipv4Addr>,
-    ) -> bool {
+        delta: &mut Delta,
+    ) {
+        let (map, index) = if subject {
+            (&mut self.subjects, &self.by_subject)
+        } else {
+            (&mut self.peers, &self.by_peer)
+        };
         if map.get(&id).map_or(addrs.is_empty(), |a| *a == addrs) {
-            return false;
+            return;
         }
         if addrs.is_empty() {
             map.remove(&id);
         } else {
             map.insert(id, addrs);
         }
-        true
+        let groups: Vec<Group> = index
+            .get(&id)
+            .map(|g| g.iter().cloned().collect())
+            .unwrap_or_default();
+        for g in groups {
+            self.emit(g, delta);
+        }
     }
 
     /// Recompute group `g`'s elements and record the difference.

@@ -432,52 +432,15 @@ impl Inputs {
             Dir::Egress => q.as_ref(),
         };
         let mut logged = Vec::new();
-        let mut passed = false;
-        for (name, c) in self.cnps_in_order(Tier::Admin) {
-            if passed {
-                break;
-            }
-            if !self.subject_selects(&c.subject, &s) {
-                continue;
-            }
-            let rules = match dir {
-                Dir::Ingress => &c.ingress,
-                Dir::Egress => &c.egress,
+        let tier = |t: Tier, logged: &mut Vec<String>| {
+            self.tier(t, dir, &s, peer, q.as_ref(), dst, (proto, port), logged)
+        };
+        if let Some((allowed, reason)) = tier(Tier::Admin, &mut logged) {
+            return SideVerdict {
+                allowed,
+                reason,
+                logged,
             };
-            for (i, r) in rules.iter().enumerate() {
-                if !self.cnp_rule_matches(r, peer, q.as_ref(), dst, proto, port) {
-                    continue;
-                }
-                let what = format!(
-                    "ClusterNetworkPolicy {name} (Admin, priority {}) {}[{}] ({:?})",
-                    c.priority,
-                    dir.as_str(),
-                    r.display_name(i),
-                    r.action
-                );
-                match r.action {
-                    CnpAction::Accept => {
-                        return SideVerdict {
-                            allowed: true,
-                            reason: what,
-                            logged,
-                        }
-                    }
-                    CnpAction::Deny => {
-                        return SideVerdict {
-                            allowed: false,
-                            reason: what,
-                            logged,
-                        }
-                    }
-                    CnpAction::Log => logged.push(what),
-                    CnpAction::Pass => {
-                        logged.push(what);
-                        passed = true;
-                        break;
-                    }
-                }
-            }
         }
         // NetworkPolicies.
         let mut selecting = Vec::new();
@@ -528,8 +491,37 @@ impl Inputs {
                 logged,
             };
         }
-        for (name, c) in self.cnps_in_order(Tier::Baseline) {
-            if !self.subject_selects(&c.subject, &s) {
+        if let Some((allowed, reason)) = tier(Tier::Baseline, &mut logged) {
+            return SideVerdict {
+                allowed,
+                reason,
+                logged,
+            };
+        }
+        SideVerdict {
+            allowed: true,
+            reason: format!("no policy selects the pod for {}", dir.as_str()),
+            logged,
+        }
+    }
+
+    /// The rules of `t`'s ClusterNetworkPolicies selecting subject `s`, in order: the
+    /// first matching Accept or Deny decides (`Some((allowed, reason))`); Log rules are
+    /// recorded and passed; a Pass (Admin only) or no match decides nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn tier(
+        &self,
+        t: Tier,
+        dir: Dir,
+        s: &IdentityKey,
+        peer: End<'_>,
+        q: Option<&IdentityKey>,
+        dst: Option<&IdentityKey>,
+        (proto, port): (u8, u16),
+        logged: &mut Vec<String>,
+    ) -> Option<(bool, String)> {
+        for (name, c) in self.cnps_in_order(t) {
+            if !self.subject_selects(&c.subject, s) {
                 continue;
             }
             let rules = match dir {
@@ -537,40 +529,28 @@ impl Inputs {
                 Dir::Egress => &c.egress,
             };
             for (i, r) in rules.iter().enumerate() {
-                if !self.cnp_rule_matches(r, peer, q.as_ref(), dst, proto, port) {
+                if !self.cnp_rule_matches(r, peer, q, dst, proto, port) {
                     continue;
                 }
                 let what = format!(
-                    "ClusterNetworkPolicy {name} (Baseline, priority {}) {}[{}] ({:?})",
+                    "ClusterNetworkPolicy {name} ({t:?}, priority {}) {}[{}] ({:?})",
                     c.priority,
                     dir.as_str(),
                     r.display_name(i),
                     r.action
                 );
                 match r.action {
-                    CnpAction::Accept | CnpAction::Pass => {
-                        return SideVerdict {
-                            allowed: true,
-                            reason: what,
-                            logged,
-                        }
-                    }
-                    CnpAction::Deny => {
-                        return SideVerdict {
-                            allowed: false,
-                            reason: what,
-                            logged,
-                        }
-                    }
+                    CnpAction::Accept => return Some((true, what)),
+                    CnpAction::Deny => return Some((false, what)),
                     CnpAction::Log => logged.push(what),
+                    CnpAction::Pass => {
+                        logged.push(what);
+                        return None;
+                    }
                 }
             }
         }
-        SideVerdict {
-            allowed: true,
-            reason: format!("no policy selects the pod for {}", dir.as_str()),
-            logged,
-        }
+        None
     }
 
     fn cnp_rule_matches(
