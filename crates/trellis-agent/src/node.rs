@@ -180,6 +180,15 @@ impl Node {
             }
         };
         sysctl::ensure("net/ipv4/ip_forward", "1").map_err(|e| e.to_string())?;
+        // Pods on one bridge reach each other without routing: the ip hooks (network
+        // policy, and the service proxy's hairpin) see their traffic only through
+        // br_netfilter.
+        match sysctl::ensure("net/bridge/bridge-nf-call-iptables", "1") {
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                "bridged traffic is not filtered ({e}): traffic between pods of one node escapes network policy; load br_netfilter (modprobe br_netfilter)"
+            ),
+        }
         let nat_cfg = NatConfig {
             table: cfg.nat_table.clone(),
             pod_subnet: ipam.subnet(),

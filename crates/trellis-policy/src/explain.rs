@@ -439,5 +439,23 @@ spec:
         );
         let v = i.check(End::Addr([192, 168, 1, 1].into()), p([10, 0, 0, 1]), 6, 80);
         assert!(v.allowed() && v.egress.is_none());
+        // The pod's own node is never policed; another node is.
+        let mut i = i.clone();
+        for (n, a) in [("n1", [192, 168, 77, 11]), ("n2", [192, 168, 77, 12])] {
+            i.nodes.insert(
+                n.into(),
+                crate::model::NodeInfo {
+                    labels: BTreeMap::new(),
+                    address: a.into(),
+                },
+            );
+        }
+        let db = End::Pod(&i.pods[&[10, 0, 0, 2].into()]);
+        assert!(i
+            .check(End::Addr([192, 168, 77, 11].into()), db, 6, 80)
+            .allowed());
+        assert!(!i
+            .check(End::Addr([192, 168, 77, 12].into()), db, 6, 80)
+            .allowed());
     }
 }

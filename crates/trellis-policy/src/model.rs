@@ -405,6 +405,19 @@ impl Inputs {
                 };
             }
         }
+        // A pod's own node reaches it whatever the policies (kubelet-style probes).
+        if let (End::Addr(a), End::Pod(p)) = (src, dst) {
+            if self.nodes.get(&p.node).is_some_and(|n| n.address == a) {
+                return Verdict {
+                    egress: None,
+                    ingress: Some(SideVerdict {
+                        allowed: true,
+                        reason: format!("the pod's own node ({}) is never policed", p.node),
+                        logged: Vec::new(),
+                    }),
+                };
+            }
+        }
         let egress = match src {
             End::Pod(p) => Some(self.side(p, Dir::Egress, dst, proto, port)),
             End::Addr(_) => None,

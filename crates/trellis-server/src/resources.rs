@@ -103,7 +103,6 @@ fn parse_rv(s: Option<&str>, field: &str) -> Result<Option<Revision>, ApiError> 
     }
 }
 
-/// The node an object belongs to, for node-token authorization.
 /// What the server sets on every write: a Namespace's automatic name label.
 fn normalize(obj: &mut AnyObject) {
     if let AnyObject::Namespace(ns) = obj {
@@ -123,6 +122,7 @@ fn check_privileged(role: &Role, obj: &AnyObject) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The node an object belongs to, for node-token authorization.
 fn node_of(obj: &AnyObject) -> Option<&str> {
     match obj {
         AnyObject::Endpoint(e) => Some(e.spec.node.as_str()),

@@ -725,6 +725,10 @@ fn unchanged(want: &AnyObject, current: &Value) -> bool {
     };
     let mut want = want.clone();
     fill_allocated(&mut want, &cur);
+    // The server labels every Namespace with its name.
+    if let AnyObject::Namespace(n) = &mut want {
+        n.add_name_label();
+    }
     let (w, c) = (want.to_value(), cur.to_value());
     w["spec"] == c["spec"] && w["metadata"]["labels"] == c["metadata"]["labels"]
 }

@@ -8,7 +8,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::cluster::{cluster_lab, http_get};
+use common::cluster::{cluster_lab, http_get, http_get_port};
 use common::{plugin, trellis};
 use trellis_lab::{wait_for, Lab};
 
@@ -128,6 +128,29 @@ fn policies_from_the_server_are_enforced_across_nodes() {
         !reaches(&lab, &client_ns, fresh),
         "client reached the fresh (isolated) pod"
     );
+    // Drift: an element deleted by hand comes back with the next full sync (resync 5 s).
+    lab.exec(
+        &lab.state.nodes[1].netns,
+        &[
+            "nft",
+            "delete",
+            "element",
+            "ip",
+            "trellis-policy",
+            "np-in-iso",
+            &format!("{{ {fresh} }}"),
+        ],
+    )
+    .expect("delete an element by hand");
+    assert!(
+        wait_for(Duration::from_secs(15), || set_text(
+            &lab,
+            1,
+            &["ip", "trellis-policy", "np-in-iso"]
+        )
+        .contains(&fresh.to_string())),
+        "the deleted element was not restored"
+    );
     let sources = set_text(&lab, 1, &["bridge", "trellis-guard", "port-sources"]);
     assert!(
         sources.contains(&fresh.to_string()) && sources.contains("10.99.0.0/16"),
@@ -174,6 +197,30 @@ fn policies_from_the_server_are_enforced_across_nodes() {
     assert!(
         nss.contains("kubernetes.io/metadata.name=x"),
         "the automatic label: {nss}"
+    );
+
+    // Through a Service: policy applies to the pod behind the DNAT (its port 8080).
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n",
+    )
+    .unwrap();
+    let svc: serde_json::Value = serde_json::from_str(
+        &lab.cli(&t, &["get", "svc", "web", "-n", "x", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let cluster_ip: Ipv4Addr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || !http_get_port(
+            &lab, &client_ns, cluster_ip, 80
+        )
+        .is_empty()),
+        "client (allowed on web's port 8080) never reached web through the Service"
+    );
+    assert!(
+        http_get_port(&lab, &other_ns, cluster_ip, 80).is_empty(),
+        "other (x, not allowed) reached web through the Service"
     );
 
     // Bad input: a clear error naming the field, nothing stored.

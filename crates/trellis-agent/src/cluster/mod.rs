@@ -308,8 +308,14 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
         })
         .collect();
     // The node's own addresses: its connections to its pods are never policed.
+    // (Under l2 the pods' gateway is the segment's router, not the node's.)
     let mut node_addrs = vec![local.address];
-    node_addrs.extend(served.iter().map(|s| s.node.ipam().gateway()));
+    node_addrs.extend(
+        served
+            .iter()
+            .filter(|s| s.started_backend != Backend::L2)
+            .map(|s| s.node.ipam().gateway()),
+    );
     let policy = policy::PolicyController::new(
         &client,
         &cfg.node,

@@ -216,15 +216,16 @@ impl Spec for NetworkPolicySpec {
 }
 
 impl NetworkPolicySpec {
-    /// The directions the policy isolates: `policyTypes` when given, else `Ingress` plus
-    /// `Egress` when there are egress rules.
+    /// The directions the policy isolates: `policyTypes` when given (and not empty, which
+    /// Kubernetes treats as unset), else `Ingress` plus `Egress` when there are egress
+    /// rules.
     pub fn effective_types(&self) -> (bool, bool) {
         match &self.policy_types {
-            Some(t) => (
+            Some(t) if !t.is_empty() => (
                 t.contains(&PolicyType::Ingress),
                 t.contains(&PolicyType::Egress),
             ),
-            None => (true, !self.egress.is_empty()),
+            _ => (true, !self.egress.is_empty()),
         }
     }
 
@@ -440,6 +441,12 @@ spec:
         assert_eq!(s.effective_types(), (true, true));
         s.policy_types = Some(vec![PolicyType::Egress]);
         assert_eq!(s.effective_types(), (false, true));
+        s.policy_types = Some(vec![]);
+        assert_eq!(
+            s.effective_types(),
+            (true, true),
+            "an empty list is the default"
+        );
     }
 
     #[test]

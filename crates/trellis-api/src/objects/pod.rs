@@ -84,8 +84,8 @@ impl PodSpec {
             .map(|p| p.container_port)
     }
 
-    /// Whether any allowed source prefix is `/0` (lifts anti-spoofing entirely; only an
-    /// admin may set it).
+    /// Whether any allowed source prefix is `/0` (the pod may send from any IPv4
+    /// source; its MAC, ARP and DHCP checks stay; only an admin may set it).
     pub fn allows_any_source(&self) -> bool {
         self.allowed_source_addresses
             .iter()
