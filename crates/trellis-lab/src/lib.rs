@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod cni;
 pub mod conformance;
+pub mod scratch;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

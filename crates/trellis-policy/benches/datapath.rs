@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trellis_api::objects::{parse_yaml, AnyObject};
-use trellis_net::Netns;
+use trellis_lab::scratch::{in_ns, sh};
 use trellis_policy::compile::Compiler;
 use trellis_policy::model::{Inputs, PodInfo};
 use trellis_policy::table::Table;
@@ -28,18 +28,6 @@ use trellis_policy::table::Table;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
 const CONN_PORT: u16 = 8080;
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Lab {
     prefix: String,
@@ -163,13 +151,6 @@ impl Lab {
         lab.procs.push(iperf);
         lab
     }
-}
-
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || Netns::open(&path).expect("netns").run(f).expect("enter"))
-        .join()
-        .expect("thread")
 }
 
 fn pods() -> BTreeMap<Ipv4Addr, PodInfo> {

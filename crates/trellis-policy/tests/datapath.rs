@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use trellis_api::objects::{parse_yaml, AnyObject, ContainerPort, PolicyProtocol};
-use trellis_net::Netns;
+use trellis_lab::scratch::{in_ns, require_root, sh, sweep_stale};
 use trellis_policy::compile::Compiler;
 use trellis_policy::model::{End, Inputs, PodInfo};
 use trellis_policy::table::Table;
@@ -30,48 +30,6 @@ const NODE: &str = "node-1";
 
 fn pod_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 1, 1 + u8::try_from(i).unwrap())
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sweep_stale() {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        }
-    }
-}
-
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let netns = Netns::open(&path).expect("open namespace");
-        netns.run(f).expect("enter namespace")
-    })
-    .join()
-    .expect("thread inside namespace panicked")
 }
 
 struct Lab {
@@ -99,13 +57,8 @@ impl Drop for Lab {
 
 impl Lab {
     fn new(test: &str) -> Lab {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "run the policy tests as root"
-        );
-        sweep_stale();
+        require_root("the policy tests create network namespaces and nftables tables");
+        sweep_stale(PREFIX);
         let prefix = format!("{PREFIX}{}-{test}-", std::process::id());
         let mut lab = Lab {
             node: format!("{prefix}node"),

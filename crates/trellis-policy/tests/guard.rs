@@ -13,12 +13,11 @@
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use trellis_net::Netns;
+use trellis_lab::scratch::{in_ns, require_root, run, sh, sweep_stale};
 use trellis_policy::guard::{Guard, GuardPort, Report};
 
 const PREFIX: &str = "trgd-";
@@ -47,65 +46,10 @@ fn mac_text(m: [u8; 6]) -> String {
         .join(":")
 }
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e} (is it installed?)"))
-}
-
-/// Run a command, panicking with its output unless it succeeds.
-fn sh(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn require_root_and_tools() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the guard tests create network namespaces and nftables tables: run them as root"
-    );
+    require_root("the guard tests create network namespaces and nftables tables");
     sh(&["ip", "-V"]);
     sh(&["nft", "--version"]);
-}
-
-/// Delete namespaces of earlier runs (`trgd-<pid>-...`) whose process is gone.
-fn sweep_stale() {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("sweeping stale namespace {name}");
-            let _ = run(&["ip", "netns", "del", &name]);
-        }
-    }
-}
-
-/// Run `f` on a fresh thread inside namespace `ns` and return its result.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let netns = Netns::open(&path).expect("open namespace");
-        netns.run(f).expect("enter namespace")
-    })
-    .join()
-    .expect("thread inside namespace panicked")
 }
 
 /// An AF_PACKET socket on a pod's `eth0`: sends frames as written, sees every frame
@@ -304,7 +248,7 @@ struct Lab {
 impl Lab {
     fn new(test: &str) -> Lab {
         require_root_and_tools();
-        sweep_stale();
+        sweep_stale(PREFIX);
         let mut lab = Lab {
             prefix: format!("{PREFIX}{}-{test}-", std::process::id()),
             namespaces: Vec::new(),
