@@ -223,6 +223,40 @@ fn policies_from_the_server_are_enforced_across_nodes() {
         "other (x, not allowed) reached web through the Service"
     );
 
+    // Through a NodePort from outside the cluster (the underlay namespace): denied by x's
+    // default deny, allowed once an ipBlock admits the underlay segment.
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec: {type: NodePort, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n",
+    )
+    .unwrap();
+    let svc: serde_json::Value = serde_json::from_str(
+        &lab.cli(&t, &["get", "svc", "web", "-n", "x", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let node_port = u16::try_from(svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap()).unwrap();
+    let (outside, n1) = (lab.state.underlay.clone(), lab.state.nodes[0].addr);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        http_get_port(&lab, &outside, n1, node_port).is_empty(),
+        "the outside reached web (default deny) through its NodePort"
+    );
+    lab.apply(
+        &t,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-lan, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{ipBlock: {cidr: 192.168.77.0/24}}], ports: [{port: http}]}]\n",
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || !http_get_port(
+            &lab, &outside, n1, node_port
+        )
+        .is_empty()),
+        "the outside never reached web through its NodePort once its segment was allowed"
+    );
+    lab.cli(&t, &["delete", "netpol", "web-from-lan", "-n", "x"])
+        .unwrap();
+
     // Bad input: a clear error naming the field, nothing stored.
     let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\nspec:\n  ingress: [{ports: [{port: http, endPort: 9000}]}]\n";
     let e = lab.apply(&t, bad).expect_err("endPort with a named port");
