@@ -17,6 +17,7 @@ use ipnet::Ipv4Net;
 use trellis_fabric::naming;
 use trellis_fabric::udp::{UdpPump, UdpStats};
 use trellis_fabric::{TunDevice, UDP_OVERHEAD, UDP_PORT};
+use trellis_lab::scratch::{in_ns, run, sh, sweep_stale};
 use trellis_net::Netns;
 
 const PREFIX: &str = "trudp-";
@@ -30,45 +31,6 @@ fn require_root() {
     );
 }
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"))
-}
-
-/// Run a command, panicking with its output unless it succeeds.
-fn sh(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Delete namespaces of earlier runs (`trudp-<pid>-...`) whose process is gone.
-fn sweep_stale() {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("sweeping stale namespace {name}");
-            let _ = run(&["ip", "netns", "del", &name]);
-        }
-    }
-}
-
 /// Namespaces of one test; deleted (with the processes started in them) on drop.
 struct Lab {
     prefix: String,
@@ -79,7 +41,7 @@ struct Lab {
 impl Lab {
     fn new(test: &str) -> Lab {
         require_root();
-        sweep_stale();
+        sweep_stale(PREFIX);
         Lab {
             prefix: format!("{PREFIX}{}-{test}-", std::process::id()),
             namespaces: Vec::new(),
@@ -123,17 +85,6 @@ impl Drop for Lab {
             }
         }
     }
-}
-
-/// Run `f` on a fresh thread inside namespace `ns` and return its result.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let netns = Netns::open(&path).expect("open namespace");
-        netns.run(f).expect("enter namespace")
-    })
-    .join()
-    .expect("thread inside namespace panicked")
 }
 
 /// Start `f` on a thread inside namespace `ns`.
