@@ -5,15 +5,15 @@
 //! IPAM off the hosts' addresses, runs the udp pump, and publishes the peers it cannot
 //! reach in the Node's status.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
 use serde_json::json;
-use trellis_api::objects::{Backend, NodeStatus};
+use trellis_api::objects::{AnyObject, Backend, Network};
 use trellis_client::{Client, ClientError};
 use trellis_fabric::reconcile::Reconciler;
 use trellis_fabric::udp::UdpPump;
@@ -21,6 +21,7 @@ use trellis_fabric::{backend, pod_mtu, Desired, Local, NetworkFabric, Peer, TunD
 use trellis_net::Netlink;
 
 use super::informer::Informer;
+use super::join::update_node_status;
 use super::{exclude_hosts, network_spec, node_addresses, ClusterConfig, Served};
 
 /// What the fabric loop works from: every served network with its ready peers, and the
@@ -61,11 +62,27 @@ impl FabricLoop {
     /// Node's address; `None` until both have listed (or while a served network is
     /// missing).
     fn view(&self) -> Option<View> {
-        let nets = self.networks.snapshot()?;
-        let nodes = self.nodes.snapshot()?;
+        let nets: BTreeMap<String, Network> = self
+            .networks
+            .snapshot()?
+            .iter()
+            .filter_map(|o| match &**o {
+                AnyObject::Network(n) => Some((n.metadata.name.clone(), n.clone())),
+                _ => None,
+            })
+            .collect();
+        let nodes: Vec<trellis_api::objects::Node> = self
+            .nodes
+            .snapshot()?
+            .iter()
+            .filter_map(|o| match &**o {
+                AnyObject::Node(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
         let mut out = Vec::new();
         for s in &self.served {
-            let (spec, vni) = network_spec(nets.get(&s.name)?)?;
+            let (spec, vni) = network_spec(nets.get(&s.name)?);
             let net = NetworkFabric {
                 name: s.name.clone(),
                 backend: spec.backend,
@@ -73,34 +90,23 @@ impl FabricLoop {
                 mtu: spec.mtu,
                 subnet: s.subnet,
             };
-            let mut peers = Vec::new();
-            for (name, n) in &nodes {
-                if name == &self.cfg.node {
-                    continue;
-                }
-                let Ok(status) = serde_json::from_value::<NodeStatus>(n["status"].clone()) else {
-                    continue;
-                };
-                let Some(address) = n["spec"]["address"].as_str().and_then(|a| a.parse().ok())
-                else {
-                    continue;
-                };
-                if !status.ready {
-                    continue;
-                }
-                if let Some(l) = status.leases.iter().find(|l| l.network == s.name) {
-                    peers.push(Peer {
-                        name: name.clone(),
-                        address,
+            let peers = nodes
+                .iter()
+                .filter(|n| n.metadata.name != self.cfg.node && n.status.ready)
+                .filter_map(|n| {
+                    let l = n.status.leases.iter().find(|l| l.network == s.name)?;
+                    Some(Peer {
+                        name: n.metadata.name.clone(),
+                        address: n.spec.address,
                         subnet: l.cidr,
-                    });
-                }
-            }
+                    })
+                })
+                .collect();
             out.push((net, peers));
         }
         Some(View {
             nets: out,
-            hosts: node_addresses(nodes.values()),
+            hosts: node_addresses(nodes.iter()),
         })
     }
 
@@ -123,15 +129,18 @@ impl FabricLoop {
         let mut nets_changed = self.networks.subscribe();
         let mut last_error = false;
         let mut applied: Option<View> = None;
-        let mut due = true;
+        let mut last_sync: Option<Instant> = None;
         loop {
             if let Some(view) = self.view() {
                 // A Node write that changes nothing the fabric reads (its heartbeat,
                 // the services it programmed) is not a reason to touch the kernel;
-                // drift is repaired at the resync tick.
+                // drift is repaired once `resync` has passed since the last pass,
+                // however busy the Nodes are.
+                let due = last_sync.is_none_or(|t| t.elapsed() >= self.cfg.resync);
                 if due || last_error || applied.as_ref() != Some(&view) {
                     last_error = !self.sync(&view).await;
                     applied = Some(view);
+                    last_sync = Some(Instant::now());
                 }
             }
             // Coalesce bursts: wait for a change (or the resync tick, sooner after an
@@ -141,11 +150,11 @@ impl FabricLoop {
             } else {
                 self.cfg.resync
             };
-            due = tokio::select! {
-                _ = nodes_changed.changed() => false,
-                _ = nets_changed.changed() => false,
-                _ = tokio::time::sleep(tick) => true,
-            };
+            tokio::select! {
+                _ = nodes_changed.changed() => {}
+                _ = nets_changed.changed() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
         }
     }
 
@@ -261,25 +270,19 @@ impl FabricLoop {
 
     /// Record in our Node's status which peers the backend cannot reach.
     async fn publish_unreachable(&self, peers: &BTreeSet<String>) -> Result<(), ClientError> {
+        let want: Vec<String> = peers.iter().cloned().collect();
         let path = format!("/v1/nodes/{}", self.cfg.node);
-        let want: Vec<&String> = peers.iter().collect();
-        for _ in 0..8 {
-            let mut n = self.client.get(&path).await?;
-            if n["status"]["unreachablePeers"] == json!(want)
-                || (want.is_empty() && n["status"]["unreachablePeers"].is_null())
-            {
-                return Ok(());
+        update_node_status(&self.client, &path, |st| {
+            if st.unreachable_peers == want {
+                return false;
             }
             if !want.is_empty() {
                 tracing::warn!(peers = ?want, "peers unreachable with this backend (not on our segment)");
             }
-            n["status"]["unreachablePeers"] = json!(want);
-            match self.client.put(&path, &n).await {
-                Err(e) if e.status() == Some(409) => continue,
-                r => return r.map(|_| ()),
-            }
-        }
-        Ok(())
+            st.unreachable_peers = want.clone();
+            true
+        })
+        .await
     }
 }
 

@@ -1,6 +1,7 @@
 //! A list-then-watch cache of one collection of API objects, kept by a background task:
-//! list, watch from the list's revision, and on any error or RESYNC start over. Every
-//! change bumps a counter the consumers wait on. The cache also knows the store revision
+//! list, watch from the list's revision, and on any error or RESYNC start over. Objects
+//! are parsed into `trellis-api`'s typed objects once, as they arrive (one that does not
+//! parse is logged and left out). Every change bumps a counter the consumers wait on. The cache also knows the store revision
 //! it is complete up to (the list's, then each event's and bookmark's), so a consumer can
 //! tell how far what it applied reaches.
 
@@ -13,16 +14,11 @@ use serde_json::Value;
 use trellis_api::objects::AnyObject;
 use trellis_client::Client;
 
-/// Objects by `namespace/name` (or `name` for cluster-scoped kinds).
-pub type Objects = BTreeMap<String, Value>;
-
 /// What the cache holds.
 #[derive(Debug, Default)]
 struct State {
-    objects: Objects,
-    /// The same objects parsed (those that parse), so typed consumers do not parse the
-    /// whole collection on every pass.
-    typed: BTreeMap<String, Arc<AnyObject>>,
+    /// Objects by `namespace/name` (or `name` for cluster-scoped kinds).
+    objects: BTreeMap<String, Arc<AnyObject>>,
     /// Whether a list ever succeeded.
     listed: bool,
     /// Every change of the collection up to this store revision is in `objects`. (Each
@@ -43,6 +39,19 @@ fn revision(v: &Value) -> u64 {
     v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+/// The object of a list item or watch event, typed; `None` (logged) when it does not
+/// parse.
+fn parse(o: &Value) -> Option<Arc<AnyObject>> {
+    match AnyObject::from_value(o.clone()) {
+        Ok(p) => Some(Arc::new(p)),
+        Err(e) => {
+            tracing::warn!(object = %key(o), "informer: skipping an object that does not parse: {e}");
+            None
+        }
+    }
+}
+
+/// The cache key of an object as the server sends it.
 fn key(o: &Value) -> String {
     let m = &o["metadata"];
     match m["namespace"].as_str() {
@@ -89,22 +98,13 @@ impl Informer {
             let rv = revision(&ev["object"]["metadata"]["resourceVersion"]);
             match ev["type"].as_str() {
                 Some("ADDED") | Some("MODIFIED") => {
-                    let o = ev["object"].clone();
-                    let parsed = AnyObject::from_value(o.clone()).ok().map(Arc::new);
-                    self.update(rv, |s| {
-                        let k = key(&o);
-                        match parsed {
-                            Some(p) => s.typed.insert(k.clone(), p),
-                            None => s.typed.remove(&k),
-                        };
-                        s.objects.insert(k, o);
+                    let (k, parsed) = (key(&ev["object"]), parse(&ev["object"]));
+                    self.update(rv, |m| match parsed {
+                        Some(p) => m.insert(k, p),
+                        None => m.remove(&k),
                     })
                 }
-                Some("DELETED") => self.update(rv, |s| {
-                    let k = key(&ev["object"]);
-                    s.objects.remove(&k);
-                    s.typed.remove(&k);
-                }),
+                Some("DELETED") => self.update(rv, |m| m.remove(&key(&ev["object"]))),
                 Some("RESYNC") => self.replace(
                     ev["items"].as_array().cloned().unwrap_or_default(),
                     revision(&ev["resourceVersion"]),
@@ -118,25 +118,21 @@ impl Informer {
     }
 
     fn replace(&self, items: Vec<Value>, revision: u64) {
-        let typed = items
+        let objects = items
             .iter()
-            .filter_map(|o| {
-                let p = AnyObject::from_value(o.clone()).ok()?;
-                Some((key(o), Arc::new(p)))
-            })
+            .filter_map(|o| Some((key(o), parse(o)?)))
             .collect();
         let mut s = self.state.lock().expect("informer lock");
-        s.objects = items.into_iter().map(|o| (key(&o), o)).collect();
-        s.typed = typed;
+        s.objects = objects;
         s.listed = true;
         s.revision = s.revision.max(revision);
         drop(s);
         self.changed.send_modify(|v| *v += 1);
     }
 
-    fn update(&self, revision: u64, f: impl FnOnce(&mut State)) {
+    fn update<T>(&self, revision: u64, f: impl FnOnce(&mut BTreeMap<String, Arc<AnyObject>>) -> T) {
         let mut s = self.state.lock().expect("informer lock");
-        f(&mut s);
+        f(&mut s.objects);
         s.revision = s.revision.max(revision);
         drop(s);
         self.changed.send_modify(|v| *v += 1);
@@ -148,31 +144,31 @@ impl Informer {
     }
 
     /// The current objects, or `None` before the first list succeeded.
-    pub fn snapshot(&self) -> Option<Objects> {
+    pub fn snapshot(&self) -> Option<Vec<Arc<AnyObject>>> {
         self.snapshot_at().map(|(objects, _)| objects)
     }
 
     /// The current objects and the store revision they are complete up to (every
     /// change of the collection up to it is in them), or `None` before the first list
     /// succeeded.
-    pub fn snapshot_at(&self) -> Option<(Objects, u64)> {
+    pub fn snapshot_at(&self) -> Option<(Vec<Arc<AnyObject>>, u64)> {
         let s = self.state.lock().expect("informer lock");
-        s.listed.then(|| (s.objects.clone(), s.revision))
+        s.listed
+            .then(|| (s.objects.values().cloned().collect(), s.revision))
     }
 
-    /// The current objects parsed (objects that do not parse are left out), or `None`
-    /// before the first list succeeded.
-    pub fn typed_snapshot(&self) -> Option<Vec<Arc<AnyObject>>> {
+    /// The store revision the cache is complete up to (`None` before the first list).
+    pub fn revision(&self) -> Option<u64> {
         let s = self.state.lock().expect("informer lock");
-        s.listed.then(|| s.typed.values().cloned().collect())
+        s.listed.then_some(s.revision)
     }
 
-    /// The parsed object at `key` (`namespace/name`, or `name`), if present.
-    pub fn get_typed(&self, key: &str) -> Option<Arc<AnyObject>> {
+    /// The object at `key` (`namespace/name`, or `name`), if present.
+    pub fn get(&self, key: &str) -> Option<Arc<AnyObject>> {
         self.state
             .lock()
             .expect("informer lock")
-            .typed
+            .objects
             .get(key)
             .cloned()
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use trellis_api::naming::LINK_PREFIX;
-use trellis_api::objects::ProgrammedRevisions;
+use trellis_api::objects::{Node, NodeSpec, NodeStatus, ObjectMeta, ProgrammedRevisions};
 use trellis_client::{Client, ClientError};
 use trellis_fabric::Local;
 use trellis_net::Netlink;
@@ -98,15 +98,19 @@ pub(super) async fn detect_local(
 async fn register(client: &Client, name: &str, address: Ipv4Addr) -> Result<(), ClientError> {
     let path = format!("/v1/nodes/{name}");
     match client.get(&path).await {
-        Ok(mut n) => {
-            if n["spec"]["address"] != json!(address) {
-                n["spec"]["address"] = json!(address);
-                client.put(&path, &n).await?;
+        Ok(v) => {
+            let mut n: Node = serde_json::from_value(v)
+                .map_err(|e| ClientError::Decode(format!("{path}: {e}")))?;
+            if n.spec.address != address {
+                n.spec.address = address;
+                let body = serde_json::to_value(&n).expect("objects serialize");
+                client.put(&path, &body).await?;
             }
             Ok(())
         }
         Err(e) if e.status() == Some(404) => {
-            let n = json!({"apiVersion": "trellis/v1", "kind": "Node", "metadata": {"name": name}, "spec": {"address": address}});
+            let n = Node::new(ObjectMeta::named(name), NodeSpec { address });
+            let n = serde_json::to_value(&n).expect("objects serialize");
             match client.post("/v1/nodes", &n).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.status() == Some(409) => Ok(()),
@@ -215,21 +219,37 @@ pub(super) async fn publish_programmed(
     }
 }
 
-/// Set our Node's `status.programmed` (read, then write at that resourceVersion; a
-/// concurrent write of the Node is read again). Every other field is kept.
+/// Set our Node's `status.programmed`.
 async fn set_programmed(
     client: &Client,
     path: &str,
     revision: Option<ProgrammedRevisions>,
 ) -> Result<(), ClientError> {
-    let want = json!(revision);
+    update_node_status(client, path, |st| {
+        let changed = st.programmed != revision;
+        st.programmed = revision;
+        changed
+    })
+    .await
+}
+
+/// Change the status of the Node at `path` with `f`, which says whether it changed
+/// anything (nothing is written otherwise): read, change, write at the read
+/// resourceVersion; a concurrent write of the Node is read again. Every other field
+/// is kept.
+pub(super) async fn update_node_status(
+    client: &Client,
+    path: &str,
+    mut f: impl FnMut(&mut NodeStatus) -> bool,
+) -> Result<(), ClientError> {
     for _ in 0..8 {
-        let mut n = client.get(path).await?;
-        if n["status"]["programmed"] == want {
+        let mut n: Node = serde_json::from_value(client.get(path).await?)
+            .map_err(|e| ClientError::Decode(format!("{path}: {e}")))?;
+        if !f(&mut n.status) {
             return Ok(());
         }
-        n["status"]["programmed"] = want.clone();
-        match client.put(path, &n).await {
+        let body = serde_json::to_value(&n).expect("objects serialize");
+        match client.put(path, &body).await {
             Err(e) if e.status() == Some(409) => continue,
             r => return r.map(|_| ()),
         }
@@ -237,6 +257,6 @@ async fn set_programmed(
     Err(ClientError::Api {
         status: 409,
         reason: "Conflict".into(),
-        message: format!("{path} kept changing while setting status.programmed"),
+        message: format!("{path} kept changing while its status was being set"),
     })
 }

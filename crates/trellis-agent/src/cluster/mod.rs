@@ -28,8 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use serde_json::Value;
-use trellis_api::objects::{Backend, NetworkSpec};
+use trellis_api::objects::{self, Backend, NetworkSpec};
 use trellis_client::{Client, ClientError};
 use trellis_fabric::reconcile::Reconciler;
 use trellis_fabric::{pod_mtu, Local, NetworkFabric};
@@ -103,10 +102,8 @@ pub struct Served {
 }
 
 /// The underlay addresses of these Node objects.
-fn node_addresses<'a>(nodes: impl Iterator<Item = &'a Value>) -> Vec<Ipv4Addr> {
-    nodes
-        .filter_map(|n| n["spec"]["address"].as_str()?.parse().ok())
-        .collect()
+fn node_addresses<'a>(nodes: impl Iterator<Item = &'a objects::Node>) -> Vec<Ipv4Addr> {
+    nodes.map(|n| n.spec.address).collect()
 }
 
 /// Keep IPAM off the hosts' addresses (`l2`); a pod already holding one is an address
@@ -121,13 +118,9 @@ fn exclude_hosts(node: &Node, hosts: Vec<Ipv4Addr>) {
     }
 }
 
-/// A Network object's spec and VNI; `None` when it does not parse.
-fn network_spec(obj: &Value) -> Option<(NetworkSpec, Option<u32>)> {
-    let spec: NetworkSpec = serde_json::from_value(obj["spec"].clone()).ok()?;
-    let vni = spec
-        .vni
-        .or_else(|| obj["status"]["vni"].as_u64().map(|v| v as u32));
-    Some((spec, vni))
+/// A Network object's spec and VNI (`spec.vni`, else the allocated one).
+fn network_spec(net: &objects::Network) -> (NetworkSpec, Option<u32>) {
+    (net.spec.clone(), net.vni())
 }
 
 /// Join the cluster (retrying until the server answers), start the node's CNI backend
@@ -162,8 +155,9 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
     };
     let mut specs = Vec::new();
     for (name, (subnet, obj)) in cfg.networks.iter().zip(&joined) {
-        let (spec, vni) = network_spec(obj)
-            .ok_or_else(|| ClusterError::Setup(format!("network {name} is malformed")))?;
+        let net: objects::Network = serde_json::from_value(obj.clone())
+            .map_err(|e| ClusterError::Setup(format!("network {name} is malformed: {e}")))?;
+        let (spec, vni) = network_spec(&net);
         specs.push(Leased {
             name: name.clone(),
             subnet: *subnet,
@@ -247,7 +241,11 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
             match client.get("/v1/nodes").await {
                 Ok(list) => {
                     let items = list["items"].as_array().cloned().unwrap_or_default();
-                    exclude_hosts(&node, node_addresses(items.iter()));
+                    let nodes: Vec<objects::Node> = items
+                        .into_iter()
+                        .filter_map(|v| serde_json::from_value(v).ok())
+                        .collect();
+                    exclude_hosts(&node, node_addresses(nodes.iter()));
                 }
                 Err(e) => tracing::warn!("listing nodes for l2 address exclusion: {e}"),
             }

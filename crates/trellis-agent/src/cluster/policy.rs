@@ -81,7 +81,7 @@ pub struct PolicyController {
 fn build_inputs(node: &str, inf: &Informers, served: &[Arc<Node>]) -> Option<Inputs> {
     let mut objects = Vec::new();
     for i in inf.all() {
-        objects.extend(i.typed_snapshot()?);
+        objects.extend(i.snapshot()?);
     }
     let mut inputs = Inputs::from_objects(objects.iter().map(|o| &**o));
     // Our own pods come from IPAM: known from the moment their address is reserved.
@@ -210,7 +210,7 @@ impl PolicyController {
                 Err(e) => tracing::warn!("network policy: {e}; a full sync follows"),
             }
             // A Pod's allowedSourceAddresses may have changed: resync the guard.
-            let pods_now = self.informers.pods.snapshot_at().map(|(_, r)| r);
+            let pods_now = self.informers.pods.revision();
             if pods_now != pods_seen {
                 pods_seen = pods_now;
                 if let Err(e) = self.gate.sync() {
@@ -240,7 +240,7 @@ impl PodPolicy for PolicyController {
                 let pod = r
                     .pod_name
                     .as_ref()
-                    .and_then(|name| self.informers.pods.get_typed(&format!("{ns}/{name}")));
+                    .and_then(|name| self.informers.pods.get(&format!("{ns}/{name}")));
                 let pod = pod.as_deref().and_then(|o| match o {
                     AnyObject::Pod(p) => Some(p),
                     _ => None,
@@ -274,15 +274,14 @@ impl PodPolicy for PolicyController {
     }
 
     fn allowed_sources(&self, namespace: &str, name: &str) -> Vec<Ipv4Net> {
-        let Some(pods) = self.informers.pods.snapshot() else {
-            return Vec::new();
-        };
-        pods.get(&format!("{namespace}/{name}"))
-            .and_then(|v| AnyObject::from_value(v.clone()).ok())
-            .and_then(|o| match o {
-                AnyObject::Pod(p) => Some(p.spec.allowed_source_addresses),
-                _ => None,
-            })
-            .unwrap_or_default()
+        match self
+            .informers
+            .pods
+            .get(&format!("{namespace}/{name}"))
+            .as_deref()
+        {
+            Some(AnyObject::Pod(p)) => p.spec.allowed_source_addresses.clone(),
+            _ => Vec::new(),
+        }
     }
 }

@@ -33,11 +33,14 @@ pub const DEFAULT_DOMAIN: &str = "cluster.local";
 /// The service proxy's nftables table (family `ip`).
 pub const PROXY_TABLE: &str = "trellis-svc";
 
-fn parse_all<T>(objs: &super::informer::Objects, pick: impl Fn(AnyObject) -> Option<T>) -> Vec<T> {
-    objs.values()
-        .filter_map(|v| AnyObject::from_value(v.clone()).ok())
-        .filter_map(pick)
-        .collect()
+fn pick_all<T>(
+    objs: &[std::sync::Arc<AnyObject>],
+    pick: impl Fn(&AnyObject) -> Option<&T>,
+) -> Vec<T>
+where
+    T: Clone,
+{
+    objs.iter().filter_map(|o| pick(o).cloned()).collect()
 }
 
 fn key(svc: &Service) -> String {
@@ -173,11 +176,11 @@ impl ServiceLoop {
             if let (Some((svcs, svc_rev)), Some((eps, ep_rev))) =
                 (self.services.snapshot_at(), self.endpoints.snapshot_at())
             {
-                let services = parse_all(&svcs, |o| match o {
+                let services = pick_all(&svcs, |o| match o {
                     AnyObject::Service(s) => Some(s),
                     _ => None,
                 });
-                let endpoints = parse_all(&eps, |o| match o {
+                let endpoints = pick_all(&eps, |o| match o {
                     AnyObject::Endpoint(e) => Some(e),
                     _ => None,
                 });
