@@ -506,6 +506,8 @@ impl SyncReport {
 struct Live {
     exists: bool,
     chains: BTreeMap<String, Vec<String>>,
+    /// `(hook, priority)` of the base chains.
+    hooks: BTreeMap<String, (u32, i32)>,
     sets: BTreeMap<String, (u32, u32)>,
     elems: BTreeMap<String, BTreeSet<Elem>>,
 }
@@ -556,15 +558,38 @@ impl Table {
         if !live.exists {
             ops.push(Op::NewTable);
         }
+        // A set of another type is deleted and made again; the rules naming it go
+        // first, so then every chain is rewritten.
+        let set_ok = |name: &String, spec: &SetSpec| {
+            live.sets.get(name).is_some_and(|(flags, key_len)| {
+                (spec.flags & (SET_INTERVAL | SET_MAP)) == (*flags & (SET_INTERVAL | SET_MAP))
+                    && spec.key_len == *key_len
+            })
+        };
+        let stale_sets: Vec<&String> = live
+            .sets
+            .keys()
+            .filter(|n| want_sets.get(*n).is_none_or(|spec| !set_ok(n, spec)))
+            .collect();
+        let retyped = stale_sets.iter().any(|n| want_sets.contains_key(*n));
+        // A base chain on another hook or priority is deleted and made again.
+        let rehooked = |ch: &ChainSpec| {
+            live.chains.contains_key(&ch.name) && live.hooks.get(&ch.name).copied() != ch.base
+        };
         let rewrite: Vec<&ChainSpec> = want_chains
             .iter()
             .filter(|ch| {
-                live.chains.get(&ch.name) != Some(&vec![ch.comment.clone(); ch.rules.len()])
+                retyped
+                    || rehooked(ch)
+                    || live.chains.get(&ch.name) != Some(&vec![ch.comment.clone(); ch.rules.len()])
             })
             .collect();
         for ch in &rewrite {
             if live.chains.contains_key(&ch.name) {
                 ops.push(Op::FlushChain(&ch.name));
+            }
+            if rehooked(ch) {
+                ops.push(Op::DelChain(&ch.name));
             }
         }
         let wanted_chain_names: BTreeSet<&str> =
@@ -572,36 +597,22 @@ impl Table {
         for name in live.chains.keys() {
             if !wanted_chain_names.contains(name.as_str()) {
                 ops.push(Op::FlushChain(name));
-            }
-        }
-        for name in live.chains.keys() {
-            if !wanted_chain_names.contains(name.as_str()) {
                 ops.push(Op::DelChain(name));
             }
         }
         let mut fresh_sets: BTreeSet<&str> = BTreeSet::new();
-        for (name, (flags, key_len)) in &live.sets {
-            match want_sets.get(name) {
-                Some(s)
-                    if (s.flags & (SET_INTERVAL | SET_MAP))
-                        == (*flags & (SET_INTERVAL | SET_MAP))
-                        && s.key_len == *key_len => {}
-                _ => ops.push(Op::DelSet(name)),
-            }
+        for name in stale_sets {
+            ops.push(Op::DelSet(name));
         }
         for (name, spec) in &want_sets {
-            let ok = live.sets.get(name).is_some_and(|(flags, key_len)| {
-                (spec.flags & (SET_INTERVAL | SET_MAP)) == (*flags & (SET_INTERVAL | SET_MAP))
-                    && spec.key_len == *key_len
-            });
-            if !ok {
+            if !set_ok(name, spec) {
                 ops.push(Op::NewSet(name, spec));
                 fresh_sets.insert(name);
                 report.sets += 1;
             }
         }
         for ch in &rewrite {
-            if !live.chains.contains_key(&ch.name) {
+            if !live.chains.contains_key(&ch.name) || rehooked(ch) {
                 ops.push(Op::NewChain(ch));
             }
         }
@@ -701,6 +712,13 @@ impl Table {
                 continue;
             }
             if let Some(name) = attr_str(&m, 3) {
+                if let Some(h) = attr(&m, 4) {
+                    let hook = (
+                        attr_be32(h, 1).unwrap_or(u32::MAX),
+                        attr_be32(h, 2).map_or(i32::MIN, |p| p as i32),
+                    );
+                    live.hooks.insert(name.clone(), hook);
+                }
                 live.chains.entry(name).or_default();
             }
         }

@@ -471,34 +471,6 @@ spec:
         node = n;
         eprintln!("{what}: {report:?}");
         // nft itself can read every rule (operators list the ruleset).
-        for chain in [
-            "postrouting",
-            "input",
-            "ingress",
-            "ingress-np",
-            "egress",
-            "egress-np",
-        ] {
-            let out = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &lab.node,
-                    "nft",
-                    "list",
-                    "chain",
-                    "ip",
-                    "trellis-policy",
-                    chain,
-                ])
-                .output()
-                .unwrap();
-            eprintln!(
-                "chain {chain}: {}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
         let listing = sh(&["ip", "netns", "exec", &lab.node, "nft", "list", "ruleset"]);
         assert!(
             listing.contains("table ip trellis-policy"),
@@ -560,4 +532,35 @@ fn a_denied_established_connection_stops_at_once_and_replies_need_no_rule() {
         "took {:?}",
         t0.elapsed()
     );
+}
+
+/// A set of another type and a base chain on another priority (left by hand, or by an
+/// older agent) are replaced by a full sync, and the data path is right again.
+#[test]
+fn full_sync_replaces_a_retyped_set_and_a_moved_base_chain() {
+    let lab = Lab::new("retype");
+    let node = Node {
+        compiler: Compiler::new(
+            NODE,
+            &[],
+            &[Ipv4Addr::new(10, 244, 1, 1), Ipv4Addr::new(192, 168, 94, 1)],
+        ),
+        table: Table::new(),
+    };
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n";
+    let (node, _) = apply(&lab, node, inputs(deny), true);
+    let nft = |cmd: &str| sh(&["ip", "netns", "exec", &lab.node, "nft", cmd]);
+    nft("flush chain ip trellis-policy ingress-np");
+    nft("delete set ip trellis-policy np-in-iso");
+    nft("add set ip trellis-policy np-in-iso { type ipv4_addr . ipv4_addr; }");
+    nft("flush chain ip trellis-policy input");
+    nft("delete chain ip trellis-policy input");
+    nft("add chain ip trellis-policy input { type filter hook input priority 0; }");
+    let (node, r) = apply(&lab, node, inputs(deny), true);
+    assert!(r.sets >= 1 && r.chains >= 1, "{r:?}");
+    let listing = nft("list chain ip trellis-policy input");
+    assert!(listing.contains("priority 200"), "{listing}");
+    check_matrix(&lab, &inputs(deny), "after the repair");
+    let (_, again) = apply(&lab, node, inputs(deny), true);
+    assert!(again.changed_nothing(), "{again:?}");
 }
