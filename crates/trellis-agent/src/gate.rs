@@ -30,6 +30,8 @@ pub trait PodPolicy: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default)]
 pub struct Gate {
     guard: Mutex<Guard>,
+    /// The ports the last full sync wrote.
+    synced: Mutex<Option<Vec<GuardPort>>>,
     policy: OnceLock<Arc<dyn PodPolicy>>,
     nodes: Mutex<Vec<Weak<Node>>>,
 }
@@ -55,9 +57,7 @@ impl Gate {
 
     fn port(&self, r: &Reservation) -> GuardPort {
         let allowed = match (self.policy.get(), &r.pod_name) {
-            (Some(p), Some(name)) => {
-                p.allowed_sources(r.pod_namespace.as_deref().unwrap_or("default"), name)
-            }
+            (Some(p), Some(name)) => p.allowed_sources(r.namespace(), name),
             _ => Vec::new(),
         };
         GuardPort::new(
@@ -94,8 +94,8 @@ impl Gate {
             .map_err(|e| format!("anti-spoofing for {name}: {e}"))
     }
 
-    /// Bring the guard table to exactly the registered nodes' reservations.
-    pub fn sync(&self) -> Result<(), String> {
+    /// The guard ports of the registered nodes' reservations.
+    fn ports(&self) -> Vec<GuardPort> {
         let nodes: Vec<Arc<Node>> = {
             let mut v = self.nodes.lock().expect("gate lock");
             v.retain(|w| w.strong_count() > 0);
@@ -108,7 +108,26 @@ impl Gate {
                 ports.insert(p.ifname.clone(), p);
             }
         }
-        let ports: Vec<GuardPort> = ports.into_values().collect();
+        ports.into_values().collect()
+    }
+
+    /// Bring the guard table to exactly the registered nodes' reservations (reads the
+    /// kernel: drift repair).
+    pub fn sync(&self) -> Result<(), String> {
+        self.write(self.ports())
+    }
+
+    /// [`Gate::sync`] when the ports differ from the last sync's (a Pod's
+    /// `allowedSourceAddresses` changed); nothing otherwise.
+    pub fn refresh(&self) -> Result<(), String> {
+        let ports = self.ports();
+        if self.synced.lock().expect("gate lock").as_ref() == Some(&ports) {
+            return Ok(());
+        }
+        self.write(ports)
+    }
+
+    fn write(&self, ports: Vec<GuardPort>) -> Result<(), String> {
         let report = self
             .guard
             .lock()
@@ -118,6 +137,7 @@ impl Gate {
         if !report.changed_nothing() {
             tracing::info!(?report, "anti-spoofing table synced");
         }
+        *self.synced.lock().expect("gate lock") = Some(ports);
         Ok(())
     }
 }

@@ -51,17 +51,27 @@ pub struct Reservation {
     pub requested_mac: Option<String>,
 }
 
+/// The MAC Trellis derives from an address: `0a:58:` and the address (locally
+/// administered, unique per address), as Kubernetes' bridge plugins do.
+pub fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
 impl Reservation {
-    /// The MAC of the pod's interface: the requested one, else `0a:58:` and the
-    /// address (locally administered, unique per address).
+    /// The MAC of the pod's interface: the requested one, else [`mac_of`] its address.
     pub fn mac(&self) -> [u8; 6] {
         self.requested_mac
             .as_deref()
             .and_then(trellis_net::netlink::parse_mac)
-            .unwrap_or_else(|| {
-                let o = self.ip.octets();
-                [0x0a, 0x58, o[0], o[1], o[2], o[3]]
-            })
+            .unwrap_or_else(|| mac_of(self.ip))
+    }
+
+    /// The pod's namespace (`K8S_POD_NAMESPACE`, else `default`).
+    pub fn namespace(&self) -> &str {
+        self.pod_namespace
+            .as_deref()
+            .unwrap_or(trellis_api::objects::DEFAULT_NAMESPACE)
     }
 }
 

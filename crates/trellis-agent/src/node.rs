@@ -130,6 +130,14 @@ fn ipam_response(e: IpamError) -> Response {
     Response::error(code, e.to_string())
 }
 
+/// The host-port elements of a reservation.
+fn port_elements(r: &Reservation) -> Vec<PortElement> {
+    r.port_mappings
+        .iter()
+        .map(|pm| PortElement::new(r.ip, pm))
+        .collect()
+}
+
 fn kernel_response(what: &str, e: impl std::fmt::Display) -> Response {
     Response::error(codes::KERNEL, format!("{what}: {e}"))
 }
@@ -161,9 +169,7 @@ impl Node {
                     None => default_route_mtu(&nl).await.unwrap_or(1500),
                 };
                 let gw = ipam.gateway_net();
-                let o = gw.addr().octets();
-                // locally administered, derived from the gateway address (like 0a:58:<ip>)
-                let mac = [0x0a, 0x58, o[0], o[1], o[2], o[3]];
+                let mac = crate::ipam::mac_of(gw.addr());
                 let (br, bridge_created) = nl
                     .ensure_bridge(&cfg.bridge, mtu, mac)
                     .await
@@ -313,7 +319,7 @@ impl Node {
             existing,
             mac: Some(trellis_net::netlink::format_mac(&r.mac())),
             dns: self.dns.get().map(|d| {
-                let ns = r.pod_namespace.as_deref().unwrap_or("default");
+                let ns = r.namespace();
                 LeaseDns {
                     nameservers: vec![d.server],
                     search: vec![
@@ -382,11 +388,7 @@ impl Node {
             Err(e) => return ipam_response(e),
         };
         if !existing {
-            let add: Vec<PortElement> = r
-                .port_mappings
-                .iter()
-                .map(|pm| PortElement::new(r.ip, pm))
-                .collect();
+            let add = port_elements(&r);
             if let Err(e) = nat::update_ports(&self.cfg.nat_table, &add, &[]) {
                 // leave nothing behind
                 let _ = self.ipam.release(&req.attachment());
@@ -398,13 +400,10 @@ impl Node {
         }
         // Protected from its first packet: anti-spoofing and policy are in the kernel
         // before the plugin learns the address.
-        if let Err(e) = self.cfg.gate.admit(&r) {
+        // Netlink transactions and compiling block: off the async workers' queue.
+        if let Err(e) = tokio::task::block_in_place(|| self.cfg.gate.admit(&r)) {
             if !existing {
-                let ports: Vec<PortElement> = r
-                    .port_mappings
-                    .iter()
-                    .map(|pm| PortElement::new(r.ip, pm))
-                    .collect();
+                let ports = port_elements(&r);
                 let _ = nat::update_ports(&self.cfg.nat_table, &[], &ports);
                 let _ = self.ipam.release(&req.attachment());
                 let _ = self.cfg.gate.forget(&r);
@@ -426,11 +425,7 @@ impl Node {
         }
         match self.ipam.release(a) {
             Ok(Some(r)) => {
-                let del: Vec<PortElement> = r
-                    .port_mappings
-                    .iter()
-                    .map(|pm| PortElement::new(r.ip, pm))
-                    .collect();
+                let del = port_elements(&r);
                 // If this fails the sweep removes the elements: they no longer match
                 // any reservation.
                 if let Err(e) = nat::update_ports(&self.cfg.nat_table, &[], &del) {
@@ -569,10 +564,7 @@ impl Node {
         let keep: HashSet<String> = kept.iter().map(|(name, _)| name.clone()).collect();
         let mut errors = Vec::new();
         report.links_retired = self.retire_unknown_links(&links, &keep, &mut errors).await;
-        let want: BTreeSet<PortElement> = kept
-            .iter()
-            .flat_map(|(_, r)| r.port_mappings.iter().map(|pm| PortElement::new(r.ip, pm)))
-            .collect();
+        let want: BTreeSet<PortElement> = kept.iter().flat_map(|(_, r)| port_elements(r)).collect();
         let (a, d) = nat::sync_ports(&self.cfg.nat_table, &want).map_err(|e| e.to_string())?;
         report.ports_added = a;
         report.ports_deleted = d;

@@ -110,14 +110,14 @@ fn normalize(obj: &mut AnyObject) {
     }
 }
 
-/// Fields only an admin may set: a Pod source prefix of `/0` (no anti-spoofing at all).
-fn check_privileged(role: &Role, obj: &AnyObject) -> Result<(), ApiError> {
-    if let AnyObject::Pod(p) = obj {
-        if p.spec.allows_any_source() && *role != Role::Admin {
-            return Err(ApiError::forbidden(
-                "spec.allowedSourceAddresses: a /0 prefix (any source address) needs an admin token",
-            ));
-        }
+/// Fields only an admin may set: a Pod source prefix of `/0` (any IPv4 source). An
+/// update that keeps a `/0` the stored Pod already has is not a new grant.
+fn check_privileged(role: &Role, obj: &AnyObject, old: Option<&AnyObject>) -> Result<(), ApiError> {
+    let any_source = |o: &AnyObject| matches!(o, AnyObject::Pod(p) if p.spec.allows_any_source());
+    if *role != Role::Admin && any_source(obj) && !old.is_some_and(any_source) {
+        return Err(ApiError::forbidden(
+            "spec.allowedSourceAddresses: a /0 prefix (any source address) needs an admin token",
+        ));
     }
     Ok(())
 }
@@ -313,7 +313,7 @@ pub async fn create(
         t.ns = obj.namespace().map(str::to_string);
     }
     role.check_write(t.kind.plural(), obj.name(), node_of(&obj))?;
-    check_privileged(&role, &obj)?;
+    check_privileged(&role, &obj, None)?;
     normalize(&mut obj);
     obj.metadata_mut().resource_version = None;
     obj.metadata_mut()
@@ -365,7 +365,6 @@ pub async fn update(
     let (t, name) = Target::from_path(&path)?;
     let mut obj = parse_body(&headers, &body)?;
     t.adopt(&mut obj, Some(&name))?;
-    check_privileged(&role, &obj)?;
     normalize(&mut obj);
     let key = t.key(&name)?;
     let wanted_rv = obj.metadata().revision().map(|r| r as Revision);
@@ -383,6 +382,7 @@ pub async fn update(
         let old = to_typed(&cur)?;
         role.check_write(t.kind.plural(), &name, node_of(&old))?;
         role.check_write(t.kind.plural(), &name, node_of(&obj))?;
+        check_privileged(&role, &obj, Some(&old))?;
         let mut candidate = obj.clone();
         candidate.metadata_mut().creation_timestamp = old.metadata().creation_timestamp.clone();
         candidate.metadata_mut().resource_version = None;
@@ -489,4 +489,34 @@ pub async fn acquire_subnet(
     role.check_node(&name)?;
     let lease = alloc::acquire_subnet(&s, &name, &network).await?;
     Ok(Json(lease).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_api::objects::parse_yaml;
+
+    fn pod(sources: &str) -> AnyObject {
+        parse_yaml(&format!(
+            "apiVersion: trellis/v1\nkind: Pod\nmetadata: {{name: p, namespace: x}}\nspec: {{allowedSourceAddresses: [{sources}]}}\n"
+        ))
+        .unwrap()
+        .remove(0)
+    }
+
+    #[test]
+    fn only_an_admin_grants_any_source() {
+        let node = Role::Node { node: "n1".into() };
+        let (any, some) = (pod("0.0.0.0/0"), pod("10.9.0.0/16"));
+        check_privileged(&Role::Admin, &any, None).unwrap();
+        check_privileged(&node, &some, None).unwrap();
+        let e = check_privileged(&node, &any, None).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("spec.allowedSourceAddresses"),
+            "{e:?}"
+        );
+        check_privileged(&node, &any, Some(&some)).unwrap_err();
+        // Keeping a /0 an admin granted is not a new grant.
+        check_privileged(&node, &any, Some(&any)).unwrap();
+    }
 }

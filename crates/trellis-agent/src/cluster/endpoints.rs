@@ -71,7 +71,7 @@ impl Publisher {
                 waiting |= now.saturating_sub(r.created) < PLUMB_WINDOW_SECS;
                 continue;
             }
-            let ns = r.pod_namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = r.namespace().to_string();
             let mut labels = r.labels.clone();
             if let Some(pod) = &r.pod_name {
                 let path = format!("/v1/namespaces/{ns}/pods/{pod}");

@@ -261,6 +261,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
 
     let nodes = Informer::start(client.clone(), "/v1/nodes".into());
     let networks = Informer::start(client.clone(), "/v1/networks".into());
+    let endpoints = Informer::start(client.clone(), "/v1/endpoints".into());
     let leases: Vec<(String, Ipv4Net)> =
         served.iter().map(|s| (s.name.clone(), s.subnet)).collect();
     tokio::spawn(heartbeat_loop(
@@ -274,7 +275,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
         cfg: cfg.clone(),
         local: local.clone(),
         served: served.clone(),
-        nodes,
+        nodes: nodes.clone(),
         networks,
         reconciler: Reconciler::new(nl.clone()),
         nl,
@@ -292,7 +293,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
         };
         tokio::spawn(publisher.run(cfg.resync));
     }
-    start_services(&cfg, &client, &served, &local).await?;
+    start_services(&cfg, &client, &served, &local, endpoints.clone()).await?;
     // Network policy: every pod's DNS server (its gateway, or the node under l2) stays
     // reachable whatever the egress policy says.
     let dns: Vec<Ipv4Addr> = served
@@ -315,7 +316,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
             .map(|s| s.node.ipam().gateway()),
     );
     let policy = policy::PolicyController::new(
-        &client,
+        policy::Informers::start(&client, nodes, endpoints),
         &cfg.node,
         served.iter().map(|s| s.node.clone()).collect(),
         &dns,
@@ -390,6 +391,7 @@ async fn start_services(
     client: &Client,
     served: &[Served],
     local: &Local,
+    endpoints: Informer,
 ) -> Result<(), ClusterError> {
     let upstreams_for = |bind| {
         if cfg.dns_upstreams.is_empty() {
@@ -426,7 +428,7 @@ async fn start_services(
         client: client.clone(),
         node: cfg.node.clone(),
         services: Informer::start(client.clone(), "/v1/services".into()),
-        endpoints: Informer::start(client.clone(), "/v1/endpoints".into()),
+        endpoints,
         proxy,
         dns,
         domain: cfg.domain.clone(),

@@ -36,7 +36,7 @@ const ADMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// The informers policy reads.
 #[derive(Debug, Clone)]
-struct Informers {
+pub(super) struct Informers {
     namespaces: Informer,
     netpols: Informer,
     cnps: Informer,
@@ -46,6 +46,20 @@ struct Informers {
 }
 
 impl Informers {
+    /// Start the informers only policy reads; Nodes and Endpoints are shared with the
+    /// fabric and service loops.
+    pub(super) fn start(client: &Client, nodes: Informer, endpoints: Informer) -> Informers {
+        let inf = |p: &str| Informer::start(client.clone(), p.to_string());
+        Informers {
+            namespaces: inf("/v1/namespaces"),
+            netpols: inf("/v1/networkpolicies"),
+            cnps: inf("/v1/clusternetworkpolicies"),
+            pods: inf("/v1/pods"),
+            endpoints,
+            nodes,
+        }
+    }
+
     fn all(&self) -> [&Informer; 6] {
         [
             &self.namespaces,
@@ -101,12 +115,10 @@ fn build_inputs(node: &str, inf: &Informers, served: &[Arc<Node>]) -> Option<Inp
         .collect();
     for n in served {
         for r in n.ipam().list() {
-            let pod = r.pod_name.as_ref().and_then(|name| {
-                pods.get(&(
-                    r.pod_namespace.clone().unwrap_or_else(|| "default".into()),
-                    name.clone(),
-                ))
-            });
+            let pod = r
+                .pod_name
+                .as_ref()
+                .and_then(|name| pods.get(&(r.namespace().to_string(), name.clone())));
             inputs.pods.insert(r.ip, local_pod(node, &r, pod.copied()));
         }
     }
@@ -117,7 +129,7 @@ fn build_inputs(node: &str, inf: &Informers, served: &[Arc<Node>]) -> Option<Inp
 /// object when it names one that exists, else the ADD's `LABELS`.
 fn local_pod(node: &str, r: &Reservation, pod: Option<&Pod>) -> PodInfo {
     PodInfo {
-        namespace: r.pod_namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: r.namespace().to_string(),
         name: r
             .pod_name
             .clone()
@@ -132,9 +144,9 @@ fn local_pod(node: &str, r: &Reservation, pod: Option<&Pod>) -> PodInfo {
 }
 
 impl PolicyController {
-    /// Start the informers; [`PolicyController::run`] does the passes.
-    pub fn new(
-        client: &Client,
+    /// A controller over `informers`; [`PolicyController::run`] does the passes.
+    pub(super) fn new(
+        informers: Informers,
         node: &str,
         served: Vec<Arc<Node>>,
         dns: &[Ipv4Addr],
@@ -142,18 +154,10 @@ impl PolicyController {
         gate: Arc<Gate>,
         resync: Duration,
     ) -> Arc<Self> {
-        let inf = |p: &str| Informer::start(client.clone(), p.to_string());
         Arc::new(PolicyController {
             node: node.to_string(),
             served,
-            informers: Informers {
-                namespaces: inf("/v1/namespaces"),
-                netpols: inf("/v1/networkpolicies"),
-                cnps: inf("/v1/clusternetworkpolicies"),
-                pods: inf("/v1/pods"),
-                endpoints: inf("/v1/endpoints"),
-                nodes: inf("/v1/nodes"),
-            },
+            informers,
             state: Mutex::new(State {
                 compiler: Compiler::new(node, dns, node_addrs),
                 table: Table::new(),
@@ -205,15 +209,17 @@ impl PolicyController {
         rx.extend(self.served.iter().map(|n| n.subscribe()));
         let mut pods_seen = None;
         loop {
-            match self.pass() {
+            // Compiling and the netlink transaction block: keep them off the async
+            // workers' queue.
+            match tokio::task::block_in_place(|| self.pass()) {
                 Ok(_) => {}
                 Err(e) => tracing::warn!("network policy: {e}; a full sync follows"),
             }
-            // A Pod's allowedSourceAddresses may have changed: resync the guard.
+            // A Pod's allowedSourceAddresses may have changed the guard's ports.
             let pods_now = self.informers.pods.revision();
             if pods_now != pods_seen {
                 pods_seen = pods_now;
-                if let Err(e) = self.gate.sync() {
+                if let Err(e) = tokio::task::block_in_place(|| self.gate.refresh()) {
                     tracing::warn!("{e}");
                 }
             }
@@ -236,7 +242,7 @@ impl PodPolicy for PolicyController {
         {
             let mut st = self.state.lock().expect("policy lock");
             if st.last_full.is_some() {
-                let ns = r.pod_namespace.as_deref().unwrap_or("default");
+                let ns = r.namespace();
                 let pod = r
                     .pod_name
                     .as_ref()
