@@ -116,7 +116,6 @@ type Contribution = HashSet<Atom>;
 #[derive(Debug)]
 pub struct Compiler {
     node: String,
-    dns: Vec<Ipv4Addr>,
     inputs: Inputs,
     identities: BTreeMap<IdentityKey, Identity>,
     by_id: HashMap<u32, IdentityKey>,
@@ -129,7 +128,6 @@ pub struct Compiler {
     /// All ClusterNetworkPolicy atoms (recomputed as a whole; there are few).
     cnp: Contribution,
     cnp_layout: Vec<CnpRuleLayout>,
-    fixed: Contribution,
     atoms: Atoms,
 }
 
@@ -141,7 +139,6 @@ impl Compiler {
     pub fn new(node: &str, dns: &[Ipv4Addr], node_addrs: &[Ipv4Addr]) -> Self {
         let mut c = Compiler {
             node: node.to_string(),
-            dns: dns.to_vec(),
             inputs: Inputs::default(),
             identities: BTreeMap::new(),
             by_id: HashMap::new(),
@@ -151,24 +148,16 @@ impl Compiler {
             ident_index: IdentIndex::default(),
             cnp: HashSet::new(),
             cnp_layout: Vec::new(),
-            fixed: HashSet::new(),
             atoms: Atoms::default(),
         };
-        let fixed: Contribution = c
-            .dns
+        let fixed: Contribution = dns
             .iter()
             .flat_map(|ip| [Atom::Dns(*ip, 6), Atom::Dns(*ip, 17)])
             .chain(node_addrs.iter().map(|ip| Atom::NodeAddr(*ip)))
             .collect();
         let mut d = Delta::default();
         c.atoms.replace(&HashSet::new(), &fixed, &mut d);
-        c.fixed = fixed;
         c
-    }
-
-    /// The node whose pods are the subjects.
-    pub fn node(&self) -> &str {
-        &self.node
     }
 
     /// The inputs last compiled.
@@ -179,16 +168,6 @@ impl Compiler {
     /// The ClusterNetworkPolicy rules in evaluation order (chains are built from this).
     pub fn cnp_layout(&self) -> &[CnpRuleLayout] {
         &self.cnp_layout
-    }
-
-    /// The identity number of `key`, if some pod has it.
-    pub fn id_of(&self, key: &IdentityKey) -> Option<u32> {
-        self.identities.get(key).map(|i| i.id)
-    }
-
-    /// How many identities exist.
-    pub fn identity_count(&self) -> usize {
-        self.identities.len()
     }
 
     /// Every element wanted now, per set, with every set the table needs (empty ones

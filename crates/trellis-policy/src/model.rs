@@ -3,14 +3,14 @@
 //! the rule that gives it (what `trellis policy check` and `explain` print, and what
 //! the compiled sets are tested against).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use trellis_api::naming::fnv1a64;
 use trellis_api::objects::{
-    namespace_labels, ClusterNetworkPolicySpec, CnpAction, CnpPeer, CnpPort, ContainerPort,
-    LabelSelector, NamespacedPods, NetworkPolicySpec, Peer, PolicyPort, PolicyProtocol, PortRef,
-    Subject, Tier,
+    ClusterNetworkPolicySpec, CnpAction, CnpPeer, CnpPort, ContainerPort, NamespacedPods,
+    NetworkPolicySpec, Peer, PolicyPort, PolicyProtocol, PortRef, Subject, Tier,
+    ENDPOINT_NETWORK_LABEL, ENDPOINT_NODE_LABEL,
 };
 
 /// Labels.
@@ -234,21 +234,10 @@ pub fn cnp_port_spans(ports: &[CnpPort], dst: Option<&IdentityKey>) -> Vec<PortS
     out
 }
 
-/// Whether a ClusterNetworkPolicy `ports` list holds only named ports' resolution
-/// (that depends on the destination) — i.e. has a `namedPort`.
-pub fn cnp_has_named(ports: &[CnpPort]) -> bool {
-    ports.iter().any(|p| p.named_port.is_some())
-}
-
 impl Inputs {
     /// The labels of namespace `ns`: its object's plus the automatic name label.
     pub fn ns_labels(&self, ns: &str) -> Labels {
-        let mut l = self.namespaces.get(ns).cloned().unwrap_or_default();
-        l.insert(
-            trellis_api::objects::NAMESPACE_NAME_LABEL.to_string(),
-            ns.to_string(),
-        );
-        l
+        trellis_api::objects::namespace_labels(ns, self.namespaces.get(ns))
     }
 
     /// Whether NetworkPolicy peer `peer` of a policy in `policy_ns` matches identity `q`
@@ -622,29 +611,10 @@ impl Inputs {
     }
 }
 
-/// Labels of a namespace without object (exported for callers building [`Inputs`]).
-pub fn default_ns_labels(ns: &str) -> Labels {
-    namespace_labels(ns, None)
-}
-
-/// Whether selector `sel` is the empty one.
-pub fn selects_all(sel: &LabelSelector) -> bool {
-    sel.is_empty()
-}
-
-/// The identities of the pods in `inputs`, with how many pods each has.
-pub fn identities(inputs: &Inputs) -> BTreeMap<IdentityKey, BTreeSet<Ipv4Addr>> {
-    let mut m: BTreeMap<IdentityKey, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    for p in inputs.pods.values() {
-        m.entry(IdentityKey::of(p)).or_default().insert(p.ip);
-    }
-    m
-}
-
 /// Labels the agent adds to Endpoints (`trellis.io/node`, `trellis.io/network`): not
 /// the pod's own, so not part of its identity.
 pub fn is_agent_label(key: &str) -> bool {
-    key == "trellis.io/node" || key == "trellis.io/network"
+    key == ENDPOINT_NODE_LABEL || key == ENDPOINT_NETWORK_LABEL
 }
 
 impl Inputs {

@@ -1,6 +1,6 @@
 //! Publishing an Endpoint per attachment: the desired set is computed from the IPAM's
 //! reservations whose host veth exists, compared with the Endpoints the server holds for
-//! this node (label [`NODE_LABEL`]), and the difference is written. Runs after every
+//! this node (label [`ENDPOINT_NODE_LABEL`](trellis_api::objects::ENDPOINT_NODE_LABEL)), and the difference is written. Runs after every
 //! reservation change and periodically, so a crash between an ADD and its publication,
 //! or a server that was down, is repaired by the next pass.
 //!
@@ -12,8 +12,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use trellis_api::naming::fnv1a64;
+use trellis_api::objects::{
+    Endpoint, EndpointSpec, ObjectMeta, Pod, ENDPOINT_NETWORK_LABEL as NETWORK_LABEL,
+    ENDPOINT_NODE_LABEL as NODE_LABEL,
+};
 use trellis_client::Client;
 
 use crate::ipam::Reservation;
@@ -23,11 +26,6 @@ use crate::node::Node;
 pub const PLUMB_RECHECK: Duration = Duration::from_millis(200);
 /// A reservation without a veth is "fresh" (being plumbed) for this long.
 const PLUMB_WINDOW_SECS: u64 = 30;
-
-/// Label naming the node that published an Endpoint.
-pub const NODE_LABEL: &str = "trellis.io/node";
-/// Label naming the Endpoint's network.
-pub const NETWORK_LABEL: &str = "trellis.io/network";
 
 /// The Endpoint name of an attachment: stable, unique per node and attachment.
 pub fn endpoint_name(node: &str, r: &Reservation) -> String {
@@ -54,7 +52,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// The Endpoints wanted, and whether a fresh reservation still waits for its veth.
-    async fn desired(&self) -> Result<(BTreeMap<String, Value>, bool), String> {
+    async fn desired(&self) -> Result<(BTreeMap<String, Endpoint>, bool), String> {
         let mut out = BTreeMap::new();
         let live = self.node.live_links().await?;
         let now = std::time::SystemTime::now()
@@ -75,38 +73,37 @@ impl Publisher {
             let mut labels = r.labels.clone();
             if let Some(pod) = &r.pod_name {
                 let path = format!("/v1/namespaces/{ns}/pods/{pod}");
-                if let Ok(p) = self.client.get(&path).await {
-                    if let Some(m) = p["metadata"]["labels"].as_object() {
-                        labels = m
-                            .iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                            .collect();
+                if let Ok(Ok(p)) = self
+                    .client
+                    .get(&path)
+                    .await
+                    .map(serde_json::from_value::<Pod>)
+                {
+                    if !p.metadata.labels.is_empty() {
+                        labels = p.metadata.labels;
                     }
                 }
             }
             labels.insert(NODE_LABEL.into(), self.node_name.clone());
             labels.insert(NETWORK_LABEL.into(), self.network.clone());
             let name = endpoint_name(&self.node_name, &r);
-            let mut spec = json!({
-                "containerId": r.attachment.container_id,
-                "ifname": r.attachment.ifname,
-                "network": self.network,
-                "node": self.node_name,
-                "ip": r.ip,
-                "ready": true,
-            });
-            if let Some(pod) = &r.pod_name {
-                spec["podName"] = json!(pod);
-            }
-            out.insert(
-                format!("{ns}/{name}"),
-                json!({
-                    "apiVersion": "trellis/v1",
-                    "kind": "Endpoint",
-                    "metadata": {"name": name, "namespace": ns, "labels": labels},
-                    "spec": spec,
-                }),
-            );
+            let metadata = ObjectMeta {
+                name: name.clone(),
+                namespace: Some(ns.clone()),
+                labels,
+                ..ObjectMeta::default()
+            };
+            let spec = EndpointSpec {
+                container_id: r.attachment.container_id.clone(),
+                ifname: r.attachment.ifname.clone(),
+                network: self.network.clone(),
+                node: self.node_name.clone(),
+                ip: r.ip,
+                mac: None,
+                ready: true,
+                pod_name: r.pod_name.clone(),
+            };
+            out.insert(format!("{ns}/{name}"), Endpoint::new(metadata, spec));
         }
         Ok((out, waiting))
     }
@@ -120,7 +117,7 @@ impl Publisher {
 
     async fn write(
         &self,
-        want: &BTreeMap<String, Value>,
+        want: &BTreeMap<String, Endpoint>,
     ) -> Result<(usize, usize, usize), trellis_client::ClientError> {
         let list = self
             .client
@@ -129,17 +126,24 @@ impl Publisher {
                 self.node_name, self.network
             ))
             .await?;
-        let mut have: BTreeMap<String, Value> = BTreeMap::new();
-        for o in list["items"].as_array().into_iter().flatten() {
-            let m = &o["metadata"];
-            have.insert(
-                format!(
-                    "{}/{}",
-                    m["namespace"].as_str().unwrap_or_default(),
-                    m["name"].as_str().unwrap_or_default()
-                ),
-                o.clone(),
+        let mut have: BTreeMap<String, Endpoint> = BTreeMap::new();
+        let items = list["items"].as_array().into_iter().flatten();
+        // The server validated every Endpoint it stores, so each parses; one that does
+        // not is logged and left alone.
+        let parsed = items.filter_map(|o| match serde_json::from_value::<Endpoint>(o.clone()) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!("publishing endpoints: skipping a stored Endpoint: {e}");
+                None
+            }
+        });
+        for o in parsed {
+            let key = format!(
+                "{}/{}",
+                o.metadata.namespace.as_deref().unwrap_or_default(),
+                o.metadata.name
             );
+            have.insert(key, o);
         }
         let (mut created, mut updated, mut deleted) = (0, 0, 0);
         for (k, w) in want {
@@ -147,19 +151,20 @@ impl Publisher {
             let path = format!("/v1/namespaces/{ns}/endpoints");
             match have.get(k) {
                 None => {
-                    self.client.post(&path, w).await?;
+                    self.client.post(&path, &to_value(w)).await?;
                     created += 1;
                 }
                 Some(h) => {
                     // Readiness follows the node's liveness, which the server owns.
                     let mut o = w.clone();
-                    o["spec"]["ready"] = h["spec"]["ready"].clone();
-                    if h["spec"] == o["spec"] && h["metadata"]["labels"] == o["metadata"]["labels"]
-                    {
+                    o.spec.ready = h.spec.ready;
+                    if h.spec == o.spec && h.metadata.labels == o.metadata.labels {
                         continue;
                     }
-                    o["metadata"]["resourceVersion"] = h["metadata"]["resourceVersion"].clone();
-                    self.client.put(&format!("{path}/{name}"), &o).await?;
+                    o.metadata.resource_version = h.metadata.resource_version.clone();
+                    self.client
+                        .put(&format!("{path}/{name}"), &to_value(&o))
+                        .await?;
                     updated += 1;
                 }
             }
@@ -210,4 +215,9 @@ impl Publisher {
             }
         }
     }
+}
+
+/// The JSON body of an Endpoint write.
+fn to_value(e: &Endpoint) -> serde_json::Value {
+    serde_json::to_value(e).expect("objects serialize to JSON")
 }

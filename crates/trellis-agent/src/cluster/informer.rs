@@ -41,11 +41,12 @@ fn revision(v: &Value) -> u64 {
 
 /// The object of a list item or watch event, typed; `None` (logged) when it does not
 /// parse.
-fn parse(o: &Value) -> Option<Arc<AnyObject>> {
-    match AnyObject::from_value(o.clone()) {
+fn parse(o: Value) -> Option<Arc<AnyObject>> {
+    let k = key(&o);
+    match AnyObject::from_value(o) {
         Ok(p) => Some(Arc::new(p)),
         Err(e) => {
-            tracing::warn!(object = %key(o), "informer: skipping an object that does not parse: {e}");
+            tracing::warn!(object = %k, "informer: skipping an object that does not parse: {e}");
             None
         }
     }
@@ -80,35 +81,34 @@ impl Informer {
     }
 
     async fn run_once(&self, client: &Client, path: &str) -> Result<(), String> {
-        let list = client.get(path).await.map_err(|e| e.to_string())?;
+        let mut list = client.get(path).await.map_err(|e| e.to_string())?;
         let rv = list["metadata"]["resourceVersion"]
             .as_str()
             .map(str::to_string);
-        self.replace(
-            list["items"].as_array().cloned().unwrap_or_default(),
-            revision(&list["metadata"]["resourceVersion"]),
-        );
+        let revision_listed = revision(&list["metadata"]["resourceVersion"]);
+        self.replace(list["items"].take(), revision_listed);
         let mut w = client
             .watch(path, rv.as_deref(), true)
             .await
             .map_err(|e| e.to_string())?;
         while let Some(ev) = w.next().await {
-            let ev = ev.map_err(|e| e.to_string())?;
+            let mut ev = ev.map_err(|e| e.to_string())?;
             // A DELETED event's object carries the revision of its deletion.
             let rv = revision(&ev["object"]["metadata"]["resourceVersion"]);
             match ev["type"].as_str() {
                 Some("ADDED") | Some("MODIFIED") => {
-                    let (k, parsed) = (key(&ev["object"]), parse(&ev["object"]));
+                    let object = ev["object"].take();
+                    let (k, parsed) = (key(&object), parse(object));
                     self.update(rv, |m| match parsed {
                         Some(p) => m.insert(k, p),
                         None => m.remove(&k),
                     })
                 }
                 Some("DELETED") => self.update(rv, |m| m.remove(&key(&ev["object"]))),
-                Some("RESYNC") => self.replace(
-                    ev["items"].as_array().cloned().unwrap_or_default(),
-                    revision(&ev["resourceVersion"]),
-                ),
+                Some("RESYNC") => {
+                    let revision_sent = revision(&ev["resourceVersion"]);
+                    self.replace(ev["items"].take(), revision_sent)
+                }
                 // Nothing changed, but everything up to `rv` has been sent.
                 Some("BOOKMARK") => self.advance(rv),
                 _ => return Err(format!("watch ended: {ev}")),
@@ -117,10 +117,15 @@ impl Informer {
         Err("watch stream closed".into())
     }
 
-    fn replace(&self, items: Vec<Value>, revision: u64) {
+    /// Replace the cache with `items` (a JSON array; anything else empties it).
+    fn replace(&self, items: Value, revision: u64) {
+        let items = match items {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        };
         let objects = items
-            .iter()
-            .filter_map(|o| Some((key(o), parse(o)?)))
+            .into_iter()
+            .filter_map(|o| Some((key(&o), parse(o)?)))
             .collect();
         let mut s = self.state.lock().expect("informer lock");
         s.objects = objects;

@@ -12,6 +12,11 @@ use super::{
 };
 use crate::naming::validate_ifname;
 
+/// Label an agent sets on the Endpoints it publishes: the node's name.
+pub const ENDPOINT_NODE_LABEL: &str = "trellis.io/node";
+/// Label an agent sets on the Endpoints it publishes: the network's name.
+pub const ENDPOINT_NETWORK_LABEL: &str = "trellis.io/network";
+
 /// An `Endpoint` object (namespaced, plural `endpoints`). Its labels (in
 /// `metadata.labels`, copied from the pod) are what Service selectors match.
 pub type Endpoint = Object<EndpointSpec>;

@@ -66,7 +66,7 @@ pub use cnp::{
     ClusterNetworkPolicy, ClusterNetworkPolicySpec, CnpAction, CnpPeer, CnpPort, CnpPortNumber,
     CnpPortRange, CnpRule, NamespacedPods, Subject, Tier, MAX_CNP_PRIORITY, MAX_CNP_RULES,
 };
-pub use endpoint::{Endpoint, EndpointSpec};
+pub use endpoint::{Endpoint, EndpointSpec, ENDPOINT_NETWORK_LABEL, ENDPOINT_NODE_LABEL};
 pub use error::ValidationError;
 pub use lbpool::{LoadBalancerPool, LoadBalancerPoolSpec};
 pub use meta::{

@@ -50,11 +50,13 @@ impl Namespace {
     }
 }
 
-/// The labels of namespace `name`: its object's (if any) plus the automatic name label.
-pub fn namespace_labels(name: &str, object: Option<&Namespace>) -> BTreeMap<String, String> {
-    let mut l = object
-        .map(|o| o.metadata.labels.clone())
-        .unwrap_or_default();
+/// The labels of namespace `name`: its object's `labels` (if it has an object) plus
+/// the automatic name label.
+pub fn namespace_labels(
+    name: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> BTreeMap<String, String> {
+    let mut l = labels.cloned().unwrap_or_default();
     l.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
     l
 }
