@@ -361,17 +361,12 @@ fn cnp_rules(l: &CnpRuleLayout) -> Vec<Rule> {
             let mut r = Rule::new();
             load_subject(&mut r, l.dir, R8);
             r.lookup_set(R8, &l.subject_set);
-            match pk {
-                RuleSet::Ids => {
-                    load_peer_addr(&mut r, l.dir, R9);
-                    r.lookup_set(R9, &l.sets[pk]);
-                }
-                _ => {
-                    load_peer_addr(&mut r, l.dir, R9);
-                    r.ct(R10, CT_PROTOCOL, Some(ORIGINAL));
-                    r.lookup_set(R9, &l.sets[pk]);
-                }
+            load_peer_addr(&mut r, l.dir, R9);
+            if *pk == RuleSet::Nets {
+                // Nets sets are keyed `address . protocol`.
+                r.ct(R10, CT_PROTOCOL, Some(ORIGINAL));
             }
+            r.lookup_set(R9, &l.sets[pk]);
             match port {
                 Some(RuleSet::Ports) => {
                     load_proto_port(&mut r, R10);

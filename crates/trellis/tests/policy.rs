@@ -96,7 +96,7 @@ fn policies_from_the_server_are_enforced_across_nodes() {
     let t = trellis();
     lab.apply(&t, SETUP).expect("apply the setup");
     let (_web_ns, web) = add(&mut lab, 0, "x", "web");
-    let (client_ns, _client) = add(&mut lab, 1, "y", "client");
+    let (client_ns, client) = add(&mut lab, 1, "y", "client");
     let (other_ns, other) = add(&mut lab, 1, "x", "other");
 
     // y's client reaches x's web across nodes once n1 knows the client (its Endpoint).
@@ -110,10 +110,15 @@ fn policies_from_the_server_are_enforced_across_nodes() {
         !reaches(&lab, &client_ns, other),
         "client reached other (isolated)"
     );
+    // x's policy isolates ingress only: other still reaches y's (unisolated) client.
+    assert!(
+        reaches(&lab, &other_ns, client),
+        "other (x, egress not isolated) did not reach client (y, not isolated)"
+    );
 
     // A new pod is protected from its first packet: its address is in the policy sets
     // and its port in the guard before the ADD returns.
-    let (fresh_ns, fresh) = add(&mut lab, 1, "x", "fresh");
+    let (_, fresh) = add(&mut lab, 1, "x", "fresh");
     let local = set_text(&lab, 1, &["ip", "trellis-policy", "local"]);
     assert!(
         local.contains(&fresh.to_string()),
@@ -156,7 +161,6 @@ fn policies_from_the_server_are_enforced_across_nodes() {
         sources.contains(&fresh.to_string()) && sources.contains("10.99.0.0/16"),
         "the guard lacks fresh's sources (own address, allowedSourceAddresses):\n{sources}"
     );
-    let _ = fresh_ns;
 
     // The CLI computes the same answers from the objects.
     let check = |args: &[&str]| {
@@ -223,8 +227,8 @@ fn policies_from_the_server_are_enforced_across_nodes() {
         "other (x, not allowed) reached web through the Service"
     );
 
-    // Through a NodePort from outside the cluster (the underlay namespace): denied by x's
-    // default deny, allowed once an ipBlock admits the underlay segment.
+    // Through a NodePort from outside the cluster (the underlay namespace): allowed while
+    // an ipBlock admits the underlay segment, denied by x's default deny without it.
     lab.apply(
         &t,
         "apiVersion: trellis/v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec: {type: NodePort, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n",
@@ -237,11 +241,6 @@ fn policies_from_the_server_are_enforced_across_nodes() {
     .unwrap();
     let node_port = u16::try_from(svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap()).unwrap();
     let (outside, n1) = (lab.state.underlay.clone(), lab.state.nodes[0].addr);
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        http_get_port(&lab, &outside, n1, node_port).is_empty(),
-        "the outside reached web (default deny) through its NodePort"
-    );
     lab.apply(
         &t,
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-lan, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{ipBlock: {cidr: 192.168.77.0/24}}], ports: [{port: http}]}]\n",
@@ -254,8 +253,16 @@ fn policies_from_the_server_are_enforced_across_nodes() {
         .is_empty()),
         "the outside never reached web through its NodePort once its segment was allowed"
     );
+    // The NodePort works; without the ipBlock, x's default deny applies to it.
     lab.cli(&t, &["delete", "netpol", "web-from-lan", "-n", "x"])
         .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || http_get_port(
+            &lab, &outside, n1, node_port
+        )
+        .is_empty()),
+        "the outside still reached web (default deny) through its NodePort"
+    );
 
     // Bad input: a clear error naming the field, nothing stored.
     let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\nspec:\n  ingress: [{ports: [{port: http, endPort: 9000}]}]\n";
@@ -381,25 +388,44 @@ spec:
         "K8S_POD_NAMESPACE=y;K8S_POD_NAME=client",
     )
     .unwrap();
-    let mut iperf = std::process::Command::new("iperf3");
-    iperf.args(["-s"]);
-    lab.spawn(&srv.netns, "iperf3 server", iperf).unwrap();
-    // Both nodes know both pods and the stream is allowed (and only it: port 80 is not).
-    let probe = |lab: &Lab| {
+    for port in ["5201", "5202"] {
+        let mut iperf = std::process::Command::new("iperf3");
+        iperf.args(["-s", "-p", port]);
+        lab.spawn(&srv.netns, &format!("iperf3 server {port}"), iperf)
+            .unwrap();
+    }
+    // Both nodes know both pods and the stream is allowed (and only it: port 5202,
+    // served as well, is not). Without `-J`: with it iperf3 exits 0 on errors too.
+    let probe = |lab: &Lab, port: &str| {
         lab.exec_any(
             &cli.netns,
-            &["iperf3", "-c", &server_ip.to_string(), "-t", "1", "-J"],
+            &[
+                "iperf3",
+                "-c",
+                &server_ip.to_string(),
+                "-p",
+                port,
+                "-t",
+                "1",
+                "--connect-timeout",
+                "1000",
+            ],
         )
         .map(|o| o.status.success())
         .unwrap_or(false)
     };
     assert!(
-        wait_for(Duration::from_secs(15), || probe(&lab)),
+        wait_for(Duration::from_secs(15), || probe(&lab, "5201")),
         "the allowed stream never worked"
+    );
+    assert!(
+        !probe(&lab, "5202"),
+        "a stream to the port no policy allows worked"
     );
     std::thread::sleep(Duration::from_secs(1));
     let before: Vec<String> = (0..2).map(|n| policy_snapshot(&lab, n)).collect();
     let cli_ns = cli.netns.clone();
+    let stream_start = std::time::Instant::now();
     let client = std::thread::spawn(move || {
         std::process::Command::new("ip")
             .args([
@@ -424,7 +450,12 @@ spec:
     }
     lab.start_cluster_agent(&t, 0, "default", &timing).unwrap();
     lab.start_cluster_agent(&t, 1, "default", &timing).unwrap();
+    let restarted_at = stream_start.elapsed();
     let out = client.join().unwrap();
+    assert!(
+        restarted_at < Duration::from_millis(5500),
+        "the agents must be back while the 6 s stream runs (back after {restarted_at:?})"
+    );
     assert!(
         out.status.success(),
         "iperf3 broke: {}",
@@ -439,8 +470,16 @@ spec:
             "a second without traffic: {iv}"
         );
     }
-    // Give the restarted agents a pass (their full sync), then compare.
-    std::thread::sleep(Duration::from_secs(3));
+    // Once both restarted agents have made their first full sync, compare.
+    for name in ["agent-n1", "agent-n2"] {
+        let log = lab.dir().join(format!("{name}.log"));
+        assert!(
+            wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("network policy: table in sync")),
+            "{name} never synced its policy table after the restart"
+        );
+    }
     for (n, b) in before.iter().enumerate() {
         assert_eq!(
             &policy_snapshot(&lab, n),

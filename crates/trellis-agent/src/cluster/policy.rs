@@ -186,6 +186,11 @@ impl PolicyController {
         };
         match r {
             Ok(report) => {
+                if full && st.last_full.is_none() {
+                    // The first full sync since start (or since an error): what a
+                    // restart repaired, if anything.
+                    tracing::info!(?report, "network policy: table in sync");
+                }
                 if full {
                     st.last_full = Some(Instant::now());
                 }
