@@ -261,16 +261,8 @@ fn invalid(what: String) -> PolicyError {
 /// An interface name as the kernel compares it (`meta iifname`): zero-padded to
 /// `IFNAMSIZ`. `None` for a name no interface can have.
 fn ifname_key(name: &str) -> Option<[u8; IFNAMSIZ]> {
+    trellis_api::naming::validate_ifname(name).ok()?;
     let b = name.as_bytes();
-    if b.is_empty()
-        || b.len() >= IFNAMSIZ
-        || name == "."
-        || name == ".."
-        || b.iter()
-            .any(|c| *c == 0 || *c == b'/' || c.is_ascii_whitespace())
-    {
-        return None;
-    }
     let mut k = [0u8; IFNAMSIZ];
     k[..b.len()].copy_from_slice(b);
     Some(k)
@@ -290,7 +282,7 @@ fn validate(p: &GuardPort) -> Result<[u8; IFNAMSIZ], PolicyError> {
 
 /// The allowed sources as disjoint, sorted, inclusive ranges without `0.0.0.0`.
 fn source_ranges(sources: &[Ipv4Net]) -> Vec<(u32, u32)> {
-    let mut r: Vec<(u32, u32)> = sources
+    let r: Vec<(u32, u32)> = sources
         .iter()
         .filter_map(|n| {
             let (a, b) = (u32::from(n.network()), u32::from(n.broadcast()));
@@ -301,15 +293,7 @@ fn source_ranges(sources: &[Ipv4Net]) -> Vec<(u32, u32)> {
             }
         })
         .collect();
-    r.sort_unstable();
-    let mut out: Vec<(u32, u32)> = Vec::with_capacity(r.len());
-    for (a, b) in r {
-        match out.last_mut() {
-            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
+    crate::elements::merge(r)
 }
 
 /// The family of one of the two tables.

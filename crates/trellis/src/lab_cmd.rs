@@ -56,7 +56,7 @@ pub enum LabCmd {
     },
 }
 
-fn sibling(bin: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(bin: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me.with_file_name(bin);
     if !p.exists() {

@@ -46,15 +46,6 @@ pub enum LabPodCmd {
     },
 }
 
-fn sibling(bin: &str) -> anyhow::Result<std::path::PathBuf> {
-    let me = std::env::current_exe()?;
-    let p = me.with_file_name(bin);
-    if !p.exists() {
-        bail!("{} not found next to {}", bin, me.display());
-    }
-    Ok(p)
-}
-
 /// The Pod object `add` declares; errors name the flag.
 pub fn pod_object(name: &str, namespace: &str, labels: &str, ports: &str) -> anyhow::Result<Pod> {
     let mut pod = Pod::new(ObjectMeta::namespaced(namespace, name), PodSpec::default());
@@ -102,7 +93,7 @@ pub fn pod_object(name: &str, namespace: &str, labels: &str, ports: &str) -> any
 /// Run a `lab pod` subcommand.
 pub fn run(cmd: LabPodCmd) -> anyhow::Result<ExitCode> {
     let trellis = std::env::current_exe()?;
-    let plugin = sibling("trellis-cni")?;
+    let plugin = crate::lab_cmd::sibling("trellis-cni")?;
     match cmd {
         LabPodCmd::Add {
             name,
