@@ -15,14 +15,16 @@
 //!   (node-dns, invalid, jump egress as above)
 //! ingress / egress: the Admin-tier rules in order, then goto ingress-np / egress-np
 //! ingress-np / egress-np (subject = our pod, peer = the other end, by address):
+//!   subject @np-in-iso goto ingress-allow          # isolated: NetworkPolicies decide
+//!   the Baseline-tier rules in order               # reached only when not isolated
+//! ingress-allow / egress-allow (one lookup above for an unisolated pod, not seven):
 //!   subject . peer @np-in-any return               # every port
 //!   subject . peer . proto @np-in-proto return     # every port of a protocol
 //!   subject . peer . proto . port @np-in-port return
 //!   subject . peer . proto . port @np-in-range return          (endPort ranges)
 //!   subject . peer @np-in-cidr-any return                      (ipBlock, every peer)
 //!   subject . peer . proto . port @np-in-cidr return
-//!   subject @np-in-iso drop                        # isolated, nothing allowed
-//!   the Baseline-tier rules in order               # reached only when not isolated
+//!   drop                                           # isolated, nothing allowed
 //! ```
 //!
 //! Every packet is judged by its connection's *original* tuple (`ct original ...`, the
@@ -52,7 +54,7 @@ use crate::PolicyError;
 pub const TABLE: &str = "trellis-policy";
 
 /// Bumped whenever a rule's encoding changes, so old chains are rewritten.
-const FORMAT: &str = "trellis-policy/1";
+const FORMAT: &str = "trellis-policy/2";
 
 const SET_INTERVAL: u32 = 0x4;
 const SET_MAP: u32 = 0x8;
@@ -305,7 +307,7 @@ fn load_proto_port(r: &mut Rule, proto_reg: u32) {
 }
 
 /// The NetworkPolicy stage of a direction.
-fn np_stage(dir: Dir) -> Vec<Rule> {
+fn np_allow(dir: Dir) -> Vec<Rule> {
     let s = np_sets(dir);
     // (set, fields after subject . peer: 0 none, 1 proto, 2 proto . port)
     let lookups = [
@@ -333,10 +335,19 @@ fn np_stage(dir: Dir) -> Vec<Rule> {
     }
     // Isolated and nothing above allowed it.
     let mut r = Rule::new();
-    load_subject(&mut r, dir, R8);
-    r.lookup_set(R8, s.iso).verdict_code(NF_DROP, None);
+    r.verdict_code(NF_DROP, None);
     out.push(r);
     out
+}
+
+/// The first rule of `<dir>-np`: an isolated subject goes to `<dir>-allow`; any other
+/// passes on to the Baseline tier with this one lookup.
+fn np_isolated(dir: Dir) -> Rule {
+    let mut r = Rule::new();
+    load_subject(&mut r, dir, R8);
+    r.lookup_set(R8, np_sets(dir).iso)
+        .verdict_code(NFT_GOTO, Some(&format!("{}-allow", dir.as_str())));
+    r
 }
 
 /// The nft rules of one ClusterNetworkPolicy rule (one per peer kind × port kind).
@@ -463,7 +474,7 @@ pub fn chains(layout: &[CnpRuleLayout]) -> Vec<ChainSpec> {
         let mut g = Rule::new();
         g.verdict_code(NFT_GOTO, Some(&np_chain));
         admin.push(g);
-        let mut np = np_stage(dir);
+        let mut np = vec![np_isolated(dir)];
         np.extend(
             layout
                 .iter()
@@ -472,6 +483,11 @@ pub fn chains(layout: &[CnpRuleLayout]) -> Vec<ChainSpec> {
         );
         out.push(ChainSpec::new(dir.as_str(), None, admin));
         out.push(ChainSpec::new(&np_chain, None, np));
+        out.push(ChainSpec::new(
+            &format!("{}-allow", dir.as_str()),
+            None,
+            np_allow(dir),
+        ));
     }
     out
 }
