@@ -26,7 +26,8 @@ use crate::elements::{Atom, Atoms};
 pub use crate::elements::{Delta, Elem, SetName};
 use crate::index::{IdentIndex, NpIndex, NpKey};
 use crate::model::{
-    cnp_port_spans, np_port_spans, Dir, IdentityKey, Inputs, Labels, NodeInfo, PodInfo, PortSpan,
+    cnp_port_spans, np_port_spans, np_rules, Dir, IdentityKey, Inputs, Labels, NodeInfo, PodInfo,
+    PortSpan,
 };
 
 /// One change of the inputs: the new value, or `None` when the object is gone.
@@ -438,18 +439,7 @@ impl Compiler {
                     continue;
                 }
                 c.insert(Atom::Iso(dir, s));
-                let rules: Vec<(&[Peer], &[PolicyPort])> = match dir {
-                    Dir::Ingress => spec
-                        .ingress
-                        .iter()
-                        .map(|r| (&r.from[..], &r.ports[..]))
-                        .collect(),
-                    Dir::Egress => spec
-                        .egress
-                        .iter()
-                        .map(|r| (&r.to[..], &r.ports[..]))
-                        .collect(),
-                };
+                let rules = np_rules(spec, dir);
                 for (peers, ports) in rules {
                     self.rule_atoms(&mut c, ns, dir, s, s_key, peers, ports);
                 }

@@ -8,7 +8,7 @@ use trellis_api::objects::{
     CnpPeer, CnpPort, CnpRule, LabelSelector, Peer, PolicyPort, PortRef, Tier,
 };
 
-use crate::model::{Dir, End, IdentityKey, Inputs, PodInfo, Verdict};
+use crate::model::{np_rules, Dir, End, IdentityKey, Inputs, PodInfo, Verdict};
 
 fn labels_text(l: &std::collections::BTreeMap<String, String>) -> String {
     if l.is_empty() {
@@ -225,18 +225,7 @@ pub fn explain(inputs: &Inputs, pod: &PodInfo) -> String {
                 continue;
             }
             isolating.push(format!("{ns}/{name}"));
-            let rules: Vec<(&[Peer], &[PolicyPort])> = match dir {
-                Dir::Ingress => np
-                    .ingress
-                    .iter()
-                    .map(|r| (&r.from[..], &r.ports[..]))
-                    .collect(),
-                Dir::Egress => np
-                    .egress
-                    .iter()
-                    .map(|r| (&r.to[..], &r.ports[..]))
-                    .collect(),
-            };
+            let rules = np_rules(np, dir);
             for (i, (peers, ports)) in rules.into_iter().enumerate() {
                 let peer_text = if peers.is_empty() {
                     "every peer".to_string()

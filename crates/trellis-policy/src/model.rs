@@ -159,6 +159,23 @@ impl PortSpan {
     }
 }
 
+/// The rules of NetworkPolicy `np` for direction `dir`, each as (peers, ports): its
+/// `ingress[].from` or `egress[].to`.
+pub fn np_rules(np: &NetworkPolicySpec, dir: Dir) -> Vec<(&[Peer], &[PolicyPort])> {
+    match dir {
+        Dir::Ingress => np
+            .ingress
+            .iter()
+            .map(|r| (&r.from[..], &r.ports[..]))
+            .collect(),
+        Dir::Egress => np
+            .egress
+            .iter()
+            .map(|r| (&r.to[..], &r.ports[..]))
+            .collect(),
+    }
+}
+
 /// The spans of a NetworkPolicy `ports` list for a destination with named ports
 /// `dst` (`None`: the destination is not a pod, named ports match nothing). An empty
 /// list is every port.
@@ -451,18 +468,7 @@ impl Inputs {
                 continue;
             }
             selecting.push(format!("{ns}/{name}"));
-            let rules: Vec<(&[Peer], &[PolicyPort])> = match dir {
-                Dir::Ingress => np
-                    .ingress
-                    .iter()
-                    .map(|r| (&r.from[..], &r.ports[..]))
-                    .collect(),
-                Dir::Egress => np
-                    .egress
-                    .iter()
-                    .map(|r| (&r.to[..], &r.ports[..]))
-                    .collect(),
-            };
+            let rules = np_rules(np, dir);
             for (i, (peers, ports)) in rules.into_iter().enumerate() {
                 let peer_ok = peers.is_empty()
                     || peers.iter().any(|p| match (&p.ip_block, &q) {
