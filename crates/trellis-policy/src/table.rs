@@ -671,7 +671,8 @@ impl Table {
         Ok(report)
     }
 
-    /// Write one delta (a full sync when the layout changed or the last write failed).
+    /// Write one delta (a full sync when the layout changed or the last write failed;
+    /// after any failure the next call is a full sync).
     pub fn apply(&mut self, c: &Compiler, delta: &Delta) -> Result<SyncReport, PolicyError> {
         if !self.synced || delta.layout_changed {
             return self.full_sync(c);
@@ -687,23 +688,17 @@ impl Table {
             ops.push(Op::Elems(set, true, es.iter().collect()));
         }
         let msgs = encode(&ops);
-        let r = self
-            .socket()?
-            .transact(&msgs, &|i| format!("policy element update, message {i}"));
-        if let Err(e) = r {
-            self.synced = false;
-            return Err(e.into());
-        }
+        // The compiler has moved on: until this delta is in the kernel, only a full
+        // sync can bring the two together again.
+        self.synced = false;
+        self.socket()?
+            .transact(&msgs, &|i| format!("policy element update, message {i}"))?;
+        self.synced = true;
         Ok(SyncReport {
             added: delta.add.values().map(Vec::len).sum(),
             deleted: delta.del.values().map(Vec::len).sum(),
             ..Default::default()
         })
-    }
-
-    /// Forget that the kernel matched: the next apply is a full sync.
-    pub fn mark_dirty(&mut self) {
-        self.synced = false;
     }
 
     fn read(&mut self) -> Result<Live, PolicyError> {

@@ -200,7 +200,6 @@ impl PolicyController {
                 Ok(true)
             }
             Err(e) => {
-                st.table.mark_dirty();
                 st.last_full = None;
                 Err(e.to_string())
             }
@@ -262,7 +261,6 @@ impl PodPolicy for PolicyController {
                 return match st.table.apply(&st.compiler, &delta) {
                     Ok(_) => Ok(()),
                     Err(e) => {
-                        st.table.mark_dirty();
                         st.last_full = None;
                         Err(e.to_string())
                     }
