@@ -18,9 +18,9 @@
 //!   subject @np-in-iso goto ingress-allow          # isolated: NetworkPolicies decide
 //!   the Baseline-tier rules in order               # reached only when not isolated
 //! ingress-allow / egress-allow (one lookup above for an unisolated pod, not seven):
+//!   subject . peer . proto . port @np-in-port return           (the commonest first)
 //!   subject . peer @np-in-any return               # every port
 //!   subject . peer . proto @np-in-proto return     # every port of a protocol
-//!   subject . peer . proto . port @np-in-port return
 //!   subject . peer . proto . port @np-in-range return          (endPort ranges)
 //!   subject . peer @np-in-cidr-any return                      (ipBlock, every peer)
 //!   subject . peer . proto . port @np-in-cidr return
@@ -309,11 +309,13 @@ fn load_proto_port(r: &mut Rule, proto_reg: u32) {
 /// The NetworkPolicy stage of a direction.
 fn np_allow(dir: Dir) -> Vec<Rule> {
     let s = np_sets(dir);
-    // (set, fields after subject . peer: 0 none, 1 proto, 2 proto . port)
+    // (set, fields after subject . peer: 0 none, 1 proto, 2 proto . port). Every
+    // lookup returns on a match, so the order only sets the cost: numbered ports, the
+    // commonest rule form, are looked up first.
     let lookups = [
+        (s.port, 2),
         (s.any, 0),
         (s.proto, 1),
-        (s.port, 2),
         (s.range, 2),
         (s.cidr_any, 0),
         (s.cidr, 2),
