@@ -15,10 +15,11 @@
 //!   (node-dns, invalid, jump egress as above)
 //! ingress / egress: the Admin-tier rules in order, then goto ingress-np / egress-np
 //! ingress-np / egress-np (subject = our pod, peer = the other end, by address):
+//!   subject . peer . proto . port @np-in-port return  # numbered ports: only isolated
+//!                                                  # subjects have elements here
 //!   subject @np-in-iso goto ingress-allow          # isolated: NetworkPolicies decide
 //!   the Baseline-tier rules in order               # reached only when not isolated
-//! ingress-allow / egress-allow (one lookup above for an unisolated pod, not seven):
-//!   subject . peer . proto . port @np-in-port return           (the commonest first)
+//! ingress-allow / egress-allow:
 //!   subject . peer @np-in-any return               # every port
 //!   subject . peer . proto @np-in-proto return     # every port of a protocol
 //!   subject . peer . proto . port @np-in-range return          (endPort ranges)
@@ -54,7 +55,7 @@ use crate::PolicyError;
 pub const TABLE: &str = "trellis-policy";
 
 /// Bumped whenever a rule's encoding changes, so old chains are rewritten.
-const FORMAT: &str = "trellis-policy/2";
+const FORMAT: &str = "trellis-policy/3";
 
 const SET_INTERVAL: u32 = 0x4;
 const SET_MAP: u32 = 0x8;
@@ -310,10 +311,9 @@ fn load_proto_port(r: &mut Rule, proto_reg: u32) {
 fn np_allow(dir: Dir) -> Vec<Rule> {
     let s = np_sets(dir);
     // (set, fields after subject . peer: 0 none, 1 proto, 2 proto . port). Every
-    // lookup returns on a match, so the order only sets the cost: numbered ports, the
-    // commonest rule form, are looked up first.
+    // lookup returns on a match, so the order only sets the cost. The numbered-port
+    // set, the commonest rule form, is not here: it is the first rule of `<dir>-np`.
     let lookups = [
-        (s.port, 2),
         (s.any, 0),
         (s.proto, 1),
         (s.range, 2),
@@ -322,18 +322,7 @@ fn np_allow(dir: Dir) -> Vec<Rule> {
     ];
     let mut out = Vec::new();
     for (set, extra) in lookups {
-        let mut r = Rule::new();
-        load_subject(&mut r, dir, R8);
-        load_peer_addr(&mut r, dir, R9);
-        match extra {
-            1 => {
-                r.ct(R10, CT_PROTOCOL, Some(ORIGINAL));
-            }
-            2 => load_proto_port(&mut r, R10),
-            _ => {}
-        }
-        r.lookup_set(R8, set).verdict_code(NFT_RETURN, None);
-        out.push(r);
+        out.push(np_lookup(dir, set, extra));
     }
     // Isolated and nothing above allowed it.
     let mut r = Rule::new();
@@ -342,14 +331,34 @@ fn np_allow(dir: Dir) -> Vec<Rule> {
     out
 }
 
-/// The first rule of `<dir>-np`: an isolated subject goes to `<dir>-allow`; any other
-/// passes on to the Baseline tier with this one lookup.
-fn np_isolated(dir: Dir) -> Rule {
+/// `subject . peer [. protocol [. port]] @set return`: `extra` is 0 (none), 1
+/// (protocol) or 2 (protocol . port).
+fn np_lookup(dir: Dir, set: &str, extra: u8) -> Rule {
     let mut r = Rule::new();
     load_subject(&mut r, dir, R8);
-    r.lookup_set(R8, np_sets(dir).iso)
-        .verdict_code(NFT_GOTO, Some(&format!("{}-allow", dir.as_str())));
+    load_peer_addr(&mut r, dir, R9);
+    match extra {
+        1 => {
+            r.ct(R10, CT_PROTOCOL, Some(ORIGINAL));
+        }
+        2 => load_proto_port(&mut r, R10),
+        _ => {}
+    }
+    r.lookup_set(R8, set).verdict_code(NFT_RETURN, None);
     r
+}
+
+/// The first two rules of `<dir>-np`. An element of `np-*-port` exists only for a
+/// subject some NetworkPolicy isolates, so a match there is an allow by itself: the
+/// commonest allowed packet costs this one lookup. Otherwise an isolated subject goes
+/// to `<dir>-allow` for the other rule forms, and any other subject passes on to the
+/// Baseline tier after these two lookups.
+fn np_head(dir: Dir) -> [Rule; 2] {
+    let mut iso = Rule::new();
+    load_subject(&mut iso, dir, R8);
+    iso.lookup_set(R8, np_sets(dir).iso)
+        .verdict_code(NFT_GOTO, Some(&format!("{}-allow", dir.as_str())));
+    [np_lookup(dir, np_sets(dir).port, 2), iso]
 }
 
 /// The nft rules of one ClusterNetworkPolicy rule (one per peer kind × port kind).
@@ -476,7 +485,7 @@ pub fn chains(layout: &[CnpRuleLayout]) -> Vec<ChainSpec> {
         let mut g = Rule::new();
         g.verdict_code(NFT_GOTO, Some(&np_chain));
         admin.push(g);
-        let mut np = vec![np_isolated(dir)];
+        let mut np = np_head(dir).to_vec();
         np.extend(
             layout
                 .iter()
