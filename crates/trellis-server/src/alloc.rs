@@ -9,12 +9,12 @@
 //!
 //! | allocation | key | owner |
 //! |---|---|---|
-//! | cluster IP | `/alloc/clusterips/<ip>` | the Service |
+//! | cluster IP | `/alloc/clusterips/<ip>` (default world), `/alloc/tenants/<tenant>/clusterips/<ip>` | the Service |
 //! | node port | `/alloc/nodeports/<port>` | the Service |
 //! | load-balancer IP | `/alloc/lbips/<ip>` | the Service (from a LoadBalancerPool) |
 //! | VNI | `/alloc/vnis/<vni>` | the Network |
 //! | node subnet | `/alloc/subnets/<network>/<addr>-<len>` | `{"node": …}`, attached to the node's grace lease |
-//! | network set | `/alloc/networks` | bumped by every Network change, so overlap checks are serialised |
+//! | topology | `/alloc/networks` | bumped by every Network, Tenant and TenantPeering change, so the checks between them are serialised |
 //!
 //! Node liveness: a heartbeat keeps two store leases per node alive: `live`
 //! (`node_lease_ttl`, key `/leases/nodes/<node>`) and `grace` (`node_lease_ttl +
@@ -28,14 +28,20 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use trellis_api::objects::{AnyObject, Kind, Network, Service, ServiceType, SubnetLease};
+use trellis_api::objects::{
+    AnyObject, Kind, Network, Service, ServiceType, SubnetLease, DEFAULT_NAMESPACE,
+};
 use trellis_store::{KeyValue, LeaseId, Precondition, StoreError, Txn, TxnOp};
 
 use crate::resources::{kind_prefix, object_key, stored_bytes, to_typed};
+use crate::tenancy::{
+    require_empty_namespace, tenant_of_namespace, tenant_service_range, Topology,
+};
 use crate::{ApiError, Server};
 
-/// The guard key bumped by every Network create, update and delete.
-const NETWORKS_GUARD: &str = "/alloc/networks";
+/// The guard key bumped by every Network, Tenant and TenantPeering create, update and
+/// delete, so the checks between them (`tenancy`) are serialised.
+const TOPOLOGY_GUARD: &str = "/alloc/networks";
 
 /// The store writes an object change needs besides the object itself, and how to react
 /// when one of their preconditions fails.
@@ -83,8 +89,15 @@ impl Plan {
     }
 }
 
-fn clusterip_key(ip: Ipv4Addr) -> String {
-    format!("/alloc/clusterips/{ip}")
+/// The prefix of the cluster IP keys of a world (`None`: the default world).
+fn clusterip_prefix(tenant: Option<&str>) -> String {
+    match tenant {
+        None => "/alloc/clusterips/".to_string(),
+        Some(t) => format!("/alloc/tenants/{t}/clusterips/"),
+    }
+}
+fn clusterip_key(tenant: Option<&str>, ip: Ipv4Addr) -> String {
+    format!("{}{ip}", clusterip_prefix(tenant))
 }
 fn lbip_key(ip: Ipv4Addr) -> String {
     format!("/alloc/lbips/{ip}")
@@ -158,11 +171,26 @@ pub async fn plan_create(s: &Server, key: &str, obj: &mut AnyObject) -> Result<P
             service_node_ports(s, &mut plan, key, svc, None).await?;
             service_lb_ip(s, &mut plan, key, svc, None).await?;
         }
+        AnyObject::Namespace(n) => {
+            if let Some(t) = &n.spec.tenant {
+                Topology::load(s).await?.require_tenant("spec.tenant", t)?;
+                require_empty_namespace(s, &n.metadata.name, "created in a tenant").await?;
+            }
+        }
+        AnyObject::Tenant(t) => {
+            topology_guard(s, &mut plan, &t.metadata.name, |_| Ok(())).await?;
+        }
+        AnyObject::TenantPeering(p) => {
+            let cluster = s.cfg.service_cidr;
+            topology_guard(s, &mut plan, &p.metadata.name, |t| {
+                t.check_peering(p, cluster)
+            })
+            .await?;
+        }
         AnyObject::Node(_)
         | AnyObject::Pod(_)
         | AnyObject::Endpoint(_)
         | AnyObject::LoadBalancerPool(_)
-        | AnyObject::Namespace(_)
         | AnyObject::NetworkPolicy(_)
         | AnyObject::ClusterNetworkPolicy(_) => {}
     }
@@ -187,6 +215,12 @@ pub async fn plan_update(
                 return Err(immutable(
                     "spec.nodeSubnetPrefix",
                     &o.spec.node_subnet_prefix,
+                ));
+            }
+            if n.spec.tenant != o.spec.tenant {
+                return Err(immutable(
+                    "spec.tenant",
+                    &o.spec.tenant.as_deref().unwrap_or("<none>"),
                 ));
             }
             network_guard(s, &mut plan, n).await?;
@@ -219,6 +253,28 @@ pub async fn plan_update(
         (AnyObject::Node(o), AnyObject::Node(n)) if n.status == Default::default() => {
             n.status = o.status.clone();
         }
+        (AnyObject::Namespace(o), AnyObject::Namespace(n)) if n.spec.tenant != o.spec.tenant => {
+            if let Some(t) = &n.spec.tenant {
+                Topology::load(s).await?.require_tenant("spec.tenant", t)?;
+            }
+            require_empty_namespace(s, &n.metadata.name, "moved to another tenant").await?;
+        }
+        (AnyObject::Tenant(o), AnyObject::Tenant(n))
+            if n.spec.service_cidr != o.spec.service_cidr =>
+        {
+            let was = o
+                .spec
+                .service_cidr
+                .map_or("<none>".to_string(), |c| c.to_string());
+            return Err(immutable("spec.serviceCIDR", &was));
+        }
+        (AnyObject::TenantPeering(_), AnyObject::TenantPeering(p)) => {
+            let cluster = s.cfg.service_cidr;
+            topology_guard(s, &mut plan, &p.metadata.name, |t| {
+                t.check_peering(p, cluster)
+            })
+            .await?;
+        }
         _ => {}
     }
     Ok(plan)
@@ -228,8 +284,29 @@ pub async fn plan_update(
 pub async fn plan_delete(s: &Server, _key: &str, old: &AnyObject) -> Result<Plan, ApiError> {
     let mut plan = Plan::default();
     match old {
+        AnyObject::Tenant(t) => {
+            let name = t.metadata.name.as_str();
+            topology_guard(s, &mut plan, name, |topo| topo.check_tenant_unused(name)).await?;
+            for kv in s.store.list(&kind_prefix(Kind::Namespace, None)).await?.0 {
+                if let AnyObject::Namespace(n) = to_typed(&kv)? {
+                    if n.spec.tenant.as_deref() == Some(name) {
+                        return Err(ApiError::conflict(format!(
+                            "tenant {name:?} still owns namespace {:?}: delete it or move it first",
+                            n.metadata.name
+                        )));
+                    }
+                }
+            }
+        }
+        AnyObject::TenantPeering(p) => {
+            topology_guard(s, &mut plan, &p.metadata.name, |_| Ok(())).await?;
+        }
+        AnyObject::Namespace(n) if n.spec.tenant.is_some() => {
+            require_empty_namespace(s, &n.metadata.name, "deleted, back to the default world")
+                .await?;
+        }
         AnyObject::Network(n) => {
-            let guard = s.store.get(NETWORKS_GUARD).await?;
+            let guard = s.store.get(TOPOLOGY_GUARD).await?;
             guard_check(&mut plan, guard.as_ref(), n.metadata.name.as_str());
             if let Some(v) = n.vni() {
                 plan.release(vni_key(v));
@@ -240,7 +317,15 @@ pub async fn plan_delete(s: &Server, _key: &str, old: &AnyObject) -> Result<Plan
         }
         AnyObject::Service(svc) => {
             if let Some(ip) = cluster_ip(svc) {
-                plan.release(clusterip_key(ip));
+                let tenant = tenant_of_namespace(
+                    s,
+                    svc.metadata
+                        .namespace
+                        .as_deref()
+                        .unwrap_or(DEFAULT_NAMESPACE),
+                )
+                .await?;
+                plan.release(clusterip_key(tenant.as_deref(), ip));
             }
             for p in &svc.spec.ports {
                 if let Some(np) = p.node_port {
@@ -391,24 +476,31 @@ fn guard_check(plan: &mut Plan, guard: Option<&KeyValue>, name: &str) {
         Some(kv) => Precondition::Revision(kv.mod_revision),
         None => Precondition::Absent,
     };
-    plan.check(NETWORKS_GUARD, p);
-    plan.put(NETWORKS_GUARD, name);
+    plan.check(TOPOLOGY_GUARD, p);
+    plan.put(TOPOLOGY_GUARD, name);
 }
 
-/// Overlap check against every other network, serialised through the guard key: a
-/// concurrent network change makes this transaction fail and the request re-check.
+/// The checks of a Network against the others and the tenants (`tenancy`),
+/// serialised through the guard key: a concurrent change makes this transaction fail
+/// and the request re-check.
 async fn network_guard(s: &Server, plan: &mut Plan, n: &Network) -> Result<(), ApiError> {
-    let guard = s.store.get(NETWORKS_GUARD).await?;
-    let (items, _) = s.store.list(&kind_prefix(Kind::Network, None)).await?;
-    let mut others = Vec::with_capacity(items.len());
-    for kv in &items {
-        if let AnyObject::Network(o) = to_typed(kv)? {
-            others.push(o);
-        }
-    }
-    n.check_overlap(&others)
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let guard = s.store.get(TOPOLOGY_GUARD).await?;
+    Topology::load(s).await?.check_network(n)?;
     guard_check(plan, guard.as_ref(), &n.metadata.name);
+    Ok(())
+}
+
+/// Bump the guard for a Tenant or TenantPeering change, after `check` passed on the
+/// topology read after the guard.
+async fn topology_guard(
+    s: &Server,
+    plan: &mut Plan,
+    name: &str,
+    check: impl FnOnce(&Topology) -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
+    let guard = s.store.get(TOPOLOGY_GUARD).await?;
+    check(&Topology::load(s).await?)?;
+    guard_check(plan, guard.as_ref(), name);
     Ok(())
 }
 
@@ -449,9 +541,20 @@ async fn service_cluster_ip(
     old: Option<&Service>,
 ) -> Result<(), ApiError> {
     let old_ip = old.and_then(|o| o.spec.cluster_ip.clone());
+    // The Service's world: its namespace's tenant, which cannot change while the
+    // namespace holds Services (`tenancy`).
+    let tenant = tenant_of_namespace(
+        s,
+        svc.metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE),
+    )
+    .await?;
+    let tenant = tenant.as_deref();
     if !wants_cluster_ip(svc) {
         if let Some(ip) = old.and_then(cluster_ip) {
-            plan.release(clusterip_key(ip));
+            plan.release(clusterip_key(tenant, ip));
         }
         if svc.spec.cluster_ip.is_some() {
             return Err(ApiError::invalid(
@@ -469,7 +572,10 @@ async fn service_cluster_ip(
         (Some(_), Some(o)) => return Err(immutable("spec.clusterIP", o)),
         _ => {}
     }
-    let cidr = s.cfg.service_cidr;
+    let cidr = match tenant {
+        None => s.cfg.service_cidr,
+        Some(t) => tenant_service_range(s, t).await?,
+    };
     match svc.spec.cluster_ip.as_deref() {
         Some(trellis_api::objects::CLUSTER_IP_NONE) => Ok(()),
         Some(ip) => {
@@ -484,14 +590,14 @@ async fn service_cluster_ip(
                 )));
             }
             plan.claim_requested(
-                clusterip_key(ip),
+                clusterip_key(tenant, ip),
                 key,
                 ApiError::invalid(format!("spec.clusterIP: {ip} is already allocated")),
             );
             Ok(())
         }
         None => {
-            let used = taken(s, "/alloc/clusterips/").await?;
+            let used = taken(s, &clusterip_prefix(tenant)).await?;
             let first = u32::from(cidr.network()) + 1;
             let n = u64::from(u32::from(cidr.broadcast()) - first);
             let start = spread(n);
@@ -502,7 +608,7 @@ async fn service_cluster_ip(
                     ApiError::invalid(format!("spec.clusterIP: the service range {cidr} is full"))
                 })?;
             svc.spec.cluster_ip = Some(ip.to_string());
-            plan.claim(clusterip_key(ip), key);
+            plan.claim(clusterip_key(tenant, ip), key);
             Ok(())
         }
     }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod error;
 pub mod resources;
 pub mod serve;
+pub mod tenancy;
 pub mod tls;
 mod watch;
 

@@ -20,14 +20,13 @@ use std::time::SystemTime;
 use anyhow::{anyhow, bail, Context};
 use futures::StreamExt;
 use serde_json::Value;
-use trellis_api::objects::{self, AnyObject, Kind, ServiceType, DEFAULT_NAMESPACE};
+use trellis_api::objects::{self, AnyObject, Kind, DEFAULT_NAMESPACE};
 use trellis_client::{list_path, object_path, Client, ClientError, Config};
+
+use crate::cli_table::{align, table, Extra};
 
 /// How often `apply` re-reads and retries an update that lost a race (409 Conflict).
 const APPLY_ATTEMPTS: usize = 5;
-
-/// Placeholder for an empty cell, as kubectl prints it.
-const NONE: &str = "<none>";
 
 /// The client subcommands (flattened into the top level of `trellis`).
 #[derive(clap::Subcommand, Debug)]
@@ -297,7 +296,7 @@ fn report(msg: impl std::fmt::Display) {
 }
 
 /// An API error with its reason (`... (Forbidden)`); other errors as they are.
-fn describe(e: &ClientError) -> String {
+pub(crate) fn describe(e: &ClientError) -> String {
     match e {
         ClientError::Api {
             reason, message, ..
@@ -824,10 +823,9 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let wide = a.output == Some(Output::Wide);
-    let programmed = if wide && kind == Kind::Service {
-        Some(Programmed::fetch(&client).await?)
-    } else {
-        None
+    let extra = match a.output {
+        Some(Output::Name) => Extra::default(),
+        _ => Extra::fetch(&client, kind, wide).await?,
     };
     let text = match a.output {
         Some(Output::Name) => objs
@@ -838,7 +836,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             &objs,
             wide,
             a.all_namespaces && kind.namespaced(),
-            programmed.as_ref(),
+            &extra,
             SystemTime::now(),
         ),
     };
@@ -853,265 +851,6 @@ fn print_value(v: &Value, output: Option<Output>) -> anyhow::Result<()> {
         _ => serde_json::to_string_pretty(v)? + "\n",
     };
     Ok(emit(&text)?)
-}
-
-/// The kind-specific columns of one object: `(header, value)` pairs for the table, and
-/// those `-o wide` adds after AGE.
-type Columns = (Vec<(&'static str, String)>, Vec<(&'static str, String)>);
-
-/// What the PROGRAMMED column of `get services -o wide` is computed from: every Node
-/// and every Endpoint.
-#[derive(Debug, Default)]
-struct Programmed {
-    nodes: Vec<objects::Node>,
-    endpoints: Vec<objects::Endpoint>,
-}
-
-impl Programmed {
-    /// List the Nodes and the Endpoints of all namespaces.
-    async fn fetch(client: &Client) -> anyhow::Result<Programmed> {
-        let mut p = Programmed::default();
-        for kind in [Kind::Node, Kind::Endpoint] {
-            let list = client.get(&list_path(kind, None)).await.map_err(|e| {
-                anyhow!("listing {} for PROGRAMMED: {}", kind.plural(), describe(&e))
-            })?;
-            for v in list["items"].as_array().cloned().unwrap_or_default() {
-                match AnyObject::from_value(v) {
-                    Ok(AnyObject::Node(n)) => p.nodes.push(n),
-                    Ok(AnyObject::Endpoint(e)) => p.endpoints.push(e),
-                    Ok(_) => {}
-                    Err(e) => bail!("the server sent a {kind} that does not parse: {e}"),
-                }
-            }
-        }
-        Ok(p)
-    }
-
-    /// `programmed/ready`: of the ready Nodes, how many report (`status.programmed`)
-    /// having programmed the Service's and every selected Endpoint's resourceVersion.
-    fn cell(&self, svc: &objects::Service) -> String {
-        let want = svc.programmed_revisions(&self.endpoints);
-        let ready: Vec<&objects::Node> = self.nodes.iter().filter(|n| n.status.ready).collect();
-        let done = ready.iter().filter(|n| n.has_programmed(&want)).count();
-        format!("{done}/{}", ready.len())
-    }
-}
-
-/// The table of `objs` (all of one kind): `[NAMESPACE] NAME <kind columns> AGE [wide
-/// columns]`, aligned like kubectl's (three spaces between columns); a Service's wide
-/// columns end with PROGRAMMED when `programmed` is given.
-fn table(
-    objs: &[AnyObject],
-    wide: bool,
-    with_ns: bool,
-    programmed: Option<&Programmed>,
-    now: SystemTime,
-) -> String {
-    let mut header = Vec::new();
-    let mut rows = Vec::new();
-    for o in objs {
-        let (cols, wide_cols) = columns(o);
-        let mut row: Vec<(&str, String)> = Vec::new();
-        if with_ns {
-            row.push(("NAMESPACE", o.namespace().unwrap_or_default().to_string()));
-        }
-        row.push(("NAME", o.name().to_string()));
-        row.extend(cols);
-        row.push(("AGE", age(o.metadata().creation_timestamp.as_deref(), now)));
-        if wide {
-            row.extend(wide_cols);
-            if let (AnyObject::Service(s), Some(p)) = (o, programmed) {
-                row.push(("PROGRAMMED", p.cell(s)));
-            }
-        }
-        if header.is_empty() {
-            header = row.iter().map(|(h, _)| h.to_string()).collect();
-        }
-        rows.push(row.into_iter().map(|(_, v)| v).collect());
-    }
-    align(&header, &rows)
-}
-
-/// Columns per kind.
-fn columns(o: &AnyObject) -> Columns {
-    match o {
-        AnyObject::Network(n) => (
-            vec![
-                ("CIDR", n.spec.cidr.to_string()),
-                ("BACKEND", n.spec.backend.as_str().to_string()),
-                ("VNI", or_none(n.vni().map(|v| v.to_string()))),
-                ("SUBNET-PREFIX", format!("/{}", n.spec.node_subnet_prefix)),
-            ],
-            vec![],
-        ),
-        AnyObject::Node(n) => (
-            vec![
-                ("ADDRESS", n.spec.address.to_string()),
-                ("READY", bool_cell(n.status.ready)),
-                (
-                    "SUBNETS",
-                    join_or_none(n.status.leases.iter().map(|l| l.cidr.to_string())),
-                ),
-            ],
-            vec![("LABELS", labels(&n.metadata.labels))],
-        ),
-        AnyObject::Pod(p) => (vec![("LABELS", labels(&p.metadata.labels))], vec![]),
-        AnyObject::Endpoint(e) => (
-            vec![
-                ("NODE", e.spec.node.clone()),
-                ("IP", e.spec.ip.to_string()),
-                ("READY", bool_cell(e.spec.ready)),
-            ],
-            vec![
-                ("CONTAINER", e.spec.container_id.clone()),
-                ("IFNAME", e.spec.ifname.clone()),
-                ("NETWORK", e.spec.network.clone()),
-            ],
-        ),
-        AnyObject::Service(s) => (
-            vec![
-                ("TYPE", s.spec.type_.as_str().to_string()),
-                ("CLUSTER-IP", or_none(s.spec.cluster_ip.clone())),
-                ("EXTERNAL-IP", external_ip(s)),
-                (
-                    "PORT(S)",
-                    join_or_none(s.spec.ports.iter().map(|p| match p.node_port {
-                        Some(np) => format!("{}:{np}/{}", p.port, p.protocol),
-                        None => format!("{}/{}", p.port, p.protocol),
-                    })),
-                ),
-            ],
-            vec![("SELECTOR", labels(&s.spec.selector))],
-        ),
-        AnyObject::LoadBalancerPool(p) => (
-            vec![(
-                "CIDRS",
-                join_or_none(p.spec.cidrs.iter().map(|c| c.to_string())),
-            )],
-            vec![],
-        ),
-        AnyObject::Namespace(n) => (vec![("LABELS", labels(&n.metadata.labels))], vec![]),
-        AnyObject::NetworkPolicy(p) => {
-            let (ing, eg) = p.spec.effective_types();
-            let types = [(ing, "Ingress"), (eg, "Egress")]
-                .into_iter()
-                .filter(|(on, _)| *on)
-                .map(|(_, t)| t.to_string());
-            (
-                vec![("POD-SELECTOR", p.spec.pod_selector.describe())],
-                vec![
-                    ("POLICY-TYPES", join_or_none(types)),
-                    ("INGRESS-RULES", p.spec.ingress.len().to_string()),
-                    ("EGRESS-RULES", p.spec.egress.len().to_string()),
-                ],
-            )
-        }
-        AnyObject::ClusterNetworkPolicy(p) => {
-            let subject = match (&p.spec.subject.namespaces, &p.spec.subject.pods) {
-                (Some(n), _) => format!("namespaces:{}", n.describe()),
-                (_, Some(pods)) => format!(
-                    "pods:{}/{}",
-                    pods.namespace_selector.describe(),
-                    pods.pod_selector.describe()
-                ),
-                _ => NONE.to_string(),
-            };
-            (
-                vec![
-                    ("TIER", format!("{:?}", p.spec.tier)),
-                    ("PRIORITY", p.spec.priority.to_string()),
-                    ("SUBJECT", subject),
-                ],
-                vec![
-                    ("INGRESS-RULES", p.spec.ingress.len().to_string()),
-                    ("EGRESS-RULES", p.spec.egress.len().to_string()),
-                ],
-            )
-        }
-    }
-}
-
-/// A Service's EXTERNAL-IP cell: the external name, external IPs and load-balancer
-/// address; `<pending>` for a LoadBalancer still waiting for one.
-fn external_ip(s: &objects::Service) -> String {
-    if s.spec.type_ == ServiceType::ExternalName {
-        return or_none(s.spec.external_name.clone());
-    }
-    let mut ips: Vec<String> = s
-        .spec
-        .external_ips
-        .iter()
-        .map(|ip| ip.to_string())
-        .collect();
-    let lb = s.status.load_balancer_ip.or(s.spec.load_balancer_ip);
-    if let Some(ip) = lb {
-        ips.push(ip.to_string());
-    } else if s.spec.type_ == ServiceType::LoadBalancer {
-        ips.push("<pending>".into());
-    }
-    join_or_none(ips.into_iter())
-}
-
-/// `True` / `False`.
-fn bool_cell(b: bool) -> String {
-    if b { "True" } else { "False" }.to_string()
-}
-
-/// The value, or `<none>`.
-fn or_none(v: Option<String>) -> String {
-    v.unwrap_or_else(|| NONE.to_string())
-}
-
-/// Comma-joined, or `<none>` when empty.
-fn join_or_none(items: impl Iterator<Item = String>) -> String {
-    let v: Vec<String> = items.collect();
-    if v.is_empty() {
-        NONE.to_string()
-    } else {
-        v.join(",")
-    }
-}
-
-/// `k=v,k2=v2`, or `<none>`.
-fn labels(m: &std::collections::BTreeMap<String, String>) -> String {
-    join_or_none(m.iter().map(|(k, v)| format!("{k}={v}")))
-}
-
-/// kubectl-style age of an object created at `ts`: `42s`, `17m`, `5h`, `12d`, `3y`.
-fn age(ts: Option<&str>, now: SystemTime) -> String {
-    let Some(created) = ts.and_then(|t| objects::parse_rfc3339(t).ok()) else {
-        return "<unknown>".into();
-    };
-    let s = now.duration_since(created).unwrap_or_default().as_secs();
-    match s {
-        0..120 => format!("{s}s"),
-        120..10_800 => format!("{}m", s / 60),
-        10_800..172_800 => format!("{}h", s / 3600),
-        _ if s < 2 * 365 * 86_400 => format!("{}d", s / 86_400),
-        _ => format!("{}y", s / (365 * 86_400)),
-    }
-}
-
-/// Left-aligned columns, three spaces apart, the last one unpadded.
-fn align(header: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for line in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
-        for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
-            if i + 1 == line.len() {
-                out.push_str(cell);
-            } else {
-                let _ = write!(out, "{cell:<w$}   ");
-            }
-        }
-        out.push('\n');
-    }
-    out
 }
 
 // ---- delete
@@ -1360,72 +1099,6 @@ mod tests {
     }
 
     #[test]
-    fn programmed_counts_ready_nodes_that_reached_the_revision() {
-        let parse = |v: Value| AnyObject::from_value(v).unwrap();
-        // `rev`: the revision programmed in both collections.
-        let node = |name: &str, ready: bool, rev: Option<u64>| {
-            let mut status = serde_json::json!({"ready": ready});
-            if let Some(r) = rev {
-                status["programmed"] = serde_json::json!({"services": r, "endpoints": r});
-            }
-            match parse(
-                serde_json::json!({"apiVersion": "trellis/v1", "kind": "Node",
-                "metadata": {"name": name}, "spec": {"address": "192.0.2.1"}, "status": status}),
-            ) {
-                AnyObject::Node(n) => n,
-                o => panic!("{o:?}"),
-            }
-        };
-        let endpoint = |name: &str, app: &str, rv: &str| match parse(serde_json::json!({
-            "apiVersion": "trellis/v1", "kind": "Endpoint",
-            "metadata": {"name": name, "namespace": "default", "labels": {"app": app},
-                "resourceVersion": rv},
-            "spec": {"containerId": name, "ifname": "eth0", "network": "pods", "node": "n1",
-                "ip": "10.244.1.2"}}))
-        {
-            AnyObject::Endpoint(e) => e,
-            o => panic!("{o:?}"),
-        };
-        let svc = match parse(
-            serde_json::json!({"apiVersion": "trellis/v1", "kind": "Service",
-            "metadata": {"name": "web", "namespace": "default", "resourceVersion": "20"},
-            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
-        ) {
-            AnyObject::Service(s) => s,
-            o => panic!("{o:?}"),
-        };
-        let mut p = Programmed {
-            nodes: vec![
-                node("a", true, Some(30)),
-                node("b", true, Some(25)),
-                node("c", true, None),
-                node("d", false, Some(99)),
-            ],
-            endpoints: vec![endpoint("e1", "web", "10"), endpoint("e2", "db", "50")],
-        };
-        // The Service (20) is the newest of what it selects: a and b reached it, c
-        // reported nothing, d is not ready and not counted.
-        assert_eq!(p.cell(&svc), "2/3");
-        // A selected Endpoint at 28: only a.
-        p.endpoints.push(endpoint("e3", "web", "28"));
-        assert_eq!(p.cell(&svc), "1/3");
-        p.nodes.clear();
-        assert_eq!(p.cell(&svc), "0/0");
-        // The column sits at the end of the wide table.
-        p.nodes.push(node("a", true, Some(30)));
-        let t = table(
-            &[AnyObject::Service(svc)],
-            true,
-            false,
-            Some(&p),
-            SystemTime::now(),
-        );
-        let header = t.lines().next().unwrap();
-        assert!(header.ends_with("SELECTOR   PROGRAMMED"), "{t}");
-        assert!(t.lines().nth(1).unwrap().ends_with("app=web    1/1"), "{t}");
-    }
-
-    #[test]
     fn targets() {
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (k, n) = parse_targets(&a(&["svc", "a", "b"])).unwrap();
@@ -1434,32 +1107,6 @@ mod tests {
         assert_eq!((k, n), (Kind::Service, a(&["a", "b"])));
         assert!(parse_targets(&a(&["svc/a", "po/b"])).is_err());
         assert!(parse_targets(&a(&["svc/a", "b"])).is_err());
-    }
-
-    #[test]
-    fn ages() {
-        let now = objects::parse_rfc3339("2024-05-10T12:00:00Z").unwrap();
-        for (ts, want) in [
-            ("2024-05-10T11:59:55Z", "5s"),
-            ("2024-05-10T11:57:00Z", "3m"),
-            ("2024-05-10T10:00:00Z", "120m"),
-            ("2024-05-10T08:00:00Z", "4h"),
-            ("2024-05-06T12:00:00Z", "4d"),
-            ("2020-05-10T12:00:00Z", "4y"),
-        ] {
-            assert_eq!(age(Some(ts), now), want, "{ts}");
-        }
-        assert_eq!(age(None, now), "<unknown>");
-        assert_eq!(age(Some("garbage"), now), "<unknown>");
-    }
-
-    #[test]
-    fn aligned() {
-        let t = align(
-            &["NAME".into(), "IP".into()],
-            &[vec!["a-long-name".into(), "10.0.0.1".into()]],
-        );
-        assert_eq!(t, "NAME          IP\na-long-name   10.0.0.1\n");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod agent_cmd;
 mod cli_cmd;
+mod cli_table;
 mod lab_cmd;
 mod lab_pod_cmd;
 mod policy_cmd;

@@ -12,6 +12,8 @@
 //! | `Namespace` | [`Namespace`] | cluster | `namespaces` | [`NamespaceSpec`] (may be left out) / [`NoStatus`] |
 //! | `NetworkPolicy` | [`NetworkPolicy`] | namespaced | `networkpolicies` | [`NetworkPolicySpec`] / [`NoStatus`] |
 //! | `ClusterNetworkPolicy` | [`ClusterNetworkPolicy`] | cluster | `clusternetworkpolicies` | [`ClusterNetworkPolicySpec`] / [`NoStatus`] |
+//! | `Tenant` | [`Tenant`] | cluster | `tenants` | [`TenantSpec`] (may be left out) / [`NoStatus`] |
+//! | `TenantPeering` | [`TenantPeering`] | cluster | `tenantpeerings` | [`TenantPeeringSpec`] / [`NoStatus`] |
 //!
 //! Besides `trellis/v1`, Kubernetes manifests are accepted as they are: `apiVersion:
 //! networking.k8s.io/v1` for NetworkPolicy and `v1` for Namespace and Pod
@@ -54,6 +56,7 @@ mod node;
 mod pod;
 mod selector;
 mod service;
+mod tenant;
 
 use std::fmt;
 use std::str::FromStr;
@@ -91,6 +94,10 @@ pub use service::{
     SessionAffinity, CLUSTER_IP_NONE, DEFAULT_NODE_PORT_RANGE, DEFAULT_SESSION_AFFINITY_TIMEOUT,
     MAX_SESSION_AFFINITY_TIMEOUT,
 };
+pub use tenant::{
+    peering_conflict, peers_of, Tenant, TenantPeering, TenantPeeringSpec, TenantSpec,
+    MIN_SERVICE_CIDR_PREFIX,
+};
 
 /// The only `apiVersion` this build speaks.
 pub const API_VERSION: &str = "trellis/v1";
@@ -120,11 +127,15 @@ pub enum Kind {
     NetworkPolicy,
     /// [`ClusterNetworkPolicy`]: the administrator's tiers of policy. Cluster-scoped.
     ClusterNetworkPolicy,
+    /// [`Tenant`]: an isolated world of networks, namespaces and services. Cluster-scoped.
+    Tenant,
+    /// [`TenantPeering`]: two tenants that reach each other. Cluster-scoped.
+    TenantPeering,
 }
 
 impl Kind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Network,
         Kind::Node,
         Kind::Pod,
@@ -134,6 +145,8 @@ impl Kind {
         Kind::Namespace,
         Kind::NetworkPolicy,
         Kind::ClusterNetworkPolicy,
+        Kind::Tenant,
+        Kind::TenantPeering,
     ];
 
     /// The name written in `kind`: `Network`, `Node`, ...
@@ -148,6 +161,8 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Kind::Tenant => "Tenant",
+            Kind::TenantPeering => "TenantPeering",
         }
     }
 
@@ -163,6 +178,8 @@ impl Kind {
             Kind::Namespace => "namespaces",
             Kind::NetworkPolicy => "networkpolicies",
             Kind::ClusterNetworkPolicy => "clusternetworkpolicies",
+            Kind::Tenant => "tenants",
+            Kind::TenantPeering => "tenantpeerings",
         }
     }
 
@@ -179,6 +196,8 @@ impl Kind {
             Kind::Namespace => Some("ns"),
             Kind::NetworkPolicy => Some("netpol"),
             Kind::ClusterNetworkPolicy => Some("cnp"),
+            Kind::Tenant => Some("tn"),
+            Kind::TenantPeering => Some("peering"),
         }
     }
 
@@ -459,6 +478,10 @@ pub enum AnyObject {
     NetworkPolicy(NetworkPolicy),
     /// A `ClusterNetworkPolicy`.
     ClusterNetworkPolicy(ClusterNetworkPolicy),
+    /// A `Tenant`.
+    Tenant(Tenant),
+    /// A `TenantPeering`.
+    TenantPeering(TenantPeering),
 }
 
 /// Run `$e` with `$o` bound to the typed object inside an [`AnyObject`].
@@ -474,6 +497,8 @@ macro_rules! each {
             AnyObject::Namespace($o) => $e,
             AnyObject::NetworkPolicy($o) => $e,
             AnyObject::ClusterNetworkPolicy($o) => $e,
+            AnyObject::Tenant($o) => $e,
+            AnyObject::TenantPeering($o) => $e,
         }
     };
 }
@@ -511,6 +536,8 @@ impl AnyObject {
             Kind::Namespace => AnyObject::Namespace(typed(value)?),
             Kind::NetworkPolicy => AnyObject::NetworkPolicy(typed(value)?),
             Kind::ClusterNetworkPolicy => AnyObject::ClusterNetworkPolicy(typed(value)?),
+            Kind::Tenant => AnyObject::Tenant(typed(value)?),
+            Kind::TenantPeering => AnyObject::TenantPeering(typed(value)?),
         })
     }
 
@@ -591,7 +618,9 @@ any_from!(
     LoadBalancerPool,
     Namespace,
     NetworkPolicy,
-    ClusterNetworkPolicy
+    ClusterNetworkPolicy,
+    Tenant,
+    TenantPeering
 );
 
 /// Deserialize a typed object from a JSON value, errors naming the field path.

@@ -52,7 +52,9 @@ fn kind_facts() {
             "loadbalancerpools",
             "namespaces",
             "networkpolicies",
-            "clusternetworkpolicies"
+            "clusternetworkpolicies",
+            "tenants",
+            "tenantpeerings"
         ]
     );
     for k in Kind::ALL {
@@ -192,7 +194,7 @@ fn kind_and_api_version() {
     assert_err(&e, "kind", "unknown kind \"Foo\"");
     assert_eq!(
         e.to_string(),
-        r#"kind: unknown kind "Foo", expected one of Network, Node, Pod, Endpoint, Service, LoadBalancerPool, Namespace, NetworkPolicy, ClusterNetworkPolicy"#
+        r#"kind: unknown kind "Foo", expected one of Network, Node, Pod, Endpoint, Service, LoadBalancerPool, Namespace, NetworkPolicy, ClusterNetworkPolicy, Tenant, TenantPeering"#
     );
     // kind is checked first, so a wrong apiVersion with an unknown kind reports the kind.
     let e = json_err(r#"{"apiVersion": "v1", "kind": "Deployment"}"#);
