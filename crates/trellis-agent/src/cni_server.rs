@@ -31,65 +31,160 @@ pub async fn bind(path: &Path) -> Result<UnixListener, String> {
     Ok(l)
 }
 
-/// The networks the socket serves, each with its CNI backend, in the agent's order: a
-/// request that names no network goes to the first.
+/// The networks served now, each with its CNI backend, in the agent's order: a request
+/// that names no network goes to the first.
+pub type Routes = Arc<Vec<(String, Arc<Node>)>>;
+
+/// What an ADD asks the agent to serve (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// The network the plugin configuration names.
+    Named(String),
+    /// The network of this pod namespace's world (its tenant's), when the
+    /// configuration names none.
+    ForNamespace(String),
+}
+
+/// A request to serve a network (cluster mode), and where to answer: the network's
+/// name once it is served, or why it cannot be (for the plugin).
+pub type Demand = (Want, tokio::sync::oneshot::Sender<Result<String, String>>);
+
+/// The networks the socket serves. In cluster mode the set changes at run time: an ADD
+/// naming a network not served yet asks the agent to serve it (see [`Demand`]).
 #[derive(Debug, Clone)]
 pub struct Networks {
-    list: Arc<Vec<(String, Arc<Node>)>>,
+    routes: tokio::sync::watch::Receiver<Routes>,
+    demand: Option<tokio::sync::mpsc::Sender<Demand>>,
     /// Host ports are the node's, but each network's IPAM knows only its own: an ADD that
     /// publishes some holds this while it checks the other networks and reserves.
     host_ports: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Networks {
-    /// Serve `networks` (at least one).
-    pub fn new(networks: Vec<(String, Arc<Node>)>) -> Self {
+    /// Serve exactly `networks` (at least one).
+    pub fn fixed(networks: Vec<(String, Arc<Node>)>) -> Self {
         assert!(!networks.is_empty(), "an agent serves at least one network");
+        let (tx, routes) = tokio::sync::watch::channel(Arc::new(networks));
+        // Keep the value readable: a watch's receivers read the last value even after
+        // the sender is gone.
+        drop(tx);
         Networks {
-            list: Arc::new(networks),
+            routes,
+            demand: None,
             host_ports: Arc::default(),
         }
     }
 
-    /// Every network's backend, in order.
-    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
-        self.list.iter().map(|(_, n)| n)
+    /// Serve what `routes` holds now, asking `demand` for networks it does not hold.
+    pub fn dynamic(
+        routes: tokio::sync::watch::Receiver<Routes>,
+        demand: tokio::sync::mpsc::Sender<Demand>,
+    ) -> Self {
+        Networks {
+            routes,
+            demand: Some(demand),
+            host_ports: Arc::default(),
+        }
     }
 
-    /// The backend of `network` (`None`: the first), or why not (for the plugin, with
-    /// code [`codes::INVALID_CONFIG`]).
-    pub fn route(&self, network: Option<&str>) -> Result<&Arc<Node>, String> {
-        let Some(want) = network else {
-            return Ok(&self.list[0].1);
-        };
-        self.list
+    /// Every network's backend now, in order.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.routes
+            .borrow()
             .iter()
-            .find(|(name, _)| name == want)
-            .map(|(_, n)| n)
-            .ok_or_else(|| {
-                let names: Vec<&str> = self.list.iter().map(|(n, _)| n.as_str()).collect();
-                format!(
-                    "network {want:?} is not served by this node's agent (it serves {}); check the plugin configuration's \"network\" or start the agent with --network {want}",
-                    names.join(", ")
-                )
-            })
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    fn lookup(&self, network: Option<&str>) -> Result<Arc<Node>, String> {
+        let routes = self.routes.borrow().clone();
+        let found = match network {
+            None => routes.first(),
+            Some(want) => routes.iter().find(|(name, _)| name == want),
+        };
+        found.map(|(_, n)| n.clone()).ok_or_else(|| {
+            let names: Vec<&str> = routes.iter().map(|(n, _)| n.as_str()).collect();
+            format!(
+                "network {:?} is not served by this node's agent (it serves {}); check the plugin configuration's \"network\" or start the agent with --network {0}",
+                network.unwrap_or_default(),
+                names.join(", ")
+            )
+        })
+    }
+
+    /// The network whose IPAM holds attachment `a`, else the first.
+    fn holder(&self, a: &trellis_api::agent::Attachment) -> Arc<Node> {
+        let routes = self.routes.borrow().clone();
+        routes
+            .iter()
+            .find(|(_, n)| n.ipam().get(a).is_some())
+            .or(routes.first())
+            .map(|(_, n)| n.clone())
+            .expect("an agent serves at least one network")
+    }
+
+    /// The backend for an ADD to `network` (`None`: in cluster mode the network of
+    /// `namespace`'s world, else the first), or why not (for the plugin, with code
+    /// [`codes::INVALID_CONFIG`]). In cluster mode a network not served yet is started
+    /// first.
+    pub async fn route(
+        &self,
+        network: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Result<Arc<Node>, String> {
+        let Some(demand) = &self.demand else {
+            return self.lookup(network);
+        };
+        let want = match (network, namespace) {
+            (Some(n), _) => {
+                if let Ok(node) = self.lookup(Some(n)) {
+                    return Ok(node);
+                }
+                Want::Named(n.to_string())
+            }
+            (None, Some(ns)) => Want::ForNamespace(ns.to_string()),
+            (None, None) => return self.lookup(None),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        demand
+            .send((want, tx))
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        let name = rx
+            .await
+            .map_err(|_| "the agent is stopping".to_string())??;
+        self.lookup(Some(&name))
     }
 
     /// Handle `op` in `network` (`None`: the first). An ADD publishing host ports that
     /// another served network already publishes fails with [`codes::PORT_IN_USE`] and
     /// changes nothing.
     pub async fn handle(&self, network: Option<&str>, op: Op) -> Response {
-        let node = match self.route(network) {
+        // Only an ADD starts serving a network; DEL and CHECK of one not served have
+        // nothing of ours to act on.
+        let node = match &op {
+            Op::Add(req) => self.route(network, req.pod_namespace.as_deref()).await,
+            // Without a network name an attachment may live in any network its
+            // namespace chose: the one whose IPAM holds it.
+            Op::Del(a) | Op::Check(a) if network.is_none() => Ok(self.holder(a)),
+            _ => self.lookup(network),
+        };
+        let node = match node {
             Ok(node) => node,
+            // A network no longer served (deleted) holds nothing to release.
+            Err(_) if matches!(op, Op::Del(_)) && self.demand.is_some() => {
+                return Response::Released;
+            }
             Err(msg) => return Response::error(codes::INVALID_CONFIG, msg),
         };
         let publishes = matches!(&op, Op::Add(req) if !req.port_mappings.is_empty());
-        if !publishes || self.list.len() == 1 {
+        let routes = self.routes.borrow().clone();
+        if !publishes || routes.len() == 1 {
             return node.handle(op).await;
         }
         let _held = self.host_ports.lock().await;
         if let Op::Add(req) = &op {
-            for (name, other) in self.list.iter().filter(|(_, n)| !Arc::ptr_eq(n, node)) {
+            for (name, other) in routes.iter().filter(|(_, n)| !Arc::ptr_eq(n, &node)) {
                 if let Some(e) = other.ipam().port_clash(&req.port_mappings) {
                     return Response::error(codes::PORT_IN_USE, format!("{e} in network {name}"));
                 }

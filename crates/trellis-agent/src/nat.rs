@@ -170,6 +170,14 @@ pub fn ensure_table(cfg: &NatConfig) -> Result<TableAction> {
     Ok(TableAction::Written)
 }
 
+/// Delete table `ip <table>` (the network it served is gone); absent is fine.
+pub fn delete_table(table: &str) -> Result<()> {
+    if nft::list_json(&format!("table ip {table}"))?.is_none() {
+        return Ok(());
+    }
+    nft::apply(&format!("delete table ip {table}\n"))
+}
+
 fn table_matches(cur: &serde_json::Value, cfg: &NatConfig, tag: &str) -> bool {
     let want = skeleton_rules(cfg);
     let mut rules: Vec<(String, String)> = Vec::new();

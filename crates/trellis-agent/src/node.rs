@@ -236,6 +236,11 @@ impl Node {
         Ok((node, report))
     }
 
+    /// The bridge pods of this network attach to.
+    pub fn bridge(&self) -> &str {
+        &self.cfg.bridge
+    }
+
     /// The IPAM (for tests and status).
     pub fn ipam(&self) -> &Ipam {
         &self.ipam
@@ -671,4 +676,48 @@ async fn default_route_mtu(nl: &Netlink) -> Option<u32> {
         .into_iter()
         .find(|l| l.index == oif)
         .map(|l| l.mtu)
+}
+/// Remove what [`Node::start`] made for a network that is no longer served: the host
+/// veths attached to `bridge` and the bridge itself, the nftables table `nat_table` and
+/// the state directory (its IPAM file). Everything is attempted; the errors are
+/// collected. Already absent is not an error, so it also cleans up after a crash.
+pub async fn remove_network(
+    bridge: &str,
+    nat_table: &str,
+    state_dir: &std::path::Path,
+) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    match Netlink::connect() {
+        Ok(nl) => match nl.links().await {
+            Ok(links) => {
+                let br = links.iter().find(|l| l.name == bridge).map(|l| l.index);
+                if let Some(br) = br {
+                    for l in links.iter().filter(|l| l.master == Some(br)) {
+                        if let Err(e) = nl.del_link(l.index).await {
+                            errors.push(format!("delete pod link {}: {e}", l.name));
+                        }
+                    }
+                    if let Err(e) = nl.del_link(br).await {
+                        errors.push(format!("delete bridge {bridge}: {e}"));
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("list links: {e}")),
+        },
+        Err(e) => errors.push(format!("netlink: {e}")),
+    }
+    if let Err(e) = nat::delete_table(nat_table) {
+        errors.push(format!("delete table ip {nat_table}: {e}"));
+    }
+    match std::fs::remove_dir_all(state_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            errors.push(format!("remove {}: {e}", state_dir.display()));
+        }
+        _ => {}
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }

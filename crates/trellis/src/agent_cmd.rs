@@ -132,12 +132,17 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                         .collect::<anyhow::Result<_>>()?,
                     proxy_full_resync: Duration::from_secs_f64(a.proxy_full_resync),
                     gate: gate.clone(),
+                    sweep_interval: Duration::from_secs(a.sweep_interval),
                 };
+                // Each network's sweeper runs from the networks controller.
                 let (served, local) = cluster::start(cfg).await?;
-                let subnets: Vec<String> =
-                    served.iter().map(|s| format!("{} {}", s.name, s.subnet)).collect();
+                let subnets: Vec<String> = served
+                    .nodes()
+                    .iter()
+                    .map(|n| n.ipam().subnet().to_string())
+                    .collect();
                 tracing::info!(?subnets, uplink = local.uplink, "node ready (cluster mode)");
-                Networks::new(served.into_iter().map(|s| (s.name, s.node)).collect())
+                served
             }
             (None, Some(pod_subnet)) => {
                 if networks.len() > 1 {
@@ -157,7 +162,11 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                 };
                 let (node, report) = Node::start(cfg).await.map_err(anyhow::Error::msg)?;
                 tracing::info!(?report, "node ready");
-                Networks::new(vec![(networks[0].clone(), node)])
+                tokio::spawn(
+                    node.clone()
+                        .run_sweeper(Duration::from_secs(a.sweep_interval)),
+                );
+                Networks::fixed(vec![(networks[0].clone(), node)])
             }
             (None, None) => anyhow::bail!("either --pod-cidr or --server is required"),
         };
@@ -166,12 +175,6 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::msg)
             .context("CNI socket")?;
         tracing::info!(socket = %a.socket.display(), "serving the CNI plugin");
-        for node in served.nodes() {
-            tokio::spawn(
-                node.clone()
-                    .run_sweeper(Duration::from_secs(a.sweep_interval)),
-            );
-        }
         // The guard table holds exactly the reservations: at start and every sweep.
         if let Err(e) = gate.sync() {
             tracing::warn!("{e}");

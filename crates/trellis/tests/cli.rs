@@ -359,8 +359,17 @@ fn apply_get_delete() {
 
     // Tables, kinds by any name.
     let t = c.table(&["networks"]);
-    t.assert_header(&["NAME", "CIDR", "BACKEND", "VNI", "SUBNET-PREFIX", "AGE"]);
+    t.assert_header(&[
+        "NAME",
+        "CIDR",
+        "BACKEND",
+        "VNI",
+        "SUBNET-PREFIX",
+        "TENANT",
+        "AGE",
+    ]);
     assert_eq!(t.cell("pods", "CIDR"), "10.244.0.0/16");
+    assert_eq!(t.cell("pods", "TENANT"), "<none>");
     assert_eq!(t.cell("pods", "BACKEND"), "vxlan");
     assert!(t.cell("pods", "VNI").parse::<u32>().unwrap() > 0);
     assert_eq!(t.cell("pods", "SUBNET-PREFIX"), "/24");
@@ -399,7 +408,9 @@ fn apply_get_delete() {
         "CONTAINER",
         "IFNAME",
         "NETWORK",
+        "TENANT",
     ]);
+    assert_eq!(t.cell("web-1-eth0", "TENANT"), "<none>");
     assert_eq!(t.cell("web-1-eth0", "CONTAINER"), "c0ffee");
     assert_eq!(t.cell("web-1-eth0", "IFNAME"), "eth0");
     assert_eq!(t.cell("web-1-eth0", "NETWORK"), "pods");
@@ -587,7 +598,8 @@ fn api_resources_and_kind_help() {
     let c = Cluster::start();
     let t = Table::parse(&c.ok(&["api-resources"]));
     t.assert_header(&["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]);
-    assert_eq!(t.rows.len(), 9, "{t:?}");
+    assert_eq!(t.rows.len(), 11, "{t:?}");
+    assert_eq!(t.cell("tenants", "SHORTNAMES"), "tn");
     assert_eq!(t.cell("services", "SHORTNAMES"), "svc");
     assert_eq!(t.cell("services", "NAMESPACED"), "true");
     assert_eq!(t.cell("nodes", "NAMESPACED"), "false");
@@ -791,4 +803,62 @@ fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
             Err(e) => panic!("no line {prefix:?} ({e}); saw {seen:?}"),
         }
     }
+}
+
+/// `get tenants` shows each tenant's world; namespaces, networks and endpoints show
+/// their tenant.
+#[test]
+fn tenants_and_their_worlds() {
+    let c = Cluster::start();
+    let manifests = "apiVersion: trellis/v1\nkind: Tenant\nmetadata: {name: red}\nspec: {serviceCIDR: 10.100.0.0/16}\n---\n\
+        apiVersion: trellis/v1\nkind: Tenant\nmetadata: {name: blue}\n---\n\
+        apiVersion: trellis/v1\nkind: Network\nmetadata: {name: red-pods}\nspec: {cidr: 10.244.0.0/16, tenant: red}\n---\n\
+        apiVersion: trellis/v1\nkind: Network\nmetadata: {name: blue-pods}\nspec: {cidr: 10.244.0.0/16, tenant: blue}\n---\n\
+        apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\nspec: {tenant: red}\n---\n\
+        apiVersion: trellis/v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n---\n\
+        apiVersion: trellis/v1\nkind: Endpoint\nmetadata: {name: web-1, namespace: shop, labels: {app: web}}\n\
+        spec: {containerId: c1, ifname: eth0, network: red-pods, node: n1, ip: 10.244.1.5}\n";
+    c.ok_in(&["apply", "-f", "-"], Some(manifests));
+    let t = c.table(&["tenants"]);
+    t.assert_header(&[
+        "NAME",
+        "SERVICE-CIDR",
+        "NETWORKS",
+        "NAMESPACES",
+        "PODS",
+        "SERVICES",
+        "AGE",
+    ]);
+    assert_eq!(t.cell("red", "SERVICE-CIDR"), "10.100.0.0/16");
+    assert_eq!(t.cell("red", "NETWORKS"), "red-pods");
+    assert_eq!(t.cell("red", "NAMESPACES"), "shop");
+    assert_eq!(t.cell("red", "PODS"), "1");
+    assert_eq!(t.cell("red", "SERVICES"), "1");
+    assert_eq!(t.cell("blue", "SERVICE-CIDR"), "<cluster>");
+    assert_eq!(t.cell("blue", "NETWORKS"), "blue-pods");
+    assert_eq!(t.cell("blue", "NAMESPACES"), "<none>");
+    assert_eq!(t.cell("blue", "PODS"), "0");
+    // The Service's cluster IP comes from red's range.
+    let svc = c.json(&["svc", "web", "-n", "shop"]);
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.100."),
+        "{svc}"
+    );
+    assert_eq!(c.table(&["ns"]).cell("shop", "TENANT"), "red");
+    assert_eq!(c.table(&["net"]).cell("blue-pods", "TENANT"), "blue");
+    let t = c.table(&["ep", "-n", "shop", "-o", "wide"]);
+    assert_eq!(t.cell("web-1", "TENANT"), "red");
+    // A refused change names the field and changes nothing.
+    let err = c.fails(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\nspec: {tenant: blue}\n"),
+    );
+    assert!(
+        err.contains("spec.tenant") && err.contains("1 endpoint, 1 service"),
+        "{err}"
+    );
+    assert_eq!(c.table(&["ns"]).cell("shop", "TENANT"), "red");
 }

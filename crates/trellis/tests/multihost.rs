@@ -1047,7 +1047,7 @@ fn one_agent_serves_two_networks_with_different_backends() {
     assert_eq!(err["code"], 7, "{err}");
     let msg = err["msg"].as_str().unwrap();
     assert!(
-        msg.contains("green") && msg.contains("default, blue"),
+        msg.contains("\"green\"") && msg.contains("does not exist"),
         "{msg}"
     );
     let stray_links = lab.exec(&stray.netns, &["ip", "-o", "link"]).unwrap();
@@ -1139,4 +1139,183 @@ fn one_agent_serves_two_networks_with_different_backends() {
         Duration::from_secs(10),
         "two networks after a restart",
     );
+}
+
+/// A network created at run time is served from the first ADD naming it, on every node
+/// that gets such a pod, with no agent restart; deleting it removes what was made for
+/// it on every node (bridge, table, tunnel device, routes, state, Endpoints) while the
+/// agents and the other network carry on.
+#[test]
+fn networks_come_and_go_at_run_time() {
+    require(&["ip", "nft", "ping", "busybox", "bridge"]);
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = Lab::new(2).unwrap();
+    lab.start_server(&t, &timing).unwrap();
+    lab.apply(&t, &network_manifest("default", "vxlan"))
+        .unwrap();
+    for n in 0..2 {
+        lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
+        serve_node(&mut lab, n);
+        add_pod(&mut lab, n, &format!("d{n}"));
+    }
+    let pids: Vec<u32> = (0..2)
+        .map(|n| pid_of(&lab, &format!("agent n{}", n + 1)))
+        .collect();
+    let kernel = |lab: &Lab, n: usize| {
+        let ns = lab.state.nodes[n].netns.clone();
+        let run = |args: &[&str]| {
+            String::from_utf8_lossy(&lab.exec(&ns, args).unwrap().stdout).into_owned()
+        };
+        (
+            run(&["ip", "-o", "link"]),
+            run(&["nft", "list", "tables"]),
+            owned_routes(lab, n),
+        )
+    };
+    let before: Vec<_> = (0..2).map(|n| kernel(&lab, n)).collect();
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: Network\nmetadata:\n  name: extra\nspec:\n  cidr: 10.246.0.0/16\n",
+    )
+    .unwrap();
+    let mut extra_ips = Vec::new();
+    for n in 0..2 {
+        let ip = add_pod_in(&mut lab, n, &format!("x{n}"), "", Some("extra"));
+        assert!(ip.to_string().starts_with("10.246."), "{ip}");
+        extra_ips.push(ip);
+    }
+    // Every pod reaches every other, in and across the two networks.
+    assert_mesh(&lab, Duration::from_secs(15), "a network added at run time");
+    let bridge = trellis_api::naming::network_bridge("extra");
+    for n in 0..2 {
+        let (links, tables, _) = kernel(&lab, n);
+        assert!(links.contains(&format!(": {bridge}:")), "{links}");
+        assert!(tables.contains("table ip trellis-net-extra"), "{tables}");
+        assert!(lab
+            .agent_paths(n)
+            .state_dir
+            .join("networks/extra/ipam.redb")
+            .exists());
+    }
+    let extra_eps = |lab: &Lab| {
+        endpoints(lab)
+            .iter()
+            .filter(|e| e["spec"]["network"] == "extra")
+            .count()
+    };
+    assert_eq!(extra_eps(&lab), 2);
+    // Deleted: every node removes what it made for the network; the agents stay.
+    for n in 0..2 {
+        let name = format!("n{}-x{n}", n + 1);
+        let httpd = pid_of(&lab, &format!("httpd {name}"));
+        lab.stop(httpd, true);
+        let netns = lab
+            .state
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .netns
+            .clone();
+        lab.remove_pod_netns(&netns).unwrap();
+    }
+    lab.cli(&t, &["delete", "network", "extra"]).unwrap();
+    for (n, was) in before.iter().enumerate() {
+        let settled = wait_for(Duration::from_secs(15), || &kernel(&lab, n) == was);
+        assert!(
+            settled,
+            "node {n} after the network was deleted:\n{:?}\nbefore it was created:\n{was:?}",
+            kernel(&lab, n),
+        );
+        assert!(!lab.agent_paths(n).state_dir.join("networks/extra").exists());
+    }
+    assert!(wait_for(Duration::from_secs(10), || extra_eps(&lab) == 0));
+    for (n, pid) in pids.iter().enumerate() {
+        assert_eq!(pid_of(&lab, &format!("agent n{}", n + 1)), *pid);
+        // SAFETY: signal 0 only checks that the process exists.
+        assert_eq!(
+            unsafe { libc::kill(*pid as i32, 0) },
+            0,
+            "agent n{} died",
+            n + 1
+        );
+    }
+    assert_mesh(&lab, Duration::from_secs(10), "the network's pods gone");
+
+    // A plugin configuration without `network`: a pod of a tenant's namespace goes to
+    // the tenant's network (served from that ADD on); DEL finds it there.
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: Tenant\nmetadata: {name: red}\n---\n\
+         apiVersion: trellis/v1\nkind: Network\nmetadata: {name: red-pods}\nspec: {cidr: 10.247.0.0/16, tenant: red}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\nspec: {tenant: red}\n",
+    )
+    .unwrap();
+    let tp = lab.add_pod(0, "t1").unwrap();
+    let args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=t1";
+    let tenant_eps = |lab: &Lab| {
+        endpoints(lab)
+            .iter()
+            .filter(|e| e["spec"]["network"] == "red-pods")
+            .count()
+    };
+    // The agent may not have seen the namespace yet: it says so and is asked again.
+    let mut added = None;
+    assert!(wait_for(Duration::from_secs(10), || {
+        let (ok, res) = cni_call(&lab, "ADD", 0, "t1", &tp.netns, args, json!({}));
+        if ok {
+            added = Some(res);
+        }
+        ok
+    }));
+    let res = added.unwrap();
+    let ip = res["ips"][0]["address"].as_str().unwrap();
+    assert!(ip.starts_with("10.247."), "{res}");
+    assert!(wait_for(Duration::from_secs(10), || tenant_eps(&lab) == 1));
+    let (ok, checked) = cni_call(
+        &lab,
+        "CHECK",
+        0,
+        "t1",
+        &tp.netns,
+        args,
+        json!({ "prevResult": res }),
+    );
+    assert!(ok, "{checked}");
+    let (ok, res) = cni_call(&lab, "DEL", 0, "t1", &tp.netns, args, json!({}));
+    assert!(ok, "{res}");
+    assert!(wait_for(Duration::from_secs(10), || tenant_eps(&lab) == 0));
+    // A tenant without a network: a clear error, nothing made.
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: Tenant\nmetadata: {name: empty}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {name: void}\nspec: {tenant: empty}\n",
+    )
+    .unwrap();
+    let vp = lab.add_pod(0, "v1").unwrap();
+    let mut err = serde_json::Value::Null;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let (ok, e) = cni_call(
+                &lab,
+                "ADD",
+                0,
+                "v1",
+                &vp.netns,
+                "K8S_POD_NAMESPACE=void",
+                json!({}),
+            );
+            assert!(!ok, "{e}");
+            err = e;
+            err["msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no Network")
+        }),
+        "{err}"
+    );
+    assert_eq!(err["code"], 7, "{err}");
+    let links = lab.exec(&vp.netns, &["ip", "-o", "link"]).unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("eth0"));
 }

@@ -115,6 +115,14 @@ impl Publisher {
         Ok((counts, waiting))
     }
 
+    /// Delete every Endpoint this publisher wrote (its network is no longer served).
+    pub async fn withdraw(&self) -> Result<(), String> {
+        self.write(&BTreeMap::new())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     async fn write(
         &self,
         want: &BTreeMap<String, Endpoint>,

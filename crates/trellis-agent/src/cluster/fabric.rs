@@ -22,6 +22,7 @@ use trellis_net::Netlink;
 
 use super::informer::Informer;
 use super::join::update_node_status;
+use super::networks::ServedSet;
 use super::{exclude_hosts, network_spec, node_addresses, ClusterConfig, Served};
 
 /// What the fabric loop works from: every served network with its ready peers, and the
@@ -37,7 +38,7 @@ pub(super) struct FabricLoop {
     pub(super) client: Client,
     pub(super) cfg: ClusterConfig,
     pub(super) local: Local,
-    pub(super) served: Vec<Served>,
+    pub(super) served: ServedSet,
     pub(super) nodes: Informer,
     pub(super) networks: Informer,
     pub(super) reconciler: Reconciler,
@@ -59,9 +60,9 @@ impl std::fmt::Debug for FabricLoop {
 
 impl FabricLoop {
     /// Every served network with its peers as the informers see them, and every
-    /// Node's address; `None` until both have listed (or while a served network is
-    /// missing).
-    fn view(&self) -> Option<View> {
+    /// Node's address; `None` until both have listed. A served network whose object
+    /// is gone (being retired) is left out.
+    fn view(&self, served: &[Served]) -> Option<View> {
         let nets: BTreeMap<String, Network> = self
             .networks
             .snapshot()?
@@ -81,8 +82,11 @@ impl FabricLoop {
             })
             .collect();
         let mut out = Vec::new();
-        for s in &self.served {
-            let (spec, vni) = network_spec(nets.get(&s.name)?);
+        for s in served {
+            let Some(net) = nets.get(&s.name) else {
+                continue;
+            };
+            let (spec, vni) = network_spec(net);
             let net = NetworkFabric {
                 name: s.name.clone(),
                 backend: spec.backend,
@@ -127,18 +131,20 @@ impl FabricLoop {
     pub(super) async fn run(mut self) {
         let mut nodes_changed = self.nodes.subscribe();
         let mut nets_changed = self.networks.subscribe();
+        let mut served_changed = self.served.clone();
         let mut last_error = false;
         let mut applied: Option<View> = None;
         let mut last_sync: Option<Instant> = None;
         loop {
-            if let Some(view) = self.view() {
+            let served = served_changed.borrow_and_update().clone();
+            if let Some(view) = self.view(&served) {
                 // A Node write that changes nothing the fabric reads (its heartbeat,
                 // the services it programmed) is not a reason to touch the kernel;
                 // drift is repaired once `resync` has passed since the last pass,
                 // however busy the Nodes are.
                 let due = last_sync.is_none_or(|t| t.elapsed() >= self.cfg.resync);
                 if due || last_error || applied.as_ref() != Some(&view) {
-                    last_error = !self.sync(&view).await;
+                    last_error = !self.sync(&view, &served).await;
                     applied = Some(view);
                     last_sync = Some(Instant::now());
                 }
@@ -153,6 +159,7 @@ impl FabricLoop {
             tokio::select! {
                 _ = nodes_changed.changed() => {}
                 _ = nets_changed.changed() => {}
+                _ = served_changed.changed() => {}
                 _ = tokio::time::sleep(tick) => {}
             }
         }
@@ -160,9 +167,14 @@ impl FabricLoop {
 
     /// Apply the desired state of every served network once, through the one
     /// reconciler; false on error.
-    async fn sync(&mut self, view: &View) -> bool {
+    async fn sync(&mut self, view: &View, served: &[Served]) -> bool {
         let View { nets: view, hosts } = view;
-        for ((net, _), s) in view.iter().zip(&self.served) {
+        // The view holds the served networks that still exist, in order.
+        let served: Vec<&Served> = view
+            .iter()
+            .filter_map(|(n, _)| served.iter().find(|s| s.name == n.name))
+            .collect();
+        for ((net, _), s) in view.iter().zip(&served) {
             if (net.backend == Backend::L2) != (s.started_backend == Backend::L2) {
                 tracing::error!(
                     network = net.name,
@@ -189,7 +201,7 @@ impl FabricLoop {
         }
         let mut desired = Desired::default();
         let mut udp = None;
-        for ((net, peers), s) in view.iter().zip(&self.served) {
+        for ((net, peers), s) in view.iter().zip(&served) {
             if net.backend == Backend::L2 {
                 exclude_hosts(&s.node, hosts.clone());
             }

@@ -13,6 +13,7 @@ use trellis_client::{Client, ClientError};
 use trellis_fabric::Local;
 use trellis_net::Netlink;
 
+use super::networks::ServedSet;
 use super::{ClusterConfig, ClusterError};
 
 /// The underlay as found in the kernel.
@@ -154,7 +155,7 @@ pub(super) async fn join(
 pub(super) async fn heartbeat_loop(
     client: Client,
     cfg: ClusterConfig,
-    leases: Vec<(String, Ipv4Net)>,
+    served: ServedSet,
     address: Ipv4Addr,
 ) {
     let path = format!("/v1/nodes/{}/heartbeat", cfg.node);
@@ -164,6 +165,11 @@ pub(super) async fn heartbeat_loop(
             Ok(v) if v["renewed"] == json!(true) => {}
             Ok(_) => {
                 tracing::info!("node lease had lapsed; renewing the subnet leases");
+                let leases: Vec<(String, Ipv4Net)> = served
+                    .borrow()
+                    .iter()
+                    .map(|s| (s.name.clone(), s.subnet))
+                    .collect();
                 for (network, subnet) in &leases {
                     let p = format!("/v1/nodes/{}/subnets/{network}", cfg.node);
                     match client.post(&p, &json!({})).await {

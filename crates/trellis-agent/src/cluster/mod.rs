@@ -19,6 +19,7 @@ pub mod endpoints;
 mod fabric;
 mod informer;
 mod join;
+pub mod networks;
 pub mod policy;
 pub mod services;
 
@@ -31,13 +32,15 @@ use ipnet::Ipv4Net;
 use trellis_api::objects::{self, Backend, NetworkSpec};
 use trellis_client::{Client, ClientError};
 use trellis_fabric::reconcile::Reconciler;
-use trellis_fabric::{pod_mtu, Local, NetworkFabric};
+use trellis_fabric::Local;
 use trellis_net::Netlink;
 
-use crate::node::{L2Uplink, Node, NodeConfig};
+use crate::cni_server::Networks;
+use crate::node::Node;
 use fabric::FabricLoop;
 use informer::Informer;
-use join::{detect_local, heartbeat_loop, join};
+use join::{detect_local, heartbeat_loop, join, Underlay};
+use networks::{Manager, ServedSet};
 
 /// How the agent joins the cluster.
 #[derive(Debug, Clone)]
@@ -46,10 +49,12 @@ pub struct ClusterConfig {
     pub client: trellis_client::Config,
     /// This node's name (its Node object).
     pub node: String,
-    /// The Networks this agent serves (at least one). The first gets `bridge`, the
-    /// state directory itself and the nftables table `ip trellis`; each other one
+    /// The Networks this agent always serves (at least one). The first gets `bridge`,
+    /// the state directory itself and the nftables table `ip trellis`; each other one
     /// [`trellis_api::naming::network_bridge`], `state_dir/networks/<name>` and
-    /// `ip trellis-net-<name>`. Plugins choose one with their `network` key.
+    /// `ip trellis-net-<name>`. Plugins choose one with their `network` key; a network
+    /// not listed here is served from the first ADD that names it until it is deleted
+    /// (see [`networks`]).
     pub networks: Vec<String>,
     /// The underlay link (default: the one carrying the default route).
     pub uplink: Option<String>,
@@ -73,6 +78,8 @@ pub struct ClusterConfig {
     pub proxy_full_resync: Duration,
     /// Pod admission (anti-spoofing, policy), shared by every network.
     pub gate: Arc<crate::gate::Gate>,
+    /// Period of each network's reconcile sweep ([`Node::run_sweeper`]).
+    pub sweep_interval: Duration,
 }
 
 /// Cluster-mode failures.
@@ -86,7 +93,7 @@ pub enum ClusterError {
     Setup(String),
 }
 
-/// One network this agent serves: its CNI backend and what the fabric loop needs.
+/// One network this agent serves: its CNI backend and what the controllers need.
 #[derive(Debug, Clone)]
 pub struct Served {
     /// The Network's name.
@@ -99,6 +106,30 @@ pub struct Served {
     started_backend: Backend,
     /// Its pod CIDR.
     cidr: Ipv4Net,
+    /// The cluster DNS its pods use (stops when the last copy is dropped).
+    dns: Option<Arc<trellis_dns::DnsServer>>,
+    /// Its pods' gateway and DNS address (the node's address under `l2`).
+    gateway: Ipv4Addr,
+    /// Started with `--network`: served whatever happens to its Network object.
+    pinned: bool,
+    /// Its nftables table.
+    nat_table: String,
+    /// Its state directory.
+    state_dir: PathBuf,
+}
+
+impl Served {
+    /// What the combination check reads.
+    fn leased(&self) -> Leased {
+        let mut spec = NetworkSpec::new(self.cidr);
+        spec.backend = self.started_backend;
+        Leased {
+            name: self.name.clone(),
+            subnet: self.subnet,
+            spec,
+            vni: None,
+        }
+    }
 }
 
 /// The underlay addresses of these Node objects.
@@ -124,9 +155,10 @@ fn network_spec(net: &objects::Network) -> (NetworkSpec, Option<u32>) {
 }
 
 /// Join the cluster (retrying until the server answers), start the node's CNI backend
-/// for every network served and the background loops. Returns the networks for the CNI
-/// socket server, in `cfg.networks` order, and the underlay as detected.
-pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterError> {
+/// for every pinned network and every network served before the restart, and the
+/// background loops. Returns the CNI socket's view of the served networks (which grows
+/// and shrinks at run time) and the underlay as detected.
+pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError> {
     if cfg.networks.is_empty() {
         return Err(ClusterError::Setup("no network to serve".into()));
     }
@@ -167,107 +199,29 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
     }
     check_combination(&specs)?;
 
-    let mut served = Vec::new();
-    for (
-        i,
-        Leased {
-            name,
-            subnet,
-            spec,
-            vni,
-        },
-    ) in specs.iter().enumerate()
-    {
-        let fabric_net = NetworkFabric {
-            name: name.clone(),
-            backend: spec.backend,
-            vni: *vni,
-            mtu: spec.mtu,
-            subnet: *subnet,
-        };
-        let l2 = if spec.backend == Backend::L2 {
-            if local.segment.trunc() != spec.cidr {
-                return Err(ClusterError::Setup(format!(
-                    "network {name} (l2) has cidr {} but this node's segment is {}: an l2 network's cidr must be the underlay segment",
-                    spec.cidr,
-                    local.segment.trunc()
-                )));
-            }
-            let gateway = underlay.gateway.ok_or_else(|| {
-                ClusterError::Setup(
-                    "l2 backend: no default gateway on the uplink to give pods".into(),
-                )
-            })?;
-            Some(L2Uplink {
-                uplink: underlay.port.clone(),
-                gateway,
-                prefix_len: spec.cidr.prefix_len(),
-            })
-        } else {
-            None
-        };
-        let (bridge, state_dir) = if i == 0 {
-            (cfg.bridge.clone(), cfg.state_dir.clone())
-        } else {
-            (
-                trellis_api::naming::network_bridge(name),
-                cfg.state_dir.join("networks").join(name),
-            )
-        };
-        let node_cfg = NodeConfig {
-            pod_subnet: *subnet,
-            cluster_cidrs: specs.iter().map(|s| s.spec.cidr).collect(),
-            excluded: spec
-                .reserved
-                .iter()
-                .copied()
-                .filter(|r| r.contains(subnet) || subnet.contains(r))
-                .collect(),
-            bridge,
-            nat_table: crate::nat::table_name(i, name),
-            mtu: Some(pod_mtu(&fabric_net, &local)),
-            state_dir,
-            orphan_grace: cfg.orphan_grace,
-            l2,
-            gate: cfg.gate.clone(),
-        };
-        let (node, report) = Node::start(node_cfg)
-            .await
-            .map_err(|e| ClusterError::Setup(format!("network {name}, subnet {subnet}: {e}")))?;
-        tracing::info!(network = name, %subnet, backend = spec.backend.as_str(), ?report, "joined the cluster");
-        if spec.backend == Backend::L2 {
-            // Pods share the hosts' segment: no host address may go to a pod, from the
-            // first ADD on (the fabric loop follows Nodes registering later).
-            match client.get("/v1/nodes").await {
-                Ok(list) => {
-                    let items = list["items"].as_array().cloned().unwrap_or_default();
-                    let nodes: Vec<objects::Node> = items
-                        .into_iter()
-                        .filter_map(|v| serde_json::from_value(v).ok())
-                        .collect();
-                    exclude_hosts(&node, node_addresses(nodes.iter()));
-                }
-                Err(e) => tracing::warn!("listing nodes for l2 address exclusion: {e}"),
-            }
-        }
-        served.push(Served {
-            name: name.clone(),
-            subnet: *subnet,
-            node,
-            started_backend: spec.backend,
-            cidr: spec.cidr,
-        });
+    let manager = Arc::new(Manager::new(
+        client.clone(),
+        cfg.clone(),
+        local.clone(),
+        underlay.clone(),
+    ));
+    let cidrs: Vec<Ipv4Net> = specs.iter().map(|s| s.spec.cidr).collect();
+    for (i, leased) in specs.iter().enumerate() {
+        manager.start_one(i, leased, cidrs.clone()).await?;
     }
+    tracing::info!(networks = ?cfg.networks, "joined the cluster");
+    // Networks served before a restart (their pods live on), or their leftovers.
+    manager.adopt_earlier().await;
+    let served = manager.subscribe();
 
     let nodes = Informer::start(client.clone(), "/v1/nodes".into());
     let networks = Informer::start(client.clone(), "/v1/networks".into());
     let endpoints = Informer::start(client.clone(), "/v1/endpoints".into());
-    let leases: Vec<(String, Ipv4Net)> =
-        served.iter().map(|s| (s.name.clone(), s.subnet)).collect();
+    let namespaces = Informer::start(client.clone(), "/v1/namespaces".into());
     tokio::spawn(heartbeat_loop(
         client.clone(),
         cfg.clone(),
-        leases,
+        served.clone(),
         local.address,
     ));
     let fabric = FabricLoop {
@@ -276,7 +230,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
         local: local.clone(),
         served: served.clone(),
         nodes: nodes.clone(),
-        networks,
+        networks: networks.clone(),
         reconciler: Reconciler::new(nl.clone()),
         nl,
         pump: resumed_pump,
@@ -284,54 +238,26 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Vec<Served>, Local), ClusterEr
         published_unreachable: None,
     };
     tokio::spawn(fabric.run());
-    for s in &served {
-        let publisher = endpoints::Publisher {
-            client: client.clone(),
-            node_name: cfg.node.clone(),
-            network: s.name.clone(),
-            node: s.node.clone(),
-        };
-        tokio::spawn(publisher.run(cfg.resync));
-    }
-    start_services(&cfg, &client, &served, &local, endpoints.clone()).await?;
-    // Network policy: every pod's DNS server (its gateway, or the node under l2) stays
-    // reachable whatever the egress policy says.
-    let dns: Vec<Ipv4Addr> = served
-        .iter()
-        .map(|s| {
-            if s.started_backend == Backend::L2 {
-                local.address
-            } else {
-                s.node.ipam().gateway()
-            }
-        })
-        .collect();
-    // The node's own addresses: its connections to its pods are never policed.
-    // (Under l2 the pods' gateway is the segment's router, not the node's.)
-    let mut node_addrs = vec![local.address];
-    node_addrs.extend(
-        served
-            .iter()
-            .filter(|s| s.started_backend != Backend::L2)
-            .map(|s| s.node.ipam().gateway()),
-    );
+    start_services(&cfg, &client, served.clone(), &local, endpoints.clone());
     let policy = policy::PolicyController::new(
-        policy::Informers::start(&client, nodes, endpoints),
+        policy::Informers::start(&client, nodes, endpoints, namespaces.clone()),
         &cfg.node,
-        served.iter().map(|s| s.node.clone()).collect(),
-        &dns,
-        &node_addrs,
+        served,
+        local.address,
         cfg.gate.clone(),
         cfg.resync,
     );
     cfg.gate.set_policy(policy.clone());
     tokio::spawn(policy.run());
-    Ok((served, local))
+    let (demand_tx, demand_rx) = tokio::sync::mpsc::channel(64);
+    let routes = manager.routes();
+    tokio::spawn(manager.run(networks, namespaces, demand_rx));
+    Ok((Networks::dynamic(routes, demand_tx), local))
 }
 
 /// A network as joined: its name, our leased subnet, its spec and VNI.
 #[derive(Debug, Clone)]
-struct Leased {
+pub(super) struct Leased {
     name: String,
     subnet: Ipv4Net,
     spec: NetworkSpec,
@@ -384,58 +310,27 @@ fn check_combination(specs: &[Leased]) -> Result<(), ClusterError> {
     Ok(())
 }
 
-/// The cluster DNS on every network's pod gateway (the node address under `l2`) and
-/// the service proxy, fed by informers on Services and Endpoints.
-async fn start_services(
+/// The service proxy and the records of every served network's cluster DNS, fed by
+/// informers on Services and Endpoints.
+fn start_services(
     cfg: &ClusterConfig,
     client: &Client,
-    served: &[Served],
+    served: ServedSet,
     local: &Local,
     endpoints: Informer,
-) -> Result<(), ClusterError> {
-    let upstreams_for = |bind| {
-        if cfg.dns_upstreams.is_empty() {
-            services::upstreams(bind)
-        } else {
-            cfg.dns_upstreams.clone()
-        }
-    };
-    let mut dns = Vec::new();
-    // Node ports answer on every address of the node: the underlay one and every pod
-    // gateway (except under `l2`, whose pods use the segment's router).
-    let mut node_ips = vec![local.address];
-    for s in served {
-        let dns_ip = if s.started_backend == Backend::L2 {
-            local.address
-        } else {
-            let gw = s.node.ipam().gateway();
-            node_ips.push(gw);
-            gw
-        };
-        let bind = std::net::SocketAddr::from((dns_ip, 53));
-        let server = trellis_dns::DnsServer::start(bind, &cfg.domain, upstreams_for(bind))
-            .await
-            .map_err(|e| ClusterError::Setup(format!("cluster DNS on {bind}: {e}")))?;
-        s.node.set_dns(dns_ip, &cfg.domain);
-        dns.push(Arc::new(server));
-    }
-    let proxy = trellis_proxy::Proxy::new(trellis_proxy::ProxyConfig::new(
-        services::PROXY_TABLE,
-        node_ips,
-        served.iter().map(|s| s.cidr).collect(),
-    ));
+) {
     let svc_loop = services::ServiceLoop {
         client: client.clone(),
         node: cfg.node.clone(),
         services: Informer::start(client.clone(), "/v1/services".into()),
         endpoints,
-        proxy,
-        dns,
+        served,
+        local: local.clone(),
+        proxy: None,
         domain: cfg.domain.clone(),
         full_resync: cfg.proxy_full_resync,
     };
     tokio::spawn(svc_loop.run());
-    Ok(())
 }
 
 #[cfg(test)]

@@ -20,16 +20,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use trellis_api::objects::{AnyObject, Pod};
+use trellis_api::objects::{AnyObject, Backend, Pod};
 use trellis_client::Client;
 use trellis_policy::compile::{Change, Compiler};
 use trellis_policy::model::{Inputs, PodInfo};
 use trellis_policy::table::Table;
 
 use super::informer::Informer;
+use super::networks::ServedSet;
+use super::Served;
 use crate::gate::{Gate, PodPolicy};
 use crate::ipam::Reservation;
-use crate::node::Node;
 
 /// How long an ADD waits for the first complete view of the policies.
 const ADMIT_WAIT: Duration = Duration::from_secs(10);
@@ -46,12 +47,17 @@ pub(super) struct Informers {
 }
 
 impl Informers {
-    /// Start the informers only policy reads; Nodes and Endpoints are shared with the
-    /// fabric and service loops.
-    pub(super) fn start(client: &Client, nodes: Informer, endpoints: Informer) -> Informers {
+    /// Start the informers only policy reads; Nodes, Endpoints and Namespaces are
+    /// shared with the other loops.
+    pub(super) fn start(
+        client: &Client,
+        nodes: Informer,
+        endpoints: Informer,
+        namespaces: Informer,
+    ) -> Informers {
         let inf = |p: &str| Informer::start(client.clone(), p.to_string());
         Informers {
-            namespaces: inf("/v1/namespaces"),
+            namespaces,
             netpols: inf("/v1/networkpolicies"),
             cnps: inf("/v1/clusternetworkpolicies"),
             pods: inf("/v1/pods"),
@@ -75,15 +81,49 @@ impl Informers {
 #[derive(Debug)]
 struct State {
     compiler: Compiler,
+    /// The node's DNS and own addresses the compiler was built with.
+    addrs: NodeAddrs,
     table: Table,
     last_full: Option<Instant>,
+}
+
+/// Every pod's DNS servers (its gateway, or the node under `l2`), which stay reachable
+/// whatever the egress policy says; and the node's own addresses, whose connections to
+/// its pods are never policed (under `l2` the pods' gateway is the segment's router,
+/// not the node's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeAddrs {
+    dns: Vec<Ipv4Addr>,
+    own: Vec<Ipv4Addr>,
+}
+
+impl NodeAddrs {
+    fn of(address: Ipv4Addr, served: &[Served]) -> NodeAddrs {
+        NodeAddrs {
+            dns: served.iter().map(|s| s.gateway).collect(),
+            own: node_ips(address, served),
+        }
+    }
+}
+
+/// The node's address and its pod gateways (not under `l2`).
+fn node_ips(address: Ipv4Addr, served: &[Served]) -> Vec<Ipv4Addr> {
+    let mut v = vec![address];
+    v.extend(
+        served
+            .iter()
+            .filter(|s| s.started_backend != Backend::L2)
+            .map(|s| s.gateway),
+    );
+    v
 }
 
 /// The policy controller of one node.
 #[derive(Debug)]
 pub struct PolicyController {
     node: String,
-    served: Vec<Arc<Node>>,
+    address: Ipv4Addr,
+    served: ServedSet,
     informers: Informers,
     state: Mutex<State>,
     gate: Arc<Gate>,
@@ -92,7 +132,7 @@ pub struct PolicyController {
 
 /// The inputs from informer snapshots and this node's reservations; `None` until every
 /// informer has listed once.
-fn build_inputs(node: &str, inf: &Informers, served: &[Arc<Node>]) -> Option<Inputs> {
+fn build_inputs(node: &str, inf: &Informers, served: &[Served]) -> Option<Inputs> {
     let mut objects = Vec::new();
     for i in inf.all() {
         objects.extend(i.snapshot()?);
@@ -114,7 +154,7 @@ fn build_inputs(node: &str, inf: &Informers, served: &[Arc<Node>]) -> Option<Inp
         })
         .collect();
     for n in served {
-        for r in n.ipam().list() {
+        for r in n.node.ipam().list() {
             let pod = r
                 .pod_name
                 .as_ref()
@@ -148,18 +188,20 @@ impl PolicyController {
     pub(super) fn new(
         informers: Informers,
         node: &str,
-        served: Vec<Arc<Node>>,
-        dns: &[Ipv4Addr],
-        node_addrs: &[Ipv4Addr],
+        served: ServedSet,
+        address: Ipv4Addr,
         gate: Arc<Gate>,
         resync: Duration,
     ) -> Arc<Self> {
+        let addrs = NodeAddrs::of(address, &served.borrow());
         Arc::new(PolicyController {
             node: node.to_string(),
+            address,
             served,
             informers,
             state: Mutex::new(State {
-                compiler: Compiler::new(node, dns, node_addrs),
+                compiler: Compiler::new(node, &addrs.dns, &addrs.own),
+                addrs,
                 table: Table::new(),
                 last_full: None,
             }),
@@ -172,11 +214,19 @@ impl PolicyController {
     /// first pass, after an error and every `resync`). `Ok(false)` when the informers
     /// have not all listed yet.
     pub fn pass(&self) -> Result<bool, String> {
-        let Some(inputs) = build_inputs(&self.node, &self.informers, &self.served) else {
+        let served = self.served.borrow().clone();
+        let Some(inputs) = build_inputs(&self.node, &self.informers, &served) else {
             return Ok(false);
         };
         let mut st = self.state.lock().expect("policy lock");
         let st = &mut *st;
+        let addrs = NodeAddrs::of(self.address, &served);
+        if addrs != st.addrs {
+            // A network came or went: its gateway joins or leaves the node's addresses.
+            st.compiler = Compiler::new(&self.node, &addrs.dns, &addrs.own);
+            st.addrs = addrs;
+            st.last_full = None;
+        }
         let delta = st.compiler.update(inputs);
         let full = st.last_full.is_none_or(|t| t.elapsed() >= self.resync);
         let r = if full {
@@ -208,11 +258,20 @@ impl PolicyController {
 
     /// Follow every change of the informers and of this node's reservations.
     pub async fn run(self: Arc<Self>) {
-        let mut rx: Vec<tokio::sync::watch::Receiver<u64>> =
+        let mut informers: Vec<tokio::sync::watch::Receiver<u64>> =
             self.informers.all().iter().map(|i| i.subscribe()).collect();
-        rx.extend(self.served.iter().map(|n| n.subscribe()));
+        // Each served network's reservations, followed from when it is first seen.
+        let mut reservations: BTreeMap<String, tokio::sync::watch::Receiver<u64>> = BTreeMap::new();
+        let mut served_changed = self.served.clone();
         let mut pods_seen = None;
         loop {
+            let served = served_changed.borrow_and_update().clone();
+            reservations.retain(|name, _| served.iter().any(|s| &s.name == name));
+            for s in served.iter() {
+                reservations
+                    .entry(s.name.clone())
+                    .or_insert_with(|| s.node.subscribe());
+            }
             // Compiling and the netlink transaction block: keep them off the async
             // workers' queue.
             match tokio::task::block_in_place(|| self.pass()) {
@@ -227,8 +286,13 @@ impl PolicyController {
                     tracing::warn!("{e}");
                 }
             }
-            let changed = futures::future::select_all(rx.iter_mut().map(|r| Box::pin(r.changed())));
+            let mut rx: Vec<&mut tokio::sync::watch::Receiver<u64>> = Vec::new();
+            rx.extend(informers.iter_mut());
+            rx.extend(reservations.values_mut());
+            let changed =
+                futures::future::select_all(rx.into_iter().map(|r| Box::pin(r.changed())));
             tokio::select! {
+                _ = served_changed.changed() => {}
                 _ = changed => {
                     // Coalesce a burst of events into one pass.
                     tokio::time::sleep(Duration::from_millis(5)).await;

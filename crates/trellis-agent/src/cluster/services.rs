@@ -15,18 +15,20 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trellis_api::objects::{
     AnyObject, Endpoint, ExternalTrafficPolicy, ProgrammedRevisions, Protocol, Service, ServiceType,
 };
 use trellis_client::Client;
-use trellis_dns::{DnsServer, NamedPort, Proto, Records, ServiceRecord};
-use trellis_proxy::{EndpointModel, PortModel, Proxy, ServiceModel};
+use trellis_dns::{NamedPort, Proto, Records, ServiceRecord};
+use trellis_fabric::Local;
+use trellis_proxy::{EndpointModel, PortModel, Proxy, ProxyConfig, ServiceModel};
 
 use super::informer::Informer;
 use super::join::publish_programmed;
+use super::networks::{node_ips, ServedSet};
+use super::Served;
 
 /// The cluster DNS domain.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
@@ -151,11 +153,25 @@ pub struct ServiceLoop {
     pub(super) node: String,
     pub(super) services: Informer,
     pub(super) endpoints: Informer,
-    pub(super) proxy: Proxy,
-    /// One DNS server per pod gateway (network), all with the same records.
-    pub(super) dns: Vec<Arc<DnsServer>>,
+    /// The served networks: each has a DNS server (all get the same records), and
+    /// their gateways and ranges shape the proxy.
+    pub(super) served: ServedSet,
+    pub(super) local: Local,
+    /// Built for the served networks as last seen (rebuilt, then fully synced, when
+    /// they change).
+    pub(super) proxy: Option<Proxy>,
     pub(super) domain: String,
     pub(super) full_resync: Duration,
+}
+
+/// The proxy's configuration for the served networks: node ports on the node's address
+/// and every pod gateway; the networks' ranges are the cluster's.
+fn proxy_config(local: &Local, served: &[Served]) -> ProxyConfig {
+    ProxyConfig::new(
+        PROXY_TABLE,
+        node_ips(local, served),
+        served.iter().map(|s| s.cidr).collect(),
+    )
 }
 
 impl ServiceLoop {
@@ -172,7 +188,16 @@ impl ServiceLoop {
             self.node.clone(),
             rx,
         ));
+        let mut served_changed = self.served.clone();
         loop {
+            let served = served_changed.borrow_and_update().clone();
+            let cfg = proxy_config(&self.local, &served);
+            if self.proxy.as_ref().map(Proxy::config) != Some(&cfg) {
+                // A network came or went: a new proxy, fully synced (which adopts the
+                // tables as they are and writes the difference).
+                self.proxy = Some(Proxy::new(cfg));
+                applied = None;
+            }
             if let (Some((svcs, svc_rev)), Some((eps, ep_rev))) =
                 (self.services.snapshot_at(), self.endpoints.snapshot_at())
             {
@@ -184,11 +209,9 @@ impl ServiceLoop {
                     AnyObject::Endpoint(e) => Some(e),
                     _ => None,
                 });
-                if !self.dns.is_empty() {
-                    let records = dns_records(&self.domain, &services, &endpoints);
-                    for dns in &self.dns {
-                        dns.set_records(records.clone());
-                    }
+                let records = dns_records(&self.domain, &services, &endpoints);
+                for dns in served.iter().filter_map(|s| s.dns.as_ref()) {
+                    dns.set_records(records.clone());
                 }
                 let want: BTreeMap<String, ServiceModel> =
                     models(&services, &endpoints, &self.node)
@@ -213,6 +236,7 @@ impl ServiceLoop {
             tokio::select! {
                 _ = svc_changed.changed() => {}
                 _ = ep_changed.changed() => {}
+                _ = served_changed.changed() => {}
                 _ = tokio::time::sleep(if applied.is_none() { Duration::from_secs(1) } else { self.full_resync }) => {}
             }
         }
@@ -226,12 +250,13 @@ impl ServiceLoop {
         want: BTreeMap<String, ServiceModel>,
         last_full: &mut Instant,
     ) -> Option<BTreeMap<String, ServiceModel>> {
+        let proxy = self.proxy.as_mut().expect("built before the first sync");
         let full = applied.is_none() || last_full.elapsed() >= self.full_resync;
         // nft runs as a child process: keep the runtime's other tasks moving meanwhile.
         let res = if full {
             let all: Vec<ServiceModel> = want.values().cloned().collect();
             *last_full = Instant::now();
-            tokio::task::block_in_place(|| self.proxy.full_sync(&all))
+            tokio::task::block_in_place(|| proxy.full_sync(&all))
         } else {
             let old = applied.as_ref().expect("partial sync has a base");
             let changed: Vec<ServiceModel> = want
@@ -247,7 +272,7 @@ impl ServiceLoop {
             if changed.is_empty() && removed.is_empty() {
                 return applied;
             }
-            tokio::task::block_in_place(|| self.proxy.update(&changed, &removed))
+            tokio::task::block_in_place(|| proxy.update(&changed, &removed))
         };
         match res {
             Ok(r) => {

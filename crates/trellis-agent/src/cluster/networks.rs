@@ -1,0 +1,494 @@
+//! The networks controller: which Networks this agent serves, changing at run time.
+//!
+//! - Served: every `--network` the agent was started with (pinned), every network that
+//!   has a state directory from an earlier run (its pods live on), and every network a
+//!   CNI ADD names (started on demand before the ADD is handled: its subnet is leased,
+//!   its bridge, IPAM, table, cluster DNS, Endpoint publisher and sweeper started).
+//! - Retired: a served network (not pinned) whose Network object is deleted: its
+//!   Endpoints, host veths, bridge, table and state directory are removed; the fabric,
+//!   proxy and policy controllers drop what they had for it at their next pass, since
+//!   each reads the served set ([`ServedSet`]) on every pass.
+//!
+//! One task at a time starts or retires a network (`lock`), so the set and the kernel
+//! never disagree about what is being built.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ipnet::Ipv4Net;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use trellis_api::objects::{self, AnyObject, Backend, NetworkSpec};
+use trellis_client::Client;
+use trellis_fabric::{pod_mtu, Local, NetworkFabric};
+
+use super::informer::Informer;
+use super::{check_combination, endpoints, exclude_hosts, node_addresses, services};
+use super::{ClusterConfig, ClusterError, Leased, Served, Underlay};
+use crate::cni_server::{Demand, Routes, Want};
+use crate::node::{remove_network, L2Uplink, Node, NodeConfig};
+
+/// The networks served now, as every controller reads them.
+pub type ServedSet = watch::Receiver<Arc<Vec<Served>>>;
+
+/// Starts and retires the networks this agent serves.
+#[derive(Debug)]
+pub(super) struct Manager {
+    client: Client,
+    cfg: ClusterConfig,
+    local: Local,
+    underlay: Underlay,
+    served: watch::Sender<Arc<Vec<Served>>>,
+    routes: watch::Sender<Routes>,
+    /// The background tasks of each served network (Endpoint publisher, sweeper).
+    tasks: Mutex<BTreeMap<String, Vec<JoinHandle<()>>>>,
+    /// Serialises starting and retiring.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Manager {
+    /// A manager serving nothing yet.
+    pub(super) fn new(
+        client: Client,
+        cfg: ClusterConfig,
+        local: Local,
+        underlay: Underlay,
+    ) -> Self {
+        Manager {
+            client,
+            cfg,
+            local,
+            underlay,
+            served: watch::channel(Arc::new(Vec::new())).0,
+            routes: watch::channel(Arc::new(Vec::new())).0,
+            tasks: Mutex::default(),
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The served set, for the controllers.
+    pub(super) fn subscribe(&self) -> ServedSet {
+        self.served.subscribe()
+    }
+
+    /// The served set, for the CNI socket.
+    pub(super) fn routes(&self) -> watch::Receiver<Routes> {
+        self.routes.subscribe()
+    }
+
+    /// The networks served now.
+    pub(super) fn current(&self) -> Arc<Vec<Served>> {
+        self.served.borrow().clone()
+    }
+
+    fn publish(&self, list: Vec<Served>) {
+        let routes: Vec<(String, Arc<Node>)> = list
+            .iter()
+            .map(|s| (s.name.clone(), s.node.clone()))
+            .collect();
+        self.served.send_replace(Arc::new(list));
+        self.routes.send_replace(Arc::new(routes));
+    }
+
+    /// The state directory of network number `index` (the first pinned one keeps the
+    /// agent's own directory).
+    fn state_dir(&self, index: usize, name: &str) -> PathBuf {
+        if index == 0 {
+            self.cfg.state_dir.clone()
+        } else {
+            networks_dir(&self.cfg.state_dir).join(name)
+        }
+    }
+
+    fn bridge(&self, index: usize, name: &str) -> String {
+        if index == 0 {
+            self.cfg.bridge.clone()
+        } else {
+            trellis_api::naming::network_bridge(name)
+        }
+    }
+
+    /// Start serving `leased` as network number `index` of the agent (0: the first
+    /// pinned one, which keeps the agent's bridge, state directory and table names).
+    /// `cluster_cidrs`: the ranges its pods reach without masquerade.
+    pub(super) async fn start_one(
+        &self,
+        index: usize,
+        leased: &Leased,
+        cluster_cidrs: Vec<Ipv4Net>,
+    ) -> Result<(), ClusterError> {
+        let Leased {
+            name,
+            subnet,
+            spec,
+            vni,
+        } = leased;
+        let fabric_net = NetworkFabric {
+            name: name.clone(),
+            backend: spec.backend,
+            vni: *vni,
+            mtu: spec.mtu,
+            subnet: *subnet,
+        };
+        let l2 = if spec.backend == Backend::L2 {
+            if self.local.segment.trunc() != spec.cidr {
+                return Err(ClusterError::Setup(format!(
+                    "network {name} (l2) has cidr {} but this node's segment is {}: an l2 network's cidr must be the underlay segment",
+                    spec.cidr,
+                    self.local.segment.trunc()
+                )));
+            }
+            let gateway = self.underlay.gateway.ok_or_else(|| {
+                ClusterError::Setup(
+                    "l2 backend: no default gateway on the uplink to give pods".into(),
+                )
+            })?;
+            Some(L2Uplink {
+                uplink: self.underlay.port.clone(),
+                gateway,
+                prefix_len: spec.cidr.prefix_len(),
+            })
+        } else {
+            None
+        };
+        let node_cfg = NodeConfig {
+            pod_subnet: *subnet,
+            cluster_cidrs,
+            excluded: spec
+                .reserved
+                .iter()
+                .copied()
+                .filter(|r| r.contains(subnet) || subnet.contains(r))
+                .collect(),
+            bridge: self.bridge(index, name),
+            nat_table: crate::nat::table_name(index, name),
+            mtu: Some(pod_mtu(&fabric_net, &self.local)),
+            state_dir: self.state_dir(index, name),
+            orphan_grace: self.cfg.orphan_grace,
+            l2,
+            gate: self.cfg.gate.clone(),
+        };
+        let (node, report) = Node::start(node_cfg)
+            .await
+            .map_err(|e| ClusterError::Setup(format!("network {name}, subnet {subnet}: {e}")))?;
+        tracing::info!(network = name, %subnet, backend = spec.backend.as_str(), ?report, "serving network");
+        if spec.backend == Backend::L2 {
+            // Pods share the hosts' segment: no host address may go to a pod, from the
+            // first ADD on (the fabric loop follows Nodes registering later).
+            match self.client.get("/v1/nodes").await {
+                Ok(list) => {
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    let nodes: Vec<objects::Node> = items
+                        .into_iter()
+                        .filter_map(|v| serde_json::from_value(v).ok())
+                        .collect();
+                    exclude_hosts(&node, node_addresses(nodes.iter()));
+                }
+                Err(e) => tracing::warn!("listing nodes for l2 address exclusion: {e}"),
+            }
+        }
+        // The cluster DNS on the pods' gateway (the node's address under l2).
+        let dns_ip = if spec.backend == Backend::L2 {
+            self.local.address
+        } else {
+            node.ipam().gateway()
+        };
+        let bind = std::net::SocketAddr::from((dns_ip, 53));
+        let upstreams = if self.cfg.dns_upstreams.is_empty() {
+            services::upstreams(bind)
+        } else {
+            self.cfg.dns_upstreams.clone()
+        };
+        let dns = trellis_dns::DnsServer::start(bind, &self.cfg.domain, upstreams)
+            .await
+            .map_err(|e| ClusterError::Setup(format!("cluster DNS on {bind}: {e}")))?;
+        node.set_dns(dns_ip, &self.cfg.domain);
+        let publisher = endpoints::Publisher {
+            client: self.client.clone(),
+            node_name: self.cfg.node.clone(),
+            network: name.clone(),
+            node: node.clone(),
+        };
+        let tasks = vec![
+            tokio::spawn(publisher.run(self.cfg.resync)),
+            tokio::spawn(node.clone().run_sweeper(self.cfg.sweep_interval)),
+        ];
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .insert(name.clone(), tasks);
+        let mut list = (*self.current()).clone();
+        list.push(Served {
+            name: name.clone(),
+            subnet: *subnet,
+            node,
+            started_backend: spec.backend,
+            cidr: spec.cidr,
+            dns: Some(Arc::new(dns)),
+            gateway: dns_ip,
+            pinned: index < self.cfg.networks.len(),
+            nat_table: crate::nat::table_name(index, name),
+            state_dir: self.state_dir(index, name),
+        });
+        self.publish(list);
+        Ok(())
+    }
+
+    /// Lease a subnet of network `name`, read it and start serving it (a network not
+    /// served yet; `Err`: why it cannot be, for the plugin).
+    async fn serve(&self, name: &str) -> Result<(), String> {
+        let _one = self.lock.lock().await;
+        if self.current().iter().any(|s| s.name == name) {
+            return Ok(()); // another ADD started it meanwhile
+        }
+        let net = match self.client.get(&format!("/v1/networks/{name}")).await {
+            Ok(v) => v,
+            Err(e) if e.status() == Some(404) => {
+                return Err(format!(
+                    "network {name:?} does not exist (check the plugin configuration's \"network\")"
+                ))
+            }
+            Err(e) => return Err(format!("reading network {name:?}: {e}")),
+        };
+        let net: objects::Network = serde_json::from_value(net)
+            .map_err(|e| format!("network {name:?} is malformed: {e}"))?;
+        if net.spec.backend == Backend::L2 {
+            return Err(format!(
+                "network {name:?} uses the l2 backend, which takes over the uplink: start the agent with --network {name} first"
+            ));
+        }
+        let (spec, vni) = (net.spec.clone(), net.vni());
+        // Check against what is served before anything is leased or made.
+        let mut all: Vec<Leased> = self.current().iter().map(Served::leased).collect();
+        let candidate = Leased {
+            name: name.to_string(),
+            subnet: spec.cidr,
+            spec: spec.clone(),
+            vni,
+        };
+        all.push(candidate);
+        check_combination(&all).map_err(|e| e.to_string())?;
+        let lease = self
+            .client
+            .post(
+                &format!("/v1/nodes/{}/subnets/{name}", self.cfg.node),
+                &json!({}),
+            )
+            .await
+            .map_err(|e| format!("leasing a subnet of {name:?}: {e}"))?;
+        let subnet: Ipv4Net = serde_json::from_value(lease["cidr"].clone())
+            .map_err(|e| format!("subnet lease of {name:?}: {e}"))?;
+        let leased = Leased {
+            name: name.to_string(),
+            subnet,
+            spec: spec.clone(),
+            vni,
+        };
+        let cidrs = world_cidrs(&self.current(), &spec);
+        // Never index 0: that is the first pinned network's names.
+        let index = self.current().len().max(1);
+        self.start_one(index, &leased, cidrs)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Stop serving `name` and remove what was made for it.
+    async fn retire(&self, name: &str) {
+        let _one = self.lock.lock().await;
+        let list = self.current();
+        let Some(gone) = list.iter().find(|s| s.name == name).cloned() else {
+            return;
+        };
+        if let Some(tasks) = self.tasks.lock().expect("tasks lock").remove(name) {
+            for t in tasks {
+                t.abort();
+            }
+        }
+        self.publish(list.iter().filter(|s| s.name != name).cloned().collect());
+        // Its Endpoints go from the server.
+        let publisher = endpoints::Publisher {
+            client: self.client.clone(),
+            node_name: self.cfg.node.clone(),
+            network: name.to_string(),
+            node: gone.node.clone(),
+        };
+        if let Err(e) = publisher.withdraw().await {
+            tracing::warn!(network = name, "deleting its endpoints: {e}");
+        }
+        let bridge = gone.node.bridge().to_string();
+        let (table, dir) = (gone.nat_table.clone(), gone.state_dir.clone());
+        drop(gone);
+        match remove_network(&bridge, &table, &dir).await {
+            Ok(()) => tracing::info!(network = name, "network deleted: no longer served"),
+            Err(errors) => tracing::warn!(network = name, ?errors, "removing the network"),
+        }
+        if let Err(e) = tokio::task::block_in_place(|| self.cfg.gate.sync()) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Follow the Networks: retire a served network (not pinned) whose object is gone;
+    /// start networks the CNI socket asks for. Runs forever.
+    pub(super) async fn run(
+        self: Arc<Self>,
+        networks: Informer,
+        namespaces: Informer,
+        mut demands: mpsc::Receiver<Demand>,
+    ) {
+        let mut changed = networks.subscribe();
+        loop {
+            if let Some(snapshot) = networks.snapshot() {
+                let exists: std::collections::BTreeSet<String> = snapshot
+                    .iter()
+                    .filter_map(|o| match &**o {
+                        AnyObject::Network(n) => Some(n.metadata.name.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let gone: Vec<String> = self
+                    .current()
+                    .iter()
+                    .filter(|s| !s.pinned && !exists.contains(&s.name))
+                    .map(|s| s.name.clone())
+                    .collect();
+                for name in gone {
+                    self.retire(&name).await;
+                }
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                d = demands.recv() => {
+                    let Some((want, answer)) = d else { return };
+                    let name = match want {
+                        Want::Named(n) => Ok(n),
+                        Want::ForNamespace(ns) => {
+                            choose_network(&ns, &networks, &namespaces, &self.cfg.networks[0])
+                        }
+                    };
+                    let name = match name {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = answer.send(Err(e));
+                            continue;
+                        }
+                    };
+                    // Start it in its own task: a slow server must not hold up retiring.
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let r = me.serve(&name).await;
+                        if let Err(e) = &r {
+                            tracing::warn!(network = name, "cannot serve: {e}");
+                        }
+                        let _ = answer.send(r.map(|()| name));
+                    });
+                }
+            }
+        }
+    }
+
+    /// At start: the networks that have a state directory but are not pinned. Those
+    /// whose Network still exists are served again (their pods live on); the others'
+    /// leftovers are removed.
+    pub(super) async fn adopt_earlier(&self) {
+        let dir = networks_dir(&self.cfg.state_dir);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !self.cfg.networks.contains(n))
+            .collect();
+        names.sort();
+        for name in names {
+            match self.client.get(&format!("/v1/networks/{name}")).await {
+                Ok(_) => {
+                    if let Err(e) = self.serve(&name).await {
+                        tracing::warn!(network = name, "serving again after a restart: {e}");
+                    }
+                }
+                Err(e) if e.status() == Some(404) => {
+                    let bridge = trellis_api::naming::network_bridge(&name);
+                    let table = crate::nat::table_name(1, &name);
+                    match remove_network(&bridge, &table, &dir.join(&name)).await {
+                        Ok(()) => {
+                            tracing::info!(network = name, "removed what a deleted network left")
+                        }
+                        Err(errors) => tracing::warn!(
+                            network = name,
+                            ?errors,
+                            "removing a deleted network's leftovers"
+                        ),
+                    }
+                }
+                Err(e) => tracing::warn!(network = name, "reading a network served before: {e}"),
+            }
+        }
+    }
+}
+
+/// The network a pod of namespace `ns` attaches to when the plugin names none: its
+/// tenant's network (the first by name), or `default` (the agent's first network) for a
+/// namespace of the default world.
+fn choose_network(
+    ns: &str,
+    networks: &Informer,
+    namespaces: &Informer,
+    default: &str,
+) -> Result<String, String> {
+    let later =
+        "the agent has not received the cluster's namespaces and networks yet; try again later";
+    let namespaces = namespaces.snapshot().ok_or(later)?;
+    let tenant = namespaces.iter().find_map(|o| match &**o {
+        AnyObject::Namespace(n) if n.metadata.name == ns => n.spec.tenant.clone(),
+        _ => None,
+    });
+    let Some(tenant) = tenant else {
+        return Ok(default.to_string());
+    };
+    let mut names: Vec<String> = networks
+        .snapshot()
+        .ok_or(later)?
+        .iter()
+        .filter_map(|o| match &**o {
+            AnyObject::Network(n) if n.spec.tenant.as_deref() == Some(tenant.as_str()) => {
+                Some(n.metadata.name.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.into_iter().next().ok_or_else(|| {
+        format!("namespace {ns:?} belongs to tenant {tenant:?}, which has no Network yet")
+    })
+}
+
+/// Where the state directories of networks after the first live.
+fn networks_dir(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("networks")
+}
+
+/// The ranges pods of a network reach without masquerade: every served network's and
+/// its own.
+fn world_cidrs(served: &[Served], spec: &NetworkSpec) -> Vec<Ipv4Net> {
+    let mut out: Vec<Ipv4Net> = served.iter().map(|s| s.cidr).collect();
+    out.push(spec.cidr);
+    out
+}
+
+/// The addresses of the node the service proxy answers node ports on: the underlay
+/// address and every pod gateway (not under `l2`, whose pods use the segment's router).
+pub(super) fn node_ips(local: &Local, served: &[Served]) -> Vec<Ipv4Addr> {
+    let mut ips = vec![local.address];
+    ips.extend(
+        served
+            .iter()
+            .filter(|s| s.started_backend != Backend::L2)
+            .map(|s| s.gateway),
+    );
+    ips
+}
