@@ -1273,6 +1273,14 @@ fn networks_come_and_go_at_run_time() {
     let ip = res["ips"][0]["address"].as_str().unwrap();
     assert!(ip.starts_with("10.247."), "{res}");
     assert!(wait_for(Duration::from_secs(10), || tenant_eps(&lab) == 1));
+    // kill -9 and restart: the network served on demand is served again from its
+    // state (its pod lives on), and nothing in the kernel changes.
+    let before_restart = kernel(&lab, 0);
+    let pid = pid_of(&lab, "agent n1");
+    lab.stop(pid, true);
+    lab.start_cluster_agent(&t, 0, "default", &timing).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(kernel(&lab, 0), before_restart);
     let (ok, checked) = cni_call(
         &lab,
         "CHECK",
