@@ -30,11 +30,16 @@
 //!   was applied.
 //! - **Idempotence.** When the kernel already matches, nothing is written and the
 //!   report counts zero changes (an agent restart touches nothing).
+//! - **Worlds.** A reconciler made with [`Reconciler::in_world`] owns the fabric of a
+//!   tenant's namespace: devices, routes and entries live there, while the VXLAN
+//!   devices are created from the node's namespace into it, so their UDP sockets and
+//!   uplink stay on the node's underlay.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
-use trellis_net::{LinkInfo, NetError, Netlink, RouteEntry, VxlanAttrs, VxlanSpec};
+use trellis_net::{LinkInfo, NetError, Netlink, Netns, RouteEntry, VxlanAttrs, VxlanSpec};
 
 use crate::{naming, Desired, FabricError, VxlanDevice, ROUTE_PROTO};
 
@@ -42,6 +47,9 @@ use crate::{naming, Desired, FabricError, VxlanDevice, ROUTE_PROTO};
 #[derive(Debug, Clone)]
 pub struct Reconciler {
     nl: Netlink,
+    /// For a tenant's namespace: the node's namespace (its uplink, and where tunnel
+    /// devices are created from) and the tenant's namespace itself.
+    underlay: Option<(Netlink, Arc<Netns>)>,
 }
 
 /// What one [`Reconciler::apply`] changed. A recreated device counts as deleted and
@@ -86,7 +94,16 @@ impl ApplyReport {
 impl Reconciler {
     /// A reconciler acting through `nl`.
     pub fn new(nl: Netlink) -> Self {
-        Reconciler { nl }
+        Reconciler { nl, underlay: None }
+    }
+
+    /// A reconciler for the tenant namespace `world`: `nl` is bound to it, `underlay`
+    /// to the node's namespace.
+    pub fn in_world(nl: Netlink, underlay: Netlink, world: Arc<Netns>) -> Self {
+        Reconciler {
+            nl,
+            underlay: Some((underlay, world)),
+        }
     }
 
     /// Bring the kernel to `d`: create, repair and delete fabric devices, add and delete
@@ -98,13 +115,18 @@ impl Reconciler {
     pub async fn apply(&self, d: &Desired) -> Result<ApplyReport, FabricError> {
         let mut p = Pass {
             nl: &self.nl,
+            underlay: self.underlay.as_ref(),
             report: ApplyReport::default(),
             failures: Vec::new(),
         };
 
         let links = self.nl.links().await?;
+        let uplinks = match &self.underlay {
+            Some((u, _)) => u.links().await?,
+            None => links.clone(),
+        };
         for dev in &d.vxlan {
-            let r = p.ensure_vxlan(dev, &links).await;
+            let r = p.ensure_vxlan(dev, &links, &uplinks).await;
             p.check(r);
         }
         let links = self.nl.links().await?;
@@ -179,6 +201,7 @@ enum Stale {
 /// The state of one [`Reconciler::apply`].
 struct Pass<'a> {
     nl: &'a Netlink,
+    underlay: Option<&'a (Netlink, Arc<Netns>)>,
     report: ApplyReport,
     failures: Vec<String>,
 }
@@ -203,8 +226,9 @@ impl Pass<'_> {
         &mut self,
         dev: &VxlanDevice,
         links: &[LinkInfo],
+        uplinks: &[LinkInfo],
     ) -> Result<(), NetError> {
-        let Some(uplink) = links.iter().find(|l| l.name == dev.uplink) else {
+        let Some(uplink) = uplinks.iter().find(|l| l.name == dev.uplink) else {
             return Err(NetError::Netlink {
                 op: format!("create vxlan {}", dev.name),
                 msg: format!("uplink {} does not exist", dev.uplink),
@@ -246,7 +270,10 @@ impl Pass<'_> {
         let link = match link {
             Some(l) => l,
             None => {
-                self.nl.create_vxlan(&spec).await?;
+                match self.underlay {
+                    Some((u, world)) => u.create_vxlan(&spec, Some(world)).await?,
+                    None => self.nl.create_vxlan(&spec, None).await?,
+                }
                 tracing::info!(link = %dev.name, vni = dev.vni, "fabric: created vxlan device");
                 self.report.links_created += 1;
                 self.nl

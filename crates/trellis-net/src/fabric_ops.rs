@@ -19,7 +19,7 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::netlink::{format_mac, nl_err};
-use crate::{Netlink, Result};
+use crate::{Netlink, Netns, Result};
 
 /// An IPv4 route of the main table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,17 +297,22 @@ impl Netlink {
             })
     }
 
-    /// Create a VXLAN device as `spec` says, up.
-    pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<()> {
-        let msg = LinkVxlan::new(&spec.name, spec.vni)
+    /// Create a VXLAN device as `spec` says, up. With `inside`, the device is created
+    /// in that namespace while its UDP socket and `uplink` stay in this one (a tenant's
+    /// tunnel: the tenant's namespace has no underlay of its own).
+    pub async fn create_vxlan(&self, spec: &VxlanSpec, inside: Option<&Netns>) -> Result<()> {
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
             .dev(spec.uplink)
             .local(spec.local)
             .port(spec.port)
             .learning(false)
             .mtu(spec.mtu)
             .address(spec.mac.to_vec())
-            .up()
-            .build();
+            .up();
+        if let Some(ns) = inside {
+            b = b.setns_by_fd(ns.raw_fd());
+        }
+        let msg = b.build();
         self.handle.link().add(msg).execute().await.map_err(|e| {
             let op = format!(
                 "create vxlan {} (vni {}, local {}, dev {}, dstport {})",

@@ -40,6 +40,73 @@ impl Netns {
         Ok(Netns { file, path })
     }
 
+    /// The namespace kept at `path`, created there first when `path` does not hold one
+    /// yet: a new, empty network namespace, bind-mounted on `path` (as `ip netns add`
+    /// does) so it outlives this process. The parent directory must exist.
+    pub fn create_persistent(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Ok(ns) = Netns::open(&path) {
+            return Ok(ns);
+        }
+        let err = |source: std::io::Error| NetError::Netns {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(err)?;
+        // A thread of its own enters the new namespace and ends there: the calling
+        // thread never leaves its namespace.
+        let target = path.clone();
+        let made = std::thread::spawn(move || -> std::io::Result<()> {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+            let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+            nix::mount::mount(
+                Some(own.as_str()),
+                &target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| err(std::io::Error::other("namespace thread panicked")))?;
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            return Err(err(e));
+        }
+        Netns::open(&path)
+    }
+
+    /// Remove a namespace [`Netns::create_persistent`] made: unmount and delete `path`.
+    /// The namespace itself goes once nothing else holds it. Absent is fine.
+    pub fn remove_persistent(path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Ok(());
+        }
+        match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => {} // EINVAL: not mounted
+            Err(e) => {
+                return Err(NetError::Netns {
+                    path: path.display().to_string(),
+                    source: e.into(),
+                })
+            }
+        }
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NetError::Netns {
+                path: path.display().to_string(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The namespace the calling thread is in now.
     pub fn current() -> Result<Self> {
         Self::open(format!("/proc/self/task/{}/ns/net", nix::unistd::gettid()))
