@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use ipnet::Ipv4Net;
 use trellis_api::naming::host_veth_name;
+use trellis_net::Netns;
 use trellis_policy::guard::{Guard, GuardPort};
 
 use crate::ipam::Reservation;
@@ -34,12 +35,33 @@ pub struct Gate {
     synced: Mutex<Option<Vec<GuardPort>>>,
     policy: OnceLock<Arc<dyn PodPolicy>>,
     nodes: Mutex<Vec<Weak<Node>>>,
+    /// The tenant world whose anti-spoofing tables this gate keeps (`None`: the node's
+    /// own namespace).
+    world: Option<Arc<Netns>>,
 }
 
 impl Gate {
     /// A gate with anti-spoofing only (policy joins with [`Gate::set_policy`]).
     pub fn new() -> Arc<Gate> {
         Arc::new(Gate::default())
+    }
+
+    /// A gate for the pods of a tenant world: anti-spoofing in the world's own tables
+    /// (network policy does not reach into worlds yet).
+    pub fn for_world(world: Arc<Netns>) -> Arc<Gate> {
+        Arc::new(Gate {
+            world: Some(world),
+            ..Gate::default()
+        })
+    }
+
+    /// Run `f` on the guard, inside the gate's world.
+    fn with_guard<T>(&self, f: impl FnOnce(&mut Guard) -> T) -> Result<T, String> {
+        let mut g = self.guard.lock().expect("gate lock");
+        match &self.world {
+            None => Ok(f(&mut g)),
+            Some(ns) => ns.run(|| f(&mut g)).map_err(|e| e.to_string()),
+        }
     }
 
     /// Enforce policy too (cluster mode).
@@ -71,10 +93,7 @@ impl Gate {
     /// Admit a pod whose address is reserved: its guard port, then the policy.
     pub fn admit(&self, r: &Reservation) -> Result<(), String> {
         let port = self.port(r);
-        self.guard
-            .lock()
-            .expect("gate lock")
-            .add_port(&port)
+        self.with_guard(|g| g.add_port(&port))?
             .map_err(|e| format!("anti-spoofing for {}: {e}", port.ifname))?;
         if let Some(p) = self.policy.get() {
             p.admit(r).map_err(|e| format!("network policy: {e}"))?;
@@ -86,10 +105,7 @@ impl Gate {
     /// policy pass, which follows reservation changes).
     pub fn forget(&self, r: &Reservation) -> Result<(), String> {
         let name = host_veth_name(&r.attachment.container_id, &r.attachment.ifname);
-        self.guard
-            .lock()
-            .expect("gate lock")
-            .remove_port(&name)
+        self.with_guard(|g| g.remove_port(&name))?
             .map(|_| ())
             .map_err(|e| format!("anti-spoofing for {name}: {e}"))
     }
@@ -129,10 +145,7 @@ impl Gate {
 
     fn write(&self, ports: Vec<GuardPort>) -> Result<(), String> {
         let report = self
-            .guard
-            .lock()
-            .expect("gate lock")
-            .full_sync(&ports)
+            .with_guard(|g| g.full_sync(&ports))?
             .map_err(|e| format!("anti-spoofing full sync: {e}"))?;
         if !report.changed_nothing() {
             tracing::info!(?report, "anti-spoofing table synced");

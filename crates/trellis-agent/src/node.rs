@@ -17,7 +17,7 @@ use trellis_api::agent::{
     codes, AddRequest, AgentStatus, Attachment, GcRequest, Lease, LeaseDns, Op, Response,
 };
 use trellis_api::naming::{fnv1a64, host_veth_name, LINK_PREFIX};
-use trellis_net::{sysctl, LinkInfo, Netlink};
+use trellis_net::{sysctl, LinkInfo, Netlink, Netns};
 
 use crate::gate::Gate;
 use crate::ipam::{Ipam, IpamError, Reservation};
@@ -49,8 +49,11 @@ pub struct NodeConfig {
     /// `l2` backend: pods sit on the underlay segment itself (see [`L2Uplink`]).
     pub l2: Option<L2Uplink>,
     /// What an ADD must put in the kernel before it answers (anti-spoofing, policy);
-    /// shared by every network of the agent.
+    /// shared by every network of the agent's namespace.
     pub gate: Arc<Gate>,
+    /// The tenant world (network namespace) the bridge, its veths and the table live
+    /// in; `None`: the node's own namespace.
+    pub world: Option<Arc<Netns>>,
 }
 
 /// The `l2` backend's "bridge over the uplink": the uplink is a port of the pod bridge,
@@ -142,6 +145,14 @@ fn kernel_response(what: &str, e: impl std::fmt::Display) -> Response {
     Response::error(codes::KERNEL, format!("{what}: {e}"))
 }
 
+/// Run `f` (blocking: `nft`, `/proc/sys`) inside `world`, or here when it is `None`.
+fn in_world<T>(world: Option<&Netns>, f: impl FnOnce() -> T) -> Result<T, String> {
+    match world {
+        None => Ok(f()),
+        Some(ns) => ns.run(f).map_err(|e| e.to_string()),
+    }
+}
+
 impl Node {
     /// Open the IPAM file, adopt or create the bridge and the nftables table. Must run
     /// inside the node's network namespace, on a tokio runtime.
@@ -154,7 +165,12 @@ impl Node {
             cfg.excluded.clone(),
         )
         .map_err(|e| e.to_string())?;
-        let nl = Netlink::connect().map_err(|e| e.to_string())?;
+        let world = cfg.world.clone();
+        let nl = match &world {
+            None => Netlink::connect(),
+            Some(ns) => Netlink::connect_in(ns),
+        }
+        .map_err(|e| e.to_string())?;
         let (mtu, bridge_created, had_gw) = match &cfg.l2 {
             Some(l2) => {
                 let b = nl
@@ -185,11 +201,16 @@ impl Node {
                 (mtu, bridge_created, had_gw)
             }
         };
-        sysctl::ensure("net/ipv4/ip_forward", "1").map_err(|e| e.to_string())?;
+        in_world(world.as_deref(), || {
+            sysctl::ensure("net/ipv4/ip_forward", "1")
+        })?
+        .map_err(|e| e.to_string())?;
         // Pods on one bridge reach each other without routing: the ip hooks (network
         // policy, and the service proxy's hairpin) see their traffic only through
         // br_netfilter.
-        match sysctl::ensure("net/bridge/bridge-nf-call-iptables", "1") {
+        match in_world(world.as_deref(), || {
+            sysctl::ensure("net/bridge/bridge-nf-call-iptables", "1")
+        })? {
             Ok(_) => {}
             Err(e) => tracing::error!(
                 "bridged traffic is not filtered ({e}): traffic between pods of one node escapes network policy; load br_netfilter (modprobe br_netfilter)"
@@ -205,7 +226,8 @@ impl Node {
             },
             bridge: cfg.bridge.clone(),
         };
-        let action = nat::ensure_table(&nat_cfg).map_err(|e| e.to_string())?;
+        let action = in_world(world.as_deref(), || nat::ensure_table(&nat_cfg))?
+            .map_err(|e| e.to_string())?;
         let mut report = StartReport {
             bridge_created,
             gateway_added: !had_gw,
@@ -220,7 +242,7 @@ impl Node {
             mtu: std::sync::atomic::AtomicU32::new(mtu),
             changed: tokio::sync::watch::channel(0).0,
             dns: std::sync::OnceLock::new(),
-            retired: spawn_link_deleter()?,
+            retired: spawn_link_deleter(world.clone())?,
             ops: tokio::sync::RwLock::new(()),
             attachment_locks: (0..ATTACHMENT_LOCK_SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -239,6 +261,14 @@ impl Node {
     /// The bridge pods of this network attach to.
     pub fn bridge(&self) -> &str {
         &self.cfg.bridge
+    }
+
+    /// Add and remove host-port elements in the network's table (in its world).
+    fn update_ports(&self, add: &[PortElement], del: &[PortElement]) -> Result<(), String> {
+        in_world(self.cfg.world.as_deref(), || {
+            nat::update_ports(&self.cfg.nat_table, add, del)
+        })?
+        .map_err(|e| e.to_string())
     }
 
     /// The IPAM (for tests and status).
@@ -323,6 +353,11 @@ impl Node {
             port_mappings: r.port_mappings.clone(),
             existing,
             mac: Some(trellis_net::netlink::format_mac(&r.mac())),
+            host_netns: self
+                .cfg
+                .world
+                .as_ref()
+                .map(|ns| ns.path().display().to_string()),
             dns: self.dns.get().map(|d| {
                 let ns = r.namespace();
                 LeaseDns {
@@ -394,7 +429,7 @@ impl Node {
         };
         if !existing {
             let add = port_elements(&r);
-            if let Err(e) = nat::update_ports(&self.cfg.nat_table, &add, &[]) {
+            if let Err(e) = self.update_ports(&add, &[]) {
                 // leave nothing behind
                 let _ = self.ipam.release(&req.attachment());
                 return kernel_response("program port mappings", e);
@@ -409,7 +444,7 @@ impl Node {
         if let Err(e) = tokio::task::block_in_place(|| self.cfg.gate.admit(&r)) {
             if !existing {
                 let ports = port_elements(&r);
-                let _ = nat::update_ports(&self.cfg.nat_table, &[], &ports);
+                let _ = self.update_ports(&[], &ports);
                 let _ = self.ipam.release(&req.attachment());
                 let _ = self.cfg.gate.forget(&r);
                 self.notify_changed();
@@ -433,7 +468,7 @@ impl Node {
                 let del = port_elements(&r);
                 // If this fails the sweep removes the elements: they no longer match
                 // any reservation.
-                if let Err(e) = nat::update_ports(&self.cfg.nat_table, &[], &del) {
+                if let Err(e) = self.update_ports(&[], &del) {
                     errors.push(format!("remove port mappings: {e}"));
                 }
                 // The veth is already detached; a failure here is repaired by the
@@ -570,7 +605,10 @@ impl Node {
         let mut errors = Vec::new();
         report.links_retired = self.retire_unknown_links(&links, &keep, &mut errors).await;
         let want: BTreeSet<PortElement> = kept.iter().flat_map(|(_, r)| port_elements(r)).collect();
-        let (a, d) = nat::sync_ports(&self.cfg.nat_table, &want).map_err(|e| e.to_string())?;
+        let (a, d) = in_world(self.cfg.world.as_deref(), || {
+            nat::sync_ports(&self.cfg.nat_table, &want)
+        })?
+        .map_err(|e| e.to_string())?;
         report.ports_added = a;
         report.ports_deleted = d;
         if !errors.is_empty() {
@@ -620,7 +658,7 @@ const DELETE_MAX_DELAY: Duration = Duration::from_secs(2);
 /// waiting for an RCU grace period (~15-20 ms): on the shared connection that wait would
 /// stall every ADD and DEL behind it. The thread inherits the caller's network
 /// namespace; it ends when the [`Node`] (the only sender) is dropped.
-fn spawn_link_deleter() -> Result<std::sync::mpsc::Sender<()>, String> {
+fn spawn_link_deleter(world: Option<Arc<Netns>>) -> Result<std::sync::mpsc::Sender<()>, String> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     std::thread::Builder::new()
@@ -636,7 +674,12 @@ fn spawn_link_deleter() -> Result<std::sync::mpsc::Sender<()>, String> {
                     return;
                 }
             };
-            let nl = match rt.block_on(async { Netlink::connect() }) {
+            let nl = match rt.block_on(async {
+                match &world {
+                    None => Netlink::connect(),
+                    Some(ns) => Netlink::connect_in(ns),
+                }
+            }) {
                 Ok(nl) => nl,
                 Err(e) => {
                     let _ = ready_tx.send(Err(format!("link deleter netlink: {e}")));
@@ -685,9 +728,14 @@ pub async fn remove_network(
     bridge: &str,
     nat_table: &str,
     state_dir: &std::path::Path,
+    world: Option<&Netns>,
 ) -> Result<(), Vec<String>> {
     let mut errors = Vec::new();
-    match Netlink::connect() {
+    let nl = match world {
+        None => Netlink::connect(),
+        Some(ns) => Netlink::connect_in(ns),
+    };
+    match nl {
         Ok(nl) => match nl.links().await {
             Ok(links) => {
                 let br = links.iter().find(|l| l.name == bridge).map(|l| l.index);
@@ -706,8 +754,10 @@ pub async fn remove_network(
         },
         Err(e) => errors.push(format!("netlink: {e}")),
     }
-    if let Err(e) = nat::delete_table(nat_table) {
-        errors.push(format!("delete table ip {nat_table}: {e}"));
+    match in_world(world, || nat::delete_table(nat_table)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => errors.push(format!("delete table ip {nat_table}: {e}")),
+        Err(e) => errors.push(format!("delete table ip {nat_table}: {e}")),
     }
     match std::fs::remove_dir_all(state_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -260,6 +260,11 @@ pub struct Lease {
     /// `0a:58:` followed by the address (anti-spoofing lets the port send only from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The network namespace the bridge (and so the host side of the veth) lives in,
+    /// when it is not the node's own: a tenant's world (a path to open, e.g. the
+    /// agent's bind mount of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_netns: Option<String>,
 }
 
 /// The cluster DNS handed to pods.

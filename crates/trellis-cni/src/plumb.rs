@@ -20,6 +20,18 @@ fn kernel(e: NetError) -> CniError {
     CniError::new(codes::KERNEL, e.to_string())
 }
 
+/// A netlink connection where the lease's bridge lives: the node's namespace, or the
+/// tenant world the agent names.
+fn host_netlink(lease: &Lease) -> Result<Netlink, CniError> {
+    match &lease.host_netns {
+        None => Netlink::connect().map_err(kernel),
+        Some(path) => {
+            let ns = Netns::open(path).map_err(kernel)?;
+            Netlink::connect_in(&ns).map_err(kernel)
+        }
+    }
+}
+
 /// Create and configure the attachment; returns this plugin's part of the result.
 pub fn add(
     env: &Env,
@@ -30,7 +42,7 @@ pub fn add(
 ) -> Result<CniResult, CniError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let host = Netlink::connect().map_err(kernel)?;
+        let host = host_netlink(lease)?;
         let cont = Netlink::connect_in(netns).map_err(kernel)?;
         let br = host
             .link(&lease.bridge)
@@ -133,7 +145,7 @@ pub fn check(env: &Env, netns: &Netns, lease: &Lease) -> Result<(), CniError> {
     let fail = |m: String| CniError::new(codes::CHECK_FAILED, m);
     let rt = runtime()?;
     rt.block_on(async {
-        let host = Netlink::connect().map_err(kernel)?;
+        let host = host_netlink(lease)?;
         let cont = Netlink::connect_in(netns).map_err(kernel)?;
         let host_name = host_veth_name(&env.container_id, &env.ifname);
         let br = host

@@ -216,7 +216,7 @@ impl Lab {
         let name = self.state.nodes[node].name.clone();
         let netns = self.state.nodes[node].netns.clone();
         let what = format!("agent {name}");
-        let pid = self.spawn(&netns, &what, c)?;
+        let pid = self.spawn_sharing_mounts(&netns, &what, c)?;
         let sock = p.socket.clone();
         if !wait_for(Duration::from_secs(20), || {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()

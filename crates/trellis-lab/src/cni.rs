@@ -83,7 +83,16 @@ impl Lab {
         env: &[(&str, &str)],
         config: &serde_json::Value,
     ) -> Result<Output> {
-        let mut c = self.command(&self.state.nodes[node].netns, plugin);
+        // `nsenter --net`, not `ip netns exec`: the plugin must share the host's mount
+        // namespace, like a runtime's plugin, to see a tenant world the agent
+        // bind-mounts while this plugin runs.
+        let mut c = Command::new("nsenter");
+        c.arg(format!(
+            "--net={}",
+            crate::netns_path(&self.state.nodes[node].netns).display()
+        ))
+        .arg("--")
+        .arg(plugin);
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))

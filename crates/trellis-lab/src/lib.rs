@@ -356,6 +356,25 @@ impl Lab {
             .map_err(|e| LabError::Io(format!("{argv:?}: {e}")))
     }
 
+    /// [`Lab::spawn`] through `nsenter --net` instead of `ip netns exec`: the process
+    /// shares the host's mount namespace, so the namespaces it bind-mounts (a tenant's
+    /// world) are visible to other processes and outlive it, as on a real node. The
+    /// lab unmounts whatever is mounted under its directory when it is torn down.
+    pub fn spawn_sharing_mounts(&mut self, netns: &str, what: &str, cmd: Command) -> Result<u32> {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", netns_path(netns).display()))
+            .arg("--")
+            .arg(cmd.get_program());
+        c.args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        self.spawn_command(netns, what, c)
+    }
+
     /// Start a long-running process inside `netns`; the lab stops it (by PID) when it
     /// is torn down.
     pub fn spawn(&mut self, netns: &str, what: &str, cmd: Command) -> Result<u32> {
@@ -369,12 +388,18 @@ impl Lab {
                 None => c.env_remove(k),
             };
         }
+        // `cmd` is only a description; the real child runs through `ip netns exec`.
+        drop(cmd);
+        self.spawn_command(netns, what, c)
+    }
+
+    /// Start `c` (already wrapped to run in `netns`) with its output in the lab's log
+    /// for `what`, and record it.
+    fn spawn_command(&mut self, netns: &str, what: &str, mut c: Command) -> Result<u32> {
         let log = std::fs::File::create(self.dir().join(format!("{}.log", what.replace(' ', "-"))))
             .map_err(|e| LabError::Io(e.to_string()))?;
         let log2 = log.try_clone().map_err(|e| LabError::Io(e.to_string()))?;
         c.stdin(Stdio::null()).stdout(log).stderr(log2);
-        // `cmd` is only a description; the real child runs through `ip netns exec`.
-        drop(cmd);
         let child = c
             .spawn()
             .map_err(|e| LabError::Io(format!("spawn {what}: {e}")))?;
@@ -495,6 +520,8 @@ impl Lab {
             }
         }
         self.children.clear();
+        // Namespaces the agents bind-mounted under the lab's directory (tenant worlds).
+        errors.extend(unmount_below(&self.dir()));
         for ns in lab_namespaces(&self.state.name) {
             // kill anything still running inside (processes we started may have forked)
             if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
@@ -525,6 +552,27 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// Unmount (lazily) every mount point under `dir`, deepest first.
+fn unmount_below(dir: &Path) -> Vec<String> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    let mut errors = Vec::new();
+    for p in points {
+        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            errors.push(format!("unmount {}: {e}", p.display()));
+        }
+    }
+    errors
 }
 
 fn signal(pid: u32, sig: i32) {

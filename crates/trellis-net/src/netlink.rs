@@ -183,6 +183,24 @@ impl Netlink {
             .map_err(|e| nl_err(format!("create veth {host} <-> {peer}"), e))
     }
 
+    /// Create a veth pair: `name` here (down) and `peer` directly inside `peer_ns`
+    /// (down). Bring both up and give them addresses afterwards.
+    pub async fn create_veth_pair(&self, name: &str, peer: &str, peer_ns: &Netns) -> Result<()> {
+        let peer_b = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .setns_by_fd(peer_ns.raw_fd());
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_b.build())))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("create veth {name} <-> {peer}"), e))
+    }
+
     /// Turn on hairpin mode of bridge port `index`: frames may leave by the port they
     /// came in. A pod reaching itself through a service needs it when the bridge runs
     /// netfilter on bridged frames (`br_netfilter` loaded): the DNATed frame goes back

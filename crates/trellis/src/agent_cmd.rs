@@ -159,6 +159,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
                     orphan_grace: Duration::from_secs(a.orphan_grace),
                     l2: None,
                     gate: gate.clone(),
+                    world: None,
                 };
                 let (node, report) = Node::start(cfg).await.map_err(anyhow::Error::msg)?;
                 tracing::info!(?report, "node ready");

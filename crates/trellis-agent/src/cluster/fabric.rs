@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -23,6 +24,7 @@ use trellis_net::Netlink;
 use super::informer::Informer;
 use super::join::update_node_status;
 use super::networks::ServedSet;
+use super::world::World;
 use super::{exclude_hosts, network_spec, node_addresses, ClusterConfig, Served};
 
 /// What the fabric loop works from: every served network with its ready peers, and the
@@ -41,7 +43,10 @@ pub(super) struct FabricLoop {
     pub(super) served: ServedSet,
     pub(super) nodes: Informer,
     pub(super) networks: Informer,
+    /// The node's own namespace.
     pub(super) reconciler: Reconciler,
+    /// Each tenant world's, made at its first pass.
+    pub(super) worlds: BTreeMap<String, Reconciler>,
     pub(super) nl: Netlink,
     pub(super) pump: Option<UdpPump>,
     /// What `STATE_DIR/udp-pump.json` holds (see [`FabricLoop::remember_udp`]), so a pass writes it
@@ -200,6 +205,15 @@ impl FabricLoop {
             Err(e) => tracing::warn!("reading the uplink: {e}"),
         }
         let mut desired = Desired::default();
+        // Each tenant world's fabric, applied by its own reconciler inside it.
+        let mut world_desired: BTreeMap<String, (Desired, Arc<World>)> = BTreeMap::new();
+        for s in &served {
+            if let Some(w) = &s.world {
+                world_desired
+                    .entry(w.tenant.clone())
+                    .or_insert_with(|| (Desired::default(), w.clone()));
+            }
+        }
         let mut udp = None;
         for ((net, peers), s) in view.iter().zip(&served) {
             if net.backend == Backend::L2 {
@@ -207,6 +221,12 @@ impl FabricLoop {
             }
             let d = backend::desired(net, &self.local, peers);
             s.node.set_mtu(pod_mtu(net, &self.local));
+            if let Some(w) = &s.world {
+                if let Some((wd, _)) = world_desired.get_mut(&w.tenant) {
+                    wd.merge(d);
+                }
+                continue;
+            }
             if net.backend == Backend::Udp {
                 udp = d
                     .tun
@@ -259,7 +279,7 @@ impl FabricLoop {
                 self.remember_udp(None);
             }
         }
-        let ok = match self.reconciler.apply(&desired).await {
+        let mut ok = match self.reconciler.apply(&desired).await {
             Ok(r) if r.changes() > 0 => {
                 let backends: Vec<&str> = view.iter().map(|(n, _)| n.backend.as_str()).collect();
                 tracing::info!(?r, networks = view.len(), ?backends, "fabric updated");
@@ -271,6 +291,31 @@ impl FabricLoop {
                 false
             }
         };
+        // Worlds no longer served are gone with their namespace.
+        self.worlds.retain(|t, _| world_desired.contains_key(t));
+        for (tenant, (d, w)) in &world_desired {
+            if !self.worlds.contains_key(tenant) {
+                match Netlink::connect_in(&w.ns) {
+                    Ok(nl) => {
+                        let r = Reconciler::in_world(nl, self.nl.clone(), w.ns.clone());
+                        self.worlds.insert(tenant.clone(), r);
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant, "fabric: {e}");
+                        ok = false;
+                        continue;
+                    }
+                }
+            }
+            match self.worlds[tenant].apply(d).await {
+                Ok(r) if r.changes() > 0 => tracing::info!(?r, tenant, "tenant fabric updated"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(tenant, "fabric: {e}");
+                    ok = false;
+                }
+            }
+        }
         if self.published_unreachable.as_ref() != Some(&desired.unreachable) {
             match self.publish_unreachable(&desired.unreachable).await {
                 Ok(()) => self.published_unreachable = Some(desired.unreachable.clone()),

@@ -22,6 +22,7 @@ mod join;
 pub mod networks;
 pub mod policy;
 pub mod services;
+pub mod world;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -116,6 +117,15 @@ pub struct Served {
     nat_table: String,
     /// Its state directory.
     state_dir: PathBuf,
+    /// The tenant world it lives in (`None`: the node's own namespace).
+    world: Option<Arc<world::World>>,
+}
+
+impl Served {
+    /// The tenant of its world, if any.
+    fn tenant(&self) -> Option<&str> {
+        self.world.as_ref().map(|w| w.tenant.as_str())
+    }
 }
 
 impl Served {
@@ -207,7 +217,8 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
     ));
     let cidrs: Vec<Ipv4Net> = specs.iter().map(|s| s.spec.cidr).collect();
     for (i, leased) in specs.iter().enumerate() {
-        manager.start_one(i, leased, cidrs.clone()).await?;
+        // A pinned network of a tenant still lives in the node's namespace.
+        manager.start_one(i, leased, cidrs.clone(), None).await?;
     }
     tracing::info!(networks = ?cfg.networks, "joined the cluster");
     // Networks served before a restart (their pods live on), or their leftovers.
@@ -232,6 +243,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         nodes: nodes.clone(),
         networks: networks.clone(),
         reconciler: Reconciler::new(nl.clone()),
+        worlds: Default::default(),
         nl,
         pump: resumed_pump,
         udp_memory,

@@ -26,6 +26,7 @@ use trellis_client::Client;
 use trellis_fabric::{pod_mtu, Local, NetworkFabric};
 
 use super::informer::Informer;
+use super::world::{self, World};
 use super::{check_combination, endpoints, exclude_hosts, node_addresses, services};
 use super::{ClusterConfig, ClusterError, Leased, Served, Underlay};
 use crate::cni_server::{Demand, Routes, Want};
@@ -45,6 +46,8 @@ pub(super) struct Manager {
     routes: watch::Sender<Routes>,
     /// The background tasks of each served network (Endpoint publisher, sweeper).
     tasks: Mutex<BTreeMap<String, Vec<JoinHandle<()>>>>,
+    /// The tenant worlds with a served network on this node.
+    worlds: Mutex<BTreeMap<String, Arc<World>>>,
     /// Serialises starting and retiring.
     lock: tokio::sync::Mutex<()>,
 }
@@ -65,6 +68,7 @@ impl Manager {
             served: watch::channel(Arc::new(Vec::new())).0,
             routes: watch::channel(Arc::new(Vec::new())).0,
             tasks: Mutex::default(),
+            worlds: Mutex::default(),
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -119,6 +123,7 @@ impl Manager {
         index: usize,
         leased: &Leased,
         cluster_cidrs: Vec<Ipv4Net>,
+        world: Option<Arc<World>>,
     ) -> Result<(), ClusterError> {
         let Leased {
             name,
@@ -169,7 +174,10 @@ impl Manager {
             state_dir: self.state_dir(index, name),
             orphan_grace: self.cfg.orphan_grace,
             l2,
-            gate: self.cfg.gate.clone(),
+            gate: world
+                .as_ref()
+                .map_or_else(|| self.cfg.gate.clone(), |w| w.gate.clone()),
+            world: world.as_ref().map(|w| w.ns.clone()),
         };
         let (node, report) = Node::start(node_cfg)
             .await
@@ -190,32 +198,52 @@ impl Manager {
                 Err(e) => tracing::warn!("listing nodes for l2 address exclusion: {e}"),
             }
         }
-        // The cluster DNS on the pods' gateway (the node's address under l2).
+        // The cluster DNS on the pods' gateway (the node's address under l2). Not in a
+        // tenant world yet: its pods get no cluster DNS.
         let dns_ip = if spec.backend == Backend::L2 {
             self.local.address
         } else {
             node.ipam().gateway()
         };
-        let bind = std::net::SocketAddr::from((dns_ip, 53));
-        let upstreams = if self.cfg.dns_upstreams.is_empty() {
-            services::upstreams(bind)
-        } else {
-            self.cfg.dns_upstreams.clone()
+        let dns = match &world {
+            Some(_) => None,
+            None => {
+                let bind = std::net::SocketAddr::from((dns_ip, 53));
+                let upstreams = if self.cfg.dns_upstreams.is_empty() {
+                    services::upstreams(bind)
+                } else {
+                    self.cfg.dns_upstreams.clone()
+                };
+                let dns = trellis_dns::DnsServer::start(bind, &self.cfg.domain, upstreams)
+                    .await
+                    .map_err(|e| ClusterError::Setup(format!("cluster DNS on {bind}: {e}")))?;
+                node.set_dns(dns_ip, &self.cfg.domain);
+                Some(Arc::new(dns))
+            }
         };
-        let dns = trellis_dns::DnsServer::start(bind, &self.cfg.domain, upstreams)
-            .await
-            .map_err(|e| ClusterError::Setup(format!("cluster DNS on {bind}: {e}")))?;
-        node.set_dns(dns_ip, &self.cfg.domain);
         let publisher = endpoints::Publisher {
             client: self.client.clone(),
             node_name: self.cfg.node.clone(),
             network: name.clone(),
             node: node.clone(),
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(publisher.run(self.cfg.resync)),
             tokio::spawn(node.clone().run_sweeper(self.cfg.sweep_interval)),
         ];
+        if let Some(w) = &world {
+            // The world's anti-spoofing tables hold exactly its reservations: now and
+            // every sweep.
+            let (gate, every) = (w.gate.clone(), self.cfg.sweep_interval);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    if let Err(e) = tokio::task::block_in_place(|| gate.sync()) {
+                        tracing::warn!("{e}");
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            }));
+        }
         self.tasks
             .lock()
             .expect("tasks lock")
@@ -227,11 +255,12 @@ impl Manager {
             node,
             started_backend: spec.backend,
             cidr: spec.cidr,
-            dns: Some(Arc::new(dns)),
+            dns,
             gateway: dns_ip,
             pinned: index < self.cfg.networks.len(),
             nat_table: crate::nat::table_name(index, name),
             state_dir: self.state_dir(index, name),
+            world,
         });
         self.publish(list);
         Ok(())
@@ -261,8 +290,21 @@ impl Manager {
             ));
         }
         let (spec, vni) = (net.spec.clone(), net.vni());
-        // Check against what is served before anything is leased or made.
-        let mut all: Vec<Leased> = self.current().iter().map(Served::leased).collect();
+        if spec.tenant.is_some() && spec.backend != Backend::Vxlan {
+            return Err(format!(
+                "network {name:?} of tenant {:?} uses the {} backend; a tenant's network needs vxlan for now (its own VNI keeps the worlds apart)",
+                spec.tenant.as_deref().unwrap_or_default(),
+                spec.backend
+            ));
+        }
+        // Check against what is served in the same world before anything is leased or
+        // made: worlds may overlap each other.
+        let mut all: Vec<Leased> = self
+            .current()
+            .iter()
+            .filter(|s| s.tenant() == spec.tenant.as_deref())
+            .map(Served::leased)
+            .collect();
         let candidate = Leased {
             name: name.to_string(),
             subnet: spec.cidr,
@@ -287,12 +329,30 @@ impl Manager {
             spec: spec.clone(),
             vni,
         };
+        let world = match &spec.tenant {
+            None => None,
+            Some(t) => Some(self.world(t).await?),
+        };
         let cidrs = world_cidrs(&self.current(), &spec);
         // Never index 0: that is the first pinned network's names.
         let index = self.current().len().max(1);
-        self.start_one(index, &leased, cidrs)
+        self.start_one(index, &leased, cidrs, world)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Tenant `t`'s world on this node, made (or adopted) at its first network.
+    async fn world(&self, t: &str) -> Result<Arc<World>, String> {
+        if let Some(w) = self.worlds.lock().expect("worlds lock").get(t) {
+            return Ok(w.clone());
+        }
+        let w = World::ensure(&self.cfg.state_dir, t).await?;
+        tracing::info!(tenant = t, netns = %w.netns_path().display(), "tenant world ready");
+        self.worlds
+            .lock()
+            .expect("worlds lock")
+            .insert(t.to_string(), w.clone());
+        Ok(w)
     }
 
     /// Stop serving `name` and remove what was made for it.
@@ -320,13 +380,29 @@ impl Manager {
         }
         let bridge = gone.node.bridge().to_string();
         let (table, dir) = (gone.nat_table.clone(), gone.state_dir.clone());
+        let world = gone.world.clone();
         drop(gone);
-        match remove_network(&bridge, &table, &dir).await {
+        match remove_network(&bridge, &table, &dir, world.as_ref().map(|w| &*w.ns)).await {
             Ok(()) => tracing::info!(network = name, "network deleted: no longer served"),
             Err(errors) => tracing::warn!(network = name, ?errors, "removing the network"),
         }
-        if let Err(e) = tokio::task::block_in_place(|| self.cfg.gate.sync()) {
-            tracing::warn!("{e}");
+        match world {
+            None => {
+                if let Err(e) = tokio::task::block_in_place(|| self.cfg.gate.sync()) {
+                    tracing::warn!("{e}");
+                }
+            }
+            // The world's last network: the world goes too.
+            Some(w) if !self.current().iter().any(|s| s.tenant() == Some(&w.tenant)) => {
+                self.worlds.lock().expect("worlds lock").remove(&w.tenant);
+                let tenant = w.tenant.clone();
+                drop(w);
+                match World::remove(&self.cfg.state_dir, &tenant).await {
+                    Ok(()) => tracing::info!(tenant, "tenant world removed"),
+                    Err(errors) => tracing::warn!(tenant, ?errors, "removing the tenant world"),
+                }
+            }
+            Some(_) => {}
         }
     }
 
@@ -393,6 +469,30 @@ impl Manager {
     /// whose Network still exists are served again (their pods live on); the others'
     /// leftovers are removed.
     pub(super) async fn adopt_earlier(&self) {
+        self.adopt_networks().await;
+        // Worlds none of whose networks is served any more.
+        let worlds = world::worlds_dir(&self.cfg.state_dir);
+        let names: Vec<String> = std::fs::read_dir(&worlds)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        for t in names {
+            if !self
+                .current()
+                .iter()
+                .any(|s| s.tenant() == Some(t.as_str()))
+            {
+                match World::remove(&self.cfg.state_dir, &t).await {
+                    Ok(()) => tracing::info!(tenant = t, "removed a tenant world left unused"),
+                    Err(errors) => tracing::warn!(tenant = t, ?errors, "removing a tenant world"),
+                }
+            }
+        }
+    }
+
+    async fn adopt_networks(&self) {
         let dir = networks_dir(&self.cfg.state_dir);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
@@ -412,9 +512,10 @@ impl Manager {
                     }
                 }
                 Err(e) if e.status() == Some(404) => {
+                    // In the node's namespace; a world's leftovers go with the world.
                     let bridge = trellis_api::naming::network_bridge(&name);
                     let table = crate::nat::table_name(1, &name);
-                    match remove_network(&bridge, &table, &dir.join(&name)).await {
+                    match remove_network(&bridge, &table, &dir.join(&name), None).await {
                         Ok(()) => {
                             tracing::info!(network = name, "removed what a deleted network left")
                         }
@@ -472,10 +573,14 @@ fn networks_dir(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("networks")
 }
 
-/// The ranges pods of a network reach without masquerade: every served network's and
-/// its own.
+/// The ranges pods of a network reach without masquerade: those of every served
+/// network of its world, and its own.
 fn world_cidrs(served: &[Served], spec: &NetworkSpec) -> Vec<Ipv4Net> {
-    let mut out: Vec<Ipv4Net> = served.iter().map(|s| s.cidr).collect();
+    let mut out: Vec<Ipv4Net> = served
+        .iter()
+        .filter(|s| s.tenant() == spec.tenant.as_deref())
+        .map(|s| s.cidr)
+        .collect();
     out.push(spec.cidr);
     out
 }
@@ -487,7 +592,7 @@ pub(super) fn node_ips(local: &Local, served: &[Served]) -> Vec<Ipv4Addr> {
     ips.extend(
         served
             .iter()
-            .filter(|s| s.started_backend != Backend::L2)
+            .filter(|s| s.started_backend != Backend::L2 && s.world.is_none())
             .map(|s| s.gateway),
     );
     ips

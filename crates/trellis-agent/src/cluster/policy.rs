@@ -100,7 +100,11 @@ struct NodeAddrs {
 impl NodeAddrs {
     fn of(address: Ipv4Addr, served: &[Served]) -> NodeAddrs {
         NodeAddrs {
-            dns: served.iter().map(|s| s.gateway).collect(),
+            dns: served
+                .iter()
+                .filter(|s| s.world.is_none())
+                .map(|s| s.gateway)
+                .collect(),
             own: node_ips(address, served),
         }
     }
@@ -112,7 +116,7 @@ fn node_ips(address: Ipv4Addr, served: &[Served]) -> Vec<Ipv4Addr> {
     v.extend(
         served
             .iter()
-            .filter(|s| s.started_backend != Backend::L2)
+            .filter(|s| s.started_backend != Backend::L2 && s.world.is_none())
             .map(|s| s.gateway),
     );
     v
@@ -153,7 +157,8 @@ fn build_inputs(node: &str, inf: &Informers, served: &[Served]) -> Option<Inputs
             _ => None,
         })
         .collect();
-    for n in served {
+    // Policy does not reach into tenant worlds yet: their pods are not ours here.
+    for n in served.iter().filter(|s| s.world.is_none()) {
         for r in n.node.ipam().list() {
             let pod = r
                 .pod_name

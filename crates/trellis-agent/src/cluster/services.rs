@@ -170,7 +170,12 @@ fn proxy_config(local: &Local, served: &[Served]) -> ProxyConfig {
     ProxyConfig::new(
         PROXY_TABLE,
         node_ips(local, served),
-        served.iter().map(|s| s.cidr).collect(),
+        // Tenant worlds have no services on this proxy yet.
+        served
+            .iter()
+            .filter(|s| s.world.is_none())
+            .map(|s| s.cidr)
+            .collect(),
     )
 }
 

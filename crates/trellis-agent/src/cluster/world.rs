@@ -1,0 +1,254 @@
+//! A tenant's world on this node: a network namespace of its own (Neutron's router
+//! namespace), so the tenant's ranges may equal another world's. The tenant's bridges,
+//! pod veths, tunnel devices, routes, nftables tables and connection tracking all live
+//! inside it; the node's namespace only carries its tunnels' UDP packets and its
+//! egress.
+//!
+//! - The namespace is bind-mounted at `STATE_DIR/worlds/<tenant>/netns`, so it outlives
+//!   the agent (a restart adopts it; nothing is flushed).
+//! - Egress: a veth pair joins it to the node (`trlw<hash>` on the node, `trlup` inside)
+//!   on a link-local /30 of its own (`169.254.64.0/18`, one slot per world, kept in
+//!   `STATE_DIR/worlds/<tenant>/slot`). Inside, the default route goes to the node's end
+//!   and everything leaving by it is masqueraded to the world's transit address; on the
+//!   node, the table `ip trellis-worlds` masquerades what comes from any world to the
+//!   node's address. So two tenants' pods with the same address reach the same outside
+//!   server at once, each connection tracked in its own namespace.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use trellis_api::naming::{fnv1a64, LINK_PREFIX};
+use trellis_net::{nft, sysctl, Netlink, Netns};
+
+use crate::gate::Gate;
+
+/// The transit ranges: one /30 per world.
+const TRANSIT_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(169, 254, 64, 0), 18);
+/// The world's end of the transit veth.
+const WORLD_UPLINK: &str = "trlup";
+/// The node's table masquerading every world's egress.
+const NODE_TABLE: &str = "trellis-worlds";
+/// The world's table masquerading its egress to its transit address.
+const WORLD_TABLE: &str = "trellis-world";
+
+/// One tenant's world on this node.
+#[derive(Debug)]
+pub struct World {
+    /// The tenant.
+    pub tenant: String,
+    /// Its namespace.
+    pub ns: Arc<Netns>,
+    /// Anti-spoofing for its pods, in its own tables.
+    pub gate: Arc<Gate>,
+    dir: PathBuf,
+}
+
+/// The node's end of a world's transit veth.
+fn node_link(tenant: &str) -> String {
+    let h = fnv1a64([b"world/".as_slice(), tenant.as_bytes()]);
+    format!("{LINK_PREFIX}w{:08x}", h >> 32)
+}
+
+/// The `/30` of transit slot `slot`: (node end, world end).
+fn transit(slot: u32) -> (Ipv4Net, Ipv4Net) {
+    let base = u32::from(TRANSIT_POOL.0) + slot * 4;
+    (
+        Ipv4Net::new(Ipv4Addr::from(base + 1), 30).expect("/30"),
+        Ipv4Net::new(Ipv4Addr::from(base + 2), 30).expect("/30"),
+    )
+}
+
+/// How many /30 slots the pool holds.
+fn slots() -> u32 {
+    1 << (32 - u32::from(TRANSIT_POOL.1) - 2)
+}
+
+/// The directory of the worlds' state.
+pub(super) fn worlds_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("worlds")
+}
+
+/// This world's transit slot: the one it had, else the lowest no other world holds.
+fn slot_of(dir: &Path, worlds: &Path) -> Result<u32, String> {
+    let file = dir.join("slot");
+    if let Ok(s) = std::fs::read_to_string(&file) {
+        if let Ok(n) = s.trim().parse() {
+            return Ok(n);
+        }
+    }
+    let taken: std::collections::BTreeSet<u32> = std::fs::read_dir(worlds)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("slot")).ok())
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let slot = (0..slots())
+        .find(|n| !taken.contains(n))
+        .ok_or("no transit slot left for another world")?;
+    std::fs::write(&file, slot.to_string()).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(slot)
+}
+
+impl World {
+    /// Make (or adopt, after a restart) tenant `tenant`'s world: its namespace, its
+    /// transit veth, routes and masquerade, forwarding on. Idempotent.
+    pub(super) async fn ensure(state_dir: &Path, tenant: &str) -> Result<Arc<World>, String> {
+        let worlds = worlds_dir(state_dir);
+        let dir = worlds.join(tenant);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let ns = Arc::new(
+            Netns::create_persistent(dir.join("netns"))
+                .map_err(|e| format!("world {tenant}: {e}"))?,
+        );
+        let slot = slot_of(&dir, &worlds)?;
+        let (node_end, world_end) = transit(slot);
+        let node_nl = Netlink::connect().map_err(|e| e.to_string())?;
+        let world_nl = Netlink::connect_in(&ns).map_err(|e| e.to_string())?;
+        let link = node_link(tenant);
+        if node_nl
+            .link(&link)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            node_nl
+                .create_veth_pair(&link, WORLD_UPLINK, &ns)
+                .await
+                .map_err(|e| format!("world {tenant}: transit veth: {e}"))?;
+        }
+        let n = node_nl
+            .link(&link)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("transit veth vanished")?;
+        node_nl
+            .ensure_addr(n.index, node_end)
+            .await
+            .map_err(|e| e.to_string())?;
+        node_nl.set_up(n.index).await.map_err(|e| e.to_string())?;
+        for name in ["lo", WORLD_UPLINK] {
+            let l = world_nl
+                .link(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("world {tenant}: {name} missing"))?;
+            if name == WORLD_UPLINK {
+                world_nl
+                    .ensure_addr(l.index, world_end)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            world_nl.set_up(l.index).await.map_err(|e| e.to_string())?;
+        }
+        let has_default = world_nl
+            .routes()
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|(d, _, _)| d.prefix_len() == 0);
+        if !has_default {
+            let l = world_nl
+                .link(WORLD_UPLINK)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("world uplink missing")?;
+            world_nl
+                .add_default_route(l.index, node_end.addr())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let world_rules = format!(
+            "table ip {WORLD_TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority 100;\n    oifname \"{WORLD_UPLINK}\" masquerade\n  }}\n}}\n"
+        );
+        ns.run(|| -> Result<(), String> {
+            sysctl::ensure("net/ipv4/ip_forward", "1").map_err(|e| e.to_string())?;
+            ensure_table(WORLD_TABLE, &world_rules)
+        })
+        .map_err(|e| e.to_string())??;
+        let node_rules = format!(
+            "table ip {NODE_TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority 100;\n    iifname \"{LINK_PREFIX}w*\" oifname != \"{LINK_PREFIX}w*\" masquerade\n  }}\n}}\n"
+        );
+        ensure_table(NODE_TABLE, &node_rules)?;
+        Ok(Arc::new(World {
+            tenant: tenant.to_string(),
+            gate: Gate::for_world(ns.clone()),
+            ns,
+            dir,
+        }))
+    }
+
+    /// The path plugins open to reach the world.
+    pub fn netns_path(&self) -> PathBuf {
+        self.dir.join("netns")
+    }
+
+    /// Remove the world: its transit veth and the namespace (with whatever is left in
+    /// it), and its state. Errors are collected.
+    pub(super) async fn remove(state_dir: &Path, tenant: &str) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        let dir = worlds_dir(state_dir).join(tenant);
+        match Netlink::connect() {
+            Ok(nl) => match nl.link(&node_link(tenant)).await {
+                Ok(Some(l)) => {
+                    if let Err(e) = nl.del_link(l.index).await {
+                        errors.push(format!("delete transit veth: {e}"));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(e.to_string()),
+            },
+            Err(e) => errors.push(e.to_string()),
+        }
+        if let Err(e) = Netns::remove_persistent(dir.join("netns")) {
+            errors.push(e.to_string());
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                errors.push(format!("remove {}: {e}", dir.display()))
+            }
+            _ => {}
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Write table `ip <name>` as `script` says unless it exists (its rules are static).
+fn ensure_table(name: &str, script: &str) -> Result<(), String> {
+    if nft::list_json(&format!("table ip {name}"))
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok(());
+    }
+    nft::apply(script).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transit_slots_and_names() {
+        assert_eq!(
+            transit(0),
+            (
+                "169.254.64.1/30".parse().unwrap(),
+                "169.254.64.2/30".parse().unwrap()
+            )
+        );
+        assert_eq!(transit(1).0.to_string(), "169.254.64.5/30");
+        assert_eq!(slots(), 4096);
+        let last = transit(slots() - 1).1;
+        assert_eq!(last.to_string(), "169.254.127.254/30");
+        let n = node_link("red");
+        assert!(n.starts_with("trlw") && n.len() == 12, "{n}");
+        assert_ne!(node_link("red"), node_link("blue"));
+    }
+}
