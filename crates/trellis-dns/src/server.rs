@@ -83,8 +83,30 @@ impl DnsServer {
         domain: &str,
         upstreams: Vec<SocketAddr>,
     ) -> Result<DnsServer, DnsError> {
+        let sockets = DnsServer::bind(bind)?;
+        DnsServer::start_on(sockets, domain, upstreams).await
+    }
+
+    /// The UDP socket and TCP listener [`DnsServer::start`] binds, for a caller that
+    /// binds them somewhere else first (inside another network namespace).
+    pub fn bind(
+        bind: SocketAddr,
+    ) -> Result<(std::net::UdpSocket, std::net::TcpListener), DnsError> {
+        bind_pair(bind)
+    }
+
+    /// [`DnsServer::start`] on sockets from [`DnsServer::bind`].
+    pub async fn start_on(
+        (udp, tcp): (std::net::UdpSocket, std::net::TcpListener),
+        domain: &str,
+        upstreams: Vec<SocketAddr>,
+    ) -> Result<DnsServer, DnsError> {
+        let bind = udp.local_addr().map_err(|source| DnsError::Bind {
+            proto: "udp",
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
         let records = Records::try_new(domain)?;
-        let (udp, tcp) = bind_pair(bind)?;
         let local_addr = udp.local_addr().map_err(|source| DnsError::Bind {
             proto: "udp",
             addr: bind,

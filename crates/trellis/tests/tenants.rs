@@ -67,6 +67,20 @@ fn world_state(lab: &Lab, n: usize, tenant: &str) -> String {
         + &run(&["ip", "neigh", "show", "nud", "permanent"])
 }
 
+/// The nftables ruleset of `tenant`'s world on node `n` (for failure messages).
+fn world_nft(lab: &Lab, n: usize, tenant: &str) -> String {
+    let path = lab
+        .agent_paths(n)
+        .state_dir
+        .join(format!("worlds/{tenant}/netns"));
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args(["nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn two_tenants_with_the_same_addresses_never_meet() {
     require(&["ip", "nft", "ping", "busybox", "nsenter"]);
@@ -97,7 +111,7 @@ fn two_tenants_with_the_same_addresses_never_meet() {
             lab,
             n,
             name,
-            &format!("K8S_POD_NAMESPACE={tenant}-ns"),
+            &format!("K8S_POD_NAMESPACE={tenant}-ns;LABELS=app=web"),
             None,
         );
         let p = lab.state.pods.last().unwrap().clone();
@@ -206,6 +220,76 @@ fn two_tenants_with_the_same_addresses_never_meet() {
         assert_eq!(a.join().unwrap(), node);
         assert_eq!(b.join().unwrap(), node);
     });
+
+    // Services: the same cluster IP in both tenants; each leads to its own tenant's
+    // pods only. DNS answers a tenant's own names and not the other's.
+    let mut svcs = String::new();
+    for tenant in ["red", "blue"] {
+        svcs += &format!(
+            "apiVersion: trellis/v1\nkind: Service\nmetadata: {{name: web, namespace: {tenant}-ns}}\n\
+             spec: {{clusterIP: 10.96.0.50, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n"
+        );
+    }
+    lab.apply(&t, &svcs).unwrap();
+    let vip: Ipv4Addr = "10.96.0.50".parse().unwrap();
+    for from in [&pods[0], &pods[1], &pods[4], &pods[5]] {
+        let mine: Vec<&str> = pods
+            .iter()
+            .filter(|p| p.tenant == from.tenant)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert!(
+            wait_for(Duration::from_secs(15), || {
+                let page = common::cluster::http_get_port(&lab, &from.netns, vip, 80);
+                mine.contains(&page.trim())
+            }),
+            "{} cannot reach its tenant's service at {vip}; endpoints:\n{}\nnode n1's red world:\n{}\nagent log:\n{}",
+            from.name,
+            lab.cli(&t, &["get", "ep", "-A", "-o", "yaml"]).unwrap_or_default(),
+            world_nft(&lab, 0, "red"),
+            std::fs::read_to_string(lab.dir().join("agent-n1.log")).unwrap_or_default()
+        );
+        for _ in 0..6 {
+            let page = common::cluster::http_get_port(&lab, &from.netns, vip, 80);
+            assert!(
+                mine.contains(&page.trim()),
+                "{} got {page:?} from {vip}, not one of {mine:?}",
+                from.name
+            );
+        }
+        let gw = {
+            let o = from.ip.octets();
+            format!("{}.{}.{}.1", o[0], o[1], o[2])
+        };
+        let other = if from.tenant == "red" { "blue" } else { "red" };
+        let lookup = |name: &str| {
+            lab.exec_any(&from.netns, &["busybox", "nslookup", name, &gw])
+                .map(|o| {
+                    (
+                        o.status.success(),
+                        String::from_utf8_lossy(&o.stdout).into_owned(),
+                    )
+                })
+                .unwrap()
+        };
+        let own = format!("web.{}-ns.svc.cluster.local", from.tenant);
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                let (ok, out) = lookup(&own);
+                ok && out.contains("10.96.0.50")
+            }),
+            "{} cannot resolve {own}: {:?}",
+            from.name,
+            lookup(&own)
+        );
+        let theirs = format!("web.{other}-ns.svc.cluster.local");
+        let (ok, out) = lookup(&theirs);
+        assert!(
+            !ok && !out.contains("10.96.0.50"),
+            "{} resolved {theirs}: {out}",
+            from.name
+        );
+    }
 
     // kill -9 and restart of an agent: its worlds are adopted unchanged.
     let before = [world_state(&lab, 0, "red"), world_state(&lab, 0, "blue")];

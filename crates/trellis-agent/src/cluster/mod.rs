@@ -250,7 +250,14 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         published_unreachable: None,
     };
     tokio::spawn(fabric.run());
-    start_services(&cfg, &client, served.clone(), &local, endpoints.clone());
+    start_services(
+        &cfg,
+        &client,
+        served.clone(),
+        &local,
+        endpoints.clone(),
+        namespaces.clone(),
+    );
     let policy = policy::PolicyController::new(
         policy::Informers::start(&client, nodes, endpoints, namespaces.clone()),
         &cfg.node,
@@ -330,15 +337,16 @@ fn start_services(
     served: ServedSet,
     local: &Local,
     endpoints: Informer,
+    namespaces: Informer,
 ) {
     let svc_loop = services::ServiceLoop {
         client: client.clone(),
         node: cfg.node.clone(),
         services: Informer::start(client.clone(), "/v1/services".into()),
         endpoints,
+        namespaces,
         served,
         local: local.clone(),
-        proxy: None,
         domain: cfg.domain.clone(),
         full_resync: cfg.proxy_full_resync,
     };

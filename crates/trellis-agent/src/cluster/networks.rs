@@ -198,29 +198,33 @@ impl Manager {
                 Err(e) => tracing::warn!("listing nodes for l2 address exclusion: {e}"),
             }
         }
-        // The cluster DNS on the pods' gateway (the node's address under l2). Not in a
-        // tenant world yet: its pods get no cluster DNS.
+        // The cluster DNS on the pods' gateway (the node's address under l2), bound
+        // inside the network's world; it answers that world's names.
         let dns_ip = if spec.backend == Backend::L2 {
             self.local.address
         } else {
             node.ipam().gateway()
         };
-        let dns = match &world {
-            Some(_) => None,
-            None => {
-                let bind = std::net::SocketAddr::from((dns_ip, 53));
-                let upstreams = if self.cfg.dns_upstreams.is_empty() {
-                    services::upstreams(bind)
-                } else {
-                    self.cfg.dns_upstreams.clone()
-                };
-                let dns = trellis_dns::DnsServer::start(bind, &self.cfg.domain, upstreams)
-                    .await
-                    .map_err(|e| ClusterError::Setup(format!("cluster DNS on {bind}: {e}")))?;
-                node.set_dns(dns_ip, &self.cfg.domain);
-                Some(Arc::new(dns))
+        let bind = std::net::SocketAddr::from((dns_ip, 53));
+        let upstreams = if self.cfg.dns_upstreams.is_empty() {
+            services::upstreams(bind)
+        } else {
+            self.cfg.dns_upstreams.clone()
+        };
+        let dns_err = |e: String| ClusterError::Setup(format!("cluster DNS on {bind}: {e}"));
+        let sockets = match &world {
+            None => trellis_dns::DnsServer::bind(bind).map_err(|e| dns_err(e.to_string()))?,
+            Some(w) => {
+                w.ns.run(|| trellis_dns::DnsServer::bind(bind))
+                    .map_err(|e| dns_err(e.to_string()))?
+                    .map_err(|e| dns_err(e.to_string()))?
             }
         };
+        let dns = trellis_dns::DnsServer::start_on(sockets, &self.cfg.domain, upstreams)
+            .await
+            .map_err(|e| dns_err(e.to_string()))?;
+        node.set_dns(dns_ip, &self.cfg.domain);
+        let dns = Some(Arc::new(dns));
         let publisher = endpoints::Publisher {
             client: self.client.clone(),
             node_name: self.cfg.node.clone(),

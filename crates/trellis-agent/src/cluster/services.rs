@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trellis_api::objects::{
@@ -23,6 +24,7 @@ use trellis_api::objects::{
 use trellis_client::Client;
 use trellis_dns::{NamedPort, Proto, Records, ServiceRecord};
 use trellis_fabric::Local;
+use trellis_net::Netns;
 use trellis_proxy::{EndpointModel, PortModel, Proxy, ProxyConfig, ServiceModel};
 
 use super::informer::Informer;
@@ -145,7 +147,9 @@ pub fn dns_records(domain: &str, services: &[Service], endpoints: &[Endpoint]) -
     r
 }
 
-/// Runs the proxy and DNS for this node.
+/// Runs the proxy and DNS for this node: one proxy per world (the node's own namespace,
+/// and each tenant world with a served network), each fed the Services and Endpoints of
+/// its world's namespaces.
 #[derive(Debug)]
 pub struct ServiceLoop {
     /// Writes the Node's `status.programmed`.
@@ -153,40 +157,69 @@ pub struct ServiceLoop {
     pub(super) node: String,
     pub(super) services: Informer,
     pub(super) endpoints: Informer,
-    /// The served networks: each has a DNS server (all get the same records), and
-    /// their gateways and ranges shape the proxy.
+    /// Which tenant each namespace belongs to.
+    pub(super) namespaces: Informer,
+    /// The served networks: each has a DNS server (answering its world's records), and
+    /// their gateways and ranges shape their world's proxy.
     pub(super) served: ServedSet,
     pub(super) local: Local,
-    /// Built for the served networks as last seen (rebuilt, then fully synced, when
-    /// they change).
-    pub(super) proxy: Option<Proxy>,
     pub(super) domain: String,
     pub(super) full_resync: Duration,
 }
 
-/// The proxy's configuration for the served networks: node ports on the node's address
-/// and every pod gateway; the networks' ranges are the cluster's.
-fn proxy_config(local: &Local, served: &[Served]) -> ProxyConfig {
+/// One world's proxy: where it lives, and what it last applied.
+#[derive(Debug)]
+struct WorldProxy {
+    ns: Option<Arc<Netns>>,
+    proxy: Proxy,
+    /// `None` until the first sync and after an error: the next pass is a full sync.
+    applied: Option<BTreeMap<String, ServiceModel>>,
+    last_full: Instant,
+}
+
+/// The proxy's configuration for the served networks of world `tenant`: node ports on
+/// the node's address and every pod gateway (the node's own world only); the
+/// networks' ranges are the world's cluster.
+fn proxy_config(local: &Local, served: &[Served], tenant: Option<&str>) -> ProxyConfig {
+    let node_ips = match tenant {
+        None => node_ips(local, served),
+        // Node ports do not lead into worlds yet; the pods' gateways do.
+        Some(_) => served
+            .iter()
+            .filter(|s| s.tenant() == tenant)
+            .map(|s| s.gateway)
+            .collect(),
+    };
     ProxyConfig::new(
         PROXY_TABLE,
-        node_ips(local, served),
-        // Tenant worlds have no services on this proxy yet.
+        node_ips,
         served
             .iter()
-            .filter(|s| s.world.is_none())
+            .filter(|s| s.tenant() == tenant)
             .map(|s| s.cidr)
             .collect(),
     )
 }
 
+/// The tenant of every namespace that has one.
+fn tenants(namespaces: &[Arc<AnyObject>]) -> BTreeMap<String, String> {
+    namespaces
+        .iter()
+        .filter_map(|o| match &**o {
+            AnyObject::Namespace(n) => n.spec.tenant.clone().map(|t| (n.metadata.name.clone(), t)),
+            _ => None,
+        })
+        .collect()
+}
+
 impl ServiceLoop {
     /// Sync after every change, forever: partial by default, full at start, after an
     /// error and every `full_resync`.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
         let mut svc_changed = self.services.subscribe();
         let mut ep_changed = self.endpoints.subscribe();
-        let mut applied: Option<BTreeMap<String, ServiceModel>> = None;
-        let mut last_full = Instant::now();
+        let mut ns_changed = self.namespaces.subscribe();
+        let mut proxies: BTreeMap<Option<String>, WorldProxy> = BTreeMap::new();
         let (programmed, rx) = tokio::sync::watch::channel(None);
         tokio::spawn(publish_programmed(
             self.client.clone(),
@@ -196,35 +229,70 @@ impl ServiceLoop {
         let mut served_changed = self.served.clone();
         loop {
             let served = served_changed.borrow_and_update().clone();
-            let cfg = proxy_config(&self.local, &served);
-            if self.proxy.as_ref().map(Proxy::config) != Some(&cfg) {
-                // A network came or went: a new proxy, fully synced (which adopts the
-                // tables as they are and writes the difference).
-                self.proxy = Some(Proxy::new(cfg));
-                applied = None;
-            }
-            if let (Some((svcs, svc_rev)), Some((eps, ep_rev))) =
-                (self.services.snapshot_at(), self.endpoints.snapshot_at())
-            {
-                let services = pick_all(&svcs, |o| match o {
-                    AnyObject::Service(s) => Some(s),
-                    _ => None,
-                });
-                let endpoints = pick_all(&eps, |o| match o {
-                    AnyObject::Endpoint(e) => Some(e),
-                    _ => None,
-                });
-                let records = dns_records(&self.domain, &services, &endpoints);
-                for dns in served.iter().filter_map(|s| s.dns.as_ref()) {
-                    dns.set_records(records.clone());
+            // The worlds: the node's own, and each with a served network.
+            let mut worlds: BTreeMap<Option<String>, Option<Arc<Netns>>> = BTreeMap::new();
+            worlds.insert(None, None);
+            for s in served.iter() {
+                if let Some(w) = &s.world {
+                    worlds.insert(Some(w.tenant.clone()), Some(w.ns.clone()));
                 }
-                let want: BTreeMap<String, ServiceModel> =
-                    models(&services, &endpoints, &self.node)
-                        .into_iter()
-                        .map(|m| (m.key.clone(), m))
-                        .collect();
-                applied = self.sync(applied.take(), want, &mut last_full).await;
-                if applied.is_some() {
+            }
+            proxies.retain(|t, _| worlds.contains_key(t));
+            for (t, ns) in &worlds {
+                let cfg = proxy_config(&self.local, &served, t.as_deref());
+                if proxies.get(t).map(|p| p.proxy.config()) != Some(&cfg) {
+                    // A network came or went: a new proxy, fully synced (which adopts
+                    // the tables as they are and writes the difference).
+                    proxies.insert(
+                        t.clone(),
+                        WorldProxy {
+                            ns: ns.clone(),
+                            proxy: Proxy::new(cfg),
+                            applied: None,
+                            last_full: Instant::now(),
+                        },
+                    );
+                }
+            }
+            let mut all_ok = false;
+            if let (Some((svcs, svc_rev)), Some((eps, ep_rev)), Some(nss)) = (
+                self.services.snapshot_at(),
+                self.endpoints.snapshot_at(),
+                self.namespaces.snapshot(),
+            ) {
+                let tenant_of = tenants(&nss);
+                let world_of = |ns: Option<&String>| ns.and_then(|n| tenant_of.get(n)).cloned();
+                all_ok = true;
+                for (t, wp) in proxies.iter_mut() {
+                    let services: Vec<Service> = pick_all(&svcs, |o| match o {
+                        AnyObject::Service(s) if world_of(s.metadata.namespace.as_ref()) == *t => {
+                            Some(s)
+                        }
+                        _ => None,
+                    });
+                    let endpoints: Vec<Endpoint> = pick_all(&eps, |o| match o {
+                        AnyObject::Endpoint(e) if world_of(e.metadata.namespace.as_ref()) == *t => {
+                            Some(e)
+                        }
+                        _ => None,
+                    });
+                    let records = dns_records(&self.domain, &services, &endpoints);
+                    for dns in served
+                        .iter()
+                        .filter(|s| s.tenant() == t.as_deref())
+                        .filter_map(|s| s.dns.as_ref())
+                    {
+                        dns.set_records(records.clone());
+                    }
+                    let want: BTreeMap<String, ServiceModel> =
+                        models(&services, &endpoints, &self.node)
+                            .into_iter()
+                            .map(|m| (m.key.clone(), m))
+                            .collect();
+                    wp.sync(want, self.full_resync, t.as_deref());
+                    all_ok &= wp.applied.is_some();
+                }
+                if all_ok {
                     // Every Service and Endpoint change up to the informers' revisions
                     // is in the kernel (and in DNS) now.
                     let new = Some(ProgrammedRevisions {
@@ -241,29 +309,41 @@ impl ServiceLoop {
             tokio::select! {
                 _ = svc_changed.changed() => {}
                 _ = ep_changed.changed() => {}
+                _ = ns_changed.changed() => {}
                 _ = served_changed.changed() => {}
-                _ = tokio::time::sleep(if applied.is_none() { Duration::from_secs(1) } else { self.full_resync }) => {}
+                _ = tokio::time::sleep(if all_ok { self.full_resync } else { Duration::from_secs(1) }) => {}
             }
         }
     }
+}
 
-    /// One pass; returns what is now applied (`None` after an error: the next pass is
-    /// a full sync).
-    async fn sync(
+impl WorldProxy {
+    /// One pass to `want`: partial, or full at the first pass, after an error and
+    /// every `full_resync`; inside the world's namespace.
+    fn sync(
         &mut self,
-        applied: Option<BTreeMap<String, ServiceModel>>,
         want: BTreeMap<String, ServiceModel>,
-        last_full: &mut Instant,
-    ) -> Option<BTreeMap<String, ServiceModel>> {
-        let proxy = self.proxy.as_mut().expect("built before the first sync");
-        let full = applied.is_none() || last_full.elapsed() >= self.full_resync;
-        // nft runs as a child process: keep the runtime's other tasks moving meanwhile.
+        full_resync: Duration,
+        tenant: Option<&str>,
+    ) {
+        let full = self.applied.is_none() || self.last_full.elapsed() >= full_resync;
+        let proxy = &mut self.proxy;
+        let run =
+            |f: &mut dyn FnMut()
+                -> Result<trellis_proxy::SyncReport, trellis_proxy::ProxyError>| {
+                // Netlink transactions and `conntrack` block: off the async workers' queue,
+                // and inside the world (the proxy's socket opens there on first use).
+                tokio::task::block_in_place(|| match &self.ns {
+                    None => Ok(f()),
+                    Some(ns) => ns.run(f).map_err(|e| e.to_string()),
+                })
+            };
         let res = if full {
             let all: Vec<ServiceModel> = want.values().cloned().collect();
-            *last_full = Instant::now();
-            tokio::task::block_in_place(|| proxy.full_sync(&all))
+            self.last_full = Instant::now();
+            run(&mut || proxy.full_sync(&all))
         } else {
-            let old = applied.as_ref().expect("partial sync has a base");
+            let old = self.applied.as_ref().expect("partial sync has a base");
             let changed: Vec<ServiceModel> = want
                 .values()
                 .filter(|m| old.get(&m.key) != Some(m))
@@ -275,22 +355,26 @@ impl ServiceLoop {
                 .cloned()
                 .collect();
             if changed.is_empty() && removed.is_empty() {
-                return applied;
+                return;
             }
-            tokio::task::block_in_place(|| proxy.update(&changed, &removed))
+            run(&mut || proxy.update(&changed, &removed))
         };
         match res {
-            Ok(r) => {
+            Ok(Ok(r)) => {
                 if let Some(e) = &r.conntrack_error {
                     // The tables are right; stale UDP flows wait for the next full sync.
-                    tracing::warn!("UDP conntrack clean-up: {e}");
+                    tracing::warn!(tenant, "UDP conntrack clean-up: {e}");
                 }
-                tracing::debug!(?r, full, services = want.len(), "services synced");
-                Some(want)
+                tracing::debug!(?r, full, tenant, services = want.len(), "services synced");
+                self.applied = Some(want);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(full, tenant, "service proxy: {e}; a full sync follows");
+                self.applied = None;
             }
             Err(e) => {
-                tracing::warn!(full, "service proxy: {e}; a full sync follows");
-                None
+                tracing::warn!(tenant, "service proxy: {e}; a full sync follows");
+                self.applied = None;
             }
         }
     }
