@@ -20,9 +20,9 @@ use crate::node::Node;
 
 /// The policy side of admission (cluster mode).
 pub trait PodPolicy: Send + Sync + std::fmt::Debug {
-    /// Program the policy elements of pod `r` (whose address is reserved) before
-    /// returning; an error fails the ADD.
-    fn admit(&self, r: &Reservation) -> Result<(), String>;
+    /// Program the policy elements of pod `r` (whose address is reserved) in the world
+    /// of `tenant` (`None`: the node's own) before returning; an error fails the ADD.
+    fn admit(&self, r: &Reservation, tenant: Option<&str>) -> Result<(), String>;
     /// The `allowedSourceAddresses` of pod `namespace/name`, if it is declared.
     fn allowed_sources(&self, namespace: &str, name: &str) -> Vec<Ipv4Net>;
 }
@@ -36,8 +36,8 @@ pub struct Gate {
     policy: OnceLock<Arc<dyn PodPolicy>>,
     nodes: Mutex<Vec<Weak<Node>>>,
     /// The tenant world whose anti-spoofing tables this gate keeps (`None`: the node's
-    /// own namespace).
-    world: Option<Arc<Netns>>,
+    /// own namespace), and its tenant.
+    world: Option<(Arc<Netns>, String)>,
 }
 
 impl Gate {
@@ -46,11 +46,11 @@ impl Gate {
         Arc::new(Gate::default())
     }
 
-    /// A gate for the pods of a tenant world: anti-spoofing in the world's own tables
-    /// (network policy does not reach into worlds yet).
-    pub fn for_world(world: Arc<Netns>) -> Arc<Gate> {
+    /// A gate for the pods of tenant `tenant`'s world: anti-spoofing in the world's own
+    /// tables, and (once set) the policy of that world.
+    pub fn for_world(world: Arc<Netns>, tenant: &str) -> Arc<Gate> {
         Arc::new(Gate {
-            world: Some(world),
+            world: Some((world, tenant.to_string())),
             ..Gate::default()
         })
     }
@@ -60,7 +60,7 @@ impl Gate {
         let mut g = self.guard.lock().expect("gate lock");
         match &self.world {
             None => Ok(f(&mut g)),
-            Some(ns) => ns.run(|| f(&mut g)).map_err(|e| e.to_string()),
+            Some((ns, _)) => ns.run(|| f(&mut g)).map_err(|e| e.to_string()),
         }
     }
 
@@ -96,7 +96,9 @@ impl Gate {
         self.with_guard(|g| g.add_port(&port))?
             .map_err(|e| format!("anti-spoofing for {}: {e}", port.ifname))?;
         if let Some(p) = self.policy.get() {
-            p.admit(r).map_err(|e| format!("network policy: {e}"))?;
+            let tenant = self.world.as_ref().map(|(_, t)| t.as_str());
+            p.admit(r, tenant)
+                .map_err(|e| format!("network policy: {e}"))?;
         }
         Ok(())
     }

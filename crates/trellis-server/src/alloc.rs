@@ -187,12 +187,16 @@ pub async fn plan_create(s: &Server, key: &str, obj: &mut AnyObject) -> Result<P
             })
             .await?;
         }
+        AnyObject::ClusterNetworkPolicy(p) => {
+            if let Some(t) = &p.spec.tenant {
+                Topology::load(s).await?.require_tenant("spec.tenant", t)?;
+            }
+        }
         AnyObject::Node(_)
         | AnyObject::Pod(_)
         | AnyObject::Endpoint(_)
         | AnyObject::LoadBalancerPool(_)
-        | AnyObject::NetworkPolicy(_)
-        | AnyObject::ClusterNetworkPolicy(_) => {}
+        | AnyObject::NetworkPolicy(_) => {}
     }
     Ok(plan)
 }
@@ -268,6 +272,11 @@ pub async fn plan_update(
                 .map_or("<none>".to_string(), |c| c.to_string());
             return Err(immutable("spec.serviceCIDR", &was));
         }
+        (AnyObject::ClusterNetworkPolicy(_), AnyObject::ClusterNetworkPolicy(p)) => {
+            if let Some(t) = &p.spec.tenant {
+                Topology::load(s).await?.require_tenant("spec.tenant", t)?;
+            }
+        }
         (AnyObject::TenantPeering(_), AnyObject::TenantPeering(p)) => {
             let cluster = s.cfg.service_cidr;
             topology_guard(s, &mut plan, &p.metadata.name, |t| {
@@ -287,12 +296,19 @@ pub async fn plan_delete(s: &Server, _key: &str, old: &AnyObject) -> Result<Plan
         AnyObject::Tenant(t) => {
             let name = t.metadata.name.as_str();
             topology_guard(s, &mut plan, name, |topo| topo.check_tenant_unused(name)).await?;
-            for kv in s.store.list(&kind_prefix(Kind::Namespace, None)).await?.0 {
-                if let AnyObject::Namespace(n) = to_typed(&kv)? {
-                    if n.spec.tenant.as_deref() == Some(name) {
+            for kind in [Kind::Namespace, Kind::ClusterNetworkPolicy] {
+                for kv in s.store.list(&kind_prefix(kind, None)).await?.0 {
+                    let named = match to_typed(&kv)? {
+                        AnyObject::Namespace(n) => (n.spec.tenant.as_deref() == Some(name))
+                            .then_some(("namespace", n.metadata.name)),
+                        AnyObject::ClusterNetworkPolicy(p) => (p.spec.tenant.as_deref()
+                            == Some(name))
+                        .then_some(("ClusterNetworkPolicy", p.metadata.name)),
+                        _ => None,
+                    };
+                    if let Some((what, obj)) = named {
                         return Err(ApiError::conflict(format!(
-                            "tenant {name:?} still owns namespace {:?}: delete it or move it first",
-                            n.metadata.name
+                            "tenant {name:?} is still named by {what} {obj:?}: delete it or move it first"
                         )));
                     }
                 }

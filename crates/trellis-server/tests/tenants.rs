@@ -303,4 +303,20 @@ async fn namespaces_change_world_only_when_empty_and_services_allocate_per_tenan
     let (st, m) = refused(c.delete("/v1/tenants/blue").await);
     assert_eq!(st, 409);
     assert!(m.contains("namespace"), "{m}");
+    // A ClusterNetworkPolicy may be scoped to an existing tenant only, and keeps it.
+    let cnp = |tenant: &str| {
+        json!({"apiVersion": "trellis/v1", "kind": "ClusterNetworkPolicy", "metadata": {"name": "lock"},
+            "spec": {"tenant": tenant, "tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}})
+    };
+    let (st, m) = refused(c.post("/v1/clusternetworkpolicies", &cnp("nosuch")).await);
+    assert_eq!(st, 422);
+    assert!(m.starts_with("spec.tenant:"), "{m}");
+    c.post("/v1/tenants", &tenant("green", None)).await.unwrap();
+    c.post("/v1/clusternetworkpolicies", &cnp("green"))
+        .await
+        .unwrap();
+    let (st, m) = refused(c.delete("/v1/tenants/green").await);
+    assert_eq!(st, 409);
+    assert!(m.contains("ClusterNetworkPolicy"), "{m}");
 }

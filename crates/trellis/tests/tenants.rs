@@ -291,6 +291,49 @@ fn two_tenants_with_the_same_addresses_never_meet() {
         );
     }
 
+    // Policy inside each world: a default deny in red's namespace isolates red's pods
+    // and leaves blue's alone; `namespaceSelector: {}` then means red's namespaces only.
+    let (r0, r1, b0, b1) = (&pods[0], &pods[2], &pods[1], &pods[3]);
+    lab.apply(
+        &t,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: red-ns}\n\
+         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || !ping(&lab, r0, r1.ip)),
+        "the default deny does not isolate red"
+    );
+    assert!(ping(&lab, b0, b1.ip), "red's policy reached blue");
+    lab.apply(
+        &t,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-all, namespace: red-ns}\n\
+         spec: {podSelector: {}, ingress: [{from: [{namespaceSelector: {}}]}]}\n",
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || ping(&lab, r0, r1.ip)),
+        "red pods do not reach each other again"
+    );
+    // A ClusterNetworkPolicy scoped to blue denies inside blue only.
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: ClusterNetworkPolicy\nmetadata: {name: blue-lockdown}\n\
+         spec: {tenant: blue, tier: Admin, priority: 1, subject: {namespaces: {}}, ingress: [{action: Deny, from: [{namespaces: {}}]}]}\n",
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || !ping(&lab, b0, b1.ip)),
+        "the blue-scoped policy does not deny in blue"
+    );
+    assert!(ping(&lab, r0, r1.ip), "the blue-scoped policy reached red");
+    lab.cli(&t, &["delete", "cnp", "blue-lockdown"]).unwrap();
+    for name in ["deny", "from-all"] {
+        lab.cli(&t, &["delete", "netpol", name, "-n", "red-ns"])
+            .unwrap();
+    }
+    assert!(wait_for(Duration::from_secs(10), || ping(&lab, b0, b1.ip)));
+
     // kill -9 and restart of an agent: its worlds are adopted unchanged.
     let before = [world_state(&lab, 0, "red"), world_state(&lab, 0, "blue")];
     let pid = pid_of(&lab, "agent n1");

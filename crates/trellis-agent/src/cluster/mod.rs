@@ -267,6 +267,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         cfg.resync,
     );
     cfg.gate.set_policy(policy.clone());
+    manager.set_policy(policy.clone());
     tokio::spawn(policy.run());
     let (demand_tx, demand_rx) = tokio::sync::mpsc::channel(64);
     let routes = manager.routes();

@@ -48,6 +48,8 @@ pub(super) struct Manager {
     tasks: Mutex<BTreeMap<String, Vec<JoinHandle<()>>>>,
     /// The tenant worlds with a served network on this node.
     worlds: Mutex<BTreeMap<String, Arc<World>>>,
+    /// Network policy, for the gates of worlds (set once it runs).
+    policy: std::sync::OnceLock<Arc<dyn crate::gate::PodPolicy>>,
     /// Serialises starting and retiring.
     lock: tokio::sync::Mutex<()>,
 }
@@ -69,6 +71,7 @@ impl Manager {
             routes: watch::channel(Arc::new(Vec::new())).0,
             tasks: Mutex::default(),
             worlds: Mutex::default(),
+            policy: std::sync::OnceLock::new(),
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -345,12 +348,23 @@ impl Manager {
             .map_err(|e| e.to_string())
     }
 
+    /// Enforce network policy in every world, present and future.
+    pub(super) fn set_policy(&self, p: Arc<dyn crate::gate::PodPolicy>) {
+        for w in self.worlds.lock().expect("worlds lock").values() {
+            w.gate.set_policy(p.clone());
+        }
+        let _ = self.policy.set(p);
+    }
+
     /// Tenant `t`'s world on this node, made (or adopted) at its first network.
     async fn world(&self, t: &str) -> Result<Arc<World>, String> {
         if let Some(w) = self.worlds.lock().expect("worlds lock").get(t) {
             return Ok(w.clone());
         }
         let w = World::ensure(&self.cfg.state_dir, t).await?;
+        if let Some(p) = self.policy.get() {
+            w.gate.set_policy(p.clone());
+        }
         tracing::info!(tenant = t, netns = %w.netns_path().display(), "tenant world ready");
         self.worlds
             .lock()

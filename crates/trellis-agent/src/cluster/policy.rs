@@ -31,6 +31,7 @@ use super::networks::ServedSet;
 use super::Served;
 use crate::gate::{Gate, PodPolicy};
 use crate::ipam::Reservation;
+use trellis_net::Netns;
 
 /// How long an ADD waits for the first complete view of the policies.
 const ADMIT_WAIT: Duration = Duration::from_secs(10);
@@ -78,6 +79,7 @@ impl Informers {
     }
 }
 
+/// One world's policy: the compiler and the table inside the world's namespace.
 #[derive(Debug)]
 struct State {
     compiler: Compiler,
@@ -85,6 +87,34 @@ struct State {
     addrs: NodeAddrs,
     table: Table,
     last_full: Option<Instant>,
+    /// Where the table lives (`None`: the node's own namespace).
+    ns: Option<Arc<Netns>>,
+}
+
+impl State {
+    fn new(node: &str, addrs: NodeAddrs, ns: Option<Arc<Netns>>) -> State {
+        State {
+            compiler: Compiler::new(node, &addrs.dns, &addrs.own),
+            addrs,
+            table: Table::new(),
+            last_full: None,
+            ns,
+        }
+    }
+
+    /// Run `f` (a table write) inside the world.
+    fn in_world<T>(
+        ns: &Option<Arc<Netns>>,
+        f: impl FnOnce() -> Result<T, trellis_policy::PolicyError>,
+    ) -> Result<T, String> {
+        match ns {
+            None => f().map_err(|e| e.to_string()),
+            Some(ns) => ns
+                .run(f)
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// Every pod's DNS servers (its gateway, or the node under `l2`), which stay reachable
@@ -98,28 +128,41 @@ struct NodeAddrs {
 }
 
 impl NodeAddrs {
-    fn of(address: Ipv4Addr, served: &[Served]) -> NodeAddrs {
+    /// Those of world `tenant`: its networks' gateways; the node's own address too
+    /// for the node's own world.
+    fn of(address: Ipv4Addr, served: &[Served], tenant: Option<&str>) -> NodeAddrs {
+        let mine = || served.iter().filter(move |s| s.tenant() == tenant);
+        let mut own: Vec<Ipv4Addr> = tenant.is_none().then_some(address).into_iter().collect();
+        own.extend(
+            mine()
+                .filter(|s| s.started_backend != Backend::L2)
+                .map(|s| s.gateway),
+        );
         NodeAddrs {
-            dns: served
-                .iter()
-                .filter(|s| s.world.is_none())
-                .map(|s| s.gateway)
-                .collect(),
-            own: node_ips(address, served),
+            dns: mine().map(|s| s.gateway).collect(),
+            own,
         }
     }
 }
 
-/// The node's address and its pod gateways (not under `l2`).
-fn node_ips(address: Ipv4Addr, served: &[Served]) -> Vec<Ipv4Addr> {
-    let mut v = vec![address];
-    v.extend(
-        served
-            .iter()
-            .filter(|s| s.started_backend != Backend::L2 && s.world.is_none())
-            .map(|s| s.gateway),
-    );
-    v
+/// Whether object `o` belongs to the world of `tenant` (`None`: the node's own): a
+/// namespaced object by its namespace's tenant, a Namespace by its own, a
+/// ClusterNetworkPolicy when it applies to every world or names this one; Nodes to all.
+fn in_world(o: &AnyObject, tenant_of: &BTreeMap<String, String>, tenant: Option<&str>) -> bool {
+    let of_ns = |ns: &Option<String>| {
+        ns.as_ref()
+            .and_then(|n| tenant_of.get(n))
+            .map(String::as_str)
+            == tenant
+    };
+    match o {
+        AnyObject::Namespace(n) => n.spec.tenant.as_deref() == tenant,
+        AnyObject::ClusterNetworkPolicy(p) => {
+            p.spec.tenant.is_none() || p.spec.tenant.as_deref() == tenant
+        }
+        AnyObject::Node(_) => true,
+        o => of_ns(&o.metadata().namespace),
+    }
 }
 
 /// The policy controller of one node.
@@ -129,24 +172,47 @@ pub struct PolicyController {
     address: Ipv4Addr,
     served: ServedSet,
     informers: Informers,
-    state: Mutex<State>,
+    /// Per world: `None` is the node's own namespace.
+    state: Mutex<BTreeMap<Option<String>, State>>,
     gate: Arc<Gate>,
     resync: Duration,
 }
 
-/// The inputs from informer snapshots and this node's reservations; `None` until every
-/// informer has listed once.
-fn build_inputs(node: &str, inf: &Informers, served: &[Served]) -> Option<Inputs> {
+/// The informers' objects; `None` until every informer has listed once.
+fn snapshot(inf: &Informers) -> Option<Vec<Arc<AnyObject>>> {
     let mut objects = Vec::new();
     for i in inf.all() {
         objects.extend(i.snapshot()?);
     }
-    let mut inputs = Inputs::from_objects(objects.iter().map(|o| &**o));
+    Some(objects)
+}
+
+/// The inputs of world `tenant` from the informers' objects and this node's
+/// reservations in that world: its namespaces, their policies and pods, so every
+/// selector matches inside the world only.
+fn build_inputs(
+    node: &str,
+    all: &[Arc<AnyObject>],
+    served: &[Served],
+    tenant: Option<&str>,
+) -> Inputs {
+    let tenant_of: BTreeMap<String, String> = all
+        .iter()
+        .filter_map(|o| match &**o {
+            AnyObject::Namespace(n) => n.spec.tenant.clone().map(|t| (n.metadata.name.clone(), t)),
+            _ => None,
+        })
+        .collect();
+    let objects: Vec<&Arc<AnyObject>> = all
+        .iter()
+        .filter(|o| in_world(o, &tenant_of, tenant))
+        .collect();
+    let mut inputs = Inputs::from_objects(objects.iter().map(|o| &***o));
     // Our own pods come from IPAM: known from the moment their address is reserved.
     inputs.pods.retain(|_, p| p.node != node);
     let pods: BTreeMap<(String, String), &Pod> = objects
         .iter()
-        .filter_map(|o| match &**o {
+        .filter_map(|o| match &***o {
             AnyObject::Pod(p) => Some((
                 (
                     p.metadata.namespace.clone().unwrap_or_default(),
@@ -157,8 +223,7 @@ fn build_inputs(node: &str, inf: &Informers, served: &[Served]) -> Option<Inputs
             _ => None,
         })
         .collect();
-    // Policy does not reach into tenant worlds yet: their pods are not ours here.
-    for n in served.iter().filter(|s| s.world.is_none()) {
+    for n in served.iter().filter(|s| s.tenant() == tenant) {
         for r in n.node.ipam().list() {
             let pod = r
                 .pod_name
@@ -167,7 +232,7 @@ fn build_inputs(node: &str, inf: &Informers, served: &[Served]) -> Option<Inputs
             inputs.pods.insert(r.ip, local_pod(node, &r, pod.copied()));
         }
     }
-    Some(inputs)
+    inputs
 }
 
 /// The policy view of a reservation of this node: labels and named ports from its Pod
@@ -198,18 +263,12 @@ impl PolicyController {
         gate: Arc<Gate>,
         resync: Duration,
     ) -> Arc<Self> {
-        let addrs = NodeAddrs::of(address, &served.borrow());
         Arc::new(PolicyController {
             node: node.to_string(),
             address,
             served,
             informers,
-            state: Mutex::new(State {
-                compiler: Compiler::new(node, &addrs.dns, &addrs.own),
-                addrs,
-                table: Table::new(),
-                last_full: None,
-            }),
+            state: Mutex::default(),
             gate,
             resync,
         })
@@ -220,43 +279,73 @@ impl PolicyController {
     /// have not all listed yet.
     pub fn pass(&self) -> Result<bool, String> {
         let served = self.served.borrow().clone();
-        let Some(inputs) = build_inputs(&self.node, &self.informers, &served) else {
+        let Some(all) = snapshot(&self.informers) else {
             return Ok(false);
         };
-        let mut st = self.state.lock().expect("policy lock");
-        let st = &mut *st;
-        let addrs = NodeAddrs::of(self.address, &served);
-        if addrs != st.addrs {
-            // A network came or went: its gateway joins or leaves the node's addresses.
-            st.compiler = Compiler::new(&self.node, &addrs.dns, &addrs.own);
-            st.addrs = addrs;
-            st.last_full = None;
+        // The worlds: the node's own, and each tenant's with a served network.
+        let mut worlds: BTreeMap<Option<String>, Option<Arc<Netns>>> = BTreeMap::new();
+        worlds.insert(None, None);
+        for s in served.iter() {
+            if let Some(w) = &s.world {
+                worlds.insert(Some(w.tenant.clone()), Some(w.ns.clone()));
+            }
         }
+        let mut states = self.state.lock().expect("policy lock");
+        states.retain(|t, _| worlds.contains_key(t));
+        let mut errors = Vec::new();
+        for (tenant, ns) in worlds {
+            let addrs = NodeAddrs::of(self.address, &served, tenant.as_deref());
+            let st = states
+                .entry(tenant.clone())
+                .or_insert_with(|| State::new(&self.node, addrs.clone(), ns.clone()));
+            if addrs != st.addrs {
+                // A network came or went: its gateway joins or leaves the addresses.
+                *st = State::new(&self.node, addrs, ns);
+            }
+            let inputs = build_inputs(&self.node, &all, &served, tenant.as_deref());
+            if let Err(e) = self.sync(st, inputs, tenant.as_deref()) {
+                errors.push(match &tenant {
+                    Some(t) => format!("tenant {t}: {e}"),
+                    None => e,
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(true)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Compile one world's inputs and write the change (full at its first pass, after
+    /// an error and every `resync`).
+    fn sync(&self, st: &mut State, inputs: Inputs, tenant: Option<&str>) -> Result<(), String> {
         let delta = st.compiler.update(inputs);
         let full = st.last_full.is_none_or(|t| t.elapsed() >= self.resync);
+        let (table, compiler) = (&mut st.table, &st.compiler);
         let r = if full {
-            st.table.full_sync(&st.compiler)
+            State::in_world(&st.ns, || table.full_sync(compiler))
         } else {
-            st.table.apply(&st.compiler, &delta)
+            State::in_world(&st.ns, || table.apply(compiler, &delta))
         };
         match r {
             Ok(report) => {
                 if full && st.last_full.is_none() {
                     // The first full sync since start (or since an error): what a
                     // restart repaired, if anything.
-                    tracing::info!(?report, "network policy: table in sync");
+                    tracing::info!(?report, tenant, "network policy: table in sync");
                 }
                 if full {
                     st.last_full = Some(Instant::now());
                 }
                 if !report.changed_nothing() {
-                    tracing::debug!(?report, full, "policy table updated");
+                    tracing::debug!(?report, full, tenant, "policy table updated");
                 }
-                Ok(true)
+                Ok(())
             }
             Err(e) => {
                 st.last_full = None;
-                Err(e.to_string())
+                Err(e)
             }
         }
     }
@@ -283,12 +372,21 @@ impl PolicyController {
                 Ok(_) => {}
                 Err(e) => tracing::warn!("network policy: {e}; a full sync follows"),
             }
-            // A Pod's allowedSourceAddresses may have changed the guard's ports.
+            // A Pod's allowedSourceAddresses may have changed the guards' ports.
             let pods_now = self.informers.pods.revision();
             if pods_now != pods_seen {
                 pods_seen = pods_now;
-                if let Err(e) = tokio::task::block_in_place(|| self.gate.refresh()) {
-                    tracing::warn!("{e}");
+                let mut gates = vec![self.gate.clone()];
+                gates.extend(
+                    served
+                        .iter()
+                        .filter_map(|s| s.world.as_ref().map(|w| w.gate.clone())),
+                );
+                gates.dedup_by(|a, b| Arc::ptr_eq(a, b));
+                for g in gates {
+                    if let Err(e) = tokio::task::block_in_place(|| g.refresh()) {
+                        tracing::warn!("{e}");
+                    }
                 }
             }
             let mut rx: Vec<&mut tokio::sync::watch::Receiver<u64>> = Vec::new();
@@ -309,12 +407,13 @@ impl PolicyController {
 }
 
 impl PodPolicy for PolicyController {
-    fn admit(&self, r: &Reservation) -> Result<(), String> {
-        // Once a pass has compiled the cluster, the new pod is one change: its
+    fn admit(&self, r: &Reservation, tenant: Option<&str>) -> Result<(), String> {
+        // Once a pass has compiled the pod's world, the new pod is one change: its
         // elements only, whatever the cluster's size.
         {
-            let mut st = self.state.lock().expect("policy lock");
-            if st.last_full.is_some() {
+            let mut states = self.state.lock().expect("policy lock");
+            let key = tenant.map(str::to_string);
+            if let Some(st) = states.get_mut(&key).filter(|st| st.last_full.is_some()) {
                 let ns = r.namespace();
                 let pod = r
                     .pod_name
@@ -325,13 +424,13 @@ impl PodPolicy for PolicyController {
                     _ => None,
                 });
                 let info = local_pod(&self.node, r, pod);
-                let st = &mut *st;
                 let delta = st.compiler.apply(vec![Change::Pod(r.ip, Some(info))]);
-                return match st.table.apply(&st.compiler, &delta) {
+                let (table, compiler) = (&mut st.table, &st.compiler);
+                return match State::in_world(&st.ns, || table.apply(compiler, &delta)) {
                     Ok(_) => Ok(()),
                     Err(e) => {
                         st.last_full = None;
-                        Err(e.to_string())
+                        Err(e)
                     }
                 };
             }

@@ -174,7 +174,7 @@ impl World {
         ensure_table(NODE_TABLE, &node_rules)?;
         Ok(Arc::new(World {
             tenant: tenant.to_string(),
-            gate: Gate::for_world(ns.clone()),
+            gate: Gate::for_world(ns.clone(), tenant),
             ns,
             dir,
         }))

@@ -46,6 +46,11 @@ pub struct ClusterNetworkPolicySpec {
     /// Rules for traffic from the subject pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<CnpRule>,
+    /// The one tenant whose world the policy applies in (a Tenant's name). Unset: it
+    /// applies in every world (the default world and each tenant's), its selectors
+    /// matching that world's namespaces only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// The tier of a [`ClusterNetworkPolicy`].
@@ -182,6 +187,9 @@ impl Spec for ClusterNetworkPolicySpec {
 
 impl ClusterNetworkPolicySpec {
     fn validate_spec(&self) -> Result<(), ValidationError> {
+        if let Some(t) = &self.tenant {
+            super::validate_dns1123_label(t).map_err(|m| ValidationError::new("tenant", m))?;
+        }
         if self.priority > MAX_CNP_PRIORITY {
             return Err(ValidationError::new(
                 "priority",
