@@ -224,10 +224,10 @@ fn two_tenants_with_the_same_addresses_never_meet() {
     // Services: the same cluster IP in both tenants; each leads to its own tenant's
     // pods only. DNS answers a tenant's own names and not the other's.
     let mut svcs = String::new();
-    for tenant in ["red", "blue"] {
+    for (tenant, node_port) in [("red", 30080), ("blue", 30081)] {
         svcs += &format!(
             "apiVersion: trellis/v1\nkind: Service\nmetadata: {{name: web, namespace: {tenant}-ns}}\n\
-             spec: {{clusterIP: 10.96.0.50, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n"
+             spec: {{type: NodePort, clusterIP: 10.96.0.50, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080, nodePort: {node_port}}}]}}\n---\n"
         );
     }
     lab.apply(&t, &svcs).unwrap();
@@ -288,6 +288,35 @@ fn two_tenants_with_the_same_addresses_never_meet() {
             !ok && !out.contains("10.96.0.50"),
             "{} resolved {theirs}: {out}",
             from.name
+        );
+    }
+
+    // A tenant's node port, from outside the cluster (the underlay), leads to that
+    // tenant's pods on every node; no tenant's pod reaches another's node port.
+    let underlay = lab.state.underlay.clone();
+    for (tenant, node_port) in [("red", 30080u16), ("blue", 30081)] {
+        let mine: Vec<String> = pods
+            .iter()
+            .filter(|p| p.tenant == tenant)
+            .map(|p| p.name.clone())
+            .collect();
+        for n in 0..3 {
+            let addr = lab.state.nodes[n].addr;
+            assert!(
+                wait_for(Duration::from_secs(10), || {
+                    let page = common::cluster::http_get_port(&lab, &underlay, addr, node_port);
+                    mine.contains(&page.trim().to_string())
+                }),
+                "{tenant}'s node port {node_port} on {addr} does not lead to {mine:?}"
+            );
+        }
+        let other = pods.iter().find(|p| p.tenant != tenant).unwrap();
+        let addr = lab.state.nodes[0].addr;
+        let page = common::cluster::http_get_port(&lab, &other.netns, addr, node_port);
+        assert!(
+            page.trim().is_empty(),
+            "{} reached {tenant}'s node port: {page}",
+            other.name
         );
     }
 

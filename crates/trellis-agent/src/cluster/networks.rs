@@ -361,7 +361,7 @@ impl Manager {
         if let Some(w) = self.worlds.lock().expect("worlds lock").get(t) {
             return Ok(w.clone());
         }
-        let w = World::ensure(&self.cfg.state_dir, t).await?;
+        let w = World::ensure(&self.cfg.state_dir, t, &self.local.uplink).await?;
         if let Some(p) = self.policy.get() {
             w.gate.set_policy(p.clone());
         }

@@ -183,12 +183,19 @@ struct WorldProxy {
 fn proxy_config(local: &Local, served: &[Served], tenant: Option<&str>) -> ProxyConfig {
     let node_ips = match tenant {
         None => node_ips(local, served),
-        // Node ports do not lead into worlds yet; the pods' gateways do.
-        Some(_) => served
-            .iter()
-            .filter(|s| s.tenant() == tenant)
-            .map(|s| s.gateway)
-            .collect(),
+        // The pods' gateways, and the world's transit address, where the node sends
+        // the world's node ports.
+        Some(_) => {
+            let mine: Vec<&Served> = served.iter().filter(|s| s.tenant() == tenant).collect();
+            let mut ips: Vec<Ipv4Addr> = mine.iter().map(|s| s.gateway).collect();
+            ips.extend(
+                mine.iter()
+                    .filter_map(|s| s.world.as_ref())
+                    .map(|w| w.transit)
+                    .take(1),
+            );
+            ips
+        }
     };
     ProxyConfig::new(
         PROXY_TABLE,
@@ -227,6 +234,7 @@ impl ServiceLoop {
             rx,
         ));
         let mut served_changed = self.served.clone();
+        let mut node_ports_written = None;
         loop {
             let served = served_changed.borrow_and_update().clone();
             // The worlds: the node's own, and each with a served network.
@@ -263,6 +271,40 @@ impl ServiceLoop {
                 let tenant_of = tenants(&nss);
                 let world_of = |ns: Option<&String>| ns.and_then(|n| tenant_of.get(n)).cloned();
                 all_ok = true;
+                // Node ports of the tenants served here go to their world.
+                let transit: BTreeMap<&str, Ipv4Addr> = served
+                    .iter()
+                    .filter_map(|s| s.world.as_ref())
+                    .map(|w| (w.tenant.as_str(), w.transit))
+                    .collect();
+                let mut node_ports = BTreeMap::new();
+                for o in svcs.iter() {
+                    let AnyObject::Service(svc) = &**o else {
+                        continue;
+                    };
+                    let Some(t) = world_of(svc.metadata.namespace.as_ref()) else {
+                        continue;
+                    };
+                    let Some(ip) = transit.get(t.as_str()) else {
+                        continue;
+                    };
+                    if !svc.spec.type_.has_node_ports() {
+                        continue;
+                    }
+                    for p in &svc.spec.ports {
+                        if let Some(np) = p.node_port {
+                            node_ports.insert((p.protocol, np), *ip);
+                        }
+                    }
+                }
+                let written = &mut node_ports_written;
+                if let Err(e) = tokio::task::block_in_place(|| {
+                    super::world::sync_node_ports(&node_ports, written)
+                }) {
+                    tracing::warn!("tenant node ports: {e}");
+                    node_ports_written = None;
+                    all_ok = false;
+                }
                 for (t, wp) in proxies.iter_mut() {
                     let services: Vec<Service> = pick_all(&svcs, |o| match o {
                         AnyObject::Service(s) if world_of(s.metadata.namespace.as_ref()) == *t => {

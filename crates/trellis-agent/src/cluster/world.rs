@@ -13,6 +13,12 @@
 //!   node, the table `ip trellis-worlds` masquerades what comes from any world to the
 //!   node's address. So two tenants' pods with the same address reach the same outside
 //!   server at once, each connection tracked in its own namespace.
+//! - Isolation on the node: that table's forward chain lets a world's traffic out only
+//!   to the uplink, and into a world only from the uplink (and replies): a world never
+//!   reaches another world, nor the default world's pods, through the node.
+//! - Node ports: a tenant Service's node port arriving on the uplink is DNATed (map
+//!   `nodeports`, before the default world's proxy) to the world's transit address,
+//!   where the world's own proxy takes it to the tenant's pods.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -42,6 +48,8 @@ pub struct World {
     pub ns: Arc<Netns>,
     /// Anti-spoofing for its pods, in its own tables.
     pub gate: Arc<Gate>,
+    /// Its end of the transit veth: where the node sends its node-port traffic.
+    pub transit: Ipv4Addr,
     dir: PathBuf,
 }
 
@@ -95,7 +103,11 @@ fn slot_of(dir: &Path, worlds: &Path) -> Result<u32, String> {
 impl World {
     /// Make (or adopt, after a restart) tenant `tenant`'s world: its namespace, its
     /// transit veth, routes and masquerade, forwarding on. Idempotent.
-    pub(super) async fn ensure(state_dir: &Path, tenant: &str) -> Result<Arc<World>, String> {
+    pub(super) async fn ensure(
+        state_dir: &Path,
+        tenant: &str,
+        uplink: &str,
+    ) -> Result<Arc<World>, String> {
         let worlds = worlds_dir(state_dir);
         let dir = worlds.join(tenant);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -168,14 +180,12 @@ impl World {
             ensure_table(WORLD_TABLE, &world_rules)
         })
         .map_err(|e| e.to_string())??;
-        let node_rules = format!(
-            "table ip {NODE_TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority 100;\n    iifname \"{LINK_PREFIX}w*\" oifname != \"{LINK_PREFIX}w*\" masquerade\n  }}\n}}\n"
-        );
-        ensure_table(NODE_TABLE, &node_rules)?;
+        ensure_table(NODE_TABLE, &node_table(uplink))?;
         Ok(Arc::new(World {
             tenant: tenant.to_string(),
             gate: Gate::for_world(ns.clone(), tenant),
             ns,
+            transit: world_end.addr(),
             dir,
         }))
     }
@@ -219,15 +229,85 @@ impl World {
     }
 }
 
-/// Write table `ip <name>` as `script` says unless it exists (its rules are static).
+/// The node's table for every world: node ports into worlds, isolation, egress
+/// masquerade. `uplink`: the node's underlay link.
+fn node_table(uplink: &str) -> String {
+    let w = format!("{LINK_PREFIX}w*");
+    format!(
+        "table ip {NODE_TABLE} {{
+  comment \"{TABLE_FORMAT}\"
+  map nodeports {{ type inet_proto . inet_service : ipv4_addr; }}
+  chain prerouting {{
+    type nat hook prerouting priority -110;
+    iifname \"{uplink}\" fib daddr type local dnat ip to meta l4proto . th dport map @nodeports
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority 100;
+    iifname \"{w}\" oifname != \"{w}\" masquerade
+  }}
+  chain forward {{
+    type filter hook forward priority -5;
+    ct state established,related accept
+    iifname \"{w}\" oifname != \"{uplink}\" drop
+    oifname \"{w}\" iifname != \"{uplink}\" drop
+  }}
+}}
+"
+    )
+}
+
+/// The version of the tables' static rules; a table without it is rewritten.
+const TABLE_FORMAT: &str = "trellis-worlds/2";
+
+/// Write table `ip <name>` as `script` says unless it exists with this version of the
+/// static rules (its elements, if any, are kept by their owner's next pass).
 fn ensure_table(name: &str, script: &str) -> Result<(), String> {
-    if nft::list_json(&format!("table ip {name}"))
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
-        return Ok(());
+    if let Some(cur) = nft::list_json(&format!("table ip {name}")).map_err(|e| e.to_string())? {
+        if cur.to_string().contains(TABLE_FORMAT) || !script.contains(TABLE_FORMAT) {
+            return Ok(());
+        }
+        // An older layout: replaced in one transaction.
+        return nft::apply(&format!(
+            "table ip {name} {{}}\ndelete table ip {name}\n{script}"
+        ))
+        .map_err(|e| e.to_string());
     }
     nft::apply(script).map_err(|e| e.to_string())
+}
+
+/// Bring the node's `nodeports` map to exactly `want` (`(protocol, node port)` → a
+/// world's transit address). One `nft` transaction; nothing when it already matches.
+pub(super) fn sync_node_ports(
+    want: &std::collections::BTreeMap<(trellis_api::objects::Protocol, u16), Ipv4Addr>,
+    written: &mut Option<
+        std::collections::BTreeMap<(trellis_api::objects::Protocol, u16), Ipv4Addr>,
+    >,
+) -> Result<(), String> {
+    if written.as_ref() == Some(want) {
+        return Ok(());
+    }
+    if nft::list_json(&format!("table ip {NODE_TABLE}"))
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        // No world on this node yet.
+        *written = Some(want.clone());
+        return Ok(());
+    }
+    let mut script = format!("flush map ip {NODE_TABLE} nodeports\n");
+    if !want.is_empty() {
+        let elems: Vec<String> = want
+            .iter()
+            .map(|((proto, port), ip)| format!("{} . {port} : {ip}", proto.as_str().to_lowercase()))
+            .collect();
+        script += &format!(
+            "add element ip {NODE_TABLE} nodeports {{ {} }}\n",
+            elems.join(", ")
+        );
+    }
+    nft::apply(&script).map_err(|e| e.to_string())?;
+    *written = Some(want.clone());
+    Ok(())
 }
 
 #[cfg(test)]
