@@ -89,6 +89,40 @@ struct State {
     last_full: Option<Instant>,
     /// Where the table lives (`None`: the node's own namespace).
     ns: Option<Arc<Netns>>,
+    /// The fingerprint of the inputs the last successful pass compiled.
+    seen: Option<u64>,
+}
+
+/// A fingerprint of a world's inputs: its objects by kind, namespace, name and
+/// resourceVersion, and this node's reservations in it.
+fn fingerprint(objects: &[&Arc<AnyObject>], served: &[Served], tenant: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for o in objects {
+        match &***o {
+            // Policy reads a Node's labels and address, not its status (which its
+            // heartbeat and `status.programmed` keep writing).
+            AnyObject::Node(n) => {
+                (&n.metadata.name, &n.metadata.labels, n.spec.address).hash(&mut h)
+            }
+            o => {
+                let m = o.metadata();
+                (
+                    o.kind().as_str(),
+                    &m.namespace,
+                    &m.name,
+                    &m.resource_version,
+                )
+                    .hash(&mut h);
+            }
+        }
+    }
+    for s in served.iter().filter(|s| s.tenant() == tenant) {
+        for r in s.node.ipam().list() {
+            (r.ip, &r.attachment.container_id, &r.labels, &r.pod_name).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 impl State {
@@ -99,6 +133,7 @@ impl State {
             table: Table::new(),
             last_full: None,
             ns,
+            seen: None,
         }
     }
 
@@ -192,21 +227,10 @@ fn snapshot(inf: &Informers) -> Option<Vec<Arc<AnyObject>>> {
 /// selector matches inside the world only.
 fn build_inputs(
     node: &str,
-    all: &[Arc<AnyObject>],
+    objects: &[&Arc<AnyObject>],
     served: &[Served],
     tenant: Option<&str>,
 ) -> Inputs {
-    let tenant_of: BTreeMap<String, String> = all
-        .iter()
-        .filter_map(|o| match &**o {
-            AnyObject::Namespace(n) => n.spec.tenant.clone().map(|t| (n.metadata.name.clone(), t)),
-            _ => None,
-        })
-        .collect();
-    let objects: Vec<&Arc<AnyObject>> = all
-        .iter()
-        .filter(|o| in_world(o, &tenant_of, tenant))
-        .collect();
     let mut inputs = Inputs::from_objects(objects.iter().map(|o| &***o));
     // Our own pods come from IPAM: known from the moment their address is reserved.
     inputs.pods.retain(|_, p| p.node != node);
@@ -290,6 +314,15 @@ impl PolicyController {
                 worlds.insert(Some(w.tenant.clone()), Some(w.ns.clone()));
             }
         }
+        let tenant_of: BTreeMap<String, String> = all
+            .iter()
+            .filter_map(|o| match &**o {
+                AnyObject::Namespace(n) => {
+                    n.spec.tenant.clone().map(|t| (n.metadata.name.clone(), t))
+                }
+                _ => None,
+            })
+            .collect();
         let mut states = self.state.lock().expect("policy lock");
         states.retain(|t, _| worlds.contains_key(t));
         let mut errors = Vec::new();
@@ -302,8 +335,21 @@ impl PolicyController {
                 // A network came or went: its gateway joins or leaves the addresses.
                 *st = State::new(&self.node, addrs, ns);
             }
-            let inputs = build_inputs(&self.node, &all, &served, tenant.as_deref());
-            if let Err(e) = self.sync(st, inputs, tenant.as_deref()) {
+            let objects: Vec<&Arc<AnyObject>> = all
+                .iter()
+                .filter(|o| in_world(o, &tenant_of, tenant.as_deref()))
+                .collect();
+            // A world none of whose inputs changed has nothing to do (until its full
+            // sync is due): its objects' versions and its reservations.
+            let fp = fingerprint(&objects, &served, tenant.as_deref());
+            let due = st.last_full.is_none_or(|t| t.elapsed() >= self.resync);
+            if st.seen == Some(fp) && !due {
+                continue;
+            }
+            let inputs = build_inputs(&self.node, &objects, &served, tenant.as_deref());
+            let r = self.sync(st, inputs, tenant.as_deref());
+            st.seen = r.is_ok().then_some(fp);
+            if let Err(e) = r {
                 errors.push(match &tenant {
                     Some(t) => format!("tenant {t}: {e}"),
                     None => e,

@@ -175,6 +175,19 @@ struct WorldProxy {
     /// `None` until the first sync and after an error: the next pass is a full sync.
     applied: Option<BTreeMap<String, ServiceModel>>,
     last_full: Instant,
+    /// The resourceVersions of the world's Services and Endpoints at the last pass
+    /// that applied: a pass skips a world whose objects did not change.
+    seen: Option<u64>,
+}
+
+/// A fingerprint of objects by namespace, name and resourceVersion.
+fn fingerprint<'a>(objects: impl Iterator<Item = &'a trellis_api::objects::ObjectMeta>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for m in objects {
+        (&m.namespace, &m.name, &m.resource_version).hash(&mut h);
+    }
+    h.finish()
 }
 
 /// The proxy's configuration for the served networks of world `tenant`: node ports on
@@ -258,6 +271,7 @@ impl ServiceLoop {
                             proxy: Proxy::new(cfg),
                             applied: None,
                             last_full: Instant::now(),
+                            seen: None,
                         },
                     );
                 }
@@ -318,6 +332,20 @@ impl ServiceLoop {
                         }
                         _ => None,
                     });
+                    // A world none of whose objects changed has nothing to do (until
+                    // its full resync is due).
+                    let fp = fingerprint(
+                        services
+                            .iter()
+                            .map(|s| &s.metadata)
+                            .chain(endpoints.iter().map(|e| &e.metadata)),
+                    );
+                    if wp.seen == Some(fp)
+                        && wp.applied.is_some()
+                        && wp.last_full.elapsed() < self.full_resync
+                    {
+                        continue;
+                    }
                     let records = dns_records(&self.domain, &services, &endpoints);
                     for dns in served
                         .iter()
@@ -332,6 +360,7 @@ impl ServiceLoop {
                             .map(|m| (m.key.clone(), m))
                             .collect();
                     wp.sync(want, self.full_resync, t.as_deref());
+                    wp.seen = wp.applied.is_some().then_some(fp);
                     all_ok &= wp.applied.is_some();
                 }
                 if all_ok {
