@@ -49,6 +49,10 @@ pub enum LabCmd {
     /// [--ports name:port/proto,...]`, `del NAME`.
     #[command(subcommand)]
     Pod(crate::lab_pod_cmd::LabPodCmd),
+    /// Two tenants (or more) side by side with the same address range: a Tenant,
+    /// Network, Namespace and pod on every node each, and who answers every address
+    /// from every pod.
+    Tenants(crate::lab_tenants_cmd::TenantsArgs),
     /// Show a lab's namespaces, addresses and processes.
     Status {
         /// Lab name (all labs when omitted).
@@ -68,6 +72,7 @@ pub(crate) fn sibling(bin: &str) -> anyhow::Result<PathBuf> {
 pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         LabCmd::Pod(c) => crate::lab_pod_cmd::run(c),
+        LabCmd::Tenants(a) => crate::lab_tenants_cmd::run(a),
         LabCmd::Up {
             nodes,
             backend,

@@ -7,6 +7,7 @@ mod cli_cmd;
 mod cli_table;
 mod lab_cmd;
 mod lab_pod_cmd;
+mod lab_tenants_cmd;
 mod policy_cmd;
 mod server_cmd;
 
