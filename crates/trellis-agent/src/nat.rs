@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use trellis_api::agent::{PortMapping, Protocol};
+use trellis_api::naming::LINK_PREFIX;
 use trellis_net::{nft, Result};
 
 /// The name (family `ip`) of the first network's table.
@@ -109,10 +110,12 @@ fn skeleton_rules(cfg: &NatConfig) -> Vec<(&'static str, String)> {
             "postrouting",
             "ip saddr @pod_subnets ip daddr @pod_subnets ct status dnat masquerade".into(),
         ),
+        // Not to the node's other bridges' peers, nor to a peered tenant's world (its
+        // `trlp…` links): those see the pod's own address.
         (
             "postrouting",
             format!(
-                "ip saddr @pod_subnets ip daddr != @cluster_cidrs oifname != \"{br}\" masquerade"
+                "ip saddr @pod_subnets ip daddr != @cluster_cidrs oifname != \"{br}\" oifname != \"{LINK_PREFIX}p*\" masquerade"
             ),
         ),
     ]

@@ -398,3 +398,98 @@ fn two_tenants_with_the_same_addresses_never_meet() {
     }
     assert!(ping(&lab, &pods[0], pods[4].ip));
 }
+
+/// A TenantPeering joins two worlds: before it, red's pod cannot reach green's (on
+/// another node); with it, they reach each other, each seeing the other's own address;
+/// a third tenant with red's range stays apart; deleting the peering parts them again.
+#[test]
+fn a_peering_joins_two_worlds_and_only_them() {
+    require(&["ip", "nft", "ping", "busybox", "nsenter"]);
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = Lab::new(2).unwrap();
+    lab.start_server(&t, &timing).unwrap();
+    lab.apply(&t, &network_manifest("default", "vxlan"))
+        .unwrap();
+    for n in 0..2 {
+        lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
+    }
+    let mut manifests = String::new();
+    for (tenant, cidr, svc) in [
+        ("red", "10.250.0.0/16", "10.96.0.0/16"),
+        ("blue", "10.250.0.0/16", "10.96.0.0/16"),
+        ("green", "10.60.0.0/16", "10.97.0.0/16"),
+    ] {
+        manifests += &format!(
+            "apiVersion: trellis/v1\nkind: Tenant\nmetadata: {{name: {tenant}}}\nspec: {{serviceCIDR: {svc}}}\n---\n\
+             apiVersion: trellis/v1\nkind: Network\nmetadata: {{name: {tenant}-pods}}\nspec: {{cidr: {cidr}, tenant: {tenant}}}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {{name: {tenant}-ns}}\nspec: {{tenant: {tenant}}}\n---\n"
+        );
+    }
+    lab.apply(&t, &manifests).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut place = |lab: &mut Lab, tenant: &'static str, n: usize| {
+        let ip = add_pod_in(
+            lab,
+            n,
+            tenant,
+            &format!("K8S_POD_NAMESPACE={tenant}-ns"),
+            None,
+        );
+        let p = lab.state.pods.last().unwrap().clone();
+        Pod {
+            tenant,
+            name: p.name,
+            netns: p.netns,
+            ip,
+        }
+    };
+    let red = place(&mut lab, "red", 0);
+    let blue = place(&mut lab, "blue", 0);
+    let green = place(&mut lab, "green", 1);
+    assert!(
+        !ping(&lab, &red, green.ip),
+        "red reached green before any peering"
+    );
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: TenantPeering\nmetadata: {name: red-green}\nspec: {tenants: [red, green]}\n",
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || ping(&lab, &red, green.ip)),
+        "red does not reach green through the peering"
+    );
+    assert!(ping(&lab, &green, red.ip), "green does not reach red");
+    // Each side sees the other's own address (no masquerade between peered worlds).
+    let seen = |from: &Pod, to: &Pod| {
+        let url = format!("http://{}:8080/cgi-bin/ip", to.ip);
+        let out = lab
+            .exec_any(
+                &from.netns,
+                &["timeout", "3", "busybox", "wget", "-q", "-O-", &url],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // (busybox httpd writes the client as `[::ffff:a.b.c.d]`.)
+    let saw = seen(&red, &green);
+    assert!(
+        saw.starts_with(&green.name) && saw.ends_with(&format!(":{}]", red.ip)),
+        "{saw}"
+    );
+    let saw = seen(&green, &red);
+    assert!(
+        saw.starts_with(&red.name) && saw.ends_with(&format!(":{}]", green.ip)),
+        "{saw}"
+    );
+    // Blue has red's addresses but no peering: it stays apart.
+    assert!(!ping(&lab, &blue, green.ip), "blue reached green");
+    // The peering deleted: red and green are apart again.
+    lab.cli(&t, &["delete", "tenantpeering", "red-green"])
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || !ping(&lab, &red, green.ip)),
+        "red still reaches green after the peering went"
+    );
+}

@@ -20,6 +20,7 @@ mod fabric;
 mod informer;
 mod join;
 pub mod networks;
+mod peering;
 pub mod policy;
 pub mod services;
 pub mod world;
@@ -269,6 +270,14 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
     cfg.gate.set_policy(policy.clone());
     manager.set_policy(policy.clone());
     tokio::spawn(policy.run());
+    let peerings = peering::PeeringLoop {
+        served: manager.subscribe(),
+        peerings: Informer::start(client.clone(), "/v1/tenantpeerings".into()),
+        networks: networks.clone(),
+        manager: manager.clone(),
+        resync: cfg.resync,
+    };
+    tokio::spawn(peerings.run());
     let (demand_tx, demand_rx) = tokio::sync::mpsc::channel(64);
     let routes = manager.routes();
     tokio::spawn(manager.run(networks, namespaces, demand_rx));

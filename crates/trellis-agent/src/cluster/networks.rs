@@ -356,6 +356,11 @@ impl Manager {
         let _ = self.policy.set(p);
     }
 
+    /// Serve network `name` if it is not yet (a peered tenant's, see `peering`).
+    pub(super) async fn ensure_served(&self, name: &str) -> Result<(), String> {
+        self.serve(name).await
+    }
+
     /// Tenant `t`'s world on this node, made (or adopted) at its first network.
     async fn world(&self, t: &str) -> Result<Arc<World>, String> {
         if let Some(w) = self.worlds.lock().expect("worlds lock").get(t) {
