@@ -428,7 +428,7 @@ fn a_peering_joins_two_worlds_and_only_them() {
     }
     lab.apply(&t, &manifests).unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let mut place = |lab: &mut Lab, tenant: &'static str, n: usize| {
+    let place = |lab: &mut Lab, tenant: &'static str, n: usize| {
         let ip = add_pod_in(
             lab,
             n,
