@@ -224,10 +224,10 @@ fn two_tenants_with_the_same_addresses_never_meet() {
     // Services: the same cluster IP in both tenants; each leads to its own tenant's
     // pods only. DNS answers a tenant's own names and not the other's.
     let mut svcs = String::new();
-    for (tenant, node_port) in [("red", 30080), ("blue", 30081)] {
+    for (tenant, node_port, external) in [("red", 30080, 80), ("blue", 30081, 81)] {
         svcs += &format!(
             "apiVersion: trellis/v1\nkind: Service\nmetadata: {{name: web, namespace: {tenant}-ns}}\n\
-             spec: {{type: NodePort, clusterIP: 10.96.0.50, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080, nodePort: {node_port}}}]}}\n---\n"
+             spec: {{type: NodePort, clusterIP: 10.96.0.50, externalIPs: [192.0.2.{external}], selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080, nodePort: {node_port}}}]}}\n---\n"
         );
     }
     lab.apply(&t, &svcs).unwrap();
@@ -317,6 +317,37 @@ fn two_tenants_with_the_same_addresses_never_meet() {
             page.trim().is_empty(),
             "{} reached {tenant}'s node port: {page}",
             other.name
+        );
+    }
+
+    // A tenant's external IP, routed to a node by the underlay, leads to that tenant's
+    // pods.
+    let node1 = lab.state.nodes[0].addr.to_string();
+    for (tenant, external) in [("red", "192.0.2.80"), ("blue", "192.0.2.81")] {
+        lab.exec(
+            &underlay,
+            &[
+                "ip",
+                "route",
+                "replace",
+                &format!("{external}/32"),
+                "via",
+                &node1,
+            ],
+        )
+        .unwrap();
+        let mine: Vec<String> = pods
+            .iter()
+            .filter(|p| p.tenant == tenant)
+            .map(|p| p.name.clone())
+            .collect();
+        let vip: Ipv4Addr = external.parse().unwrap();
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                let page = common::cluster::http_get_port(&lab, &underlay, vip, 80);
+                mine.contains(&page.trim().to_string())
+            }),
+            "{tenant}'s external IP {external} does not lead to {mine:?}"
         );
     }
 

@@ -248,6 +248,7 @@ impl ServiceLoop {
         ));
         let mut served_changed = self.served.clone();
         let mut node_ports_written = None;
+        let mut vips_written = None;
         loop {
             let served = served_changed.borrow_and_update().clone();
             // The worlds: the node's own, and each with a served network.
@@ -292,6 +293,7 @@ impl ServiceLoop {
                     .map(|w| (w.tenant.as_str(), w.transit))
                     .collect();
                 let mut node_ports = BTreeMap::new();
+                let mut vips = BTreeMap::new();
                 for o in svcs.iter() {
                     let AnyObject::Service(svc) = &**o else {
                         continue;
@@ -302,6 +304,14 @@ impl ServiceLoop {
                     let Some(ip) = transit.get(t.as_str()) else {
                         continue;
                     };
+                    for vip in svc
+                        .spec
+                        .external_ips
+                        .iter()
+                        .chain(&svc.status.load_balancer_ip)
+                    {
+                        vips.insert(*vip, *ip);
+                    }
                     if !svc.spec.type_.has_node_ports() {
                         continue;
                     }
@@ -317,6 +327,11 @@ impl ServiceLoop {
                 }) {
                     tracing::warn!("tenant node ports: {e}");
                     node_ports_written = None;
+                    all_ok = false;
+                }
+                if let Err(e) = super::world::sync_vip_routes(&vips, &mut vips_written).await {
+                    tracing::warn!("tenant external addresses: {e}");
+                    vips_written = None;
                     all_ok = false;
                 }
                 for (t, wp) in proxies.iter_mut() {

@@ -275,6 +275,56 @@ fn ensure_table(name: &str, script: &str) -> Result<(), String> {
     nft::apply(script).map_err(|e| e.to_string())
 }
 
+/// `rtm_protocol` of the node's routes sending a tenant's external and load-balancer
+/// addresses to its world.
+pub const VIP_PROTO: u8 = 118;
+
+/// Bring the node's routes for tenants' external and load-balancer addresses to exactly
+/// `want` (address → the world's transit address), in the node's namespace: traffic to
+/// them from the uplink goes into the world, whose proxy takes it to the tenant's pods.
+pub(super) async fn sync_vip_routes(
+    want: &std::collections::BTreeMap<Ipv4Addr, Ipv4Addr>,
+    written: &mut Option<std::collections::BTreeMap<Ipv4Addr, Ipv4Addr>>,
+) -> Result<(), String> {
+    if written.as_ref() == Some(want) {
+        return Ok(());
+    }
+    let nl = Netlink::connect().map_err(|e| e.to_string())?;
+    let route = |ip: Ipv4Addr, via: Ipv4Addr| trellis_net::RouteEntry {
+        dst: Ipv4Net::new(ip, 32).expect("/32"),
+        gateway: Some(via),
+        oif: None,
+        protocol: VIP_PROTO,
+        onlink: false,
+        metric: 0,
+    };
+    let have: std::collections::BTreeMap<Ipv4Addr, Ipv4Addr> = nl
+        .main_routes()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|r| r.protocol == VIP_PROTO && r.dst.prefix_len() == 32)
+        .filter_map(|r| r.gateway.map(|g| (r.dst.addr(), g)))
+        .collect();
+    for (ip, via) in want {
+        if have.get(ip) != Some(via) {
+            nl.replace_route(&route(*ip, *via))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    for (ip, via) in &have {
+        if !want.contains_key(ip) {
+            match nl.del_route(&route(*ip, *via)).await {
+                Err(e) if !e.is_not_found() => return Err(e.to_string()),
+                _ => {}
+            }
+        }
+    }
+    *written = Some(want.clone());
+    Ok(())
+}
+
 /// Bring the node's `nodeports` map to exactly `want` (`(protocol, node port)` → a
 /// world's transit address). One `nft` transaction; nothing when it already matches.
 pub(super) fn sync_node_ports(
