@@ -180,23 +180,22 @@ impl NodeAddrs {
     }
 }
 
-/// Whether object `o` belongs to the world of `tenant` (`None`: the node's own): a
-/// namespaced object by its namespace's tenant, a Namespace by its own, a
-/// ClusterNetworkPolicy when it applies to every world or names this one; Nodes to all.
-fn in_world(o: &AnyObject, tenant_of: &BTreeMap<String, String>, tenant: Option<&str>) -> bool {
-    let of_ns = |ns: &Option<String>| {
-        ns.as_ref()
-            .and_then(|n| tenant_of.get(n))
-            .map(String::as_str)
-            == tenant
-    };
+/// The world object `o` belongs to: `Some(tenant)` (`Some(None)`: the node's own) for
+/// a namespaced object (by its namespace's tenant), a Namespace (its own) and a
+/// ClusterNetworkPolicy scoped to one tenant; `None` for what every world reads (Nodes,
+/// unscoped ClusterNetworkPolicies).
+fn world_of(o: &AnyObject, tenant_of: &BTreeMap<String, String>) -> Option<Option<String>> {
     match o {
-        AnyObject::Namespace(n) => n.spec.tenant.as_deref() == tenant,
-        AnyObject::ClusterNetworkPolicy(p) => {
-            p.spec.tenant.is_none() || p.spec.tenant.as_deref() == tenant
-        }
-        AnyObject::Node(_) => true,
-        o => of_ns(&o.metadata().namespace),
+        AnyObject::Node(_) => None,
+        AnyObject::ClusterNetworkPolicy(p) => p.spec.tenant.clone().map(Some),
+        AnyObject::Namespace(n) => Some(n.spec.tenant.clone()),
+        o => Some(
+            o.metadata()
+                .namespace
+                .as_ref()
+                .and_then(|n| tenant_of.get(n))
+                .cloned(),
+        ),
     }
 }
 
@@ -323,6 +322,22 @@ impl PolicyController {
                 _ => None,
             })
             .collect();
+        // Each object to the worlds it belongs to, in one walk (not one per world).
+        let mut by_world: BTreeMap<Option<String>, Vec<&Arc<AnyObject>>> = BTreeMap::new();
+        for o in &all {
+            match world_of(o, &tenant_of) {
+                Some(t) => {
+                    if worlds.contains_key(&t) {
+                        by_world.entry(t).or_default().push(o);
+                    }
+                }
+                None => {
+                    for t in worlds.keys() {
+                        by_world.entry(t.clone()).or_default().push(o);
+                    }
+                }
+            }
+        }
         let mut states = self.state.lock().expect("policy lock");
         states.retain(|t, _| worlds.contains_key(t));
         let mut errors = Vec::new();
@@ -335,10 +350,7 @@ impl PolicyController {
                 // A network came or went: its gateway joins or leaves the addresses.
                 *st = State::new(&self.node, addrs, ns);
             }
-            let objects: Vec<&Arc<AnyObject>> = all
-                .iter()
-                .filter(|o| in_world(o, &tenant_of, tenant.as_deref()))
-                .collect();
+            let objects = by_world.get(&tenant).cloned().unwrap_or_default();
             // A world none of whose inputs changed has nothing to do (until its full
             // sync is due): its objects' versions and its reservations.
             let fp = fingerprint(&objects, &served, tenant.as_deref());
@@ -506,5 +518,40 @@ impl PodPolicy for PolicyController {
             Some(AnyObject::Pod(p)) => p.spec.allowed_source_addresses.clone(),
             _ => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_api::objects::parse_yaml;
+
+    fn obj(yaml: &str) -> AnyObject {
+        parse_yaml(yaml).unwrap().pop().unwrap()
+    }
+
+    #[test]
+    fn objects_go_to_their_world() {
+        let tenant_of: BTreeMap<String, String> = [("shop".to_string(), "red".to_string())].into();
+        let red = Some(Some("red".to_string()));
+        let np = |ns: &str| {
+            obj(&format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: {ns}}}\nspec: {{podSelector: {{}}}}\n"
+            ))
+        };
+        assert_eq!(world_of(&np("shop"), &tenant_of), red);
+        assert_eq!(world_of(&np("default"), &tenant_of), Some(None));
+        let ns =
+            obj("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\nspec: {tenant: red}\n");
+        assert_eq!(world_of(&ns, &tenant_of), red);
+        let cnp = |tenant: &str| {
+            obj(&format!(
+                "apiVersion: trellis/v1\nkind: ClusterNetworkPolicy\nmetadata: {{name: c}}\nspec: {{tier: Admin, priority: 1, subject: {{namespaces: {{}}}}{tenant}}}\n"
+            ))
+        };
+        assert_eq!(world_of(&cnp(""), &tenant_of), None);
+        assert_eq!(world_of(&cnp(", tenant: red"), &tenant_of), red);
+        let node = obj("apiVersion: trellis/v1\nkind: Node\nmetadata: {name: n1}\nspec: {address: 192.0.2.1}\n");
+        assert_eq!(world_of(&node, &tenant_of), None);
     }
 }

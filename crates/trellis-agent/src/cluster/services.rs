@@ -37,16 +37,6 @@ pub const DEFAULT_DOMAIN: &str = "cluster.local";
 /// The service proxy's nftables table (family `ip`).
 pub const PROXY_TABLE: &str = "trellis-svc";
 
-fn pick_all<T>(
-    objs: &[std::sync::Arc<AnyObject>],
-    pick: impl Fn(&AnyObject) -> Option<&T>,
-) -> Vec<T>
-where
-    T: Clone,
-{
-    objs.iter().filter_map(|o| pick(o).cloned()).collect()
-}
-
 fn key(svc: &Service) -> String {
     format!(
         "{}/{}",
@@ -334,19 +324,28 @@ impl ServiceLoop {
                     vips_written = None;
                     all_ok = false;
                 }
+                // Each Service and Endpoint to its world, in one walk.
+                let mut by_world: BTreeMap<Option<String>, (Vec<Service>, Vec<Endpoint>)> =
+                    BTreeMap::new();
+                for o in svcs.iter().chain(eps.iter()) {
+                    match &**o {
+                        AnyObject::Service(s) => {
+                            let t = world_of(s.metadata.namespace.as_ref());
+                            if proxies.contains_key(&t) {
+                                by_world.entry(t).or_default().0.push(s.clone());
+                            }
+                        }
+                        AnyObject::Endpoint(e) => {
+                            let t = world_of(e.metadata.namespace.as_ref());
+                            if proxies.contains_key(&t) {
+                                by_world.entry(t).or_default().1.push(e.clone());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 for (t, wp) in proxies.iter_mut() {
-                    let services: Vec<Service> = pick_all(&svcs, |o| match o {
-                        AnyObject::Service(s) if world_of(s.metadata.namespace.as_ref()) == *t => {
-                            Some(s)
-                        }
-                        _ => None,
-                    });
-                    let endpoints: Vec<Endpoint> = pick_all(&eps, |o| match o {
-                        AnyObject::Endpoint(e) if world_of(e.metadata.namespace.as_ref()) == *t => {
-                            Some(e)
-                        }
-                        _ => None,
-                    });
+                    let (services, endpoints) = by_world.remove(t).unwrap_or_default();
                     // A world none of whose objects changed has nothing to do (until
                     // its full resync is due).
                     let fp = fingerprint(
