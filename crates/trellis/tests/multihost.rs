@@ -1326,4 +1326,36 @@ fn networks_come_and_go_at_run_time() {
     assert_eq!(err["code"], 7, "{err}");
     let links = lab.exec(&vp.netns, &["ip", "-o", "link"]).unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("eth0"));
+
+    // A network with a nodeSelector is served by the selected nodes before any pod
+    // needs it, and only by them.
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: Network\nmetadata: {name: edge}\n\
+         spec: {cidr: 10.248.0.0/16, nodeSelector: {matchLabels: {role: edge}}}\n",
+    )
+    .unwrap();
+    let labelled = wait_for(Duration::from_secs(10), || {
+        let mut n2 = node_json(&lab, "n2");
+        n2["metadata"]["labels"]["role"] = json!("edge");
+        lab.cli_with_input(&t, &["apply", "-f", "-"], &n2.to_string())
+            .is_ok()
+    });
+    assert!(labelled, "could not label n2");
+    let edge_dir = |n: usize| lab.agent_paths(n).state_dir.join("networks/edge/ipam.redb");
+    assert!(
+        wait_for(Duration::from_secs(10), || edge_dir(1).exists()),
+        "the selected node does not serve the network"
+    );
+    let bridge = trellis_api::naming::network_bridge("edge");
+    let n2_links = lab
+        .exec(&lab.state.nodes[1].netns.clone(), &["ip", "-o", "link"])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&n2_links.stdout).contains(&format!(": {bridge}:")));
+    assert!(
+        !edge_dir(0).exists(),
+        "an unselected node serves the network"
+    );
+    lab.cli(&t, &["delete", "network", "edge"]).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || !edge_dir(1).exists()));
 }

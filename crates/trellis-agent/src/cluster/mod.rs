@@ -236,6 +236,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         served.clone(),
         local.address,
     ));
+    let nodes_for_manager = nodes.clone();
     let fabric = FabricLoop {
         client: client.clone(),
         cfg: cfg.clone(),
@@ -280,7 +281,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
     tokio::spawn(peerings.run());
     let (demand_tx, demand_rx) = tokio::sync::mpsc::channel(64);
     let routes = manager.routes();
-    tokio::spawn(manager.run(networks, namespaces, demand_rx));
+    tokio::spawn(manager.run(networks, namespaces, nodes_for_manager, demand_rx));
     Ok((Networks::dynamic(routes, demand_tx), local))
 }
 

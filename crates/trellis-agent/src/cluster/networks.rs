@@ -435,10 +435,44 @@ impl Manager {
         self: Arc<Self>,
         networks: Informer,
         namespaces: Informer,
+        nodes: Informer,
         mut demands: mpsc::Receiver<Demand>,
     ) {
         let mut changed = networks.subscribe();
+        let mut nodes_changed = nodes.subscribe();
         loop {
+            // Networks whose `nodeSelector` selects this node are served before any pod
+            // needs them.
+            let labels = nodes.snapshot().and_then(|ns| {
+                ns.iter().find_map(|o| match &**o {
+                    AnyObject::Node(n) if n.metadata.name == self.cfg.node => {
+                        Some(n.metadata.labels.clone())
+                    }
+                    _ => None,
+                })
+            });
+            if let (Some(labels), Some(snapshot)) = (labels, networks.snapshot()) {
+                let served: std::collections::BTreeSet<String> =
+                    self.current().iter().map(|s| s.name.clone()).collect();
+                for o in snapshot.iter() {
+                    let AnyObject::Network(n) = &**o else {
+                        continue;
+                    };
+                    let selected = n
+                        .spec
+                        .node_selector
+                        .as_ref()
+                        .is_some_and(|sel| sel.matches(&labels));
+                    if selected && !served.contains(&n.metadata.name) {
+                        if let Err(e) = self.serve(&n.metadata.name).await {
+                            tracing::warn!(
+                                network = n.metadata.name,
+                                "serving a network this node is selected for: {e}"
+                            );
+                        }
+                    }
+                }
+            }
             if let Some(snapshot) = networks.snapshot() {
                 let exists: std::collections::BTreeSet<String> = snapshot
                     .iter()
@@ -459,6 +493,7 @@ impl Manager {
             }
             tokio::select! {
                 _ = changed.changed() => {}
+                _ = nodes_changed.changed() => {}
                 d = demands.recv() => {
                     let Some((want, answer)) = d else { return };
                     let name = match want {

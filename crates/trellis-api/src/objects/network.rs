@@ -56,6 +56,11 @@ pub struct NetworkSpec {
     /// gateway, hosts and other DHCP ranges).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reserved: Vec<Ipv4Net>,
+    /// The nodes that serve the network from the moment it exists (their agents lease a
+    /// subnet and build its bridge before any pod needs it). Other nodes serve it from
+    /// the first pod that needs it. Unset: only those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<super::LabelSelector>,
 }
 
 fn default_node_subnet_prefix() -> u8 {
@@ -78,6 +83,7 @@ impl NetworkSpec {
             tenant: None,
             masquerade: true,
             reserved: Vec::new(),
+            node_selector: None,
         }
     }
 }
@@ -151,6 +157,9 @@ impl Spec for NetworkSpec {
 impl NetworkSpec {
     fn validate_spec(&self) -> Result<(), ValidationError> {
         check_network_address(self.cidr).map_err(|m| ValidationError::new("cidr", m))?;
+        if let Some(sel) = &self.node_selector {
+            sel.validate().map_err(|e| e.under("nodeSelector"))?;
+        }
         let prefix = self.cidr.prefix_len();
         if self.node_subnet_prefix <= prefix {
             return Err(ValidationError::new(
