@@ -1347,11 +1347,18 @@ fn networks_come_and_go_at_run_time() {
         wait_for(Duration::from_secs(10), || edge_dir(1).exists()),
         "the selected node does not serve the network"
     );
+    // (The IPAM file is made before the bridge: wait for the bridge too.)
     let bridge = trellis_api::naming::network_bridge("edge");
-    let n2_links = lab
-        .exec(&lab.state.nodes[1].netns.clone(), &["ip", "-o", "link"])
-        .unwrap();
-    assert!(String::from_utf8_lossy(&n2_links.stdout).contains(&format!(": {bridge}:")));
+    let has_bridge = |lab: &Lab| {
+        let out = lab
+            .exec(&lab.state.nodes[1].netns.clone(), &["ip", "-o", "link"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!(": {bridge}:"))
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || has_bridge(&lab)),
+        "the selected node has no bridge for the network"
+    );
     assert!(
         !edge_dir(0).exists(),
         "an unselected node serves the network"
