@@ -58,10 +58,8 @@ impl Gate {
     /// Run `f` on the guard, inside the gate's world.
     fn with_guard<T>(&self, f: impl FnOnce(&mut Guard) -> T) -> Result<T, String> {
         let mut g = self.guard.lock().expect("gate lock");
-        match &self.world {
-            None => Ok(f(&mut g)),
-            Some((ns, _)) => ns.run(|| f(&mut g)).map_err(|e| e.to_string()),
-        }
+        let ns = self.world.as_ref().map(|(ns, _)| &**ns);
+        Netns::run_in(ns, || f(&mut g)).map_err(|e| e.to_string())
     }
 
     /// Enforce policy too (cluster mode).

@@ -147,10 +147,7 @@ fn kernel_response(what: &str, e: impl std::fmt::Display) -> Response {
 
 /// Run `f` (blocking: `nft`, `/proc/sys`) inside `world`, or here when it is `None`.
 fn in_world<T>(world: Option<&Netns>, f: impl FnOnce() -> T) -> Result<T, String> {
-    match world {
-        None => Ok(f()),
-        Some(ns) => ns.run(f).map_err(|e| e.to_string()),
-    }
+    Netns::run_in(world, f).map_err(|e| e.to_string())
 }
 
 impl Node {

@@ -132,6 +132,14 @@ impl Netns {
         Ok(NetnsGuard { back })
     }
 
+    /// Run `f` inside `ns` (see [`Netns::run`]), or right here when it is `None`.
+    pub fn run_in<T>(ns: Option<&Netns>, f: impl FnOnce() -> T) -> Result<T> {
+        match ns {
+            None => Ok(f()),
+            Some(ns) => ns.run(f),
+        }
+    }
+
     /// Run `f` on the calling thread inside this namespace, then switch back.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         let _guard = self.enter()?;

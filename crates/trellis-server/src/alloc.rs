@@ -35,7 +35,8 @@ use trellis_store::{KeyValue, LeaseId, Precondition, StoreError, Txn, TxnOp};
 
 use crate::resources::{kind_prefix, object_key, stored_bytes, to_typed};
 use crate::tenancy::{
-    require_empty_namespace, tenant_of_namespace, tenant_service_range, Topology,
+    require_empty_namespace, require_spec_tenant, tenant_of_namespace, tenant_service_range,
+    Topology,
 };
 use crate::{ApiError, Server};
 
@@ -172,8 +173,8 @@ pub async fn plan_create(s: &Server, key: &str, obj: &mut AnyObject) -> Result<P
             service_lb_ip(s, &mut plan, key, svc, None).await?;
         }
         AnyObject::Namespace(n) => {
-            if let Some(t) = &n.spec.tenant {
-                Topology::load(s).await?.require_tenant("spec.tenant", t)?;
+            if n.spec.tenant.is_some() {
+                require_spec_tenant(s, n.spec.tenant.as_deref()).await?;
                 require_empty_namespace(s, &n.metadata.name, "created in a tenant").await?;
             }
         }
@@ -188,9 +189,7 @@ pub async fn plan_create(s: &Server, key: &str, obj: &mut AnyObject) -> Result<P
             .await?;
         }
         AnyObject::ClusterNetworkPolicy(p) => {
-            if let Some(t) = &p.spec.tenant {
-                Topology::load(s).await?.require_tenant("spec.tenant", t)?;
-            }
+            require_spec_tenant(s, p.spec.tenant.as_deref()).await?;
         }
         AnyObject::Node(_)
         | AnyObject::Pod(_)
@@ -258,9 +257,7 @@ pub async fn plan_update(
             n.status = o.status.clone();
         }
         (AnyObject::Namespace(o), AnyObject::Namespace(n)) if n.spec.tenant != o.spec.tenant => {
-            if let Some(t) = &n.spec.tenant {
-                Topology::load(s).await?.require_tenant("spec.tenant", t)?;
-            }
+            require_spec_tenant(s, n.spec.tenant.as_deref()).await?;
             require_empty_namespace(s, &n.metadata.name, "moved to another tenant").await?;
         }
         (AnyObject::Tenant(o), AnyObject::Tenant(n))
@@ -273,9 +270,7 @@ pub async fn plan_update(
             return Err(immutable("spec.serviceCIDR", &was));
         }
         (AnyObject::ClusterNetworkPolicy(_), AnyObject::ClusterNetworkPolicy(p)) => {
-            if let Some(t) = &p.spec.tenant {
-                Topology::load(s).await?.require_tenant("spec.tenant", t)?;
-            }
+            require_spec_tenant(s, p.spec.tenant.as_deref()).await?;
         }
         (AnyObject::TenantPeering(_), AnyObject::TenantPeering(p)) => {
             let cluster = s.cfg.service_cidr;

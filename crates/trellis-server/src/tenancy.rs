@@ -161,6 +161,22 @@ pub async fn tenant_of_namespace(s: &Server, ns: &str) -> Result<Option<String>,
     }
 }
 
+/// An error on `spec.tenant` unless it is unset or names an existing Tenant (one
+/// store read, not the whole topology).
+pub async fn require_spec_tenant(s: &Server, t: Option<&str>) -> Result<(), ApiError> {
+    let Some(t) = t else { return Ok(()) };
+    if s.store
+        .get(&object_key(Kind::Tenant, None, t))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::invalid(format!(
+            "spec.tenant: tenant {t:?} does not exist (create the Tenant first)"
+        )));
+    }
+    Ok(())
+}
+
 /// The service range of tenant `t`: its `spec.serviceCIDR`, else the cluster's.
 pub async fn tenant_service_range(s: &Server, t: &str) -> Result<Ipv4Net, ApiError> {
     let kv = s.store.get(&object_key(Kind::Tenant, None, t)).await?;

@@ -509,6 +509,12 @@ impl Manager {
                             continue;
                         }
                     };
+                    // Served already (every ADD of the default world comes this way):
+                    // answer now, not behind a network another ADD is starting.
+                    if self.current().iter().any(|s| s.name == name) {
+                        let _ = answer.send(Ok(name));
+                        continue;
+                    }
                     // Start it in its own task: a slow server must not hold up retiring.
                     let me = self.clone();
                     tokio::spawn(async move {
@@ -601,11 +607,7 @@ fn choose_network(
 ) -> Result<String, String> {
     let later =
         "the agent has not received the cluster's namespaces and networks yet; try again later";
-    let namespaces = namespaces.snapshot().ok_or(later)?;
-    let tenant = namespaces.iter().find_map(|o| match &**o {
-        AnyObject::Namespace(n) if n.metadata.name == ns => n.spec.tenant.clone(),
-        _ => None,
-    });
+    let tenant = world::tenants_of(&namespaces.snapshot().ok_or(later)?).remove(ns);
     let Some(tenant) = tenant else {
         return Ok(default.to_string());
     };

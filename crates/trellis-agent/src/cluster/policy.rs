@@ -142,13 +142,9 @@ impl State {
         ns: &Option<Arc<Netns>>,
         f: impl FnOnce() -> Result<T, trellis_policy::PolicyError>,
     ) -> Result<T, String> {
-        match ns {
-            None => f().map_err(|e| e.to_string()),
-            Some(ns) => ns
-                .run(f)
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string()),
-        }
+        Netns::run_in(ns.as_deref(), f)
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -313,15 +309,7 @@ impl PolicyController {
                 worlds.insert(Some(w.tenant.clone()), Some(w.ns.clone()));
             }
         }
-        let tenant_of: BTreeMap<String, String> = all
-            .iter()
-            .filter_map(|o| match &**o {
-                AnyObject::Namespace(n) => {
-                    n.spec.tenant.clone().map(|t| (n.metadata.name.clone(), t))
-                }
-                _ => None,
-            })
-            .collect();
+        let tenant_of = super::world::tenants_of(&all);
         // Each object to the worlds it belongs to, in one walk (not one per world).
         let mut by_world: BTreeMap<Option<String>, Vec<&Arc<AnyObject>>> = BTreeMap::new();
         for o in &all {

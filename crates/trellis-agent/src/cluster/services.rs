@@ -211,17 +211,6 @@ fn proxy_config(local: &Local, served: &[Served], tenant: Option<&str>) -> Proxy
     )
 }
 
-/// The tenant of every namespace that has one.
-fn tenants(namespaces: &[Arc<AnyObject>]) -> BTreeMap<String, String> {
-    namespaces
-        .iter()
-        .filter_map(|o| match &**o {
-            AnyObject::Namespace(n) => n.spec.tenant.clone().map(|t| (n.metadata.name.clone(), t)),
-            _ => None,
-        })
-        .collect()
-}
-
 impl ServiceLoop {
     /// Sync after every change, forever: partial by default, full at start, after an
     /// error and every `full_resync`.
@@ -273,7 +262,7 @@ impl ServiceLoop {
                 self.endpoints.snapshot_at(),
                 self.namespaces.snapshot(),
             ) {
-                let tenant_of = tenants(&nss);
+                let tenant_of = super::world::tenants_of(&nss);
                 let world_of = |ns: Option<&String>| ns.and_then(|n| tenant_of.get(n)).cloned();
                 all_ok = true;
                 // Node ports of the tenants served here go to their world.
@@ -418,9 +407,8 @@ impl WorldProxy {
                 -> Result<trellis_proxy::SyncReport, trellis_proxy::ProxyError>| {
                 // Netlink transactions and `conntrack` block: off the async workers' queue,
                 // and inside the world (the proxy's socket opens there on first use).
-                tokio::task::block_in_place(|| match &self.ns {
-                    None => Ok(f()),
-                    Some(ns) => ns.run(f).map_err(|e| e.to_string()),
+                tokio::task::block_in_place(|| {
+                    Netns::run_in(self.ns.as_deref(), f).map_err(|e| e.to_string())
                 })
             };
         let res = if full {

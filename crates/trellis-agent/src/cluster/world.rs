@@ -53,6 +53,21 @@ pub struct World {
     dir: PathBuf,
 }
 
+/// The tenant of every namespace that has one, from a snapshot of Namespaces.
+pub(super) fn tenants_of(
+    namespaces: &[Arc<trellis_api::objects::AnyObject>],
+) -> std::collections::BTreeMap<String, String> {
+    namespaces
+        .iter()
+        .filter_map(|o| match &**o {
+            trellis_api::objects::AnyObject::Namespace(n) => {
+                n.spec.tenant.clone().map(|t| (n.metadata.name.clone(), t))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The node's end of a world's transit veth.
 fn node_link(tenant: &str) -> String {
     let h = fnv1a64([b"world/".as_slice(), tenant.as_bytes()]);
