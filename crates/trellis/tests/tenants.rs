@@ -3,7 +3,9 @@
 //! the pods of its tenant by ICMP and TCP; not a packet reaches the other tenant's pods
 //! (counted at the receivers, by an nftables counter in every pod); both tenants' pods
 //! with the same address reach the same outside server at once; a restarted agent
-//! changes nothing; deleting a tenant's network removes its world from every node.
+//! changes nothing; deleting a tenant's network removes its world from every node. A
+//! probe matrix (TCP and UDP, from every pod, node and an outside client, to pod
+//! addresses, cluster IPs, external IPs and node ports) is checked at the receivers.
 
 mod common;
 
@@ -13,6 +15,8 @@ use std::time::Duration;
 use common::cluster::{add_pod_in, http_get, serve_node, NODE_HTTP_PORT};
 use common::{pid_of, require, trellis};
 use trellis_lab::cluster::{network_manifest, Timing};
+use trellis_lab::conformance::probe::{probe_addresses, EchoServers, ProbeConfig, Receipt, Target};
+use trellis_lab::conformance::PortProto;
 use trellis_lab::{wait_for, Lab};
 
 #[derive(Debug, Clone)]
@@ -79,6 +83,244 @@ fn world_nft(lab: &Lab, n: usize, tenant: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Who probes: a pod of a tenant, a node, or the outside client (the underlay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source<'a> {
+    Pod(&'a str),
+    Node,
+    Outside,
+}
+
+/// What is probed, and which tenant's pods it must lead to (for a pod address: the
+/// source's own tenant's pod with it, if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dest {
+    PodIp(Ipv4Addr),
+    ClusterIp,
+    External(&'static str),
+    NodePort(&'static str),
+}
+
+/// The addresses one round probes (each with what it is) on two columns.
+type Round = (Vec<(Ipv4Addr, Dest)>, [PortProto; 2]);
+
+/// The tenants' echo Services: the same cluster IP, an external IP and TCP and UDP
+/// node ports each.
+const ECHO_PORT: u16 = 7001;
+const ECHO_VIP: &str = "10.96.0.60";
+const ECHO: [(&str, &str, [u16; 2]); 2] = [
+    ("red", "192.0.2.90", [30701, 30702]),
+    ("blue", "192.0.2.91", [30703, 30704]),
+];
+
+/// Every probe of the matrix must reach exactly what its tenant owns, and the echo
+/// servers must have received only probes whose source may reach them.
+fn probe_matrix(lab: &Lab, t: &std::path::Path, pods: &[Pod]) {
+    let mut svcs = String::new();
+    for (tenant, external, [tcp, udp]) in ECHO {
+        svcs += &format!(
+            "apiVersion: trellis/v1\nkind: Service\nmetadata: {{name: echo, namespace: {tenant}-ns}}\n\
+             spec: {{type: NodePort, clusterIP: {ECHO_VIP}, externalIPs: [{external}], selector: {{app: web}}, ports: [\
+             {{name: t, protocol: TCP, port: {ECHO_PORT}, targetPort: {ECHO_PORT}, nodePort: {tcp}}}, \
+             {{name: u, protocol: UDP, port: {ECHO_PORT}, targetPort: {ECHO_PORT}, nodePort: {udp}}}]}}\n---\n"
+        );
+        let node1 = lab.state.nodes[0].addr.to_string();
+        lab.exec(
+            &lab.state.underlay,
+            &[
+                "ip",
+                "route",
+                "replace",
+                &format!("{external}/32"),
+                "via",
+                &node1,
+            ],
+        )
+        .unwrap();
+    }
+    lab.apply(t, &svcs).unwrap();
+    // The outside client routes the pods' and services' ranges to the first node too, so
+    // its probes of them are real attempts.
+    for range in ["10.250.0.0/16", "10.96.0.0/16"] {
+        let node1 = lab.state.nodes[0].addr.to_string();
+        lab.exec(
+            &lab.state.underlay,
+            &["ip", "route", "replace", range, "via", &node1],
+        )
+        .unwrap();
+    }
+    let targets: Vec<Target> = pods
+        .iter()
+        .map(|p| Target {
+            name: format!("{}/{}", p.tenant, p.name),
+            netns: p.netns.clone(),
+            ip: p.ip,
+        })
+        .collect();
+    let servers = EchoServers::start(&targets, &[ECHO_PORT]).unwrap();
+    let mut sources: Vec<(Target, Source)> = pods
+        .iter()
+        .map(|p| {
+            (
+                targets[pods.iter().position(|q| q.name == p.name).unwrap()].clone(),
+                Source::Pod(p.tenant),
+            )
+        })
+        .collect();
+    for node in &lab.state.nodes {
+        let target = Target {
+            name: node.name.clone(),
+            netns: node.netns.clone(),
+            ip: node.addr,
+        };
+        sources.push((target, Source::Node));
+    }
+    let outside = Target {
+        name: "outside".into(),
+        netns: lab.state.underlay.clone(),
+        ip: Ipv4Addr::UNSPECIFIED,
+    };
+    sources.push((outside, Source::Outside));
+
+    let mut pod_ips: Vec<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
+    pod_ips.sort();
+    pod_ips.dedup();
+    let vip: Ipv4Addr = ECHO_VIP.parse().unwrap();
+    let mut rounds: Vec<Round> = Vec::new();
+    let mut round_a: Vec<(Ipv4Addr, Dest)> =
+        pod_ips.iter().map(|ip| (*ip, Dest::PodIp(*ip))).collect();
+    round_a.push((vip, Dest::ClusterIp));
+    for (tenant, external, _) in ECHO {
+        round_a.push((external.parse().unwrap(), Dest::External(tenant)));
+    }
+    rounds.push((
+        round_a,
+        [PortProto::tcp(ECHO_PORT), PortProto::udp(ECHO_PORT)],
+    ));
+    for (tenant, _, [tcp, udp]) in ECHO {
+        let dests = lab
+            .state
+            .nodes
+            .iter()
+            .map(|n| (n.addr, Dest::NodePort(tenant)))
+            .collect();
+        rounds.push((dests, [PortProto::tcp(tcp), PortProto::udp(udp)]));
+    }
+
+    // Whether `source` must reach `dest`, and which pods may receive it.
+    let expect = |source: Source, dest: &Dest| -> (bool, Vec<usize>) {
+        let of = |tenant: &str| -> Vec<usize> {
+            (0..pods.len())
+                .filter(|&i| pods[i].tenant == tenant)
+                .collect()
+        };
+        match (source, dest) {
+            (Source::Pod(t), Dest::PodIp(ip)) => {
+                let at: Vec<usize> = of(t).into_iter().filter(|&i| pods[i].ip == *ip).collect();
+                (!at.is_empty(), at)
+            }
+            (_, Dest::PodIp(_)) => (false, vec![]),
+            (Source::Pod(t), Dest::ClusterIp) => (true, of(t)),
+            (_, Dest::ClusterIp) => (false, vec![]),
+            (Source::Pod(t), Dest::External(owner) | Dest::NodePort(owner)) => {
+                (t == *owner, if t == *owner { of(t) } else { vec![] })
+            }
+            (_, Dest::External(owner) | Dest::NodePort(owner)) => (true, of(owner)),
+        }
+    };
+    let cfg = ProbeConfig {
+        timeout: Duration::from_millis(1500),
+        udp_resend: Duration::from_millis(500),
+    };
+    let source_targets: Vec<Target> = sources.iter().map(|(t, _)| t.clone()).collect();
+    let mut probes = 0;
+    for (dests, columns) in &rounds {
+        let ips: Vec<Ipv4Addr> = dests.iter().map(|(ip, _)| *ip).collect();
+        // The first round may still resolve neighbours and program the new Services:
+        // until the outcomes match, up to 10 s.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let check = |outcomes: &trellis_lab::conformance::probe::Outcomes| -> Vec<String> {
+            let mut wrong = Vec::new();
+            for (c, col) in columns.iter().enumerate() {
+                for (s, (src, kind)) in sources.iter().enumerate() {
+                    for (d, (ip, dest)) in dests.iter().enumerate() {
+                        let got = outcomes.get(c, s, d);
+                        if got.reached() != expect(*kind, dest).0 {
+                            wrong.push(format!("{} -> {ip} ({dest:?}) {col}: {got}", src.name));
+                        }
+                    }
+                }
+            }
+            wrong
+        };
+        let mut wrong;
+        loop {
+            servers.take_received();
+            let outcomes = probe_addresses(&source_targets, &ips, columns, &cfg).unwrap();
+            wrong = check(&outcomes);
+            if wrong.is_empty() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(
+            wrong.is_empty(),
+            "the probe matrix differs:\n{}",
+            wrong.join("\n")
+        );
+        probes += columns.len() * sources.len() * dests.len();
+        // Counted at the receivers: every probe arrived only where its source may reach.
+        let received: Vec<Receipt> = servers.take_received();
+        for r in &received {
+            let (src, kind) = &sources[r.source];
+            let (ip, dest) = &dests[r.dest];
+            let (_, may) = expect(*kind, dest);
+            assert!(
+                may.contains(&r.at),
+                "{} -> {ip} ({dest:?}) {} arrived at {} ({})",
+                src.name,
+                r.column,
+                pods[r.at].name,
+                pods[r.at].tenant
+            );
+        }
+        assert!(!received.is_empty());
+    }
+    assert!(probes > 150, "{probes}");
+
+    // ICMP from the nodes and the outside client to every pod address: not one echo
+    // request arrives at any pod (the pods' counters stay).
+    let before: Vec<u64> = pods.iter().map(|p| echo_requests(lab, p)).collect();
+    let pings: Vec<std::process::Child> = sources
+        .iter()
+        .filter(|(_, kind)| *kind != Source::Pod("red") && *kind != Source::Pod("blue"))
+        .flat_map(|(src, _)| {
+            pod_ips.iter().map(move |ip| {
+                std::process::Command::new("ip")
+                    .args([
+                        "netns", "exec", &src.netns, "ping", "-c", "2", "-i", "0.2", "-W", "1",
+                    ])
+                    .arg(ip.to_string())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for mut p in pings {
+        assert!(
+            !p.wait().unwrap().success(),
+            "a node or the outside reached a pod address"
+        );
+    }
+    let after: Vec<u64> = pods.iter().map(|p| echo_requests(lab, p)).collect();
+    assert_eq!(
+        after, before,
+        "echo requests from nodes or the outside arrived at pods"
+    );
 }
 
 #[test]
@@ -350,6 +592,11 @@ fn two_tenants_with_the_same_addresses_never_meet() {
             "{tenant}'s external IP {external} does not lead to {mine:?}"
         );
     }
+
+    // The probe matrix over TCP and UDP: every pod, every node and the outside client
+    // probe every pod address, the echo Service's cluster IP, its external IP and its
+    // node ports on every node; the echo servers log what reached which pod.
+    probe_matrix(&lab, &t, &pods);
 
     // Policy inside each world: a default deny in red's namespace isolates red's pods
     // and leaves blue's alone; `namespaceSelector: {}` then means red's namespaces only.

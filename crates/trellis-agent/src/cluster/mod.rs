@@ -258,6 +258,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         served.clone(),
         &local,
         endpoints.clone(),
+        nodes.clone(),
         namespaces.clone(),
     );
     let policy = policy::PolicyController::new(
@@ -348,6 +349,7 @@ fn start_services(
     served: ServedSet,
     local: &Local,
     endpoints: Informer,
+    nodes: Informer,
     namespaces: Informer,
 ) {
     let svc_loop = services::ServiceLoop {
@@ -355,6 +357,7 @@ fn start_services(
         node: cfg.node.clone(),
         services: Informer::start(client.clone(), "/v1/services".into()),
         endpoints,
+        nodes,
         namespaces,
         served,
         local: local.clone(),

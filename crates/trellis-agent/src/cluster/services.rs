@@ -147,6 +147,8 @@ pub struct ServiceLoop {
     pub(super) node: String,
     pub(super) services: Informer,
     pub(super) endpoints: Informer,
+    /// The nodes' addresses (where a world may reach only its own node ports).
+    pub(super) nodes: Informer,
     /// Which tenant each namespace belongs to.
     pub(super) namespaces: Informer,
     /// The served networks: each has a DNS server (answering its world's records), and
@@ -186,8 +188,8 @@ fn fingerprint<'a>(objects: impl Iterator<Item = &'a trellis_api::objects::Objec
 fn proxy_config(local: &Local, served: &[Served], tenant: Option<&str>) -> ProxyConfig {
     let node_ips = match tenant {
         None => node_ips(local, served),
-        // The pods' gateways, and the world's transit address, where the node sends
-        // the world's node ports.
+        // The pods' gateways, the world's transit address, where the node sends the
+        // world's node ports, and the node's address (its pods' connections to it).
         Some(_) => {
             let mine: Vec<&Served> = served.iter().filter(|s| s.tenant() == tenant).collect();
             let mut ips: Vec<Ipv4Addr> = mine.iter().map(|s| s.gateway).collect();
@@ -197,6 +199,7 @@ fn proxy_config(local: &Local, served: &[Served], tenant: Option<&str>) -> Proxy
                     .map(|w| w.transit)
                     .take(1),
             );
+            ips.push(local.address);
             ips
         }
     };
@@ -226,7 +229,7 @@ impl ServiceLoop {
             rx,
         ));
         let mut served_changed = self.served.clone();
-        let mut node_ports_written = None;
+        let mut node_table_written = None;
         let mut vips_written = None;
         loop {
             let served = served_changed.borrow_and_update().clone();
@@ -265,47 +268,37 @@ impl ServiceLoop {
                 let tenant_of = super::world::tenants_of(&nss);
                 let world_of = |ns: Option<&String>| ns.and_then(|n| tenant_of.get(n)).cloned();
                 all_ok = true;
-                // Node ports of the tenants served here go to their world.
+                // Node ports and entry addresses of the tenants served here go to their
+                // world; a world reaches no other world's.
                 let transit: BTreeMap<&str, Ipv4Addr> = served
                     .iter()
                     .filter_map(|s| s.world.as_ref())
                     .map(|w| (w.tenant.as_str(), w.transit))
                     .collect();
-                let mut node_ports = BTreeMap::new();
-                let mut vips = BTreeMap::new();
-                for o in svcs.iter() {
-                    let AnyObject::Service(svc) = &**o else {
-                        continue;
-                    };
-                    let Some(t) = world_of(svc.metadata.namespace.as_ref()) else {
-                        continue;
-                    };
-                    let Some(ip) = transit.get(t.as_str()) else {
-                        continue;
-                    };
-                    for vip in svc
-                        .spec
-                        .external_ips
-                        .iter()
-                        .chain(&svc.status.load_balancer_ip)
-                    {
-                        vips.insert(*vip, *ip);
-                    }
-                    if !svc.spec.type_.has_node_ports() {
-                        continue;
-                    }
-                    for p in &svc.spec.ports {
-                        if let Some(np) = p.node_port {
-                            node_ports.insert((p.protocol, np), *ip);
-                        }
-                    }
-                }
-                let written = &mut node_ports_written;
-                if let Err(e) = tokio::task::block_in_place(|| {
-                    super::world::sync_node_ports(&node_ports, written)
-                }) {
+                let nodes = self.nodes.snapshot().unwrap_or_default();
+                let entries = super::world::node_entries(
+                    svcs.iter().filter_map(|o| match &**o {
+                        AnyObject::Service(svc) => Some((
+                            svc,
+                            tenant_of
+                                .get(svc.metadata.namespace.as_deref().unwrap_or_default())
+                                .map(String::as_str),
+                        )),
+                        _ => None,
+                    }),
+                    &transit,
+                    nodes.iter().filter_map(|o| match &**o {
+                        AnyObject::Node(n) => Some(n.spec.address),
+                        _ => None,
+                    }),
+                );
+                let vips = super::world::vip_routes(&entries, &transit);
+                let written = &mut node_table_written;
+                if let Err(e) =
+                    tokio::task::block_in_place(|| super::world::sync_node_table(&entries, written))
+                {
                     tracing::warn!("tenant node ports: {e}");
-                    node_ports_written = None;
+                    node_table_written = None;
                     all_ok = false;
                 }
                 if let Err(e) = super::world::sync_vip_routes(&vips, &mut vips_written).await {

@@ -15,17 +15,25 @@
 //!   server at once, each connection tracked in its own namespace.
 //! - Isolation on the node: that table's forward chain lets a world's traffic out only
 //!   to the uplink, and into a world only from the uplink (and replies): a world never
-//!   reaches another world, nor the default world's pods, through the node.
-//! - Node ports: a tenant Service's node port arriving on the uplink is DNATed (map
-//!   `nodeports`, before the default world's proxy) to the world's transit address,
-//!   where the world's own proxy takes it to the tenant's pods.
+//!   reaches another world, nor the default world's pods, through the node. Nothing a
+//!   world sends is DNATed on the node (the default world's proxy would take it to the
+//!   default world). Out by the uplink, a world may reach a node's address on a node
+//!   port, or an external or load-balancer address, only if its own world owns it
+//!   (sets `all-nodeports`/`owned-nodeports`, `all-vips`/`owned-vips`, `nodes`): an
+//!   outside client reaches every tenant's entry, another tenant's pods none.
+//! - Node ports: a tenant Service's node port arriving on the uplink, or opened by the
+//!   node itself, is DNATed (map `nodeports`, before the default world's proxy) to the
+//!   world's transit address, where the world's own proxy takes it to the tenant's pods.
+//!   The world's proxy also takes its pods' connections to this node's address.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use trellis_api::naming::{fnv1a64, LINK_PREFIX};
+use trellis_api::objects::{Protocol, Service};
 use trellis_net::{nft, sysctl, Netlink, Netns};
 
 use crate::gate::Gate;
@@ -101,7 +109,7 @@ fn slot_of(dir: &Path, worlds: &Path) -> Result<u32, String> {
             return Ok(n);
         }
     }
-    let taken: std::collections::BTreeSet<u32> = std::fs::read_dir(worlds)
+    let taken: BTreeSet<u32> = std::fs::read_dir(worlds)
         .into_iter()
         .flatten()
         .flatten()
@@ -245,16 +253,26 @@ impl World {
 }
 
 /// The node's table for every world: node ports into worlds, isolation, egress
-/// masquerade. `uplink`: the node's underlay link.
+/// masquerade. `uplink`: the node's underlay link. Its sets are kept by
+/// [`sync_node_table`].
 fn node_table(uplink: &str) -> String {
     let w = format!("{LINK_PREFIX}w*");
     format!(
         "table ip {NODE_TABLE} {{
   comment \"{TABLE_FORMAT}\"
   map nodeports {{ type inet_proto . inet_service : ipv4_addr; }}
+  set all-nodeports {{ type inet_proto . inet_service; }}
+  set owned-nodeports {{ type ifname . inet_proto . inet_service; }}
+  set all-vips {{ type ipv4_addr; }}
+  set owned-vips {{ type ifname . ipv4_addr; }}
+  set nodes {{ type ipv4_addr; }}
   chain prerouting {{
     type nat hook prerouting priority -110;
     iifname \"{uplink}\" fib daddr type local dnat ip to meta l4proto . th dport map @nodeports
+  }}
+  chain output {{
+    type nat hook output priority -110;
+    ip daddr != 127.0.0.0/8 fib daddr type local dnat ip to meta l4proto . th dport map @nodeports
   }}
   chain postrouting {{
     type nat hook postrouting priority 100;
@@ -265,6 +283,9 @@ fn node_table(uplink: &str) -> String {
     ct state established,related accept
     iifname \"{w}\" oifname != \"{uplink}\" drop
     oifname \"{w}\" iifname != \"{uplink}\" drop
+    iifname \"{w}\" ct status dnat drop
+    iifname \"{w}\" ip daddr @nodes meta l4proto . th dport @all-nodeports iifname . meta l4proto . th dport != @owned-nodeports drop
+    iifname \"{w}\" ip daddr @all-vips iifname . ip daddr != @owned-vips drop
   }}
 }}
 "
@@ -272,7 +293,7 @@ fn node_table(uplink: &str) -> String {
 }
 
 /// The version of the tables' static rules; a table without it is rewritten.
-const TABLE_FORMAT: &str = "trellis-worlds/2";
+const TABLE_FORMAT: &str = "trellis-worlds/3";
 
 /// Write table `ip <name>` as `script` says unless it exists with this version of the
 /// static rules (its elements, if any, are kept by their owner's next pass).
@@ -298,8 +319,8 @@ pub const VIP_PROTO: u8 = 118;
 /// `want` (address → the world's transit address), in the node's namespace: traffic to
 /// them from the uplink goes into the world, whose proxy takes it to the tenant's pods.
 pub(super) async fn sync_vip_routes(
-    want: &std::collections::BTreeMap<Ipv4Addr, Ipv4Addr>,
-    written: &mut Option<std::collections::BTreeMap<Ipv4Addr, Ipv4Addr>>,
+    want: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+    written: &mut Option<BTreeMap<Ipv4Addr, Ipv4Addr>>,
 ) -> Result<(), String> {
     if written.as_ref() == Some(want) {
         return Ok(());
@@ -313,7 +334,7 @@ pub(super) async fn sync_vip_routes(
         onlink: false,
         metric: 0,
     };
-    let have: std::collections::BTreeMap<Ipv4Addr, Ipv4Addr> = nl
+    let have: BTreeMap<Ipv4Addr, Ipv4Addr> = nl
         .main_routes()
         .await
         .map_err(|e| e.to_string())?
@@ -340,13 +361,84 @@ pub(super) async fn sync_vip_routes(
     Ok(())
 }
 
-/// Bring the node's `nodeports` map to exactly `want` (`(protocol, node port)` → a
-/// world's transit address). One `nft` transaction; nothing when it already matches.
-pub(super) fn sync_node_ports(
-    want: &std::collections::BTreeMap<(trellis_api::objects::Protocol, u16), Ipv4Addr>,
-    written: &mut Option<
-        std::collections::BTreeMap<(trellis_api::objects::Protocol, u16), Ipv4Addr>,
-    >,
+/// What the node's table `ip trellis-worlds` holds besides its static rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct NodeEntries {
+    /// `(protocol, node port)` → the transit address of the world served here that
+    /// owns it: where the node sends it.
+    pub node_ports: BTreeMap<(Protocol, u16), Ipv4Addr>,
+    /// Every node port of the cluster, of any world (the default one too).
+    pub all_node_ports: BTreeSet<(Protocol, u16)>,
+    /// `(node link of a world served here, protocol, node port)`: the world's own.
+    pub owned_node_ports: BTreeSet<(String, Protocol, u16)>,
+    /// Every external and load-balancer address of the cluster.
+    pub all_vips: BTreeSet<Ipv4Addr>,
+    /// `(node link of a world served here, address)`: the world's own.
+    pub owned_vips: BTreeSet<(String, Ipv4Addr)>,
+    /// Every node's underlay address.
+    pub nodes: BTreeSet<Ipv4Addr>,
+}
+
+/// The node table's entries for `services` (with the world of each: `None` for the
+/// default world), the worlds served here (tenant → transit address) and the cluster's
+/// `nodes`. A world's pods may reach, at a node's address or an entry address, only
+/// their own world's node ports and addresses; an outside client reaches every one.
+pub(super) fn node_entries<'a>(
+    services: impl Iterator<Item = (&'a Service, Option<&'a str>)>,
+    served: &BTreeMap<&str, Ipv4Addr>,
+    nodes: impl Iterator<Item = Ipv4Addr>,
+) -> NodeEntries {
+    let mut e = NodeEntries {
+        nodes: nodes.collect(),
+        ..Default::default()
+    };
+    for (svc, tenant) in services {
+        let here = tenant.and_then(|t| served.get(t).map(|ip| (node_link(t), *ip)));
+        for vip in svc
+            .spec
+            .external_ips
+            .iter()
+            .chain(&svc.status.load_balancer_ip)
+        {
+            e.all_vips.insert(*vip);
+            if let Some((link, _)) = &here {
+                e.owned_vips.insert((link.clone(), *vip));
+            }
+        }
+        if !svc.spec.type_.has_node_ports() {
+            continue;
+        }
+        for p in &svc.spec.ports {
+            let Some(np) = p.node_port else { continue };
+            e.all_node_ports.insert((p.protocol, np));
+            if let Some((link, ip)) = &here {
+                e.node_ports.insert((p.protocol, np), *ip);
+                e.owned_node_ports.insert((link.clone(), p.protocol, np));
+            }
+        }
+    }
+    e
+}
+
+/// The node's routes for tenants' external and load-balancer addresses: address → the
+/// transit address of its world (served here).
+pub(super) fn vip_routes(
+    e: &NodeEntries,
+    served: &BTreeMap<&str, Ipv4Addr>,
+) -> BTreeMap<Ipv4Addr, Ipv4Addr> {
+    let by_link: BTreeMap<String, Ipv4Addr> =
+        served.iter().map(|(t, ip)| (node_link(t), *ip)).collect();
+    e.owned_vips
+        .iter()
+        .filter_map(|(link, vip)| by_link.get(link).map(|ip| (*vip, *ip)))
+        .collect()
+}
+
+/// Bring the node table's map and sets to exactly `want`: one `nft` transaction;
+/// nothing when it already matches what this agent last wrote.
+pub(super) fn sync_node_table(
+    want: &NodeEntries,
+    written: &mut Option<NodeEntries>,
 ) -> Result<(), String> {
     if written.as_ref() == Some(want) {
         return Ok(());
@@ -359,17 +451,59 @@ pub(super) fn sync_node_ports(
         *written = Some(want.clone());
         return Ok(());
     }
-    let mut script = format!("flush map ip {NODE_TABLE} nodeports\n");
-    if !want.is_empty() {
-        let elems: Vec<String> = want
+    let proto = |p: &Protocol| p.as_str().to_lowercase();
+    let mut script = String::new();
+    let mut fill = |kind: &str, name: &str, elems: Vec<String>| {
+        script += &format!("flush {kind} ip {NODE_TABLE} {name}\n");
+        if !elems.is_empty() {
+            script += &format!(
+                "add element ip {NODE_TABLE} {name} {{ {} }}\n",
+                elems.join(", ")
+            );
+        }
+    };
+    fill(
+        "map",
+        "nodeports",
+        want.node_ports
             .iter()
-            .map(|((proto, port), ip)| format!("{} . {port} : {ip}", proto.as_str().to_lowercase()))
-            .collect();
-        script += &format!(
-            "add element ip {NODE_TABLE} nodeports {{ {} }}\n",
-            elems.join(", ")
-        );
-    }
+            .map(|((p, port), ip)| format!("{} . {port} : {ip}", proto(p)))
+            .collect(),
+    );
+    fill(
+        "set",
+        "all-nodeports",
+        want.all_node_ports
+            .iter()
+            .map(|(p, port)| format!("{} . {port}", proto(p)))
+            .collect(),
+    );
+    fill(
+        "set",
+        "owned-nodeports",
+        want.owned_node_ports
+            .iter()
+            .map(|(link, p, port)| format!("\"{link}\" . {} . {port}", proto(p)))
+            .collect(),
+    );
+    fill(
+        "set",
+        "all-vips",
+        want.all_vips.iter().map(|ip| ip.to_string()).collect(),
+    );
+    fill(
+        "set",
+        "owned-vips",
+        want.owned_vips
+            .iter()
+            .map(|(link, ip)| format!("\"{link}\" . {ip}"))
+            .collect(),
+    );
+    fill(
+        "set",
+        "nodes",
+        want.nodes.iter().map(|ip| ip.to_string()).collect(),
+    );
     nft::apply(&script).map_err(|e| e.to_string())?;
     *written = Some(want.clone());
     Ok(())
@@ -395,5 +529,50 @@ mod tests {
         let n = node_link("red");
         assert!(n.starts_with("trlw") && n.len() == 12, "{n}");
         assert_ne!(node_link("red"), node_link("blue"));
+    }
+
+    fn service(ns: &str, node_port: u16, external: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "trellis/v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "externalIPs": [external],
+                     "ports": [{"port": 80, "protocol": "UDP", "nodePort": node_port}]}
+        }))
+        .unwrap()
+    }
+
+    /// A world served here owns its node ports and addresses; another tenant's (served
+    /// elsewhere) and the default world's are known but owned by no world here.
+    #[test]
+    fn node_entries_own_only_a_worlds_own() {
+        let (red, blue, dflt) = (
+            service("red-ns", 30001, "192.0.2.1"),
+            service("blue-ns", 30002, "192.0.2.2"),
+            service("default", 30003, "192.0.2.3"),
+        );
+        let served: BTreeMap<&str, Ipv4Addr> = [("red", Ipv4Addr::new(169, 254, 64, 2))].into();
+        let e = node_entries(
+            [(&red, Some("red")), (&blue, Some("blue")), (&dflt, None)].into_iter(),
+            &served,
+            [Ipv4Addr::new(10, 0, 0, 1)].into_iter(),
+        );
+        let udp = Protocol::Udp;
+        assert_eq!(
+            e.node_ports,
+            [((udp, 30001), Ipv4Addr::new(169, 254, 64, 2))].into()
+        );
+        assert_eq!(
+            e.all_node_ports,
+            [(udp, 30001), (udp, 30002), (udp, 30003)].into()
+        );
+        assert_eq!(e.owned_node_ports, [(node_link("red"), udp, 30001)].into());
+        assert_eq!(e.all_vips.len(), 3);
+        let vip = Ipv4Addr::new(192, 0, 2, 1);
+        assert_eq!(e.owned_vips, [(node_link("red"), vip)].into());
+        assert_eq!(
+            vip_routes(&e, &served),
+            [(vip, Ipv4Addr::new(169, 254, 64, 2))].into()
+        );
+        assert_eq!(e.nodes, [Ipv4Addr::new(10, 0, 0, 1)].into());
     }
 }

@@ -7,12 +7,16 @@
 //! on such a thread, are served from one ordinary thread.
 //!
 //! - [`EchoServers`]: for every pod, a TCP and a UDP echo server on each port; stopped
-//!   (sockets closed, thread joined) on drop.
+//!   (sockets closed, thread joined) on drop. They log every probe they receive
+//!   ([`EchoServers::take_received`]), so a test counts at the receivers which pod a
+//!   probe really reached.
 //! - [`probe_all`]: one thread per source pod, inside its namespace, opens every probe
 //!   of that source at once (non-blocking TCP connects; UDP datagrams, resent once) and
 //!   polls them until each is answered or the timeout passes. A probe is *reached* when
 //!   the token it sent comes back; anything else (timeout, refused, ICMP unreachable,
 //!   `EPERM` from a local filter) is denied.
+//! - [`probe_addresses`]: the same from some sources to any addresses (cluster IPs,
+//!   node ports, external IPs), not only to the pods themselves.
 
 use std::fmt;
 use std::fs::File;
@@ -20,7 +24,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -73,6 +77,36 @@ fn join<T>(h: JoinHandle<io::Result<T>>) -> io::Result<T> {
 pub struct EchoServers {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    received: Arc<Mutex<Vec<Receipt>>>,
+}
+
+/// A probe an echo server received: at which target, and what the prober sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The index (in [`EchoServers::start`]'s targets) of the pod that received it.
+    pub at: usize,
+    /// The probe's source index (in the prober's sources).
+    pub source: usize,
+    /// The probe's destination index (in the prober's destinations).
+    pub dest: usize,
+    /// The column, as written (`tcp/80`).
+    pub column: String,
+}
+
+impl Receipt {
+    /// Parse what a prober sends (`trellis-probe <s>><d> <column>`), received at `at`.
+    fn parse(at: usize, token: &[u8]) -> Option<Receipt> {
+        let text = std::str::from_utf8(token).ok()?;
+        let rest = text.trim_end().strip_prefix("trellis-probe ")?;
+        let (pair, column) = rest.split_once(' ')?;
+        let (s, d) = pair.split_once('>')?;
+        Some(Receipt {
+            at,
+            source: s.parse().ok()?,
+            dest: d.parse().ok()?,
+            column: column.to_string(),
+        })
+    }
 }
 
 impl EchoServers {
@@ -99,21 +133,28 @@ impl EchoServers {
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;
-        for h in handles {
+        for (at, h) in handles.into_iter().enumerate() {
             for (l, u) in join(h)? {
-                tcp.push(l);
-                udp.push(u);
+                tcp.push((l, at));
+                udp.push((u, at));
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (s, log) = (stop.clone(), received.clone());
         let thread = std::thread::Builder::new()
             .name("echo servers".into())
-            .spawn(move || serve(tcp, udp, &s))?;
+            .spawn(move || serve(tcp, udp, &s, &log))?;
         Ok(EchoServers {
             stop,
             thread: Some(thread),
+            received,
         })
+    }
+
+    /// Every probe received since the last call (a UDP probe sent twice counts twice).
+    pub fn take_received(&self) -> Vec<Receipt> {
+        std::mem::take(&mut *self.received.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -146,15 +187,27 @@ const CONN_IDLE: Duration = Duration::from_secs(3);
 /// Most connections accepted or datagrams answered per socket and round.
 const BURST: usize = 256;
 
-fn serve(tcp: Vec<TcpListener>, udp: Vec<UdpSocket>, stop: &AtomicBool) {
-    let mut conns: Vec<(TcpStream, Instant)> = Vec::new();
+fn serve(
+    tcp: Vec<(TcpListener, usize)>,
+    udp: Vec<(UdpSocket, usize)>,
+    stop: &AtomicBool,
+    log: &Mutex<Vec<Receipt>>,
+) {
+    // An accepted connection: its stream, when it was accepted, the target it reached.
+    // It is echoed its first read (a whole token) and closed.
+    let mut conns: Vec<(TcpStream, Instant, usize)> = Vec::new();
     let mut buf = [0u8; 512];
+    let record = |at: usize, bytes: &[u8]| {
+        if let Some(r) = Receipt::parse(at, bytes) {
+            log.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+        }
+    };
     while !stop.load(Ordering::SeqCst) {
         let mut fds: Vec<libc::pollfd> = tcp
             .iter()
-            .map(|l| l.as_raw_fd())
-            .chain(udp.iter().map(|u| u.as_raw_fd()))
-            .chain(conns.iter().map(|(c, _)| c.as_raw_fd()))
+            .map(|(l, _)| l.as_raw_fd())
+            .chain(udp.iter().map(|(u, _)| u.as_raw_fd()))
+            .chain(conns.iter().map(|(c, ..)| c.as_raw_fd()))
             .map(|fd| pollfd(fd, libc::POLLIN))
             .collect();
         if poll(&mut fds, Duration::from_millis(50)) > 0 {
@@ -162,22 +215,23 @@ fn serve(tcp: Vec<TcpListener>, udp: Vec<UdpSocket>, stop: &AtomicBool) {
             // Connections first (their indices follow the sockets'), then new ones.
             let base = tcp.len() + udp.len();
             let mut keep = Vec::with_capacity(conns.len());
-            for (i, (mut c, since)) in std::mem::take(&mut conns).into_iter().enumerate() {
+            for (i, (mut c, since, at)) in std::mem::take(&mut conns).into_iter().enumerate() {
                 if !ready(base + i) {
-                    keep.push((c, since));
+                    keep.push((c, since, at));
                     continue;
                 }
                 match c.read(&mut buf) {
                     Ok(0) => {}
                     Ok(n) => {
+                        record(at, &buf[..n]);
                         let _ = c.write_all(&buf[..n]);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => keep.push((c, since)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => keep.push((c, since, at)),
                     Err(_) => {}
                 }
             }
             conns = keep;
-            for (i, l) in tcp.iter().enumerate() {
+            for (i, (l, at)) in tcp.iter().enumerate() {
                 if !ready(i) {
                     continue;
                 }
@@ -185,20 +239,21 @@ fn serve(tcp: Vec<TcpListener>, udp: Vec<UdpSocket>, stop: &AtomicBool) {
                     match l.accept() {
                         Ok((c, _)) => {
                             if c.set_nonblocking(true).is_ok() {
-                                conns.push((c, Instant::now()));
+                                conns.push((c, Instant::now(), *at));
                             }
                         }
                         Err(_) => break,
                     }
                 }
             }
-            for (i, u) in udp.iter().enumerate() {
+            for (i, (u, at)) in udp.iter().enumerate() {
                 if !ready(tcp.len() + i) {
                     continue;
                 }
                 for _ in 0..BURST {
                     match u.recv_from(&mut buf) {
                         Ok((n, from)) => {
+                            record(*at, &buf[..n]);
                             let _ = u.send_to(&buf[..n], from);
                         }
                         Err(_) => break,
@@ -206,7 +261,7 @@ fn serve(tcp: Vec<TcpListener>, udp: Vec<UdpSocket>, stop: &AtomicBool) {
                 }
             }
         }
-        conns.retain(|(_, since)| since.elapsed() < CONN_IDLE);
+        conns.retain(|(_, since, ..)| since.elapsed() < CONN_IDLE);
     }
 }
 
@@ -326,31 +381,65 @@ pub fn probe_all(
 ) -> io::Result<Probed> {
     let started = Instant::now();
     let dests: Vec<Ipv4Addr> = targets.iter().map(|t| t.ip).collect();
-    let handles = targets
+    let outcomes = probe_addresses(targets, &dests, columns, cfg)?;
+    Ok(Probed {
+        pods: targets.iter().map(|t| t.name.clone()).collect(),
+        columns: columns.to_vec(),
+        outcomes: outcomes.outcomes,
+        took: started.elapsed(),
+    })
+}
+
+/// The outcomes of [`probe_addresses`]: every source → every address on every column.
+#[derive(Debug, Clone)]
+pub struct Outcomes {
+    sources: usize,
+    dests: usize,
+    /// `outcomes[(column * sources + from) * dests + to]`.
+    outcomes: Vec<Outcome>,
+}
+
+impl Outcomes {
+    /// The outcome of source `from` → address `to` on column `column`.
+    pub fn get(&self, column: usize, from: usize, to: usize) -> Outcome {
+        assert!(from < self.sources && to < self.dests);
+        self.outcomes[(column * self.sources + from) * self.dests + to]
+    }
+}
+
+/// Probe every address in `dests` from every source on every column, all at once (one
+/// thread per source, inside its namespace). The probes carry the source's and the
+/// address's index, which the [`EchoServers`] log as [`Receipt`]s.
+pub fn probe_addresses(
+    sources: &[Target],
+    dests: &[Ipv4Addr],
+    columns: &[PortProto],
+    cfg: &ProbeConfig,
+) -> io::Result<Outcomes> {
+    let handles = sources
         .iter()
         .enumerate()
         .map(|(s, t)| {
-            let dests = dests.clone();
+            let dests = dests.to_vec();
             let columns = columns.to_vec();
             let cfg = cfg.clone();
             spawn_in_netns(&t.netns, move || Ok(probe_from(s, &dests, &columns, &cfg)))
         })
         .collect::<io::Result<Vec<_>>>()?;
-    let n = targets.len();
-    let mut outcomes = vec![Outcome::Timeout; columns.len() * n * n];
+    let (ns, nd) = (sources.len(), dests.len());
+    let mut outcomes = vec![Outcome::Timeout; columns.len() * ns * nd];
     for (s, h) in handles.into_iter().enumerate() {
         let row = join(h)?;
         for c in 0..columns.len() {
-            for d in 0..n {
-                outcomes[(c * n + s) * n + d] = row[c * n + d];
+            for d in 0..nd {
+                outcomes[(c * ns + s) * nd + d] = row[c * nd + d];
             }
         }
     }
-    Ok(Probed {
-        pods: targets.iter().map(|t| t.name.clone()).collect(),
-        columns: columns.to_vec(),
+    Ok(Outcomes {
+        sources: ns,
+        dests: nd,
         outcomes,
-        took: started.elapsed(),
     })
 }
 
@@ -623,7 +712,7 @@ mod tests {
                 ip,
             });
         }
-        let _servers = EchoServers::start(&targets, &[80, 81]).expect("servers");
+        let servers = EchoServers::start(&targets, &[80, 81]).expect("servers");
         let columns = super::super::PROBE_COLUMNS;
         let cfg = ProbeConfig {
             timeout: Duration::from_millis(700),
@@ -645,6 +734,11 @@ mod tests {
             "{}",
             super::super::render_matrix(&m)
         );
+        // The receivers logged every probe, at the pod it was sent to.
+        let got = servers.take_received();
+        assert!(got.len() >= m.len(), "{got:?}");
+        assert!(got.iter().all(|r| r.at == r.dest), "{got:?}");
+        assert!(servers.take_received().is_empty());
         assert!(
             probed.took < Duration::from_millis(1500),
             "{:?}",
