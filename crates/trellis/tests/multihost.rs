@@ -1363,6 +1363,30 @@ fn networks_come_and_go_at_run_time() {
         !edge_dir(0).exists(),
         "an unselected node serves the network"
     );
+    // The label removed: the node no longer serves it (it has no pod there).
+    let unlabelled = wait_for(Duration::from_secs(10), || {
+        let mut n2 = node_json(&lab, "n2");
+        n2["metadata"]["labels"]
+            .as_object_mut()
+            .map(|l| l.remove("role"));
+        lab.cli_with_input(&t, &["apply", "-f", "-"], &n2.to_string())
+            .is_ok()
+    });
+    assert!(unlabelled, "could not unlabel n2");
+    assert!(
+        wait_for(Duration::from_secs(30), || !edge_dir(1).exists()
+            && !has_bridge(&lab)),
+        "a node no longer selected still serves the network"
+    );
+    // Selected again, then the network deleted: gone from the node.
+    let relabelled = wait_for(Duration::from_secs(10), || {
+        let mut n2 = node_json(&lab, "n2");
+        n2["metadata"]["labels"]["role"] = json!("edge");
+        lab.cli_with_input(&t, &["apply", "-f", "-"], &n2.to_string())
+            .is_ok()
+    });
+    assert!(relabelled);
+    assert!(wait_for(Duration::from_secs(10), || has_bridge(&lab)));
     lab.cli(&t, &["delete", "network", "edge"]).unwrap();
     assert!(wait_for(Duration::from_secs(10), || !edge_dir(1).exists()));
 }

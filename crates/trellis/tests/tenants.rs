@@ -802,4 +802,19 @@ fn a_peering_joins_two_worlds_and_only_them() {
         wait_for(Duration::from_secs(15), || !ping(&lab, &red, green.ip)),
         "red still reaches green after the peering went"
     );
+    // And each node stops serving the peer's network it served only for the peering
+    // (green's world on red's node, red's on green's).
+    for (n, tenant) in [(0, "green"), (1, "red")] {
+        let world = lab
+            .agent_paths(n)
+            .state_dir
+            .join(format!("worlds/{tenant}"));
+        assert!(
+            wait_for(Duration::from_secs(30), || !world.exists()),
+            "node {n} keeps {} after the peering went",
+            world.display()
+        );
+    }
+    assert!(lab.agent_paths(0).state_dir.join("worlds/red").exists());
+    assert!(!ping(&lab, &red, green.ip));
 }

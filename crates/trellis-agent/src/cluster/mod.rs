@@ -272,17 +272,22 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
     cfg.gate.set_policy(policy.clone());
     manager.set_policy(policy.clone());
     tokio::spawn(policy.run());
+    let tenant_peerings = Informer::start(client.clone(), "/v1/tenantpeerings".into());
     let peerings = peering::PeeringLoop {
         served: manager.subscribe(),
-        peerings: Informer::start(client.clone(), "/v1/tenantpeerings".into()),
-        networks: networks.clone(),
-        manager: manager.clone(),
+        peerings: tenant_peerings.clone(),
         resync: cfg.resync,
     };
     tokio::spawn(peerings.run());
     let (demand_tx, demand_rx) = tokio::sync::mpsc::channel(64);
     let routes = manager.routes();
-    tokio::spawn(manager.run(networks, namespaces, nodes_for_manager, demand_rx));
+    tokio::spawn(manager.run(
+        networks,
+        namespaces,
+        nodes_for_manager,
+        tenant_peerings,
+        demand_rx,
+    ));
     Ok((Networks::dynamic(routes, demand_tx), local))
 }
 

@@ -4,10 +4,15 @@
 //!   has a state directory from an earlier run (its pods live on), and every network a
 //!   CNI ADD names (started on demand before the ADD is handled: its subnet is leased,
 //!   its bridge, IPAM, table, cluster DNS, Endpoint publisher and sweeper started).
-//! - Retired: a served network (not pinned) whose Network object is deleted: its
-//!   Endpoints, host veths, bridge, table and state directory are removed; the fabric,
-//!   proxy and policy controllers drop what they had for it at their next pass, since
-//!   each reads the served set ([`ServedSet`]) on every pass.
+//! - Also served: every Network whose `nodeSelector` selects this Node, and every
+//!   network of a tenant peered with a tenant that has a network here for one of the
+//!   reasons above (so the peer's world is here to route to).
+//! - Retired: a served network (not pinned) whose Network object is deleted, or that
+//!   no reason above holds any more (no pod here for [`IDLE_GRACE`], not selected, no
+//!   peering wants it): its Endpoints, host veths, bridge, table and state directory
+//!   are removed; the fabric, proxy and policy controllers drop what they had for it at
+//!   their next pass, since each reads the served set ([`ServedSet`]) on every pass.
+//!   Which networks to serve is one pure function, [`wanted`].
 //!
 //! One task at a time starts or retires a network (`lock`), so the set and the kernel
 //! never disagree about what is being built.
@@ -35,6 +40,71 @@ use crate::node::{remove_network, L2Uplink, Node, NodeConfig};
 /// The networks served now, as every controller reads them.
 pub type ServedSet = watch::Receiver<Arc<Vec<Served>>>;
 
+/// How long a network started here stays served with no pod (an ADD that started it
+/// has not reserved its address yet).
+pub(super) const IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A served network, as [`wanted`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ServedView {
+    /// The Network's name.
+    pub name: String,
+    /// Started with `--network`.
+    pub pinned: bool,
+    /// It has pods here, or was started or asked for by a CNI ADD less than
+    /// [`IDLE_GRACE`] ago.
+    pub busy: bool,
+}
+
+/// The networks this node should serve: the pinned ones, those with pods here (or just
+/// started), those whose `nodeSelector` matches this node's `labels`, and every network
+/// of a tenant peered (`peerings`) with the tenant of one of those. Only networks that
+/// exist count, except pinned ones.
+pub(super) fn wanted(
+    networks: &[&objects::Network],
+    peerings: &[(String, String)],
+    labels: &BTreeMap<String, String>,
+    served: &[ServedView],
+) -> std::collections::BTreeSet<String> {
+    let tenant = |name: &str| {
+        networks
+            .iter()
+            .find(|n| n.metadata.name == name)
+            .map(|n| n.spec.tenant.clone())
+    };
+    let mut want: std::collections::BTreeSet<String> = served
+        .iter()
+        .filter(|v| v.pinned || (v.busy && tenant(&v.name).is_some()))
+        .map(|v| v.name.clone())
+        .collect();
+    want.extend(
+        networks
+            .iter()
+            .filter(|n| {
+                n.spec
+                    .node_selector
+                    .as_ref()
+                    .is_some_and(|s| s.matches(labels))
+            })
+            .map(|n| n.metadata.name.clone()),
+    );
+    let tenants: std::collections::BTreeSet<String> =
+        want.iter().filter_map(|n| tenant(n).flatten()).collect();
+    let peers: std::collections::BTreeSet<&String> = peerings
+        .iter()
+        .flat_map(|(a, b)| [(a, b), (b, a)])
+        .filter(|(have, _)| tenants.contains(*have))
+        .map(|(_, peer)| peer)
+        .collect();
+    want.extend(
+        networks
+            .iter()
+            .filter(|n| n.spec.tenant.as_ref().is_some_and(|t| peers.contains(t)))
+            .map(|n| n.metadata.name.clone()),
+    );
+    want
+}
+
 /// Starts and retires the networks this agent serves.
 #[derive(Debug)]
 pub(super) struct Manager {
@@ -52,6 +122,10 @@ pub(super) struct Manager {
     policy: std::sync::OnceLock<Arc<dyn crate::gate::PodPolicy>>,
     /// Serialises starting and retiring.
     lock: tokio::sync::Mutex<()>,
+    /// When each network was last started or asked for by a CNI ADD: for
+    /// [`IDLE_GRACE`] after, it is not retired for want of pods (the ADD has not
+    /// reserved its address yet).
+    touched: Mutex<BTreeMap<String, std::time::Instant>>,
 }
 
 impl Manager {
@@ -73,6 +147,7 @@ impl Manager {
             worlds: Mutex::default(),
             policy: std::sync::OnceLock::new(),
             lock: tokio::sync::Mutex::new(()),
+            touched: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -255,6 +330,7 @@ impl Manager {
             .lock()
             .expect("tasks lock")
             .insert(name.clone(), tasks);
+        self.touch(name);
         let mut list = (*self.current()).clone();
         list.push(Served {
             name: name.clone(),
@@ -356,11 +432,6 @@ impl Manager {
         let _ = self.policy.set(p);
     }
 
-    /// Serve network `name` if it is not yet (a peered tenant's, see `peering`).
-    pub(super) async fn ensure_served(&self, name: &str) -> Result<(), String> {
-        self.serve(name).await
-    }
-
     /// Tenant `t`'s world on this node, made (or adopted) at its first network.
     async fn world(&self, t: &str) -> Result<Arc<World>, String> {
         if let Some(w) = self.worlds.lock().expect("worlds lock").get(t) {
@@ -429,71 +500,100 @@ impl Manager {
         }
     }
 
-    /// Follow the Networks: retire a served network (not pinned) whose object is gone;
-    /// start networks the CNI socket asks for. Runs forever.
+    fn touch(&self, name: &str) {
+        self.touched
+            .lock()
+            .expect("touched lock")
+            .insert(name.to_string(), std::time::Instant::now());
+    }
+
+    fn recently_touched(&self, name: &str) -> bool {
+        let mut t = self.touched.lock().expect("touched lock");
+        t.retain(|_, at| at.elapsed() < IDLE_GRACE);
+        t.contains_key(name)
+    }
+
+    /// Serve what [`wanted`] says and retire the rest (never a pinned network), from
+    /// the Networks, this Node's labels and the TenantPeerings. Does nothing until all
+    /// three are known.
+    async fn follow(&self, networks: &Informer, nodes: &Informer, peerings: &Informer) {
+        let (Some(networks), Some(nodes), Some(peerings)) =
+            (networks.snapshot(), nodes.snapshot(), peerings.snapshot())
+        else {
+            return;
+        };
+        let Some(labels) = nodes.iter().find_map(|o| match &**o {
+            AnyObject::Node(n) if n.metadata.name == self.cfg.node => Some(&n.metadata.labels),
+            _ => None,
+        }) else {
+            return;
+        };
+        let networks: Vec<&objects::Network> = networks
+            .iter()
+            .filter_map(|o| match &**o {
+                AnyObject::Network(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let pairs: Vec<(String, String)> = peerings
+            .iter()
+            .filter_map(|o| match &**o {
+                AnyObject::TenantPeering(p) if p.spec.tenants.len() == 2 => {
+                    Some((p.spec.tenants[0].clone(), p.spec.tenants[1].clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let current = self.current();
+        let views: Vec<ServedView> = current
+            .iter()
+            .map(|s| ServedView {
+                name: s.name.clone(),
+                pinned: s.pinned,
+                busy: self.recently_touched(&s.name) || !s.node.ipam().is_empty(),
+            })
+            .collect();
+        drop(current);
+        let want = wanted(&networks, &pairs, labels, &views);
+        for name in &want {
+            if !views.iter().any(|v| &v.name == name) {
+                if let Err(e) = self.serve(name).await {
+                    tracing::warn!(
+                        network = name,
+                        "serving a network this node is wanted for: {e}"
+                    );
+                }
+            }
+        }
+        for v in views
+            .iter()
+            .filter(|v| !v.pinned && !want.contains(&v.name))
+        {
+            self.retire(&v.name).await;
+        }
+    }
+
+    /// Follow the Networks, Node labels and TenantPeerings ([`Manager::follow`]); start
+    /// networks the CNI socket asks for. Runs forever.
     pub(super) async fn run(
         self: Arc<Self>,
         networks: Informer,
         namespaces: Informer,
         nodes: Informer,
+        peerings: Informer,
         mut demands: mpsc::Receiver<Demand>,
     ) {
         let mut changed = networks.subscribe();
         let mut nodes_changed = nodes.subscribe();
+        let mut peerings_changed = peerings.subscribe();
         loop {
-            // Networks whose `nodeSelector` selects this node are served before any pod
-            // needs them.
-            let labels = nodes.snapshot().and_then(|ns| {
-                ns.iter().find_map(|o| match &**o {
-                    AnyObject::Node(n) if n.metadata.name == self.cfg.node => {
-                        Some(n.metadata.labels.clone())
-                    }
-                    _ => None,
-                })
-            });
-            if let (Some(labels), Some(snapshot)) = (labels, networks.snapshot()) {
-                let served: std::collections::BTreeSet<String> =
-                    self.current().iter().map(|s| s.name.clone()).collect();
-                for o in snapshot.iter() {
-                    let AnyObject::Network(n) = &**o else {
-                        continue;
-                    };
-                    let selected = n
-                        .spec
-                        .node_selector
-                        .as_ref()
-                        .is_some_and(|sel| sel.matches(&labels));
-                    if selected && !served.contains(&n.metadata.name) {
-                        if let Err(e) = self.serve(&n.metadata.name).await {
-                            tracing::warn!(
-                                network = n.metadata.name,
-                                "serving a network this node is selected for: {e}"
-                            );
-                        }
-                    }
-                }
-            }
-            if let Some(snapshot) = networks.snapshot() {
-                let exists: std::collections::BTreeSet<String> = snapshot
-                    .iter()
-                    .filter_map(|o| match &**o {
-                        AnyObject::Network(n) => Some(n.metadata.name.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                let gone: Vec<String> = self
-                    .current()
-                    .iter()
-                    .filter(|s| !s.pinned && !exists.contains(&s.name))
-                    .map(|s| s.name.clone())
-                    .collect();
-                for name in gone {
-                    self.retire(&name).await;
-                }
-            }
+            self.follow(&networks, &nodes, &peerings).await;
             tokio::select! {
                 _ = changed.changed() => {}
                 _ = nodes_changed.changed() => {}
+                _ = peerings_changed.changed() => {}
+                // Pods go without a word to this loop: look again now and then.
+                _ = tokio::time::sleep(self.cfg.resync) => {}
                 d = demands.recv() => {
                     let Some((want, answer)) = d else { return };
                     let name = match want {
@@ -511,6 +611,7 @@ impl Manager {
                     };
                     // Served already (every ADD of the default world comes this way):
                     // answer now, not behind a network another ADD is starting.
+                    self.touch(&name);
                     if self.current().iter().any(|s| s.name == name) {
                         let _ = answer.send(Ok(name));
                         continue;
@@ -656,4 +757,73 @@ pub(super) fn node_ips(local: &Local, served: &[Served]) -> Vec<Ipv4Addr> {
             .map(|s| s.gateway),
     );
     ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(name: &str, tenant: Option<&str>, selector: Option<&str>) -> objects::Network {
+        let mut spec = json!({"cidr": "10.1.0.0/16"});
+        if let Some(t) = tenant {
+            spec["tenant"] = json!(t);
+        }
+        if let Some(role) = selector {
+            spec["nodeSelector"] = json!({"matchLabels": {"role": role}});
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "trellis/v1", "kind": "Network",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn view(name: &str, pinned: bool, busy: bool) -> ServedView {
+        ServedView {
+            name: name.into(),
+            pinned,
+            busy,
+        }
+    }
+
+    fn names(set: std::collections::BTreeSet<String>) -> Vec<String> {
+        set.into_iter().collect()
+    }
+
+    #[test]
+    fn wanted_networks_have_a_reason() {
+        let nets = [
+            network("default", None, None),
+            network("red", Some("red"), None),
+            network("green", Some("green"), None),
+            network("edge", None, Some("edge")),
+        ];
+        let nets: Vec<&objects::Network> = nets.iter().collect();
+        let none = BTreeMap::new();
+        let edge: BTreeMap<String, String> = [("role".into(), "edge".into())].into();
+        let peered = [("green".to_string(), "red".to_string())];
+        // Pinned is kept even when its object is gone; idle networks go.
+        let served = [
+            view("default", true, false),
+            view("red", false, false),
+            view("gone", true, false),
+        ];
+        assert_eq!(
+            names(wanted(&nets, &[], &none, &served)),
+            ["default", "gone"]
+        );
+        // Pods (or a fresh start) keep a network, unless its object is gone.
+        let served = [view("red", false, true), view("deleted", false, true)];
+        assert_eq!(names(wanted(&nets, &[], &none, &served)), ["red"]);
+        // A peer of a busy tenant is wanted too; not the other way round.
+        assert_eq!(
+            names(wanted(&nets, &peered, &none, &served)),
+            ["green", "red"]
+        );
+        let served = [view("red", false, false), view("green", false, false)];
+        assert!(wanted(&nets, &peered, &none, &served).is_empty());
+        // A nodeSelector that matches this node's labels: served; no longer: not.
+        assert_eq!(names(wanted(&nets, &[], &edge, &[])), ["edge"]);
+        assert!(wanted(&nets, &[], &none, &[view("edge", false, false)]).is_empty());
+    }
 }

@@ -1,8 +1,9 @@
 //! Tenant peerings on this node: two peered tenants' worlds joined directly.
 //!
-//! - Wherever one of two peered tenants has a world, the other's networks are served
-//!   too (so its world, tunnels and routes exist here: a peer's pod on another node is
-//!   reached through the peer's own world).
+//! - Wherever one of two peered tenants has a network for its own sake, the other's
+//!   networks are served too (the networks controller decides that, see
+//!   `networks::wanted`): its world, tunnels and routes exist here, and a peer's pod on
+//!   another node is reached through the peer's own world.
 //! - The two worlds are joined by a veth pair (`trlp<hash of the other tenant>` in
 //!   each), with proxy ARP on both ends and, in each world, a route to every network of
 //!   the other (protocol [`PEER_PROTO`]) through it. No address is needed and the node's
@@ -20,7 +21,7 @@ use trellis_api::objects::AnyObject;
 use trellis_net::{sysctl, Netlink, RouteEntry};
 
 use super::informer::Informer;
-use super::networks::{Manager, ServedSet};
+use super::networks::ServedSet;
 use super::world::World;
 
 /// `rtm_protocol` of the routes between peered worlds.
@@ -36,8 +37,6 @@ fn peer_link(to: &str) -> String {
 pub(super) struct PeeringLoop {
     pub(super) served: ServedSet,
     pub(super) peerings: Informer,
-    pub(super) networks: Informer,
-    pub(super) manager: Arc<Manager>,
     pub(super) resync: Duration,
 }
 
@@ -45,7 +44,6 @@ impl PeeringLoop {
     pub(super) async fn run(self) {
         let mut served_changed = self.served.clone();
         let mut peerings_changed = self.peerings.subscribe();
-        let mut networks_changed = self.networks.subscribe();
         loop {
             if let Err(e) = self.pass().await {
                 tracing::warn!("tenant peering: {e}");
@@ -53,15 +51,13 @@ impl PeeringLoop {
             tokio::select! {
                 _ = served_changed.changed() => {}
                 _ = peerings_changed.changed() => {}
-                _ = networks_changed.changed() => {}
                 _ = tokio::time::sleep(self.resync) => {}
             }
         }
     }
 
     async fn pass(&self) -> Result<(), String> {
-        let (Some(peerings), Some(networks)) = (self.peerings.snapshot(), self.networks.snapshot())
-        else {
+        let Some(peerings) = self.peerings.snapshot() else {
             return Ok(());
         };
         let pairs: Vec<(String, String)> = peerings
@@ -73,41 +69,6 @@ impl PeeringLoop {
                 _ => None,
             })
             .collect();
-        // A peer of a tenant with a world here gets its networks served here too.
-        let here: BTreeSet<String> = self
-            .served
-            .borrow()
-            .iter()
-            .filter_map(|s| s.tenant().map(str::to_string))
-            .collect();
-        let served: BTreeSet<String> = self
-            .served
-            .borrow()
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
-        for (a, b) in &pairs {
-            for (have, need) in [(a, b), (b, a)] {
-                if !here.contains(have) {
-                    continue;
-                }
-                for o in networks.iter() {
-                    let AnyObject::Network(n) = &**o else {
-                        continue;
-                    };
-                    if n.spec.tenant.as_deref() == Some(need.as_str())
-                        && !served.contains(&n.metadata.name)
-                    {
-                        if let Err(e) = self.manager.ensure_served(&n.metadata.name).await {
-                            tracing::warn!(
-                                network = n.metadata.name,
-                                "serving a peer's network: {e}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
         // The worlds here now, with their networks' ranges.
         let served = self.served.borrow().clone();
         let mut worlds: BTreeMap<String, (Arc<World>, Vec<Ipv4Net>)> = BTreeMap::new();
