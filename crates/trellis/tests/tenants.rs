@@ -743,7 +743,7 @@ fn a_peering_joins_two_worlds_and_only_them() {
             lab,
             n,
             tenant,
-            &format!("K8S_POD_NAMESPACE={tenant}-ns"),
+            &format!("K8S_POD_NAMESPACE={tenant}-ns;LABELS=app=web"),
             None,
         );
         let p = lab.state.pods.last().unwrap().clone();
@@ -817,4 +817,24 @@ fn a_peering_joins_two_worlds_and_only_them() {
     }
     assert!(lab.agent_paths(0).state_dir.join("worlds/red").exists());
     assert!(!ping(&lab, &red, green.ip));
+
+    // A tenant with a node port is served on every node, pods there or not: blue's
+    // node port on the second node (where blue has no pod) leads to blue's pod.
+    let blue_world = lab.agent_paths(1).state_dir.join("worlds/blue");
+    assert!(!blue_world.exists());
+    lab.apply(
+        &t,
+        "apiVersion: trellis/v1\nkind: Service\nmetadata: {name: web, namespace: blue-ns}\n\
+         spec: {type: NodePort, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30090}]}\n",
+    )
+    .unwrap();
+    let node2 = lab.state.nodes[1].addr;
+    let underlay = lab.state.underlay.clone();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            common::cluster::http_get_port(&lab, &underlay, node2, 30090).trim() == blue.name
+        }),
+        "blue's node port on a node without blue's pods does not lead to blue's pod"
+    );
+    assert!(blue_world.exists());
 }

@@ -230,6 +230,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
     let networks = Informer::start(client.clone(), "/v1/networks".into());
     let endpoints = Informer::start(client.clone(), "/v1/endpoints".into());
     let namespaces = Informer::start(client.clone(), "/v1/namespaces".into());
+    let services = Informer::start(client.clone(), "/v1/services".into());
     tokio::spawn(heartbeat_loop(
         client.clone(),
         cfg.clone(),
@@ -257,6 +258,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         &client,
         served.clone(),
         &local,
+        services.clone(),
         endpoints.clone(),
         nodes.clone(),
         namespaces.clone(),
@@ -286,6 +288,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         namespaces,
         nodes_for_manager,
         tenant_peerings,
+        services,
         demand_rx,
     ));
     Ok((Networks::dynamic(routes, demand_tx), local))
@@ -353,6 +356,7 @@ fn start_services(
     client: &Client,
     served: ServedSet,
     local: &Local,
+    services: Informer,
     endpoints: Informer,
     nodes: Informer,
     namespaces: Informer,
@@ -360,7 +364,7 @@ fn start_services(
     let svc_loop = services::ServiceLoop {
         client: client.clone(),
         node: cfg.node.clone(),
-        services: Informer::start(client.clone(), "/v1/services".into()),
+        services,
         endpoints,
         nodes,
         namespaces,

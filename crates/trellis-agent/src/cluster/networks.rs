@@ -4,12 +4,14 @@
 //!   has a state directory from an earlier run (its pods live on), and every network a
 //!   CNI ADD names (started on demand before the ADD is handled: its subnet is leased,
 //!   its bridge, IPAM, table, cluster DNS, Endpoint publisher and sweeper started).
-//! - Also served: every Network whose `nodeSelector` selects this Node, and every
+//! - Also served: every Network whose `nodeSelector` selects this Node, every network
+//!   of a tenant with an entry on every node (a Service with node ports, external or
+//!   load-balancer addresses: they lead into its world from any node), and every
 //!   network of a tenant peered with a tenant that has a network here for one of the
 //!   reasons above (so the peer's world is here to route to).
 //! - Retired: a served network (not pinned) whose Network object is deleted, or that
 //!   no reason above holds any more (no pod here for [`IDLE_GRACE`], not selected, no
-//!   peering wants it): its Endpoints, host veths, bridge, table and state directory
+//!   entry, no peering wants it): its Endpoints, host veths, bridge, table and state directory
 //!   are removed; the fabric, proxy and policy controllers drop what they had for it at
 //!   their next pass, since each reads the served set ([`ServedSet`]) on every pass.
 //!   Which networks to serve is one pure function, [`wanted`].
@@ -57,12 +59,14 @@ pub(super) struct ServedView {
 }
 
 /// The networks this node should serve: the pinned ones, those with pods here (or just
-/// started), those whose `nodeSelector` matches this node's `labels`, and every network
-/// of a tenant peered (`peerings`) with the tenant of one of those. Only networks that
-/// exist count, except pinned ones.
+/// started), those whose `nodeSelector` matches this node's `labels`, every network of
+/// a tenant with an entry on every node (`exposed`: a Service with node ports, external
+/// or load-balancer addresses), and every network of a tenant peered (`peerings`) with
+/// the tenant of one of those. Only networks that exist count, except pinned ones.
 pub(super) fn wanted(
     networks: &[&objects::Network],
     peerings: &[(String, String)],
+    exposed: &std::collections::BTreeSet<String>,
     labels: &BTreeMap<String, String>,
     served: &[ServedView],
 ) -> std::collections::BTreeSet<String> {
@@ -85,6 +89,7 @@ pub(super) fn wanted(
                     .node_selector
                     .as_ref()
                     .is_some_and(|s| s.matches(labels))
+                    || n.spec.tenant.as_ref().is_some_and(|t| exposed.contains(t))
             })
             .map(|n| n.metadata.name.clone()),
     );
@@ -516,12 +521,36 @@ impl Manager {
     /// Serve what [`wanted`] says and retire the rest (never a pinned network), from
     /// the Networks, this Node's labels and the TenantPeerings. Does nothing until all
     /// three are known.
-    async fn follow(&self, networks: &Informer, nodes: &Informer, peerings: &Informer) {
-        let (Some(networks), Some(nodes), Some(peerings)) =
-            (networks.snapshot(), nodes.snapshot(), peerings.snapshot())
-        else {
+    async fn follow(
+        &self,
+        networks: &Informer,
+        nodes: &Informer,
+        peerings: &Informer,
+        services: &Informer,
+        namespaces: &Informer,
+    ) {
+        let (Some(networks), Some(nodes), Some(peerings), Some(services), Some(namespaces)) = (
+            networks.snapshot(),
+            nodes.snapshot(),
+            peerings.snapshot(),
+            services.snapshot(),
+            namespaces.snapshot(),
+        ) else {
             return;
         };
+        let tenant_of = world::tenants_of(&namespaces);
+        let exposed: std::collections::BTreeSet<String> = services
+            .iter()
+            .filter_map(|o| match &**o {
+                AnyObject::Service(s) if s.is_entry() => s
+                    .metadata
+                    .namespace
+                    .as_ref()
+                    .and_then(|ns| tenant_of.get(ns))
+                    .cloned(),
+                _ => None,
+            })
+            .collect();
         let Some(labels) = nodes.iter().find_map(|o| match &**o {
             AnyObject::Node(n) if n.metadata.name == self.cfg.node => Some(&n.metadata.labels),
             _ => None,
@@ -554,7 +583,7 @@ impl Manager {
             })
             .collect();
         drop(current);
-        let want = wanted(&networks, &pairs, labels, &views);
+        let want = wanted(&networks, &pairs, &exposed, labels, &views);
         for name in &want {
             if !views.iter().any(|v| &v.name == name) {
                 if let Err(e) = self.serve(name).await {
@@ -581,17 +610,21 @@ impl Manager {
         namespaces: Informer,
         nodes: Informer,
         peerings: Informer,
+        services: Informer,
         mut demands: mpsc::Receiver<Demand>,
     ) {
         let mut changed = networks.subscribe();
         let mut nodes_changed = nodes.subscribe();
         let mut peerings_changed = peerings.subscribe();
+        let mut services_changed = services.subscribe();
         loop {
-            self.follow(&networks, &nodes, &peerings).await;
+            self.follow(&networks, &nodes, &peerings, &services, &namespaces)
+                .await;
             tokio::select! {
                 _ = changed.changed() => {}
                 _ = nodes_changed.changed() => {}
                 _ = peerings_changed.changed() => {}
+                _ = services_changed.changed() => {}
                 // Pods go without a word to this loop: look again now and then.
                 _ = tokio::time::sleep(self.cfg.resync) => {}
                 d = demands.recv() => {
@@ -802,6 +835,7 @@ mod tests {
         let none = BTreeMap::new();
         let edge: BTreeMap<String, String> = [("role".into(), "edge".into())].into();
         let peered = [("green".to_string(), "red".to_string())];
+        let no = std::collections::BTreeSet::new();
         // Pinned is kept even when its object is gone; idle networks go.
         let served = [
             view("default", true, false),
@@ -809,21 +843,24 @@ mod tests {
             view("gone", true, false),
         ];
         assert_eq!(
-            names(wanted(&nets, &[], &none, &served)),
+            names(wanted(&nets, &[], &no, &none, &served)),
             ["default", "gone"]
         );
         // Pods (or a fresh start) keep a network, unless its object is gone.
         let served = [view("red", false, true), view("deleted", false, true)];
-        assert_eq!(names(wanted(&nets, &[], &none, &served)), ["red"]);
+        assert_eq!(names(wanted(&nets, &[], &no, &none, &served)), ["red"]);
         // A peer of a busy tenant is wanted too; not the other way round.
         assert_eq!(
-            names(wanted(&nets, &peered, &none, &served)),
+            names(wanted(&nets, &peered, &no, &none, &served)),
             ["green", "red"]
         );
         let served = [view("red", false, false), view("green", false, false)];
-        assert!(wanted(&nets, &peered, &none, &served).is_empty());
+        assert!(wanted(&nets, &peered, &no, &none, &served).is_empty());
         // A nodeSelector that matches this node's labels: served; no longer: not.
-        assert_eq!(names(wanted(&nets, &[], &edge, &[])), ["edge"]);
-        assert!(wanted(&nets, &[], &none, &[view("edge", false, false)]).is_empty());
+        assert_eq!(names(wanted(&nets, &[], &no, &edge, &[])), ["edge"]);
+        assert!(wanted(&nets, &[], &no, &none, &[view("edge", false, false)]).is_empty());
+        // A tenant with a node port (or an external address) is served on every node.
+        let exposed = ["green".to_string()].into();
+        assert_eq!(names(wanted(&nets, &[], &exposed, &none, &[])), ["green"]);
     }
 }

@@ -470,6 +470,14 @@ impl Spec for ServiceSpec {
 }
 
 impl Service {
+    /// Whether it can be entered from outside the cluster at every node: node ports,
+    /// external IPs or a load-balancer address.
+    pub fn is_entry(&self) -> bool {
+        self.spec.type_.has_node_ports()
+            || !self.spec.external_ips.is_empty()
+            || self.status.load_balancer_ip.is_some()
+    }
+
     /// See [`ServiceSpec::validate_node_ports`].
     pub fn validate_node_ports(&self, range: &RangeInclusive<u16>) -> Result<(), ValidationError> {
         self.spec.validate_node_ports(range)
