@@ -253,16 +253,20 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         published_unreachable: None,
     };
     tokio::spawn(fabric.run());
-    start_services(
-        &cfg,
-        &client,
-        served.clone(),
-        &local,
-        services.clone(),
-        endpoints.clone(),
-        nodes.clone(),
-        namespaces.clone(),
-    );
+    // The service proxy and every served network's cluster DNS.
+    let svc_loop = services::ServiceLoop {
+        client: client.clone(),
+        node: cfg.node.clone(),
+        services: services.clone(),
+        endpoints: endpoints.clone(),
+        nodes: nodes.clone(),
+        namespaces: namespaces.clone(),
+        served: served.clone(),
+        local: local.clone(),
+        domain: cfg.domain.clone(),
+        full_resync: cfg.proxy_full_resync,
+    };
+    tokio::spawn(svc_loop.run());
     let policy = policy::PolicyController::new(
         policy::Informers::start(&client, nodes, endpoints, namespaces.clone()),
         &cfg.node,
@@ -347,33 +351,6 @@ fn check_combination(specs: &[Leased]) -> Result<(), ClusterError> {
         )));
     }
     Ok(())
-}
-
-/// The service proxy and the records of every served network's cluster DNS, fed by
-/// informers on Services and Endpoints.
-fn start_services(
-    cfg: &ClusterConfig,
-    client: &Client,
-    served: ServedSet,
-    local: &Local,
-    services: Informer,
-    endpoints: Informer,
-    nodes: Informer,
-    namespaces: Informer,
-) {
-    let svc_loop = services::ServiceLoop {
-        client: client.clone(),
-        node: cfg.node.clone(),
-        services,
-        endpoints,
-        nodes,
-        namespaces,
-        served,
-        local: local.clone(),
-        domain: cfg.domain.clone(),
-        full_resync: cfg.proxy_full_resync,
-    };
-    tokio::spawn(svc_loop.run());
 }
 
 #[cfg(test)]
