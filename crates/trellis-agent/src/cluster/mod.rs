@@ -42,7 +42,7 @@ use crate::node::Node;
 use fabric::FabricLoop;
 use informer::Informer;
 use join::{detect_local, heartbeat_loop, join, Underlay};
-use networks::{Manager, ServedSet};
+use networks::Manager;
 
 /// How the agent joins the cluster.
 #[derive(Debug, Clone)]
