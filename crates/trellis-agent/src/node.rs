@@ -419,6 +419,18 @@ impl Node {
                 }
             }
         }
+        // A tenant's pods live in its world, behind the node: a host port on the node's
+        // address would need a node-wide port map across worlds. Refused, before
+        // anything is made; a NodePort Service is the way in.
+        if self.cfg.world.is_some() && !req.port_mappings.is_empty() {
+            return Response::error(
+                codes::INVALID_CONFIG,
+                format!(
+                    "runtimeConfig.portMappings: host ports are not available to pods in a tenant's world (namespace {}); expose the pod with a NodePort Service",
+                    req.pod_namespace.as_deref().unwrap_or("?")
+                ),
+            );
+        }
         let ipam_req = req.clone();
         let (r, existing) = match self.ipam.reserve(&ipam_req) {
             Ok(x) => x,

@@ -1326,6 +1326,28 @@ fn networks_come_and_go_at_run_time() {
     assert_eq!(err["code"], 7, "{err}");
     let links = lab.exec(&vp.netns, &["ip", "-o", "link"]).unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("eth0"));
+    // A host port for a tenant's pod: refused, naming the field; nothing made.
+    let hp = lab.add_pod(0, "hp1").unwrap();
+    let (ok, e) = cni_call(
+        &lab,
+        "ADD",
+        0,
+        "hp1",
+        &hp.netns,
+        args,
+        json!({"runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]}}),
+    );
+    assert!(!ok, "{e}");
+    assert!(
+        e["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("runtimeConfig.portMappings"),
+        "{e}"
+    );
+    let links = lab.exec(&hp.netns, &["ip", "-o", "link"]).unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("eth0"));
+    assert_eq!(tenant_eps(&lab), 0);
 
     // A network with a nodeSelector is served by the selected nodes before any pod
     // needs it, and only by them.
