@@ -251,6 +251,45 @@ pub fn cnp_port_spans(ports: &[CnpPort], dst: Option<&IdentityKey>) -> Vec<PortS
     out
 }
 
+/// Which tenant each Namespace belongs to (namespaces of the default world are left out).
+pub fn tenants_of<'a>(
+    objects: impl IntoIterator<Item = &'a trellis_api::objects::AnyObject>,
+) -> BTreeMap<String, String> {
+    objects
+        .into_iter()
+        .filter_map(|o| match o {
+            trellis_api::objects::AnyObject::Namespace(n) => {
+                n.spec.tenant.clone().map(|t| (n.metadata.name.clone(), t))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The world object `o` belongs to: `Some(tenant)` (`Some(None)`: the default world)
+/// for a namespaced object (by its namespace's tenant, from [`tenants_of`]), a
+/// Namespace (its own) and a ClusterNetworkPolicy scoped to one tenant; `None` for what
+/// every world reads (Nodes, unscoped ClusterNetworkPolicies). A world's policy is
+/// compiled from its own objects only.
+pub fn world_of(
+    o: &trellis_api::objects::AnyObject,
+    tenant_of: &BTreeMap<String, String>,
+) -> Option<Option<String>> {
+    use trellis_api::objects::AnyObject;
+    match o {
+        AnyObject::Node(_) => None,
+        AnyObject::ClusterNetworkPolicy(p) => p.spec.tenant.clone().map(Some),
+        AnyObject::Namespace(n) => Some(n.spec.tenant.clone()),
+        o => Some(
+            o.metadata()
+                .namespace
+                .as_ref()
+                .and_then(|n| tenant_of.get(n))
+                .cloned(),
+        ),
+    }
+}
+
 impl Inputs {
     /// The labels of namespace `ns`: its object's plus the automatic name label.
     pub fn ns_labels(&self, ns: &str) -> Labels {

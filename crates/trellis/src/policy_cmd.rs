@@ -1,6 +1,11 @@
 //! `trellis policy explain POD` and `trellis policy check SRC DST:PORT[/PROTO]`: policy
 //! answers computed from the server's objects (Namespaces, NetworkPolicies,
 //! ClusterNetworkPolicies, Pods, Endpoints, Nodes), the same model the agents compile.
+//!
+//! Each tenant is a world of its own, with its own addresses and policies: an answer
+//! is computed from one world's objects, the world of the pod named (`NAMESPACE/NAME`
+//! or `NAME`), else of the namespace `-n` names; an address is looked up in that world.
+//! Two pods of different worlds never reach each other, whatever their policies say.
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
@@ -9,7 +14,7 @@ use anyhow::{anyhow, bail, Context};
 use trellis_api::objects::{AnyObject, Kind};
 use trellis_client::Client;
 use trellis_policy::explain::{explain, verdict_text};
-use trellis_policy::model::{End, Inputs, PodInfo};
+use trellis_policy::model::{tenants_of, world_of, End, Inputs, PodInfo};
 
 use crate::cli_cmd::{ConnArgs, NsArgs};
 
@@ -49,14 +54,19 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
         .block_on(async {
             match cmd {
                 PolicyCmd::Explain { conn, ns, pod } => {
-                    let inputs = load(&conn.client()?).await?;
+                    let all = load(&conn.client()?).await?;
+                    let (inputs, _) = world(&all, &[&pod], ns.ns())?;
                     let p = find_pod(&inputs, &pod, ns.ns())?;
                     print!("{}", explain(&inputs, p));
                     Ok(ExitCode::SUCCESS)
                 }
                 PolicyCmd::Check { conn, ns, src, dst } => {
                     let (dst, port, proto) = parse_dst(&dst)?;
-                    let inputs = load(&conn.client()?).await?;
+                    let all = load(&conn.client()?).await?;
+                    let (inputs, tenant) = world(&all, &[&src, &dst], ns.ns())?;
+                    if let Some(t) = &tenant {
+                        println!("in the world of tenant {t}");
+                    }
                     let src = end(&inputs, &src, ns.ns())?;
                     let dst = end(&inputs, &dst, ns.ns())?;
                     let v = inputs.check(src, dst, proto, port);
@@ -71,8 +81,48 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
         })
 }
 
+/// The namespace a flow end names (`NAMESPACE/NAME`, or `NAME` in `ns`); `None` for
+/// an address.
+fn named_namespace<'a>(s: &'a str, ns: &'a str) -> Option<&'a str> {
+    if s.parse::<Ipv4Addr>().is_ok() {
+        return None;
+    }
+    Some(s.split_once('/').map_or(ns, |(n, _)| n))
+}
+
+/// The policy inputs of the world the ends (`ends`, then namespace `ns`) are in, and
+/// its tenant (`None`: the default world). Ends named in two worlds: an error saying
+/// no packet crosses between them.
+fn world(all: &[AnyObject], ends: &[&str], ns: &str) -> anyhow::Result<(Inputs, Option<String>)> {
+    let tenant_of = tenants_of(all);
+    let tenant = |n: &str| tenant_of.get(n).cloned();
+    let named: Vec<(&str, Option<String>)> = ends
+        .iter()
+        .filter_map(|e| named_namespace(e, ns).map(|n| (n, tenant(n))))
+        .collect();
+    if let [(a, ta), (b, tb)] = named.as_slice() {
+        if ta != tb {
+            let w = |t: &Option<String>| match t {
+                Some(t) => format!("tenant {t}"),
+                None => "the default world".to_string(),
+            };
+            bail!(
+                "{a} is in {} and {b} in {}: no packet crosses between worlds, whatever the policies",
+                w(ta),
+                w(tb)
+            );
+        }
+    }
+    let world = named.first().map_or_else(|| tenant(ns), |(_, t)| t.clone());
+    let objects: Vec<&AnyObject> = all
+        .iter()
+        .filter(|o| world_of(o, &tenant_of).is_none_or(|t| t == world))
+        .collect();
+    Ok((Inputs::from_objects(objects), world))
+}
+
 /// Every object policy reads, from the server.
-async fn load(client: &Client) -> anyhow::Result<Inputs> {
+async fn load(client: &Client) -> anyhow::Result<Vec<AnyObject>> {
     let mut objects = Vec::new();
     for kind in [
         Kind::Namespace,
@@ -93,7 +143,7 @@ async fn load(client: &Client) -> anyhow::Result<Inputs> {
             );
         }
     }
-    Ok(Inputs::from_objects(&objects))
+    Ok(objects)
 }
 
 /// A pod by address, `NAMESPACE/NAME` or `NAME` (in `ns`).

@@ -612,6 +612,30 @@ fn two_tenants_with_the_same_addresses_never_meet() {
         "the default deny does not isolate red"
     );
     assert!(ping(&lab, b0, b1.ip), "red's policy reached blue");
+    // `policy check` answers in the world of the namespace: the same addresses, denied
+    // in red, allowed in blue; two worlds named at once: no packet crosses.
+    let check = |args: &[&str]| {
+        let out = lab
+            .command(&lab.state.underlay, &t)
+            .args(["policy", "check"])
+            .args(args)
+            .env("TRELLIS_CONFIG", lab.client_config())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (src, dst) = (r0.ip.to_string(), format!("{}:8080", r1.ip));
+    assert_eq!((b0.ip, b1.ip), (r0.ip, r1.ip));
+    let (ok, out) = check(&["-n", "red-ns", &src, &dst]);
+    assert!(!ok && out.contains("tenant red"), "{out}");
+    let (ok, out) = check(&["-n", "blue-ns", &src, &dst]);
+    assert!(ok && out.contains("tenant blue"), "{out}");
+    let (ok, out) = check(&["red-ns/x", "blue-ns/y:80"]);
+    assert!(!ok && out.contains("no packet crosses"), "{out}");
     lab.apply(
         &t,
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-all, namespace: red-ns}\n\

@@ -176,25 +176,6 @@ impl NodeAddrs {
     }
 }
 
-/// The world object `o` belongs to: `Some(tenant)` (`Some(None)`: the node's own) for
-/// a namespaced object (by its namespace's tenant), a Namespace (its own) and a
-/// ClusterNetworkPolicy scoped to one tenant; `None` for what every world reads (Nodes,
-/// unscoped ClusterNetworkPolicies).
-fn world_of(o: &AnyObject, tenant_of: &BTreeMap<String, String>) -> Option<Option<String>> {
-    match o {
-        AnyObject::Node(_) => None,
-        AnyObject::ClusterNetworkPolicy(p) => p.spec.tenant.clone().map(Some),
-        AnyObject::Namespace(n) => Some(n.spec.tenant.clone()),
-        o => Some(
-            o.metadata()
-                .namespace
-                .as_ref()
-                .and_then(|n| tenant_of.get(n))
-                .cloned(),
-        ),
-    }
-}
-
 /// The policy controller of one node.
 #[derive(Debug)]
 pub struct PolicyController {
@@ -309,11 +290,11 @@ impl PolicyController {
                 worlds.insert(Some(w.tenant.clone()), Some(w.ns.clone()));
             }
         }
-        let tenant_of = super::world::tenants_of(&all);
+        let tenant_of = trellis_policy::model::tenants_of(all.iter().map(|o| &**o));
         // Each object to the worlds it belongs to, in one walk (not one per world).
         let mut by_world: BTreeMap<Option<String>, Vec<&Arc<AnyObject>>> = BTreeMap::new();
         for o in &all {
-            match world_of(o, &tenant_of) {
+            match trellis_policy::model::world_of(o, &tenant_of) {
                 Some(t) => {
                     if worlds.contains_key(&t) {
                         by_world.entry(t).or_default().push(o);

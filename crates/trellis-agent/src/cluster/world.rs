@@ -64,16 +64,8 @@ pub struct World {
 /// The tenant of every namespace that has one, from a snapshot of Namespaces.
 pub(super) fn tenants_of(
     namespaces: &[Arc<trellis_api::objects::AnyObject>],
-) -> std::collections::BTreeMap<String, String> {
-    namespaces
-        .iter()
-        .filter_map(|o| match &**o {
-            trellis_api::objects::AnyObject::Namespace(n) => {
-                n.spec.tenant.clone().map(|t| (n.metadata.name.clone(), t))
-            }
-            _ => None,
-        })
-        .collect()
+) -> BTreeMap<String, String> {
+    trellis_policy::model::tenants_of(namespaces.iter().map(|o| &**o))
 }
 
 /// The node's end of a world's transit veth.
