@@ -493,6 +493,7 @@ impl PodPolicy for PolicyController {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trellis_policy::model::world_of;
     use trellis_api::objects::parse_yaml;
 
     fn obj(yaml: &str) -> AnyObject {
