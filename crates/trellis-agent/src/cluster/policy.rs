@@ -493,8 +493,8 @@ impl PodPolicy for PolicyController {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_policy::model::world_of;
     use trellis_api::objects::parse_yaml;
+    use trellis_policy::model::world_of;
 
     fn obj(yaml: &str) -> AnyObject {
         parse_yaml(yaml).unwrap().pop().unwrap()
