@@ -5,10 +5,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hickory_proto::rr::rdata::{A, CNAME, SOA, SRV};
+use hickory_proto::rr::rdata::{A, CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::{DnsError, TTL};
+
+/// The version of the Kubernetes DNS-based service discovery specification answered
+/// (`TXT dns-version.<domain>`).
+pub const SCHEMA_VERSION: &str = "1.1.0";
 
 /// The L4 protocol of a [`NamedPort`]: the `_tcp` / `_udp` label of its SRV name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,6 +90,23 @@ enum Entry {
     Extra(Name, Record),
     /// A name that exists without records (NODATA).
     Exists(Name),
+    /// A `PTR` record in the reverse zone (`d.c.b.a.in-addr.arpa.`).
+    Reverse(Record),
+}
+
+/// The `PTR` record `d.c.b.a.in-addr.arpa. PTR <target>`.
+fn ptr(ip: Ipv4Addr, target: &Name) -> Result<Record, DnsError> {
+    let [a, b, c, d] = ip.octets();
+    let owner = format!("{d}.{c}.{b}.{a}.in-addr.arpa.");
+    let name = Name::from_ascii(&owner).map_err(|e| DnsError::InvalidName {
+        name: owner,
+        reason: e.to_string(),
+    })?;
+    Ok(Record::from_rdata(
+        name,
+        TTL,
+        RData::PTR(PTR(target.clone())),
+    ))
 }
 
 impl Records {
@@ -144,7 +165,9 @@ impl Records {
     /// - headless: `A` records the endpoints' addresses, and for each named port one SRV
     ///   per endpoint with target `<a-b-c-d>.<svc>.<ns>.svc.<domain>`, whose `A` record is
     ///   added too;
-    /// - ExternalName: `CNAME` to the external name.
+    /// - ExternalName: `CNAME` to the external name;
+    /// - `PTR d.c.b.a.in-addr.arpa.` for the cluster IP (to the service name) and for
+    ///   each headless endpoint (to its `<a-b-c-d>` name).
     ///
     /// A service whose names are not valid DNS names is left out with a warning (the
     /// agent's objects are validated before); [`Records::try_add_service`] returns the
@@ -177,6 +200,7 @@ impl Records {
             ServiceRecord::ClusterIp { ip, ports } => {
                 let a = Record::from_rdata(base.clone(), TTL, RData::A(A(ip)));
                 entries.push(Entry::Answer(a.clone()));
+                entries.push(Entry::Reverse(ptr(ip, &base)?));
                 for p in dedup(ports) {
                     let srv_name = srv_name(&p, &base)?;
                     let srv = SRV::new(0, 100, p.port, base.clone());
@@ -200,6 +224,7 @@ impl Records {
                     let host = join(&[&dashed(*ip)], &base)?;
                     let a = Record::from_rdata(host.clone(), TTL, RData::A(A(*ip)));
                     entries.push(Entry::Answer(a.clone()));
+                    entries.push(Entry::Reverse(ptr(*ip, &host)?));
                     hosts.push((host, a));
                 }
                 // Equal shares, as CoreDNS does.
@@ -272,8 +297,18 @@ impl Records {
             origin_labels: origin.num_labels(),
             soa: soa.clone(),
             nodes: HashMap::new(),
+            reverse: HashMap::new(),
         };
         zone.node(&origin).records.push(soa);
+        // The schema version of the Kubernetes DNS specification answered here.
+        if let Ok(n) = origin.prepend_label("dns-version") {
+            let txt = Record::from_rdata(
+                n.clone(),
+                TTL,
+                RData::TXT(TXT::new(vec![SCHEMA_VERSION.into()])),
+            );
+            zone.node(&n).records.push(txt);
+        }
         for l in ["svc", "pod"] {
             if let Ok(n) = origin.prepend_label(l) {
                 zone.node(&n);
@@ -291,6 +326,12 @@ impl Records {
                     }
                     Entry::Exists(name) => {
                         zone.node(name);
+                    }
+                    Entry::Reverse(r) => {
+                        let records = zone.reverse.entry(LowerName::new(&r.name)).or_default();
+                        if !records.contains(r) {
+                            records.push(r.clone());
+                        }
                     }
                 }
             }
@@ -379,6 +420,8 @@ pub(crate) struct Zone {
     /// Every name that exists: owners of records and the names between them and the
     /// domain (empty non-terminals, with no records).
     nodes: HashMap<LowerName, Node>,
+    /// The `PTR` records of the cluster's addresses, by `d.c.b.a.in-addr.arpa.`.
+    reverse: HashMap<LowerName, Vec<Record>>,
 }
 
 /// The records of one name.
@@ -416,6 +459,12 @@ impl Zone {
             ancestor = ancestor.base_name();
         }
         self.nodes.entry(LowerName::new(name)).or_default()
+    }
+
+    /// The `PTR` records of `name` (`d.c.b.a.in-addr.arpa.`), if it is an address of
+    /// the cluster's services; other reverse names are not this zone's.
+    pub(crate) fn reverse(&self, name: &LowerName) -> Option<&[Record]> {
+        self.reverse.get(name).map(Vec::as_slice)
     }
 
     /// Whether `name` is the domain or under it.

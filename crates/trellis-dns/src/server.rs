@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::NetError;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -305,6 +305,25 @@ impl Handler {
         };
 
         let zone = self.0.zone();
+        // A service's address, reversed: answered here; other reverse names go upstream.
+        if let Some(ptrs) = zone.reverse(q.name()) {
+            meta.authoritative = true;
+            let spelled = q.original().name();
+            let answers: Vec<Cow<'_, Record>> =
+                if matches!(q.query_type(), RecordType::PTR | RecordType::ANY) {
+                    ptrs.iter().map(|r| respelled(r, spelled)).collect()
+                } else {
+                    Vec::new()
+                };
+            let r = builder.build(
+                meta,
+                answers.iter().map(AsRef::as_ref),
+                iter::empty(),
+                iter::empty(),
+                iter::empty(),
+            );
+            return handle.send_response(r).await;
+        }
         if !zone.contains(q.name()) {
             let cd = request.metadata.checking_disabled;
             return match self.0.forwarder.forward(q.original(), cd).await {

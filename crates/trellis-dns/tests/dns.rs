@@ -764,3 +764,52 @@ async fn shutdown_frees_the_address_and_a_taken_address_is_an_error() {
     let r = query_tcp(addr, "web.default.svc.cluster.local.", RecordType::A).await;
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
 }
+
+/// Schema 1.1.0: `PTR` for a cluster IP (to the service) and for each headless endpoint
+/// (to its host name); reverse names of other addresses go upstream; the schema version
+/// as `TXT dns-version.<domain>`.
+#[tokio::test]
+async fn reverse_records_and_the_schema_version() {
+    let s = server().await;
+    let ptr = |m: &Message| -> Vec<String> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let r = query(s.local_addr(), "10.0.96.10.in-addr.arpa.", RecordType::PTR).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.metadata.authoritative);
+    assert_eq!(ptr(&r), ["web.default.svc.cluster.local."]);
+    assert_eq!(r.answers[0].ttl, trellis_dns::TTL);
+    let r = query(s.local_addr(), "7.2.244.10.in-addr.arpa.", RecordType::PTR).await;
+    assert_eq!(ptr(&r), ["10-244-2-7.pg.db.svc.cluster.local."]);
+    // Another type at a known reverse name: NODATA.
+    let r = query(s.local_addr(), "10.0.96.10.in-addr.arpa.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.answers.is_empty());
+    // An address no service has: not ours (the fake upstream says NXDOMAIN).
+    let r = query(s.local_addr(), "9.9.96.10.in-addr.arpa.", RecordType::PTR).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    assert!(!r.metadata.authoritative);
+    // The schema version.
+    let r = query(
+        s.local_addr(),
+        "dns-version.cluster.local.",
+        RecordType::TXT,
+    )
+    .await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    let txt: Vec<String> = r
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(t) => Some(t.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(txt, ["1.1.0"]);
+}

@@ -325,7 +325,7 @@ fn probe_matrix(lab: &Lab, t: &std::path::Path, pods: &[Pod]) {
 
 #[test]
 fn two_tenants_with_the_same_addresses_never_meet() {
-    require(&["ip", "nft", "ping", "busybox", "nsenter"]);
+    require(&["ip", "nft", "ping", "busybox", "nsenter", "dig"]);
     let t = trellis();
     let timing = Timing::default();
     let mut lab = Lab::new(3).unwrap();
@@ -597,6 +597,40 @@ fn two_tenants_with_the_same_addresses_never_meet() {
     // probe every pod address, the echo Service's cluster IP, its external IP and its
     // node ports on every node; the echo servers log what reached which pod.
     probe_matrix(&lab, &t, &pods);
+
+    // DNS-based service discovery in each world beyond A records: the same cluster IP
+    // reverses to each tenant's own Service, a named port's SRV record answers, the
+    // other tenant's does not, and the schema version is there.
+    for from in [&pods[0], &pods[1]] {
+        let o = from.ip.octets();
+        let server = format!("@{}.{}.{}.1", o[0], o[1], o[2]);
+        let dig = |args: &[&str]| {
+            let mut cmd = vec!["dig", "+short", "+time=2", "+tries=2", &server];
+            cmd.extend_from_slice(args);
+            let out = lab.exec_any(&from.netns, &cmd).unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let own = format!("echo.{}-ns.svc.cluster.local.", from.tenant);
+        assert_eq!(dig(&["-x", ECHO_VIP]), own, "{}: PTR", from.name);
+        let srv = dig(&[
+            "SRV",
+            &format!("_t._tcp.echo.{}-ns.svc.cluster.local", from.tenant),
+        ]);
+        assert_eq!(
+            srv,
+            format!("0 100 {ECHO_PORT} {own}"),
+            "{}: SRV",
+            from.name
+        );
+        let other = if from.tenant == "red" { "blue" } else { "red" };
+        let theirs = dig(&["SRV", &format!("_t._tcp.echo.{other}-ns.svc.cluster.local")]);
+        assert!(
+            theirs.is_empty(),
+            "{}: {other}'s SRV answered: {theirs}",
+            from.name
+        );
+        assert_eq!(dig(&["TXT", "dns-version.cluster.local"]), "\"1.1.0\"");
+    }
 
     // Policy inside each world: a default deny in red's namespace isolates red's pods
     // and leaves blue's alone; `namespaceSelector: {}` then means red's namespaces only.
