@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 use trellis_api::objects::{self, AnyObject, Kind, ValidationError};
+use trellis_api::watch::{List, ListMeta};
 use trellis_store::{KeyValue, Precondition, Revision, StoreError};
 
 use crate::alloc;
@@ -253,12 +254,14 @@ pub async fn list(
         .into_iter()
         .filter(|o| selector.as_ref().is_none_or(|sel| matches_labels(o, sel)))
         .collect();
-    Ok(Json(json!({
-        "apiVersion": objects::API_VERSION,
-        "kind": format!("{}List", t.kind.as_str()),
-        "metadata": {"resourceVersion": rev.to_string()},
-        "items": items,
-    }))
+    Ok(Json(List {
+        api_version: objects::API_VERSION.into(),
+        kind: format!("{}List", t.kind.as_str()),
+        metadata: ListMeta {
+            resource_version: Some(rev.to_string()),
+        },
+        items,
+    })
     .into_response())
 }
 

@@ -6,13 +6,15 @@
 //! sent; `{"type":"RESYNC","resourceVersion":"R","items":[…]}` when the requested
 //! resourceVersion was compacted away: the client replaces its state with `items`.
 //! Without a resourceVersion the watch starts with an ADDED event per existing object.
+//! The lines are `trellis_api::watch::WatchEvent`s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
+use trellis_api::watch::{Bookmark, ListMeta, WatchEvent};
 use trellis_store::{Event, Revision, WatchItem};
 
 use crate::resources::to_object;
@@ -20,27 +22,27 @@ use crate::{ApiError, Server};
 
 type Tx = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
 
-async fn send(tx: &Tx, v: &Value) -> bool {
+async fn send(tx: &Tx, v: &WatchEvent<Value>) -> bool {
     let mut line = serde_json::to_vec(v).unwrap_or_default();
     line.push(b'\n');
     tx.send(Ok(Bytes::from(line))).await.is_ok()
 }
 
-fn event_line(e: &Event) -> Option<Value> {
+fn event_line(e: &Event) -> Option<WatchEvent<Value>> {
     Some(match e {
         Event::Put(kv) => {
-            let t = if kv.create_revision == kv.mod_revision {
-                "ADDED"
+            let object = to_object(kv).ok()?;
+            if kv.create_revision == kv.mod_revision {
+                WatchEvent::Added { object }
             } else {
-                "MODIFIED"
-            };
-            json!({"type": t, "object": to_object(kv).ok()?})
+                WatchEvent::Modified { object }
+            }
         }
         Event::Delete { revision, prev, .. } => {
-            let mut obj = to_object(prev.as_ref()?).ok()?;
+            let mut object = to_object(prev.as_ref()?).ok()?;
             // The object as it was, at the revision of its deletion.
-            obj["metadata"]["resourceVersion"] = Value::String(revision.to_string());
-            json!({"type": "DELETED", "object": obj})
+            object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+            WatchEvent::Deleted { object }
         }
     })
 }
@@ -68,7 +70,7 @@ pub async fn watch(
         let mut last = from - 1;
         for kv in &initial {
             let Ok(obj) = to_object(kv) else { continue };
-            if !send(&tx, &json!({"type": "ADDED", "object": obj})).await {
+            if !send(&tx, &WatchEvent::Added { object: obj }).await {
                 return;
             }
         }
@@ -90,10 +92,10 @@ pub async fn watch(
                         Some(Ok(WatchItem::Resync { items, revision })) => {
                             last = revision;
                             let items: Vec<Value> = items.iter().filter_map(|kv| to_object(kv).ok()).collect();
-                            json!({"type": "RESYNC", "resourceVersion": revision.to_string(), "items": items})
+                            WatchEvent::Resync { resource_version: revision.to_string(), items }
                         }
                         Some(Err(e)) => {
-                            let _ = send(&tx, &json!({"type": "ERROR", "object": ApiError::from(e).body()})).await;
+                            let _ = send(&tx, &WatchEvent::Error { object: ApiError::from(e).body() }).await;
                             return;
                         }
                         None => return,
@@ -103,7 +105,13 @@ pub async fn watch(
                     }
                 }
                 _ = tick.tick(), if bookmarks => {
-                    let b = json!({"type": "BOOKMARK", "object": {"apiVersion": "trellis/v1", "kind": kind, "metadata": {"resourceVersion": last.to_string()}}});
+                    let b = WatchEvent::Bookmark {
+                        object: Bookmark {
+                            api_version: "trellis/v1".into(),
+                            kind: kind.into(),
+                            metadata: ListMeta { resource_version: Some(last.to_string()) },
+                        },
+                    };
                     if !send(&tx, &b).await {
                         return;
                     }

@@ -21,6 +21,7 @@ use anyhow::{anyhow, bail, Context};
 use futures::StreamExt;
 use serde_json::Value;
 use trellis_api::objects::{self, AnyObject, Kind, DEFAULT_NAMESPACE};
+use trellis_api::watch::{ObjectHead, WatchEvent};
 use trellis_client::{list_path, object_path, Client, ClientError, Config};
 
 use crate::cli_table::{align, table, Extra};
@@ -926,7 +927,7 @@ async fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
         let line = if raw {
             Some(ev.to_string())
         } else {
-            event_line(kind, &ev)?
+            event_line(kind, ev)?
         };
         if let Some(line) = line {
             match emit(&(line + "\n")) {
@@ -942,34 +943,37 @@ async fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The line of one watch event: `ADDED service/default/web rv=12`; `None` for
-/// bookmarks; an ERROR event is an error.
-fn event_line(kind: Kind, ev: &Value) -> anyhow::Result<Option<String>> {
-    let ty = ev["type"].as_str().unwrap_or("?");
-    let obj = &ev["object"];
-    Ok(match ty {
-        "BOOKMARK" => None,
-        "ERROR" => bail!(
+/// bookmarks; an ERROR event, or a line that is no event, is an error.
+fn event_line(kind: Kind, ev: Value) -> anyhow::Result<Option<String>> {
+    let ev: WatchEvent<Value> = serde_json::from_value(ev)
+        .map_err(|e| anyhow!("the server sent a watch line that is no event: {e}"))?;
+    let line = |ty: &str, obj: &Value| {
+        let head = ObjectHead::of(obj);
+        let m = &head.metadata;
+        let id = match &m.namespace {
+            Some(ns) => format!("{}/{ns}/{}", kind.as_str().to_ascii_lowercase(), m.name),
+            None => object_id(kind, &m.name),
+        };
+        let rv = m.resource_version.as_deref().unwrap_or("?");
+        Some(format!("{ty} {id} rv={rv}"))
+    };
+    Ok(match &ev {
+        WatchEvent::Bookmark { .. } => None,
+        WatchEvent::Error { object } => bail!(
             "watch ended by the server: {}",
-            obj["message"].as_str().unwrap_or("unknown error")
+            object["message"].as_str().unwrap_or("unknown error")
         ),
-        "RESYNC" => Some(format!(
-            "RESYNC {} rv={} objects={}",
+        WatchEvent::Resync {
+            resource_version,
+            items,
+        } => Some(format!(
+            "RESYNC {} rv={resource_version} objects={}",
             kind.plural(),
-            ev["resourceVersion"].as_str().unwrap_or("?"),
-            ev["items"].as_array().map_or(0, Vec::len)
+            items.len()
         )),
-        ty => {
-            let meta = &obj["metadata"];
-            let name = meta["name"].as_str().unwrap_or("?");
-            let id = match meta["namespace"].as_str() {
-                Some(ns) => format!("{}/{ns}/{name}", kind.as_str().to_ascii_lowercase()),
-                None => object_id(kind, name),
-            };
-            Some(format!(
-                "{ty} {id} rv={}",
-                meta["resourceVersion"].as_str().unwrap_or("?")
-            ))
-        }
+        WatchEvent::Added { object } => line("ADDED", object),
+        WatchEvent::Modified { object } => line("MODIFIED", object),
+        WatchEvent::Deleted { object } => line("DELETED", object),
     })
 }
 

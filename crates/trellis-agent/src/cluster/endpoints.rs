@@ -17,7 +17,8 @@ use trellis_api::objects::{
     Endpoint, EndpointSpec, ObjectMeta, Pod, ENDPOINT_NETWORK_LABEL as NETWORK_LABEL,
     ENDPOINT_NODE_LABEL as NODE_LABEL,
 };
-use trellis_client::Client;
+use trellis_api::watch::List;
+use trellis_client::{Client, ClientError};
 
 use crate::ipam::Reservation;
 use crate::node::Node;
@@ -135,16 +136,21 @@ impl Publisher {
             ))
             .await?;
         let mut have: BTreeMap<String, Endpoint> = BTreeMap::new();
-        let items = list["items"].as_array().into_iter().flatten();
+        let items = serde_json::from_value::<List<serde_json::Value>>(list)
+            .map_err(|e| ClientError::Decode(format!("the list of endpoints: {e}")))?
+            .items;
         // The server validated every Endpoint it stores, so each parses; one that does
         // not is logged and left alone.
-        let parsed = items.filter_map(|o| match serde_json::from_value::<Endpoint>(o.clone()) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                tracing::warn!("publishing endpoints: skipping a stored Endpoint: {e}");
-                None
-            }
-        });
+        let parsed =
+            items
+                .into_iter()
+                .filter_map(|o| match serde_json::from_value::<Endpoint>(o) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        tracing::warn!("publishing endpoints: skipping a stored Endpoint: {e}");
+                        None
+                    }
+                });
         for o in parsed {
             let key = format!(
                 "{}/{}",

@@ -1,8 +1,9 @@
 //! A list-then-watch cache of one collection of API objects, kept by a background task:
 //! list, watch from the list's revision, and on any error or RESYNC start over. Objects
 //! are parsed into `trellis-api`'s typed objects once, as they arrive (one that does not
-//! parse is logged and left out). Every change bumps a counter the consumers wait on. The cache also knows the store revision
-//! it is complete up to (the list's, then each event's and bookmark's), so a consumer can
+//! parse is logged and left out); the envelopes are `trellis_api::watch`'s. Every change
+//! bumps a counter the consumers wait on. The cache also knows the store revision it is
+//! complete up to (the list's, then each event's and bookmark's), so a consumer can
 //! tell how far what it applied reaches.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::Value;
 use trellis_api::objects::AnyObject;
+use trellis_api::watch::{self, List, ObjectHead, WatchEvent};
 use trellis_client::Client;
 
 /// What the cache holds.
@@ -34,30 +36,16 @@ pub struct Informer {
     changed: tokio::sync::watch::Sender<u64>,
 }
 
-/// A `resourceVersion` string as a revision (0 when absent or malformed).
-fn revision(v: &Value) -> u64 {
-    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
-}
-
-/// The object of a list item or watch event, typed; `None` (logged) when it does not
-/// parse.
-fn parse(o: Value) -> Option<Arc<AnyObject>> {
-    let k = key(&o);
+/// An item of a list or watch event, typed, with its cache key; `None` (logged) when it
+/// does not parse.
+fn parse(o: Value) -> Option<(String, Arc<AnyObject>)> {
+    let k = ObjectHead::of(&o).key();
     match AnyObject::from_value(o) {
-        Ok(p) => Some(Arc::new(p)),
+        Ok(p) => Some((k, Arc::new(p))),
         Err(e) => {
             tracing::warn!(object = %k, "informer: skipping an object that does not parse: {e}");
             None
         }
-    }
-}
-
-/// The cache key of an object as the server sends it.
-fn key(o: &Value) -> String {
-    let m = &o["metadata"];
-    match m["namespace"].as_str() {
-        Some(ns) => format!("{ns}/{}", m["name"].as_str().unwrap_or_default()),
-        None => m["name"].as_str().unwrap_or_default().to_string(),
     }
 }
 
@@ -81,52 +69,48 @@ impl Informer {
     }
 
     async fn run_once(&self, client: &Client, path: &str) -> Result<(), String> {
-        let mut list = client.get(path).await.map_err(|e| e.to_string())?;
-        let rv = list["metadata"]["resourceVersion"]
-            .as_str()
-            .map(str::to_string);
-        let revision_listed = revision(&list["metadata"]["resourceVersion"]);
-        self.replace(list["items"].take(), revision_listed);
+        let list = client.get(path).await.map_err(|e| e.to_string())?;
+        let list: List<Value> =
+            serde_json::from_value(list).map_err(|e| format!("the list of {path}: {e}"))?;
+        let rv = list.metadata.resource_version.clone();
+        self.replace(list.items, list.metadata.revision());
         let mut w = client
             .watch(path, rv.as_deref(), true)
             .await
             .map_err(|e| e.to_string())?;
         while let Some(ev) = w.next().await {
-            let mut ev = ev.map_err(|e| e.to_string())?;
-            // A DELETED event's object carries the revision of its deletion.
-            let rv = revision(&ev["object"]["metadata"]["resourceVersion"]);
-            match ev["type"].as_str() {
-                Some("ADDED") | Some("MODIFIED") => {
-                    let object = ev["object"].take();
-                    let (k, parsed) = (key(&object), parse(object));
-                    self.update(rv, |m| match parsed {
-                        Some(p) => m.insert(k, p),
-                        None => m.remove(&k),
+            let ev = ev.map_err(|e| e.to_string())?;
+            let ev: WatchEvent<Value> = serde_json::from_value(ev)
+                .map_err(|e| format!("watch of {path}: an event that does not parse: {e}"))?;
+            match ev {
+                WatchEvent::Added { object } | WatchEvent::Modified { object } => {
+                    let head = ObjectHead::of(&object);
+                    let parsed = parse(object);
+                    self.update(head.revision(), |m| match parsed {
+                        Some((k, p)) => m.insert(k, p),
+                        None => m.remove(&head.key()),
                     })
                 }
-                Some("DELETED") => self.update(rv, |m| m.remove(&key(&ev["object"]))),
-                Some("RESYNC") => {
-                    let revision_sent = revision(&ev["resourceVersion"]);
-                    self.replace(ev["items"].take(), revision_sent)
+                // A DELETED event's object carries the revision of its deletion.
+                WatchEvent::Deleted { object } => {
+                    let head = ObjectHead::of(&object);
+                    self.update(head.revision(), |m| m.remove(&head.key()))
                 }
-                // Nothing changed, but everything up to `rv` has been sent.
-                Some("BOOKMARK") => self.advance(rv),
-                _ => return Err(format!("watch ended: {ev}")),
+                WatchEvent::Resync {
+                    resource_version,
+                    items,
+                } => self.replace(items, watch::revision(Some(&resource_version))),
+                // Nothing changed, but everything up to it has been sent.
+                WatchEvent::Bookmark { object } => self.advance(object.metadata.revision()),
+                WatchEvent::Error { object } => return Err(format!("watch ended: {object}")),
             }
         }
         Err("watch stream closed".into())
     }
 
-    /// Replace the cache with `items` (a JSON array; anything else empties it).
-    fn replace(&self, items: Value, revision: u64) {
-        let items = match items {
-            Value::Array(items) => items,
-            _ => Vec::new(),
-        };
-        let objects = items
-            .into_iter()
-            .filter_map(|o| Some((key(&o), parse(o)?)))
-            .collect();
+    /// Replace the cache with `items`.
+    fn replace(&self, items: Vec<Value>, revision: u64) {
+        let objects = items.into_iter().filter_map(parse).collect();
         let mut s = self.state.lock().expect("informer lock");
         s.objects = objects;
         s.listed = true;

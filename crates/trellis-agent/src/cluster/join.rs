@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use trellis_api::naming::LINK_PREFIX;
 use trellis_api::objects::{Node, NodeSpec, NodeStatus, ObjectMeta, ProgrammedRevisions};
+use trellis_api::watch::SubnetLease;
 use trellis_client::{Client, ClientError};
 use trellis_fabric::Local;
 use trellis_net::Netlink;
@@ -141,8 +142,9 @@ pub(super) async fn join(
                 &json!({}),
             )
             .await?;
-        let subnet: Ipv4Net = serde_json::from_value(lease["cidr"].clone())
-            .map_err(|e| ClientError::Decode(format!("subnet lease of {network}: {e}")))?;
+        let subnet: Ipv4Net = serde_json::from_value::<SubnetLease>(lease)
+            .map_err(|e| ClientError::Decode(format!("subnet lease of {network}: {e}")))?
+            .cidr;
         let net = client.get(&format!("/v1/networks/{network}")).await?;
         out.push((subnet, net));
     }
@@ -172,12 +174,16 @@ pub(super) async fn heartbeat_loop(
                     .collect();
                 for (network, subnet) in &leases {
                     let p = format!("/v1/nodes/{}/subnets/{network}", cfg.node);
-                    match client.post(&p, &json!({})).await {
-                        Ok(l) if l["cidr"] == json!(subnet) => {}
-                        Ok(l) => tracing::error!(
-                            "our subnet {subnet} of {network} went to another node meanwhile (now offered {}); restart the agent after draining its pods",
-                            l["cidr"]
+                    let lease = client
+                        .post(&p, &json!({}))
+                        .await
+                        .map(|l| serde_json::from_value::<SubnetLease>(l).map(|l| l.cidr));
+                    match lease {
+                        Ok(Ok(cidr)) if cidr == *subnet => {}
+                        Ok(Ok(cidr)) => tracing::error!(
+                            "our subnet {subnet} of {network} went to another node meanwhile (now offered {cidr}); restart the agent after draining its pods"
                         ),
+                        Ok(Err(e)) => tracing::warn!("renewing the subnet lease of {network}: {e}"),
                         Err(e) => tracing::warn!("renewing the subnet lease of {network}: {e}"),
                     }
                 }

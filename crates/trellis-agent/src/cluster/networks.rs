@@ -271,11 +271,13 @@ impl Manager {
             // first ADD on (the fabric loop follows Nodes registering later).
             match self.client.get("/v1/nodes").await {
                 Ok(list) => {
-                    let items = list["items"].as_array().cloned().unwrap_or_default();
-                    let nodes: Vec<objects::Node> = items
-                        .into_iter()
-                        .filter_map(|v| serde_json::from_value(v).ok())
-                        .collect();
+                    let nodes: Vec<objects::Node> =
+                        serde_json::from_value::<trellis_api::watch::List<serde_json::Value>>(list)
+                            .map(|l| l.items)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|v| serde_json::from_value(v).ok())
+                            .collect();
                     exclude_hosts(&node, node_addresses(nodes.iter()));
                 }
                 Err(e) => tracing::warn!("listing nodes for l2 address exclusion: {e}"),
@@ -409,8 +411,9 @@ impl Manager {
             )
             .await
             .map_err(|e| format!("leasing a subnet of {name:?}: {e}"))?;
-        let subnet: Ipv4Net = serde_json::from_value(lease["cidr"].clone())
-            .map_err(|e| format!("subnet lease of {name:?}: {e}"))?;
+        let subnet: Ipv4Net = serde_json::from_value::<trellis_api::watch::SubnetLease>(lease)
+            .map_err(|e| format!("subnet lease of {name:?}: {e}"))?
+            .cidr;
         let leased = Leased {
             name: name.to_string(),
             subnet,
