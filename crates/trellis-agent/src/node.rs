@@ -419,17 +419,19 @@ impl Node {
                 }
             }
         }
-        // A tenant's pods live in its world, behind the node: a host port on the node's
-        // address would need a node-wide port map across worlds. Refused, before
-        // anything is made; a NodePort Service is the way in.
-        if self.cfg.world.is_some() && !req.port_mappings.is_empty() {
-            return Response::error(
-                codes::INVALID_CONFIG,
-                format!(
-                    "runtimeConfig.portMappings: host ports are not available to pods in a tenant's world (namespace {}); expose the pod with a NodePort Service",
-                    req.pod_namespace.as_deref().unwrap_or("?")
-                ),
-            );
+        // A tenant's host ports are opened on every node address (the node's table
+        // sends them into the world, which knows only its own addresses): one bound to
+        // a node address is refused, before anything is made.
+        if self.cfg.world.is_some() {
+            if let Some(i) = req.port_mappings.iter().position(|p| p.host_ip.is_some()) {
+                return Response::error(
+                    codes::INVALID_CONFIG,
+                    format!(
+                        "runtimeConfig.portMappings[{i}].hostIP: a host port of a pod in a tenant's world (namespace {}) is opened on every node address; leave hostIP out",
+                        req.pod_namespace.as_deref().unwrap_or("?")
+                    ),
+                );
+            }
         }
         let ipam_req = req.clone();
         let (r, existing) = match self.ipam.reserve(&ipam_req) {

@@ -1326,28 +1326,78 @@ fn networks_come_and_go_at_run_time() {
     assert_eq!(err["code"], 7, "{err}");
     let links = lab.exec(&vp.netns, &["ip", "-o", "link"]).unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("eth0"));
-    // A host port for a tenant's pod: refused, naming the field; nothing made.
+    // A tenant pod's host port bound to a node address: refused, naming the field;
+    // nothing made.
     let hp = lab.add_pod(0, "hp1").unwrap();
+    let hp_args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=hp1";
+    let node1 = lab.state.nodes[0].addr;
     let (ok, e) = cni_call(
         &lab,
         "ADD",
         0,
         "hp1",
         &hp.netns,
-        args,
-        json!({"runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]}}),
+        hp_args,
+        json!({"runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 8080, "protocol": "tcp", "hostIP": node1.to_string()}]}}),
     );
     assert!(!ok, "{e}");
     assert!(
         e["msg"]
             .as_str()
             .unwrap_or_default()
-            .contains("runtimeConfig.portMappings"),
+            .contains("runtimeConfig.portMappings[0].hostIP"),
         "{e}"
     );
     let links = lab.exec(&hp.netns, &["ip", "-o", "link"]).unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("eth0"));
     assert_eq!(tenant_eps(&lab), 0);
+    // On every node address: the node's port leads into the world, to the pod, from
+    // the outside and from the node itself; DEL closes it.
+    let (ok, res) = cni_call(
+        &lab,
+        "ADD",
+        0,
+        "hp1",
+        &hp.netns,
+        hp_args,
+        json!({"runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 8080, "protocol": "tcp"}]}}),
+    );
+    assert!(ok, "{res}");
+    let www = lab.dir().join("www-hp1");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hp1").unwrap();
+    let mut httpd = std::process::Command::new("busybox");
+    httpd.args(["httpd", "-f", "-p", "8080", "-h"]).arg(&www);
+    lab.spawn(&hp.netns, "httpd hp1", httpd).unwrap();
+    let underlay = lab.state.underlay.clone();
+    let node1_ns = lab.state.nodes[0].netns.clone();
+    for from in [&underlay, &node1_ns] {
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                common::cluster::http_get_port(&lab, from, node1, 8081).trim() == "hp1"
+            }),
+            "the host port of a tenant's pod does not lead to it from {from}"
+        );
+    }
+    let map = |lab: &Lab| {
+        let out = lab
+            .exec(
+                &node1_ns,
+                &["nft", "list", "map", "ip", "trellis-worlds", "hostports"],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(map(&lab).contains("8081"), "{}", map(&lab));
+    let httpd = pid_of(&lab, "httpd hp1");
+    lab.stop(httpd, true);
+    let (ok, res) = cni_call(&lab, "DEL", 0, "hp1", &hp.netns, hp_args, json!({}));
+    assert!(ok, "{res}");
+    assert!(
+        wait_for(Duration::from_secs(10), || !map(&lab).contains("8081")),
+        "{}",
+        map(&lab)
+    );
 
     // A network with a nodeSelector is served by the selected nodes before any pod
     // needs it, and only by them.

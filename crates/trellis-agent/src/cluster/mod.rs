@@ -285,6 +285,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         resync: cfg.resync,
     };
     tokio::spawn(peerings.run());
+    tokio::spawn(networks::host_port_loop(manager.subscribe(), cfg.resync));
     let (demand_tx, demand_rx) = tokio::sync::mpsc::channel(64);
     let routes = manager.routes();
     tokio::spawn(manager.run(

@@ -733,6 +733,54 @@ impl Manager {
     }
 }
 
+/// Keep the node's `hostports` map (the host ports of the worlds' pods → their world)
+/// in step with the worlds' reservations: after every reservation change in a world,
+/// every change of the served set, and every `resync`. Runs forever.
+pub(super) async fn host_port_loop(mut served: ServedSet, resync: std::time::Duration) {
+    let mut written = None;
+    loop {
+        let list = served.borrow_and_update().clone();
+        // Subscribed before reading, so no change falls between.
+        let mut changes: Vec<_> = list
+            .iter()
+            .filter(|s| s.world.is_some())
+            .map(|s| s.node.subscribe())
+            .collect();
+        let mut pods = Vec::new();
+        for s in list.iter() {
+            let Some(w) = &s.world else { continue };
+            for r in s.node.ipam().list() {
+                pods.push((w.tenant.clone(), w.transit, r.port_mappings));
+            }
+        }
+        let (want, clashes) = world::host_ports(
+            pods.iter()
+                .flat_map(|(t, ip, pms)| pms.iter().map(move |pm| (t.as_str(), *ip, pm))),
+        );
+        for c in clashes {
+            tracing::error!("{c}: that mapping does not work on this node");
+        }
+        if let Err(e) = tokio::task::block_in_place(|| world::sync_host_ports(&want, &mut written))
+        {
+            tracing::warn!("tenant host ports: {e}");
+            written = None;
+        }
+        drop(list);
+        let any_world = async {
+            if changes.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            let waits = changes.iter_mut().map(|c| Box::pin(c.changed()));
+            let _ = futures::future::select_all(waits).await;
+        };
+        tokio::select! {
+            _ = served.changed() => {}
+            _ = any_world => {}
+            _ = tokio::time::sleep(resync) => {}
+        }
+    }
+}
+
 /// The network a pod of namespace `ns` attaches to when the plugin names none: its
 /// tenant's network (the first by name), or `default` (the agent's first network) for a
 /// namespace of the default world.

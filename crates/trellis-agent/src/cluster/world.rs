@@ -25,6 +25,10 @@
 //!   node itself, is DNATed (map `nodeports`, before the default world's proxy) to the
 //!   world's transit address, where the world's own proxy takes it to the tenant's pods.
 //!   The world's proxy also takes its pods' connections to this node's address.
+//! - Host ports: a world pod's host port (map `hostports`, kept by the networks
+//!   controller from the worlds' reservations) is DNATed the same way, from any
+//!   interface, to the world's transit address, where the network's own table maps it
+//!   to the pod.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -253,6 +257,7 @@ fn node_table(uplink: &str) -> String {
         "table ip {NODE_TABLE} {{
   comment \"{TABLE_FORMAT}\"
   map nodeports {{ type inet_proto . inet_service : ipv4_addr; }}
+  map hostports {{ type inet_proto . inet_service : ipv4_addr; }}
   set all-nodeports {{ type inet_proto . inet_service; }}
   set owned-nodeports {{ type ifname . inet_proto . inet_service; }}
   set all-vips {{ type ipv4_addr; }}
@@ -261,10 +266,12 @@ fn node_table(uplink: &str) -> String {
   chain prerouting {{
     type nat hook prerouting priority -110;
     iifname \"{uplink}\" fib daddr type local dnat ip to meta l4proto . th dport map @nodeports
+    fib daddr type local dnat ip to meta l4proto . th dport map @hostports
   }}
   chain output {{
     type nat hook output priority -110;
     ip daddr != 127.0.0.0/8 fib daddr type local dnat ip to meta l4proto . th dport map @nodeports
+    ip daddr != 127.0.0.0/8 fib daddr type local dnat ip to meta l4proto . th dport map @hostports
   }}
   chain postrouting {{
     type nat hook postrouting priority 100;
@@ -285,7 +292,7 @@ fn node_table(uplink: &str) -> String {
 }
 
 /// The version of the tables' static rules; a table without it is rewritten.
-const TABLE_FORMAT: &str = "trellis-worlds/3";
+const TABLE_FORMAT: &str = "trellis-worlds/4";
 
 /// Write table `ip <name>` as `script` says unless it exists with this version of the
 /// static rules (its elements, if any, are kept by their owner's next pass).
@@ -349,6 +356,71 @@ pub(super) async fn sync_vip_routes(
             }
         }
     }
+    *written = Some(want.clone());
+    Ok(())
+}
+
+/// The host ports of the pods of the worlds served here: `(protocol, port)` → the
+/// transit address of the pod's world. A port two worlds both want goes to the first
+/// (by tenant); the others are returned, to be reported.
+pub(super) fn host_ports<'a>(
+    pods: impl Iterator<Item = (&'a str, Ipv4Addr, &'a trellis_api::agent::PortMapping)>,
+) -> (BTreeMap<(Protocol, u16), Ipv4Addr>, Vec<String>) {
+    let mut want: BTreeMap<(Protocol, u16), (&str, Ipv4Addr)> = BTreeMap::new();
+    let mut clashes = Vec::new();
+    let mut all: Vec<_> = pods.collect();
+    all.sort_by_key(|(t, ip, pm)| (*t, *ip, pm.host_port));
+    for (tenant, transit, pm) in all {
+        let proto = match pm.protocol {
+            trellis_api::agent::Protocol::Tcp => Protocol::Tcp,
+            trellis_api::agent::Protocol::Udp => Protocol::Udp,
+        };
+        match want.get(&(proto, pm.host_port)) {
+            Some((owner, _)) if *owner != tenant => clashes.push(format!(
+                "host port {}/{} of tenant {tenant} is taken by tenant {owner}",
+                pm.host_port,
+                proto.as_str()
+            )),
+            Some(_) => {}
+            None => {
+                want.insert((proto, pm.host_port), (tenant, transit));
+            }
+        }
+    }
+    (
+        want.into_iter().map(|(k, (_, ip))| (k, ip)).collect(),
+        clashes,
+    )
+}
+
+/// Bring the node table's `hostports` map to exactly `want`: one `nft` transaction;
+/// nothing when it matches what this agent last wrote, or when there is no world.
+pub(super) fn sync_host_ports(
+    want: &BTreeMap<(Protocol, u16), Ipv4Addr>,
+    written: &mut Option<BTreeMap<(Protocol, u16), Ipv4Addr>>,
+) -> Result<(), String> {
+    if written.as_ref() == Some(want) {
+        return Ok(());
+    }
+    if nft::list_json(&format!("table ip {NODE_TABLE}"))
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        *written = Some(want.clone());
+        return Ok(());
+    }
+    let mut script = format!("flush map ip {NODE_TABLE} hostports\n");
+    if !want.is_empty() {
+        let elems: Vec<String> = want
+            .iter()
+            .map(|((p, port), ip)| format!("{} . {port} : {ip}", p.as_str().to_lowercase()))
+            .collect();
+        script += &format!(
+            "add element ip {NODE_TABLE} hostports {{ {} }}\n",
+            elems.join(", ")
+        );
+    }
+    nft::apply(&script).map_err(|e| e.to_string())?;
     *written = Some(want.clone());
     Ok(())
 }
@@ -566,5 +638,50 @@ mod tests {
             [(vip, Ipv4Addr::new(169, 254, 64, 2))].into()
         );
         assert_eq!(e.nodes, [Ipv4Addr::new(10, 0, 0, 1)].into());
+    }
+
+    #[test]
+    fn host_ports_go_to_their_world_and_clashes_are_reported() {
+        use trellis_api::agent::{PortMapping, Protocol as P};
+        let pm = |port, protocol| PortMapping {
+            host_port: port,
+            container_port: 80,
+            protocol,
+            host_ip: None,
+        };
+        let (red, blue) = (
+            Ipv4Addr::new(169, 254, 64, 2),
+            Ipv4Addr::new(169, 254, 64, 6),
+        );
+        let (a, b, c, d) = (
+            pm(8080, P::Tcp),
+            pm(8080, P::Udp),
+            pm(8080, P::Tcp),
+            pm(9090, P::Tcp),
+        );
+        let (want, clashes) = host_ports(
+            [
+                ("red", red, &a),
+                ("red", red, &b),
+                ("blue", blue, &c),
+                ("blue", blue, &d),
+            ]
+            .into_iter(),
+        );
+        // Both want tcp/8080: the first by tenant name (blue) has it, red's is reported.
+        assert_eq!(
+            want,
+            [
+                ((Protocol::Tcp, 8080), blue),
+                ((Protocol::Tcp, 9090), blue),
+                ((Protocol::Udp, 8080), red)
+            ]
+            .into()
+        );
+        assert_eq!(clashes.len(), 1, "{clashes:?}");
+        assert!(
+            clashes[0].contains("tenant red is taken by tenant blue"),
+            "{clashes:?}"
+        );
     }
 }
