@@ -5,6 +5,9 @@
 //!   is deleted only once nothing names it.
 //! - Networks of one world must not overlap, and neither may the networks (or service
 //!   ranges) of two peered tenants.
+//! - A tenant's network uses vxlan (its VNI keeps the worlds apart) or host-gw; a
+//!   tenant's host-gw network is routed on the underlay as it is, so no network of any
+//!   world may overlap it.
 //! - A Namespace changes world (`spec.tenant`, including by its creation or deletion)
 //!   only while it holds no Pods, Endpoints or Services, so every allocation and address
 //!   stays in the world it was made in.
@@ -14,7 +17,9 @@
 //! (`alloc::TOPOLOGY_GUARD`), so these checks are serialised between servers.
 
 use ipnet::Ipv4Net;
-use trellis_api::objects::{peering_conflict, AnyObject, Kind, Network, Tenant, TenantPeering};
+use trellis_api::objects::{
+    peering_conflict, AnyObject, Backend, Kind, Network, Tenant, TenantPeering,
+};
 
 use crate::resources::{kind_prefix, object_key, to_typed};
 use crate::{ApiError, Server};
@@ -76,9 +81,48 @@ impl Topology {
         }
         n.check_overlap(&self.networks)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
+        // A tenant's host-gw network is routed on the underlay as it is: its range must
+        // be the cluster's only one, in every world.
+        let world = |t: &Option<String>| match t {
+            Some(t) => format!("tenant {t:?}"),
+            None => "the default world".to_string(),
+        };
+        let direct = |o: &Network| o.spec.tenant.is_some() && o.spec.backend == Backend::HostGw;
+        for o in &self.networks {
+            if o.metadata.name == n.metadata.name
+                || o.spec.tenant == n.spec.tenant
+                || !overlap(o.spec.cidr, n.spec.cidr)
+            {
+                continue;
+            }
+            if direct(n) {
+                return Err(ApiError::invalid(format!(
+                    "spec.cidr: a tenant's host-gw network is routed on the underlay as it is, so its range must be the cluster's only one; {} overlaps network {:?} ({}) of {} (use vxlan, or another range)",
+                    n.spec.cidr,
+                    o.metadata.name,
+                    o.spec.cidr,
+                    world(&o.spec.tenant)
+                )));
+            }
+            if direct(o) {
+                return Err(ApiError::invalid(format!(
+                    "spec.cidr: {} overlaps network {:?} ({}) of {}, a host-gw network routed on the underlay as it is",
+                    n.spec.cidr,
+                    o.metadata.name,
+                    o.spec.cidr,
+                    world(&o.spec.tenant)
+                )));
+            }
+        }
         let Some(t) = &n.spec.tenant else {
             return Ok(());
         };
+        if !matches!(n.spec.backend, Backend::Vxlan | Backend::HostGw) {
+            return Err(ApiError::invalid(format!(
+                "spec.backend: a tenant's network uses vxlan (its own VNI keeps the worlds apart) or host-gw (routed as it is, in a range no other world uses); {} cannot keep tenant {t:?}'s world apart",
+                n.spec.backend.as_str()
+            )));
+        }
         for p in &self.peerings {
             let Some(peer) = p.spec.other(t) else {
                 continue;
@@ -290,6 +334,42 @@ mod tests {
         // A network's update is not checked against itself.
         t.check_network(&net("red-a", Some("red"), "10.244.0.0/16"))
             .unwrap();
+    }
+
+    #[test]
+    fn host_gw_tenant_networks_need_a_range_of_their_own() {
+        let mut t = topo();
+        let hostgw = |name: &str, tenant: &str, cidr: &str| {
+            let mut n = net(name, Some(tenant), cidr);
+            n.spec.backend = Backend::HostGw;
+            n
+        };
+        // Overlapping another world's range: refused, naming the other network.
+        let m = msg(t.check_network(&hostgw("blue-direct", "blue", "10.50.1.0/24")));
+        assert!(
+            m.starts_with("spec.cidr:") && m.contains("\"green-a\"") && m.contains("host-gw"),
+            "{m}"
+        );
+        // A range of its own: fine; then no other world may overlap it.
+        t.check_network(&hostgw("blue-direct", "blue", "10.70.0.0/16"))
+            .unwrap();
+        t.networks
+            .push(hostgw("blue-direct", "blue", "10.70.0.0/16"));
+        let m = msg(t.check_network(&net("red-b", Some("red"), "10.70.5.0/24")));
+        assert!(
+            m.contains("\"blue-direct\"") && m.contains("host-gw"),
+            "{m}"
+        );
+        let m = msg(t.check_network(&net("plain", None, "10.70.0.0/24")));
+        assert!(m.contains("\"blue-direct\""), "{m}");
+        // Other backends cannot keep a world apart.
+        let mut hybrid = net("red-h", Some("red"), "10.80.0.0/16");
+        hybrid.spec.backend = Backend::Hybrid;
+        let m = msg(t.check_network(&hybrid));
+        assert!(
+            m.starts_with("spec.backend:") && m.contains("hybrid"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -896,3 +896,139 @@ fn a_peering_joins_two_worlds_and_only_them() {
     );
     assert!(blue_world.exists());
 }
+
+/// A tenant's host-gw network, in a range no other world uses, is routed as it is: its
+/// pods on two nodes reach each other with their own addresses and no tunnel; another
+/// tenant's pod and the outside client (routed to it) reach none of them (counted at
+/// the receiver); overlapping it, or a tenant network on a backend that cannot keep
+/// worlds apart, is refused naming the field.
+#[test]
+fn a_host_gw_tenant_is_routed_as_it_is() {
+    require(&["ip", "nft", "ping", "busybox", "nsenter"]);
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = Lab::new(2).unwrap();
+    lab.start_server(&t, &timing).unwrap();
+    lab.apply(&t, &network_manifest("default", "vxlan"))
+        .unwrap();
+    for n in 0..2 {
+        lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
+    }
+    let mut manifests = String::new();
+    for (tenant, cidr, svc, backend) in [
+        ("green", "10.70.0.0/16", "10.97.0.0/16", "host-gw"),
+        ("red", "10.250.0.0/16", "10.96.0.0/16", "vxlan"),
+    ] {
+        manifests += &format!(
+            "apiVersion: trellis/v1\nkind: Tenant\nmetadata: {{name: {tenant}}}\nspec: {{serviceCIDR: {svc}}}\n---\n\
+             apiVersion: trellis/v1\nkind: Network\nmetadata: {{name: {tenant}-pods}}\nspec: {{cidr: {cidr}, tenant: {tenant}, backend: {backend}}}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {{name: {tenant}-ns}}\nspec: {{tenant: {tenant}}}\n---\n"
+        );
+    }
+    lab.apply(&t, &manifests).unwrap();
+    // Bad input: refused, naming the field; nothing stored.
+    for (manifest, field) in [
+        (
+            "apiVersion: trellis/v1\nkind: Network\nmetadata: {name: red-more}\nspec: {cidr: 10.70.0.0/20, tenant: red}\n",
+            "spec.cidr",
+        ),
+        (
+            "apiVersion: trellis/v1\nkind: Network\nmetadata: {name: red-hybrid}\nspec: {cidr: 10.80.0.0/16, tenant: red, backend: hybrid}\n",
+            "spec.backend",
+        ),
+    ] {
+        let e = lab.apply(&t, manifest).unwrap_err().to_string();
+        assert!(e.contains(field), "{e}");
+    }
+    let nets = lab.cli(&t, &["get", "networks"]).unwrap();
+    assert!(
+        !nets.contains("red-more") && !nets.contains("red-hybrid"),
+        "{nets}"
+    );
+
+    let place = |lab: &mut Lab, tenant: &'static str, n: usize, name: &str| {
+        let ip = add_pod_in(
+            lab,
+            n,
+            name,
+            &format!("K8S_POD_NAMESPACE={tenant}-ns"),
+            None,
+        );
+        let p = lab.state.pods.last().unwrap().clone();
+        let pod = Pod {
+            tenant,
+            name: p.name,
+            netns: p.netns,
+            ip,
+        };
+        lab.exec(
+            &pod.netns,
+            &[
+                "nft",
+                "add table ip probe; add chain ip probe in { type filter hook input priority 0; }; add rule ip probe in icmp type echo-request counter",
+            ],
+        )
+        .unwrap();
+        pod
+    };
+    let g0 = place(&mut lab, "green", 0, "g0");
+    let g1 = place(&mut lab, "green", 1, "g1");
+    let red = place(&mut lab, "red", 0, "r0");
+    assert!(g0.ip.to_string().starts_with("10.70.") && g1.ip.to_string().starts_with("10.70."));
+    assert!(
+        wait_for(Duration::from_secs(15), || ping(&lab, &g0, g1.ip)),
+        "green's pods do not reach each other"
+    );
+    assert!(ping(&lab, &g1, g0.ip));
+    // Their own addresses, no masquerade, and no tunnel in green's world.
+    let url = format!("http://{}:8080/cgi-bin/ip", g1.ip);
+    let out = lab
+        .exec_any(
+            &g0.netns,
+            &["timeout", "3", "busybox", "wget", "-q", "-O-", &url],
+        )
+        .unwrap();
+    let saw = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(saw.ends_with(&format!(":{}]", g0.ip)), "{saw}");
+    let links = world_state(&lab, 0, "green");
+    assert!(
+        !links.contains("vxlan") && !links.contains("trlv"),
+        "{links}"
+    );
+    // Not from red's pod, nor from the outside client routed to the range.
+    let before = echo_requests(&lab, &g1);
+    assert!(!ping(&lab, &red, g1.ip), "red reached green's host-gw pod");
+    let node1 = lab.state.nodes[0].addr.to_string();
+    lab.exec(
+        &lab.state.underlay,
+        &["ip", "route", "replace", "10.70.0.0/16", "via", &node1],
+    )
+    .unwrap();
+    let underlay = lab.state.underlay.clone();
+    let outside = lab
+        .exec_any(
+            &underlay,
+            &[
+                "ping",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                &g0.ip.to_string(),
+            ],
+        )
+        .unwrap();
+    assert!(!outside.status.success(), "the outside reached green's pod");
+    assert_eq!(
+        echo_requests(&lab, &g1),
+        before,
+        "echo requests crossed into green"
+    );
+    assert_eq!(
+        echo_requests(&lab, &g0),
+        2,
+        "only g1's two echo requests may reach g0"
+    );
+}

@@ -53,6 +53,8 @@ pub(super) struct FabricLoop {
     /// only when the pump's device or peers changed.
     pub(super) udp_memory: Option<UdpMemory>,
     pub(super) published_unreachable: Option<BTreeSet<String>>,
+    /// What the `direct` sets (tenants' host-gw ranges) hold, as last written.
+    pub(super) direct_written: Option<super::world::DirectEntries>,
 }
 
 impl std::fmt::Debug for FabricLoop {
@@ -222,6 +224,18 @@ impl FabricLoop {
             let d = backend::desired(net, &self.local, peers);
             s.node.set_mtu(pod_mtu(net, &self.local));
             if let Some(w) = &s.world {
+                if net.backend == Backend::HostGw {
+                    // Routed as it is (its range is the cluster's only one): the peers'
+                    // subnets from the node's namespace, this node's into the world.
+                    desired.merge(d);
+                    desired.routes.insert(trellis_fabric::Route {
+                        dst: s.subnet,
+                        via: Some(w.transit),
+                        dev: super::world::node_link(&w.tenant),
+                        onlink: false,
+                    });
+                    continue;
+                }
                 if let Some((wd, _)) = world_desired.get_mut(&w.tenant) {
                     wd.merge(d);
                 }
@@ -291,6 +305,28 @@ impl FabricLoop {
                 false
             }
         };
+        // The tenants' host-gw ranges: routed as they are, apart from other worlds.
+        if let Some(nets) = self.networks.snapshot() {
+            let direct = nets.iter().filter_map(|o| match &**o {
+                AnyObject::Network(n) if n.spec.backend == Backend::HostGw => {
+                    n.spec.tenant.as_deref().map(|t| (t, n.spec.cidr))
+                }
+                _ => None,
+            });
+            let here: BTreeMap<String, Arc<trellis_net::Netns>> = world_desired
+                .iter()
+                .map(|(t, (_, w))| (t.clone(), w.ns.clone()))
+                .collect();
+            let want = super::world::direct_entries(direct, here.keys().map(String::as_str));
+            let written = &mut self.direct_written;
+            if let Err(e) =
+                tokio::task::block_in_place(|| super::world::sync_direct(&want, &here, written))
+            {
+                tracing::warn!("tenant host-gw ranges: {e}");
+                self.direct_written = None;
+                ok = false;
+            }
+        }
         // Worlds no longer served are gone with their namespace.
         self.worlds.retain(|t, _| world_desired.contains_key(t));
         for (tenant, (d, w)) in &world_desired {

@@ -251,6 +251,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         pump: resumed_pump,
         udp_memory,
         published_unreachable: None,
+        direct_written: None,
     };
     tokio::spawn(fabric.run());
     // The service proxy and every served network's cluster DNS.

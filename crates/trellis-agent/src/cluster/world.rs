@@ -21,6 +21,12 @@
 //!   port, or an external or load-balancer address, only if its own world owns it
 //!   (sets `all-nodeports`/`owned-nodeports`, `all-vips`/`owned-vips`, `nodes`): an
 //!   outside client reaches every tenant's entry, another tenant's pods none.
+//! - Host-gw networks of a tenant (whose ranges no other world uses) are routed as
+//!   they are: the node routes the peers' subnets via their nodes and its own into the
+//!   world, nothing is masqueraded between them (set `direct`, in the world and on the
+//!   node), a world sends into a direct range only if it is its own (`owned-direct`)
+//!   and the uplink brings into one only what comes from the same tenant's ranges
+//!   (`direct-pairs`).
 //! - Node ports: a tenant Service's node port arriving on the uplink, or opened by the
 //!   node itself, is DNATed (map `nodeports`, before the default world's proxy) to the
 //!   world's transit address, where the world's own proxy takes it to the tenant's pods.
@@ -73,7 +79,7 @@ pub(super) fn tenants_of(
 }
 
 /// The node's end of a world's transit veth.
-fn node_link(tenant: &str) -> String {
+pub(super) fn node_link(tenant: &str) -> String {
     let h = fnv1a64([b"world/".as_slice(), tenant.as_bytes()]);
     format!("{LINK_PREFIX}w{:08x}", h >> 32)
 }
@@ -192,7 +198,7 @@ impl World {
                 .map_err(|e| e.to_string())?;
         }
         let world_rules = format!(
-            "table ip {WORLD_TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority 100;\n    oifname \"{WORLD_UPLINK}\" masquerade\n  }}\n}}\n"
+            "table ip {WORLD_TABLE} {{\n  comment \"{TABLE_FORMAT}\"\n  set direct {{ type ipv4_addr; flags interval; }}\n  chain postrouting {{\n    type nat hook postrouting priority 100;\n    oifname \"{WORLD_UPLINK}\" ip daddr @direct return\n    oifname \"{WORLD_UPLINK}\" masquerade\n  }}\n}}\n"
         );
         ns.run(|| -> Result<(), String> {
             sysctl::ensure("net/ipv4/ip_forward", "1").map_err(|e| e.to_string())?;
@@ -263,6 +269,9 @@ fn node_table(uplink: &str) -> String {
   set all-vips {{ type ipv4_addr; }}
   set owned-vips {{ type ifname . ipv4_addr; }}
   set nodes {{ type ipv4_addr; }}
+  set direct {{ type ipv4_addr; flags interval; }}
+  set owned-direct {{ type ifname . ipv4_addr; flags interval; }}
+  set direct-pairs {{ type ipv4_addr . ipv4_addr; flags interval; }}
   chain prerouting {{
     type nat hook prerouting priority -110;
     iifname \"{uplink}\" fib daddr type local dnat ip to meta l4proto . th dport map @nodeports
@@ -275,11 +284,14 @@ fn node_table(uplink: &str) -> String {
   }}
   chain postrouting {{
     type nat hook postrouting priority 100;
+    iifname \"{w}\" ip daddr @direct return
     iifname \"{w}\" oifname != \"{w}\" masquerade
   }}
   chain forward {{
     type filter hook forward priority -5;
     ct state established,related accept
+    iifname \"{w}\" ip daddr @direct iifname . ip daddr != @owned-direct drop
+    iifname \"{uplink}\" ip daddr @direct ip saddr . ip daddr != @direct-pairs drop
     iifname \"{w}\" oifname != \"{uplink}\" drop
     oifname \"{w}\" iifname != \"{uplink}\" drop
     iifname \"{w}\" ct status dnat drop
@@ -292,7 +304,7 @@ fn node_table(uplink: &str) -> String {
 }
 
 /// The version of the tables' static rules; a table without it is rewritten.
-const TABLE_FORMAT: &str = "trellis-worlds/4";
+const TABLE_FORMAT: &str = "trellis-worlds/5";
 
 /// Write table `ip <name>` as `script` says unless it exists with this version of the
 /// static rules (its elements, if any, are kept by their owner's next pass).
@@ -355,6 +367,106 @@ pub(super) async fn sync_vip_routes(
                 _ => {}
             }
         }
+    }
+    *written = Some(want.clone());
+    Ok(())
+}
+
+/// The tenants' host-gw ranges, routed as they are: what the node's and the worlds'
+/// `direct` sets hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct DirectEntries {
+    /// Every tenant host-gw range of the cluster.
+    pub direct: BTreeSet<Ipv4Net>,
+    /// `(node link of a world served here, one of its tenant's host-gw ranges)`.
+    pub owned: BTreeSet<(String, Ipv4Net)>,
+    /// `(source range, destination range)` of the same tenant.
+    pub pairs: BTreeSet<(Ipv4Net, Ipv4Net)>,
+    /// Per world served here: its tenant's host-gw ranges.
+    pub worlds: BTreeMap<String, BTreeSet<Ipv4Net>>,
+}
+
+/// The [`DirectEntries`] of `networks` (`(tenant, range)` of every tenant host-gw
+/// network) for the worlds served here (`tenants`).
+pub(super) fn direct_entries<'a>(
+    networks: impl Iterator<Item = (&'a str, Ipv4Net)>,
+    tenants: impl Iterator<Item = &'a str>,
+) -> DirectEntries {
+    let mut by_tenant: BTreeMap<&str, BTreeSet<Ipv4Net>> = BTreeMap::new();
+    for (t, cidr) in networks {
+        by_tenant.entry(t).or_default().insert(cidr);
+    }
+    let mut e = DirectEntries::default();
+    for ranges in by_tenant.values() {
+        e.direct.extend(ranges);
+        for a in ranges {
+            for b in ranges {
+                e.pairs.insert((*a, *b));
+            }
+        }
+    }
+    for t in tenants {
+        let ranges = by_tenant.get(t).cloned().unwrap_or_default();
+        for r in &ranges {
+            e.owned.insert((node_link(t), *r));
+        }
+        e.worlds.insert(t.to_string(), ranges);
+    }
+    e
+}
+
+/// Bring the node's `direct` sets and each world's to `want` (`worlds`: each world
+/// served here, by tenant). Nothing when it matches what was last written.
+pub(super) fn sync_direct(
+    want: &DirectEntries,
+    worlds: &BTreeMap<String, Arc<Netns>>,
+    written: &mut Option<DirectEntries>,
+) -> Result<(), String> {
+    if written.as_ref() == Some(want) {
+        return Ok(());
+    }
+    let fill = |table: &str, name: &str, elems: Vec<String>| {
+        let mut script = format!("flush set ip {table} {name}\n");
+        if !elems.is_empty() {
+            script += &format!("add element ip {table} {name} {{ {} }}\n", elems.join(", "));
+        }
+        script
+    };
+    if nft::list_json(&format!("table ip {NODE_TABLE}"))
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        let script = fill(
+            NODE_TABLE,
+            "direct",
+            want.direct.iter().map(|r| r.to_string()).collect(),
+        ) + &fill(
+            NODE_TABLE,
+            "owned-direct",
+            want.owned
+                .iter()
+                .map(|(l, r)| format!("\"{l}\" . {r}"))
+                .collect(),
+        ) + &fill(
+            NODE_TABLE,
+            "direct-pairs",
+            want.pairs
+                .iter()
+                .map(|(a, b)| format!("{a} . {b}"))
+                .collect(),
+        );
+        nft::apply(&script).map_err(|e| e.to_string())?;
+    }
+    for (tenant, ns) in worlds {
+        let ranges = want.worlds.get(tenant).cloned().unwrap_or_default();
+        let script = fill(
+            WORLD_TABLE,
+            "direct",
+            ranges.iter().map(|r| r.to_string()).collect(),
+        );
+        ns.run(|| nft::apply(&script).map_err(|e| e.to_string()))
+            .map_err(|e| format!("world {tenant}: {e}"))?
+            .map_err(|e| format!("world {tenant}: {e}"))?;
     }
     *written = Some(want.clone());
     Ok(())
@@ -683,5 +795,37 @@ mod tests {
             clashes[0].contains("tenant red is taken by tenant blue"),
             "{clashes:?}"
         );
+    }
+
+    #[test]
+    fn direct_ranges_pair_only_within_a_tenant() {
+        let net = |s: &str| -> Ipv4Net { s.parse().unwrap() };
+        let e = direct_entries(
+            [
+                ("green", net("10.70.0.0/16")),
+                ("green", net("10.71.0.0/16")),
+                ("gold", net("10.90.0.0/16")),
+            ]
+            .into_iter(),
+            ["green", "red"].into_iter(),
+        );
+        assert_eq!(e.direct.len(), 3);
+        assert_eq!(e.pairs.len(), 5, "{:?}", e.pairs);
+        assert!(e
+            .pairs
+            .contains(&(net("10.70.0.0/16"), net("10.71.0.0/16"))));
+        assert!(!e
+            .pairs
+            .contains(&(net("10.70.0.0/16"), net("10.90.0.0/16"))));
+        assert_eq!(
+            e.owned,
+            [
+                (node_link("green"), net("10.70.0.0/16")),
+                (node_link("green"), net("10.71.0.0/16"))
+            ]
+            .into()
+        );
+        assert!(e.worlds["red"].is_empty());
+        assert_eq!(e.worlds["green"].len(), 2);
     }
 }
