@@ -5,9 +5,9 @@
 //!   is deleted only once nothing names it.
 //! - Networks of one world must not overlap, and neither may the networks (or service
 //!   ranges) of two peered tenants.
-//! - A tenant's network uses vxlan (its VNI keeps the worlds apart) or host-gw; a
-//!   tenant's host-gw network is routed on the underlay as it is, so no network of any
-//!   world may overlap it.
+//! - A tenant's network uses vxlan (its VNI keeps the worlds apart), host-gw or hybrid;
+//!   a tenant's host-gw or hybrid network is routed on the underlay as it is, so no
+//!   network of any world may overlap it.
 //! - A Namespace changes world (`spec.tenant`, including by its creation or deletion)
 //!   only while it holds no Pods, Endpoints or Services, so every allocation and address
 //!   stays in the world it was made in.
@@ -87,7 +87,9 @@ impl Topology {
             Some(t) => format!("tenant {t:?}"),
             None => "the default world".to_string(),
         };
-        let direct = |o: &Network| o.spec.tenant.is_some() && o.spec.backend == Backend::HostGw;
+        let direct = |o: &Network| {
+            o.spec.tenant.is_some() && matches!(o.spec.backend, Backend::HostGw | Backend::Hybrid)
+        };
         for o in &self.networks {
             if o.metadata.name == n.metadata.name
                 || o.spec.tenant == n.spec.tenant
@@ -97,7 +99,8 @@ impl Topology {
             }
             if direct(n) {
                 return Err(ApiError::invalid(format!(
-                    "spec.cidr: a tenant's host-gw network is routed on the underlay as it is, so its range must be the cluster's only one; {} overlaps network {:?} ({}) of {} (use vxlan, or another range)",
+                    "spec.cidr: a tenant's {} network is routed on the underlay as it is, so its range must be the cluster's only one; {} overlaps network {:?} ({}) of {} (use vxlan, or another range)",
+                    n.spec.backend.as_str(),
                     n.spec.cidr,
                     o.metadata.name,
                     o.spec.cidr,
@@ -106,20 +109,24 @@ impl Topology {
             }
             if direct(o) {
                 return Err(ApiError::invalid(format!(
-                    "spec.cidr: {} overlaps network {:?} ({}) of {}, a host-gw network routed on the underlay as it is",
+                    "spec.cidr: {} overlaps network {:?} ({}) of {}, a {} network routed on the underlay as it is",
                     n.spec.cidr,
                     o.metadata.name,
                     o.spec.cidr,
-                    world(&o.spec.tenant)
+                    world(&o.spec.tenant),
+                    o.spec.backend.as_str()
                 )));
             }
         }
         let Some(t) = &n.spec.tenant else {
             return Ok(());
         };
-        if !matches!(n.spec.backend, Backend::Vxlan | Backend::HostGw) {
+        if !matches!(
+            n.spec.backend,
+            Backend::Vxlan | Backend::HostGw | Backend::Hybrid
+        ) {
             return Err(ApiError::invalid(format!(
-                "spec.backend: a tenant's network uses vxlan (its own VNI keeps the worlds apart) or host-gw (routed as it is, in a range no other world uses); {} cannot keep tenant {t:?}'s world apart",
+                "spec.backend: a tenant's network uses vxlan (its own VNI keeps the worlds apart), or host-gw or hybrid (routed as it is, in a range no other world uses); {} cannot keep tenant {t:?}'s world apart",
                 n.spec.backend.as_str()
             )));
         }
@@ -363,13 +370,15 @@ mod tests {
         let m = msg(t.check_network(&net("plain", None, "10.70.0.0/24")));
         assert!(m.contains("\"blue-direct\""), "{m}");
         // Other backends cannot keep a world apart.
-        let mut hybrid = net("red-h", Some("red"), "10.80.0.0/16");
+        let mut udp = net("red-u", Some("red"), "10.80.0.0/16");
+        udp.spec.backend = Backend::Udp;
+        let m = msg(t.check_network(&udp));
+        assert!(m.starts_with("spec.backend:") && m.contains("udp"), "{m}");
+        // Hybrid is routed as it is between nodes of one segment: a range of its own.
+        let mut hybrid = net("blue-h", Some("blue"), "10.50.8.0/21");
         hybrid.spec.backend = Backend::Hybrid;
         let m = msg(t.check_network(&hybrid));
-        assert!(
-            m.starts_with("spec.backend:") && m.contains("hybrid"),
-            "{m}"
-        );
+        assert!(m.starts_with("spec.cidr:") && m.contains("hybrid"), "{m}");
     }
 
     #[test]

@@ -904,19 +904,34 @@ fn a_peering_joins_two_worlds_and_only_them() {
 /// worlds apart, is refused naming the field.
 #[test]
 fn a_host_gw_tenant_is_routed_as_it_is() {
+    direct_tenant("host-gw");
+}
+
+/// The same with hybrid and a third node on another segment: routed as it is on the
+/// first segment, through the tenant's own tunnel (in its world) to the other.
+#[test]
+fn a_hybrid_tenant_is_routed_as_it_is_on_its_segment() {
+    direct_tenant("hybrid");
+}
+
+fn direct_tenant(backend: &str) {
     require(&["ip", "nft", "ping", "busybox", "nsenter"]);
     let t = trellis();
     let timing = Timing::default();
     let mut lab = Lab::new(2).unwrap();
+    let hybrid = backend == "hybrid";
+    if hybrid {
+        lab.join_remote_node().unwrap();
+    }
     lab.start_server(&t, &timing).unwrap();
     lab.apply(&t, &network_manifest("default", "vxlan"))
         .unwrap();
-    for n in 0..2 {
+    for n in 0..lab.state.nodes.len() {
         lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
     }
     let mut manifests = String::new();
     for (tenant, cidr, svc, backend) in [
-        ("green", "10.70.0.0/16", "10.97.0.0/16", "host-gw"),
+        ("green", "10.70.0.0/16", "10.97.0.0/16", backend),
         ("red", "10.250.0.0/16", "10.96.0.0/16", "vxlan"),
     ] {
         manifests += &format!(
@@ -933,7 +948,7 @@ fn a_host_gw_tenant_is_routed_as_it_is() {
             "spec.cidr",
         ),
         (
-            "apiVersion: trellis/v1\nkind: Network\nmetadata: {name: red-hybrid}\nspec: {cidr: 10.80.0.0/16, tenant: red, backend: hybrid}\n",
+            "apiVersion: trellis/v1\nkind: Network\nmetadata: {name: red-udp}\nspec: {cidr: 10.80.0.0/16, tenant: red, backend: udp}\n",
             "spec.backend",
         ),
     ] {
@@ -942,7 +957,7 @@ fn a_host_gw_tenant_is_routed_as_it_is() {
     }
     let nets = lab.cli(&t, &["get", "networks"]).unwrap();
     assert!(
-        !nets.contains("red-more") && !nets.contains("red-hybrid"),
+        !nets.contains("red-more") && !nets.contains("red-udp"),
         "{nets}"
     );
 
@@ -991,12 +1006,20 @@ fn a_host_gw_tenant_is_routed_as_it_is() {
     let saw = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(saw.ends_with(&format!(":{}]", g0.ip)), "{saw}");
     let links = world_state(&lab, 0, "green");
-    assert!(
-        !links.contains("vxlan") && !links.contains("trlv"),
-        "{links}"
-    );
+    // (Tunnel devices are named `trl.<vni>`.)
+    assert_eq!(links.contains(": trl."), hybrid, "{links}");
+    // Hybrid: the pod on the other segment, through the tenant's tunnel.
+    if hybrid {
+        let g2 = place(&mut lab, "green", 2, "g2");
+        assert!(
+            wait_for(Duration::from_secs(15), || ping(&lab, &g2, g0.ip)),
+            "green's pod on the other segment does not reach g0"
+        );
+        assert!(!ping(&lab, &red, g2.ip), "red reached green's remote pod");
+    }
     // Not from red's pod, nor from the outside client routed to the range.
     let before = echo_requests(&lab, &g1);
+    let before0 = echo_requests(&lab, &g0);
     assert!(!ping(&lab, &red, g1.ip), "red reached green's host-gw pod");
     let node1 = lab.state.nodes[0].addr.to_string();
     lab.exec(
@@ -1028,7 +1051,7 @@ fn a_host_gw_tenant_is_routed_as_it_is() {
     );
     assert_eq!(
         echo_requests(&lab, &g0),
-        2,
-        "only g1's two echo requests may reach g0"
+        before0,
+        "echo requests from the outside reached g0"
     );
 }

@@ -224,17 +224,26 @@ impl FabricLoop {
             let d = backend::desired(net, &self.local, peers);
             s.node.set_mtu(pod_mtu(net, &self.local));
             if let Some(w) = &s.world {
-                if net.backend == Backend::HostGw {
-                    // Routed as it is (its range is the cluster's only one): the peers'
-                    // subnets from the node's namespace, this node's into the world.
-                    desired.merge(d);
+                let mut d = d;
+                if matches!(net.backend, Backend::HostGw | Backend::Hybrid) {
+                    // Routed as it is (its range is the cluster's only one): the routes
+                    // via the uplink (peers on this segment) from the node's namespace,
+                    // and this node's subnet into the world; hybrid's tunnel to the
+                    // other segments stays in the world.
+                    let (direct, tunnelled) = std::mem::take(&mut d.routes)
+                        .into_iter()
+                        .partition(|r| r.dev == self.local.uplink);
+                    d.routes = tunnelled;
+                    desired.routes.extend::<BTreeSet<_>>(direct);
                     desired.routes.insert(trellis_fabric::Route {
                         dst: s.subnet,
                         via: Some(w.transit),
                         dev: super::world::node_link(&w.tenant),
                         onlink: false,
                     });
-                    continue;
+                    desired
+                        .unreachable
+                        .extend(std::mem::take(&mut d.unreachable));
                 }
                 if let Some((wd, _)) = world_desired.get_mut(&w.tenant) {
                     wd.merge(d);
@@ -308,7 +317,9 @@ impl FabricLoop {
         // The tenants' host-gw ranges: routed as they are, apart from other worlds.
         if let Some(nets) = self.networks.snapshot() {
             let direct = nets.iter().filter_map(|o| match &**o {
-                AnyObject::Network(n) if n.spec.backend == Backend::HostGw => {
+                AnyObject::Network(n)
+                    if matches!(n.spec.backend, Backend::HostGw | Backend::Hybrid) =>
+                {
                     n.spec.tenant.as_deref().map(|t| (t, n.spec.cidr))
                 }
                 _ => None,

@@ -380,9 +380,14 @@ impl Manager {
             ));
         }
         let (spec, vni) = (net.spec.clone(), net.vni());
-        if spec.tenant.is_some() && !matches!(spec.backend, Backend::Vxlan | Backend::HostGw) {
+        if spec.tenant.is_some()
+            && !matches!(
+                spec.backend,
+                Backend::Vxlan | Backend::HostGw | Backend::Hybrid
+            )
+        {
             return Err(format!(
-                "network {name:?} of tenant {:?} uses the {} backend; a tenant's network uses vxlan (its own VNI keeps the worlds apart) or host-gw (in a range no other world uses)",
+                "network {name:?} of tenant {:?} uses the {} backend; a tenant's network uses vxlan (its own VNI keeps the worlds apart), or host-gw or hybrid (in a range no other world uses)",
                 spec.tenant.as_deref().unwrap_or_default(),
                 spec.backend
             ));
