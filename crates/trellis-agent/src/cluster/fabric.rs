@@ -314,30 +314,6 @@ impl FabricLoop {
                 false
             }
         };
-        // The tenants' host-gw ranges: routed as they are, apart from other worlds.
-        if let Some(nets) = self.networks.snapshot() {
-            let direct = nets.iter().filter_map(|o| match &**o {
-                AnyObject::Network(n)
-                    if matches!(n.spec.backend, Backend::HostGw | Backend::Hybrid) =>
-                {
-                    n.spec.tenant.as_deref().map(|t| (t, n.spec.cidr))
-                }
-                _ => None,
-            });
-            let here: BTreeMap<String, Arc<trellis_net::Netns>> = world_desired
-                .iter()
-                .map(|(t, (_, w))| (t.clone(), w.ns.clone()))
-                .collect();
-            let want = super::world::direct_entries(direct, here.keys().map(String::as_str));
-            let written = &mut self.direct_written;
-            if let Err(e) =
-                tokio::task::block_in_place(|| super::world::sync_direct(&want, &here, written))
-            {
-                tracing::warn!("tenant host-gw ranges: {e}");
-                self.direct_written = None;
-                ok = false;
-            }
-        }
         // Worlds no longer served are gone with their namespace.
         self.worlds.retain(|t, _| world_desired.contains_key(t));
         for (tenant, (d, w)) in &world_desired {
@@ -361,6 +337,31 @@ impl FabricLoop {
                     tracing::warn!(tenant, "fabric: {e}");
                     ok = false;
                 }
+            }
+        }
+        // The tenants' host-gw ranges: routed as they are, apart from other worlds.
+        // (After the worlds' own fabric: a new world's routes come first.)
+        if let Some(nets) = self.networks.snapshot() {
+            let direct = nets.iter().filter_map(|o| match &**o {
+                AnyObject::Network(n)
+                    if matches!(n.spec.backend, Backend::HostGw | Backend::Hybrid) =>
+                {
+                    n.spec.tenant.as_deref().map(|t| (t, n.spec.cidr))
+                }
+                _ => None,
+            });
+            let here: BTreeMap<String, Arc<trellis_net::Netns>> = world_desired
+                .iter()
+                .map(|(t, (_, w))| (t.clone(), w.ns.clone()))
+                .collect();
+            let want = super::world::direct_entries(direct, here.keys().map(String::as_str));
+            let written = &mut self.direct_written;
+            if let Err(e) =
+                tokio::task::block_in_place(|| super::world::sync_direct(&want, &here, written))
+            {
+                tracing::warn!("tenant host-gw ranges: {e}");
+                self.direct_written = None;
+                ok = false;
             }
         }
         if self.published_unreachable.as_ref() != Some(&desired.unreachable) {

@@ -56,6 +56,10 @@ pub(super) struct ServedView {
     /// It has pods here, or was started or asked for by a CNI ADD less than
     /// [`IDLE_GRACE`] ago.
     pub busy: bool,
+    /// Its Network object was among the Networks this agent has seen: absent now, it
+    /// was deleted (a network started for an ADD may not have reached the informer
+    /// yet).
+    pub known: bool,
 }
 
 /// The networks this node should serve: the pinned ones, those with pods here (or just
@@ -78,7 +82,7 @@ pub(super) fn wanted(
     };
     let mut want: std::collections::BTreeSet<String> = served
         .iter()
-        .filter(|v| v.pinned || (v.busy && tenant(&v.name).is_some()))
+        .filter(|v| v.pinned || (v.busy && (tenant(&v.name).is_some() || !v.known)))
         .map(|v| v.name.clone())
         .collect();
     want.extend(
@@ -131,6 +135,8 @@ pub(super) struct Manager {
     /// [`IDLE_GRACE`] after, it is not retired for want of pods (the ADD has not
     /// reserved its address yet).
     touched: Mutex<BTreeMap<String, std::time::Instant>>,
+    /// The served networks whose Network object the informer has shown.
+    seen: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Manager {
@@ -153,6 +159,7 @@ impl Manager {
             policy: std::sync::OnceLock::new(),
             lock: tokio::sync::Mutex::new(()),
             touched: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -475,6 +482,7 @@ impl Manager {
             }
         }
         self.publish(list.iter().filter(|s| s.name != name).cloned().collect());
+        self.seen.lock().expect("seen lock").remove(name);
         // Its Endpoints go from the server.
         let publisher = endpoints::Publisher {
             client: self.client.clone(),
@@ -588,6 +596,14 @@ impl Manager {
                 name: s.name.clone(),
                 pinned: s.pinned,
                 busy: self.recently_touched(&s.name) || !s.node.ipam().is_empty(),
+                known: {
+                    let exists = networks.iter().any(|n| n.metadata.name == s.name);
+                    let mut seen = self.seen.lock().expect("seen lock");
+                    if exists {
+                        seen.insert(s.name.clone());
+                    }
+                    seen.contains(&s.name)
+                },
             })
             .collect();
         drop(current);
@@ -872,6 +888,7 @@ mod tests {
             name: name.into(),
             pinned,
             busy,
+            known: true,
         }
     }
 
@@ -902,9 +919,13 @@ mod tests {
             names(wanted(&nets, &[], &no, &none, &served)),
             ["default", "gone"]
         );
-        // Pods (or a fresh start) keep a network, unless its object is gone.
+        // Pods (or a fresh start) keep a network, unless its object is gone; one the
+        // informer has not shown yet stays.
         let served = [view("red", false, true), view("deleted", false, true)];
         assert_eq!(names(wanted(&nets, &[], &no, &none, &served)), ["red"]);
+        let mut new = view("new", false, true);
+        new.known = false;
+        assert_eq!(names(wanted(&nets, &[], &no, &none, &[new])), ["new"]);
         // A peer of a busy tenant is wanted too; not the other way round.
         assert_eq!(
             names(wanted(&nets, &peered, &no, &none, &served)),
