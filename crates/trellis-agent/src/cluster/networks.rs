@@ -56,9 +56,9 @@ pub(super) struct ServedView {
     /// It has pods here, or was started or asked for by a CNI ADD less than
     /// [`IDLE_GRACE`] ago.
     pub busy: bool,
-    /// Its Network object was among the Networks this agent has seen: absent now, it
-    /// was deleted (a network started for an ADD may not have reached the informer
-    /// yet).
+    /// The Networks this agent sees are as new as the Network object it started from:
+    /// absent from them now, it was deleted (a network started for an ADD may not have
+    /// reached the informer yet).
     pub known: bool,
 }
 
@@ -135,8 +135,9 @@ pub(super) struct Manager {
     /// [`IDLE_GRACE`] after, it is not retired for want of pods (the ADD has not
     /// reserved its address yet).
     touched: Mutex<BTreeMap<String, std::time::Instant>>,
-    /// The served networks whose Network object the informer has shown.
-    seen: Mutex<std::collections::BTreeSet<String>>,
+    /// The revision of the Network object each network was started from (for an ADD):
+    /// the informer shows it, or its deletion, from that revision on.
+    started_at: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Manager {
@@ -159,7 +160,7 @@ impl Manager {
             policy: std::sync::OnceLock::new(),
             lock: tokio::sync::Mutex::new(()),
             touched: Mutex::new(BTreeMap::new()),
-            seen: Mutex::new(std::collections::BTreeSet::new()),
+            started_at: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -387,6 +388,12 @@ impl Manager {
             ));
         }
         let (spec, vni) = (net.spec.clone(), net.vni());
+        if let Some(r) = net.metadata.revision() {
+            self.started_at
+                .lock()
+                .expect("started_at lock")
+                .insert(name.to_string(), r);
+        }
         if spec.tenant.is_some()
             && !matches!(
                 spec.backend,
@@ -482,7 +489,10 @@ impl Manager {
             }
         }
         self.publish(list.iter().filter(|s| s.name != name).cloned().collect());
-        self.seen.lock().expect("seen lock").remove(name);
+        self.started_at
+            .lock()
+            .expect("started_at lock")
+            .remove(name);
         // Its Endpoints go from the server.
         let publisher = endpoints::Publisher {
             client: self.client.clone(),
@@ -545,13 +555,20 @@ impl Manager {
         services: &Informer,
         namespaces: &Informer,
     ) {
-        let (Some(networks), Some(nodes), Some(peerings), Some(services), Some(namespaces)) = (
-            networks.snapshot(),
+        let (
+            Some((networks, revision)),
+            Some(nodes),
+            Some(peerings),
+            Some(services),
+            Some(namespaces),
+        ) = (
+            networks.snapshot_at(),
             nodes.snapshot(),
             peerings.snapshot(),
             services.snapshot(),
             namespaces.snapshot(),
-        ) else {
+        )
+        else {
             return;
         };
         let tenant_of = world::tenants_of(&namespaces);
@@ -596,14 +613,12 @@ impl Manager {
                 name: s.name.clone(),
                 pinned: s.pinned,
                 busy: self.recently_touched(&s.name) || !s.node.ipam().is_empty(),
-                known: {
-                    let exists = networks.iter().any(|n| n.metadata.name == s.name);
-                    let mut seen = self.seen.lock().expect("seen lock");
-                    if exists {
-                        seen.insert(s.name.clone());
-                    }
-                    seen.contains(&s.name)
-                },
+                known: self
+                    .started_at
+                    .lock()
+                    .expect("started_at lock")
+                    .get(&s.name)
+                    .is_none_or(|r| *r <= revision),
             })
             .collect();
         drop(current);
