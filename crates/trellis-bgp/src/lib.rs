@@ -1,0 +1,10 @@
+//! The agent's BGP speaker: sessions with BGP peers (other nodes, route reflectors,
+//! datacenter routers) and the routes exchanged over them.
+//!
+//! - [`fsm`]: the session state machine of RFC 4271 as a pure function, and the
+//!   judgement of the peer's OPEN;
+//! - [`session`]: one session over TCP, its timers, our announcements and the peer's
+//!   routes as events. Messages are encoded and decoded by `netgauze-bgp-pkt`.
+
+pub mod fsm;
+pub mod session;
