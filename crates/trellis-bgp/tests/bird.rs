@@ -1,0 +1,253 @@
+//! The speaker against a real BIRD 2, each in its own node namespace of a lab: the
+//! session comes up; BIRD learns our prefix with our AS in its path and we learn BIRD's;
+//! a peer that is not the AS we expect is refused with the OPEN error NOTIFICATION; our
+//! session gone, BIRD drops our route. Needs root and `bird`/`birdc` (Debian's bird2).
+
+use std::fs::File;
+use std::net::SocketAddrV4;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use tokio::sync::mpsc;
+use trellis_bgp::fsm::{Local, Notify};
+use trellis_bgp::session::{run_once, PeerConfig, RouteEvent, SessionError};
+use trellis_lab::{netns_path, Lab};
+
+fn require() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    for tool in ["bird", "birdc"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(found, "{tool} is missing: apt-get install bird2");
+    }
+}
+
+/// Start BIRD in node 2's namespace: AS 65001, peering with node 1 (AS `peer_as`),
+/// announcing 10.99.0.0/24. Returns the control socket's path.
+fn start_bird(lab: &mut Lab, peer_as: u32) -> String {
+    let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
+    let dir = lab.dir();
+    let conf = dir.join("bird.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "log stderr all;\nrouter id {n2};\nprotocol device {{}}\n\
+             protocol static {{ ipv4; route 10.99.0.0/24 blackhole; }}\n\
+             protocol bgp trellis {{\n  local {n2} as 65001;\n  neighbor {n1} as {peer_as};\n  hold time 9;\n  connect retry time 1;\n  error wait time 1, 2;\n  ipv4 {{ import all; export where source = RTS_STATIC; }};\n}}\n"
+        ),
+    )
+    .unwrap();
+    let sock = dir.join("bird.ctl").display().to_string();
+    let mut c = Command::new("bird");
+    c.args(["-f", "-c"]).arg(&conf).args(["-s", &sock]);
+    let netns = lab.state.nodes[1].netns.clone();
+    lab.spawn(&netns, "bird", c).unwrap();
+    sock
+}
+
+fn birdc(sock: &str, args: &[&str]) -> String {
+    let out = Command::new("birdc")
+        .args(["-s", sock])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run one session from node 1's namespace (a thread inside it, with its own runtime),
+/// collecting events for `within`; returns the events and how the session ended.
+fn session_from_node1(
+    lab: &Lab,
+    peer_as: u32,
+    prefixes: Vec<Ipv4Net>,
+    within: Duration,
+) -> (Vec<RouteEvent>, Option<String>) {
+    let path = netns_path(&lab.state.nodes[0].netns);
+    let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
+    std::thread::spawn(move || {
+        let f = File::open(&path).unwrap();
+        // SAFETY: setns(2) on this thread only, which ends with the test's session.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let cfg = PeerConfig {
+                local: Local {
+                    asn: 65000,
+                    router_id: n1,
+                    peer_asn: peer_as,
+                    hold_time: 9,
+                },
+                peer: SocketAddrV4::new(n2, 179),
+                local_address: n1,
+            };
+            let (tx, mut rx) = mpsc::channel(64);
+            let deadline = Instant::now() + within;
+            let mut events = Vec::new();
+            let mut ended = None;
+            // BIRD may not listen yet: try again until it does.
+            while Instant::now() < deadline && ended.is_none() {
+                let run = run_once(&cfg, &prefixes, &tx);
+                let stop = tokio::time::sleep_until(deadline.into());
+                tokio::pin!(run);
+                let collect = async {
+                    while let Some(e) = rx.recv().await {
+                        events.push(e);
+                    }
+                };
+                tokio::select! {
+                    e = &mut run => {
+                        match e {
+                            SessionError::Io { .. } => {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            e => ended = Some(e.to_string()),
+                        }
+                    }
+                    _ = stop => break,
+                    _ = collect => {}
+                }
+                while let Ok(e) = rx.try_recv() {
+                    events.push(e);
+                }
+            }
+            (events, ended)
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_session_with_bird_exchanges_routes() {
+    require();
+    let mut lab = Lab::new(2).unwrap();
+    let sock = start_bird(&mut lab, 65000);
+    let ours: Ipv4Net = "10.98.0.0/24".parse().unwrap();
+    // Keep the session for 4 s: up, routes both ways.
+    let (events, ended) = session_from_node1(&lab, 65001, vec![ours], Duration::from_secs(4));
+    let n2 = lab.state.nodes[1].addr;
+    let up = events.iter().find_map(|e| match e {
+        RouteEvent::Up(n) => Some(n.clone()),
+        _ => None,
+    });
+    let up = up.unwrap_or_else(|| panic!("no session: {events:?} {ended:?}"));
+    assert_eq!((up.peer_asn, up.peer_id, up.hold_time), (65001, n2, 9));
+    assert!(
+        events.contains(&RouteEvent::Learned {
+            prefix: "10.99.0.0/24".parse().unwrap(),
+            next_hop: n2,
+            as_path: vec![65001],
+        }),
+        "{events:?}"
+    );
+    assert!(events.contains(&RouteEvent::EndOfRib), "{events:?}");
+    assert!(ended.is_none(), "the session ended: {ended:?}");
+    // The session gone (its thread ended, the socket closed): BIRD drops our route.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && birdc(&sock, &["show", "route", "10.98.0.0/24"]).contains("10.98.0.0/24")
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = birdc(&sock, &["show", "route", "10.98.0.0/24"]);
+    assert!(!left.contains("10.98.0.0/24"), "{left}");
+}
+
+#[test]
+fn bird_sees_our_route_with_our_as() {
+    require();
+    let mut lab = Lab::new(2).unwrap();
+    let sock = start_bird(&mut lab, 65000);
+    let ours: Ipv4Net = "10.98.0.0/24".parse().unwrap();
+    let path = netns_path(&lab.state.nodes[0].netns);
+    let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let speaker = std::thread::spawn(move || {
+        let f = File::open(&path).unwrap();
+        // SAFETY: setns(2) on this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let cfg = PeerConfig {
+                local: Local {
+                    asn: 65000,
+                    router_id: n1,
+                    peer_asn: 65001,
+                    hold_time: 9,
+                },
+                peer: SocketAddrV4::new(n2, 179),
+                local_address: n1,
+            };
+            let (tx, mut rx) = mpsc::channel(64);
+            tokio::spawn(async move { while rx.recv().await.is_some() {} });
+            let prefixes = [ours];
+            loop {
+                if stop_rx.try_recv().is_ok() {
+                    return;
+                }
+                let run = run_once(&cfg, &prefixes, &tx);
+                tokio::pin!(run);
+                let tick = async {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if stop_rx.try_recv().is_ok() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = &mut run => tokio::time::sleep(Duration::from_millis(200)).await,
+                    _ = tick => return,
+                }
+            }
+        })
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = String::new();
+    while Instant::now() < deadline {
+        seen = birdc(&sock, &["show", "route", "10.98.0.0/24", "all"]);
+        if seen.contains("BGP.as_path: 65000") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop_tx.send(()).unwrap();
+    speaker.join().unwrap();
+    assert!(
+        seen.contains("10.98.0.0/24") && seen.contains("BGP.as_path: 65000"),
+        "BIRD does not have our route:\n{seen}\n{}",
+        birdc(&sock, &["show", "protocols", "all", "trellis"])
+    );
+    assert!(seen.contains(&format!("BGP.next_hop: {n1}")), "{seen}");
+}
+
+#[test]
+fn a_peer_of_another_as_is_refused() {
+    require();
+    let mut lab = Lab::new(2).unwrap();
+    // BIRD (AS 65001) expects us as 65000; we expect AS 65002: our OPEN judgement
+    // refuses BIRD's OPEN with Bad Peer AS.
+    let _sock = start_bird(&mut lab, 65000);
+    let (events, ended) = session_from_node1(&lab, 65002, vec![], Duration::from_secs(8));
+    assert!(
+        !events.iter().any(|e| matches!(e, RouteEvent::Up(_))),
+        "{events:?}"
+    );
+    let ended = ended.expect("the session should end");
+    let bad = Notify::BAD_PEER_AS;
+    assert!(
+        ended.contains(&format!("sent NOTIFICATION {}/{}", bad.code, bad.subcode)),
+        "{ended}"
+    );
+}
