@@ -4,7 +4,11 @@
 //! - [`fsm`]: the session state machine of RFC 4271 as a pure function, and the
 //!   judgement of the peer's OPEN;
 //! - [`session`]: one session over TCP, its timers, our announcements and the peer's
-//!   routes as events. Messages are encoded and decoded by `netgauze-bgp-pkt`.
+//!   routes as events. Messages are encoded and decoded by `netgauze-bgp-pkt`;
+//! - [`rib`]: every peer's routes and the best paths (pure);
+//! - [`install`]: the best paths as kernel routes of protocol [`install::BGP_PROTO`].
 
 pub mod fsm;
+pub mod install;
+pub mod rib;
 pub mod session;

@@ -251,3 +251,84 @@ fn a_peer_of_another_as_is_refused() {
         "{ended}"
     );
 }
+
+/// Learned routes reach the kernel of node 1 (protocol 119, via BIRD's node) and leave
+/// it when BIRD stops (no graceful restart announced by BIRD here: removed at once).
+#[test]
+fn learned_routes_reach_the_kernel_and_leave_with_the_session() {
+    require();
+    let mut lab = Lab::new(2).unwrap();
+    let _sock = start_bird(&mut lab, 65000);
+    let path = netns_path(&lab.state.nodes[0].netns);
+    let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
+    let speaker = std::thread::spawn(move || {
+        let f = File::open(&path).unwrap();
+        // SAFETY: setns(2) on this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let nl = trellis_net::Netlink::connect().unwrap();
+            let cfg = PeerConfig {
+                local: Local {
+                    asn: 65000,
+                    router_id: n1,
+                    peer_asn: 65001,
+                    hold_time: 9,
+                },
+                peer: SocketAddrV4::new(n2, 179),
+                local_address: n1,
+            };
+            let (tx, mut rx) = mpsc::channel(64);
+            let installer = tokio::spawn(async move {
+                let mut rib = trellis_bgp::rib::Rib::default();
+                while let Some(e) = rx.recv().await {
+                    rib.apply(n2, true, false, &e);
+                    trellis_bgp::install::sync(&nl, &rib.best()).await.unwrap();
+                    if matches!(e, RouteEvent::Down(_)) {
+                        return;
+                    }
+                }
+            });
+            // Until the session ends (BIRD is stopped by the test).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                match run_once(&cfg, &[], &tx).await {
+                    SessionError::Io { .. } => tokio::time::sleep(Duration::from_millis(200)).await,
+                    _ => break,
+                }
+            }
+            drop(tx);
+            let _ = installer.await;
+        })
+    });
+    let node1 = lab.state.nodes[0].netns.clone();
+    let routes = |lab: &Lab| {
+        let out = lab
+            .exec(&node1, &["ip", "route", "show", "proto", "119"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let want = format!("10.99.0.0/24 via {n2}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !routes(&lab).contains(&want) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(routes(&lab).contains(&want), "{}", routes(&lab));
+    let bird = lab
+        .state
+        .procs
+        .iter()
+        .find(|p| p.what == "bird")
+        .map(|p| p.pid)
+        .unwrap();
+    lab.stop(bird, false);
+    speaker.join().unwrap();
+    assert_eq!(
+        routes(&lab).trim(),
+        "",
+        "the route stayed after the session"
+    );
+}
