@@ -6,9 +6,12 @@
 //! - [`session`]: one session over TCP, its timers, our announcements and the peer's
 //!   routes as events. Messages are encoded and decoded by `netgauze-bgp-pkt`;
 //! - [`rib`]: every peer's routes and the best paths (pure);
-//! - [`install`]: the best paths as kernel routes of protocol [`install::BGP_PROTO`].
+//! - [`install`]: the best paths as kernel routes of protocol [`install::BGP_PROTO`];
+//! - [`speaker`]: a node's sessions with its peers (one task each, a listener), their
+//!   RIB and the kernel kept at its best paths.
 
 pub mod fsm;
 pub mod install;
 pub mod rib;
 pub mod session;
+pub mod speaker;

@@ -330,15 +330,27 @@ pub async fn run_once(
     prefixes: &[Ipv4Net],
     events: &mpsc::Sender<RouteEvent>,
 ) -> SessionError {
+    match connect(cfg).await {
+        Ok(stream) => run_on(stream, cfg, prefixes, events).await,
+        Err(source) => SessionError::Io {
+            peer: cfg.peer,
+            source,
+        },
+    }
+}
+
+/// [`run_once`] on a connection already made (accepted from the peer, or connected).
+pub async fn run_on(
+    stream: TcpStream,
+    cfg: &PeerConfig,
+    prefixes: &[Ipv4Net],
+    events: &mpsc::Sender<RouteEvent>,
+) -> SessionError {
     let peer = cfg.peer;
     let local = &cfg.local;
     let mut state = State::Idle;
     let (s, _) = fsm::step(local, state, Event::Start);
     state = s;
-    let stream = match connect(cfg).await {
-        Ok(s) => s,
-        Err(source) => return SessionError::Io { peer, source },
-    };
     let mut framed = Framed::new(stream, BgpCodec::new(true));
     let mut negotiated: Option<Negotiated> = None;
     let mut hold = OPEN_HOLD;
