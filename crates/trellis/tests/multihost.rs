@@ -196,6 +196,33 @@ fn vxlan_full_mesh() {
     assert_mesh(&lab, Duration::from_secs(15), "vxlan after drift repair");
 }
 
+/// `backend: bgp`: the agents' BGP speakers form a full iBGP mesh and carry every
+/// node's subnet (routes of protocol 119 via the nodes' addresses, no tunnel); every
+/// pod reaches every other.
+#[test]
+fn bgp_full_mesh() {
+    let lab = cluster_lab(3, 0, "bgp", 1);
+    assert_mesh(&lab, Duration::from_secs(20), "bgp");
+    for (n, node) in lab.state.nodes.iter().enumerate() {
+        let out = lab
+            .exec(&node.netns, &["ip", "route", "show", "proto", "119"])
+            .unwrap();
+        let routes = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(routes.lines().count(), 2, "node {n}: {routes}");
+        for (m, other) in lab.state.nodes.iter().enumerate() {
+            if m != n {
+                assert!(
+                    routes.contains(&format!("via {}", other.addr)),
+                    "node {n}: {routes}"
+                );
+            }
+        }
+        let links = lab.exec(&node.netns, &["ip", "-o", "link"]).unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        assert!(!links.contains(": trl."), "a tunnel on node {n}: {links}");
+    }
+}
+
 #[test]
 fn host_gw_full_mesh_and_off_segment_peer_reported() {
     let lab = cluster_lab(3, 1, "host-gw", 1);

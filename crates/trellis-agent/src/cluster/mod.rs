@@ -15,6 +15,7 @@
 //!   routes leave, when it returns with the same subnet they come back unchanged;
 //! - the fabric is re-applied after every change and every `resync` (drift repair).
 
+mod bgp;
 pub mod endpoints;
 mod fabric;
 mod informer;
@@ -254,6 +255,17 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
         direct_written: None,
     };
     tokio::spawn(fabric.run());
+    tokio::spawn(
+        bgp::BgpLoop {
+            node: cfg.node.clone(),
+            address: local.address,
+            served: served.clone(),
+            nodes: nodes.clone(),
+            networks: networks.clone(),
+            resync: cfg.resync,
+        }
+        .run(),
+    );
     // The service proxy and every served network's cluster DNS.
     let svc_loop = services::ServiceLoop {
         client: client.clone(),
