@@ -81,6 +81,16 @@ impl Rib {
         self.routes.retain(|_, m| !m.is_empty());
     }
 
+    /// Drop `peer`'s routes still stale (its restart time is over).
+    pub fn drop_stale(&mut self, peer: Ipv4Addr) {
+        for m in self.routes.values_mut() {
+            if m.get(&peer).is_some_and(|p| p.stale) {
+                m.remove(&peer);
+            }
+        }
+        self.routes.retain(|_, m| !m.is_empty());
+    }
+
     /// Drop every route of `peer` (removed, or its stale time is over).
     pub fn forget(&mut self, peer: Ipv4Addr) {
         for m in self.routes.values_mut() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use ipnet::Ipv4Net;
 use netgauze_bgp_pkt::capabilities::{
-    BgpCapability, FourOctetAsCapability, GracefulRestartCapability,
+    BgpCapability, FourOctetAsCapability, GracefulRestartAddressFamily, GracefulRestartCapability,
     MultiProtocolExtensionsCapability,
 };
 use netgauze_bgp_pkt::codec::BgpCodec;
@@ -36,6 +36,9 @@ use crate::fsm::{self, Action, Event, Local, Negotiated, Notify, PeerOpen, State
 
 /// The hold time before the OPENs are exchanged (RFC 4271 §8: "large", 4 minutes).
 const OPEN_HOLD: Duration = Duration::from_secs(240);
+/// The restart time we announce (RFC 4724): how long peers keep our routes while we
+/// are gone, in seconds.
+pub const RESTART_TIME: u16 = 120;
 /// The most prefixes in one UPDATE (24 bytes of attributes, up to 5 bytes each: well
 /// under the 4,096-byte message).
 const PREFIXES_PER_UPDATE: usize = 500;
@@ -131,11 +134,16 @@ fn open_message(local: &Local) -> BgpMessage {
             )),
             BgpCapability::RouteRefresh,
             BgpCapability::FourOctetAs(FourOctetAsCapability::new(local.asn)),
+            // We keep forwarding across our own restart (the kernel keeps our routes):
+            // peers keep ours for the restart time (RFC 4724).
             BgpCapability::GracefulRestartCapability(GracefulRestartCapability::new(
                 false,
                 false,
-                120,
-                vec![],
+                RESTART_TIME,
+                vec![GracefulRestartAddressFamily::new(
+                    true,
+                    AddressType::Ipv4Unicast,
+                )],
             )),
         ])],
     ))

@@ -9,9 +9,15 @@
 //! - [`Speaker::set_peers`] starts the tasks of new peers and stops those of removed
 //!   ones; a peer that stays keeps its session (a change of peers never resets another
 //!   session).
-//! - After every change of the RIB the kernel is brought to its best paths.
+//! - After every change of the RIB the kernel is brought to its best paths, except at
+//!   the start: until every peer has sent its End-of-RIB (or [`SpeakerConfig::defer`]
+//!   has passed) the kernel's routes are left as a previous run left them, so a
+//!   restarted speaker changes nothing (RFC 4724, restarting speaker).
+//! - Graceful restart, helper side: when a session with a peer that announced the
+//!   capability ends, its routes stay (stale) for its restart time; its End-of-RIB in
+//!   the next session removes those it did not announce again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::fsm::Local;
 use crate::rib::Rib;
-use crate::session::{run_on, run_once, PeerConfig, SessionError};
+use crate::session::{run_on, run_once, PeerConfig, RouteEvent, SessionError};
 
 /// How long a failed session waits before the next attempt.
 const RETRY: Duration = Duration::from_secs(1);
@@ -42,6 +48,9 @@ pub struct SpeakerConfig {
     pub hold_time: u16,
     /// The prefixes we announce.
     pub prefixes: Vec<Ipv4Net>,
+    /// At the start, how long the kernel's routes are left alone while not every peer
+    /// has sent its End-of-RIB.
+    pub defer: Duration,
 }
 
 /// A peer: its address and AS.
@@ -65,6 +74,8 @@ pub struct Speaker {
     cfg: SpeakerConfig,
     peers: Arc<Mutex<BTreeMap<Ipv4Addr, PeerTask>>>,
     rib: Arc<Mutex<Rib>>,
+    /// The peers that have sent End-of-RIB since the start.
+    eor: Arc<Mutex<BTreeSet<Ipv4Addr>>>,
     changed: mpsc::UnboundedSender<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -93,18 +104,38 @@ impl Speaker {
         let listener = TcpListener::bind(SocketAddr::from((cfg.address, cfg.port))).await?;
         let nl = trellis_net::Netlink::connect().map_err(std::io::Error::other)?;
         let rib = Arc::new(Mutex::new(Rib::default()));
+        let eor: Arc<Mutex<BTreeSet<Ipv4Addr>>> = Arc::default();
+        let peers: Arc<Mutex<BTreeMap<Ipv4Addr, PeerTask>>> = Arc::default();
         let (changed, mut wake) = mpsc::unbounded_channel::<()>();
-        let r = rib.clone();
+        let (r, e, p) = (rib.clone(), eor.clone(), peers.clone());
+        let defer_until = tokio::time::Instant::now() + cfg.defer;
+        let waker = changed.clone();
         let installer = tokio::spawn(async move {
+            // Wake once more when the deferral ends.
+            tokio::spawn(async move {
+                tokio::time::sleep_until(defer_until).await;
+                let _ = waker.send(());
+            });
+            let mut ready = false;
             while wake.recv().await.is_some() {
                 while wake.try_recv().is_ok() {}
+                if !ready {
+                    let all_eor = {
+                        let eor = e.lock().unwrap_or_else(|e| e.into_inner());
+                        let peers = p.lock().unwrap_or_else(|e| e.into_inner());
+                        !peers.is_empty() && peers.keys().all(|a| eor.contains(a))
+                    };
+                    ready = all_eor || tokio::time::Instant::now() >= defer_until;
+                    if !ready {
+                        continue;
+                    }
+                }
                 let best = r.lock().unwrap_or_else(|e| e.into_inner()).best();
                 if let Err(e) = crate::install::sync(&nl, &best).await {
                     tracing::warn!("bgp: installing routes: {e}");
                 }
             }
         });
-        let peers: Arc<Mutex<BTreeMap<Ipv4Addr, PeerTask>>> = Arc::default();
         let table = peers.clone();
         let accept = tokio::spawn(async move {
             loop {
@@ -131,6 +162,7 @@ impl Speaker {
             cfg,
             peers,
             rib,
+            eor,
             changed,
             tasks: vec![installer, accept],
         };
@@ -164,6 +196,7 @@ impl Speaker {
                 p,
                 rx,
                 self.rib.clone(),
+                self.eor.clone(),
                 self.changed.clone(),
             ));
             current.insert(
@@ -189,6 +222,7 @@ async fn peer_task(
     peer: Peer,
     mut accepted: mpsc::Receiver<TcpStream>,
     rib: Arc<Mutex<Rib>>,
+    eor: Arc<Mutex<BTreeSet<Ipv4Addr>>>,
     changed: mpsc::UnboundedSender<()>,
 ) {
     let pc = PeerConfig {
@@ -203,6 +237,19 @@ async fn peer_task(
     };
     let ebgp = cfg.asn != peer.asn;
     let active = cfg.address < peer.address;
+    let take = |ev: &RouteEvent| {
+        if *ev == RouteEvent::EndOfRib {
+            eor.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer.address);
+        }
+        rib.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(peer.address, ebgp, false, ev);
+        let _ = changed.send(());
+    };
+    // The peer's routes kept stale after its session ended, until then.
+    let mut stale_until: Option<tokio::time::Instant> = None;
     loop {
         let (tx, mut rx) = mpsc::channel(256);
         let session = async {
@@ -216,28 +263,89 @@ async fn peer_task(
             }
         };
         tokio::pin!(session);
+        let mut restart: Option<u16> = None;
         let ended: SessionError = loop {
+            let stale_over = async {
+                match stale_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 e = &mut session => break e,
                 Some(ev) = rx.recv() => {
-                    rib.lock().unwrap_or_else(|e| e.into_inner()).apply(peer.address, ebgp, false, &ev);
+                    if let RouteEvent::Up(n) = &ev {
+                        restart = n.graceful_restart;
+                    }
+                    if ev == RouteEvent::EndOfRib {
+                        stale_until = None;
+                    }
+                    // The session's Down is handled below, once it has ended.
+                    if !matches!(ev, RouteEvent::Down(_)) {
+                        take(&ev);
+                    }
+                }
+                _ = stale_over => {
+                    stale_until = None;
+                    rib.lock().unwrap_or_else(|e| e.into_inner()).drop_stale(peer.address);
                     let _ = changed.send(());
                 }
             }
         };
         while let Ok(ev) = rx.try_recv() {
-            rib.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .apply(peer.address, ebgp, false, &ev);
+            if !matches!(ev, RouteEvent::Down(_)) {
+                take(&ev);
+            }
         }
-        // The session is over: its routes go (graceful restart keeps them: later).
-        rib.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .forget(peer.address);
-        let _ = changed.send(());
+        // The session is over: with graceful restart its routes stay, stale, for the
+        // peer's restart time; without, or when either side ended it with a
+        // NOTIFICATION (a deliberate end, RFC 4724 §4.2), they go.
+        let deliberate = matches!(&ended, SessionError::Sent { .. })
+            || matches!(&ended, SessionError::Closed { reason, .. } if reason.contains("NOTIFICATION"));
+        if deliberate {
+            restart = None;
+            stale_until = None;
+        }
+        match restart {
+            Some(secs) => {
+                rib.lock().unwrap_or_else(|e| e.into_inner()).apply(
+                    peer.address,
+                    ebgp,
+                    true,
+                    &RouteEvent::Down(ended.to_string()),
+                );
+                stale_until =
+                    Some(tokio::time::Instant::now() + Duration::from_secs(u64::from(secs)));
+            }
+            None if stale_until.is_none() => {
+                rib.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forget(peer.address);
+                let _ = changed.send(());
+            }
+            None => {}
+        }
         if !matches!(ended, SessionError::Io { .. }) {
             tracing::info!(peer = %peer.address, "bgp: session ended: {ended}");
         }
-        tokio::time::sleep(RETRY).await;
+        // Wait for the retry, dropping stale routes if their time runs out meanwhile.
+        let retry = tokio::time::sleep(RETRY);
+        tokio::pin!(retry);
+        loop {
+            let stale_over = async {
+                match stale_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut retry => break,
+                _ = stale_over => {
+                    stale_until = None;
+                    rib.lock().unwrap_or_else(|e| e.into_inner()).drop_stale(peer.address);
+                    let _ = changed.send(());
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! A full iBGP mesh of three speakers, one in each node namespace of a lab: every node's
-//! kernel gets the other two nodes' prefixes (protocol 119, via their addresses), and
-//! the prefixes of a speaker that stops leave the others' kernels. Needs root.
+//! kernel gets the other two nodes' prefixes (protocol 119, via their addresses). A
+//! speaker that dies is restarted gracefully: the others keep its prefix meanwhile
+//! (stale, RFC 4724) and its own kernel keeps its routes; a peer removed takes its
+//! prefix with it. Needs root.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -9,18 +11,24 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use trellis_bgp::speaker::{Peer, Speaker, SpeakerConfig};
 use trellis_lab::{netns_path, Lab};
 
-/// A speaker in `netns` until `stop` fires.
+enum Cmd {
+    SetPeers(Vec<Peer>),
+    Stop,
+}
+
+/// A speaker in `netns`, driven by commands until [`Cmd::Stop`] (or its sender's drop:
+/// the speaker dies with its sockets, as a killed agent's would).
 fn speaker_in(
     netns: &str,
     cfg: SpeakerConfig,
     peers: Vec<Peer>,
-) -> (oneshot::Sender<()>, JoinHandle<()>) {
+) -> (mpsc::UnboundedSender<Cmd>, JoinHandle<()>) {
     let path = netns_path(netns);
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
     let h = std::thread::spawn(move || {
         let f = File::open(&path).unwrap();
         // SAFETY: setns(2) on this thread only, which ends with the speaker.
@@ -32,11 +40,15 @@ fn speaker_in(
         rt.block_on(async move {
             let s = Speaker::start(cfg).await.unwrap();
             s.set_peers(&peers);
-            let _ = stopped.await;
-            drop(s);
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    Cmd::SetPeers(p) => s.set_peers(&p),
+                    Cmd::Stop => break,
+                }
+            }
         });
     });
-    (stop, h)
+    (tx, h)
 }
 
 fn prefix(n: usize) -> Ipv4Net {
@@ -44,29 +56,30 @@ fn prefix(n: usize) -> Ipv4Net {
 }
 
 #[test]
-fn a_full_mesh_installs_every_nodes_prefix() {
+fn a_full_mesh_survives_a_restart_and_forgets_a_removed_peer() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
     let lab = Lab::new(3).unwrap();
     let addrs: Vec<Ipv4Addr> = lab.state.nodes.iter().map(|n| n.addr).collect();
-    let peers: Vec<Peer> = addrs
-        .iter()
-        .map(|a| Peer {
-            address: *a,
-            asn: 64512,
-        })
+    let peers = |of: &[usize]| -> Vec<Peer> {
+        of.iter()
+            .map(|n| Peer {
+                address: addrs[*n],
+                asn: 64512,
+            })
+            .collect()
+    };
+    let cfg = |n: usize| SpeakerConfig {
+        asn: 64512,
+        address: addrs[n],
+        port: 179,
+        hold_time: 9,
+        prefixes: vec![prefix(n)],
+        defer: Duration::from_secs(5),
+    };
+    let mut running: Vec<_> = (0..3)
+        .map(|n| speaker_in(&lab.state.nodes[n].netns, cfg(n), peers(&[0, 1, 2])))
         .collect();
-    let mut running = Vec::new();
-    for (n, node) in lab.state.nodes.iter().enumerate() {
-        let cfg = SpeakerConfig {
-            asn: 64512,
-            address: node.addr,
-            port: 179,
-            hold_time: 9,
-            prefixes: vec![prefix(n)],
-        };
-        running.push(Some(speaker_in(&node.netns, cfg, peers.clone())));
-    }
     let routes = |n: usize| {
         let out = lab
             .exec(
@@ -82,16 +95,19 @@ fn a_full_mesh_installs_every_nodes_prefix() {
             .map(|m| format!("{} via {}", prefix(*m), addrs[*m]))
             .collect()
     };
+    let holds = |n: usize, of: &[usize]| {
+        let have = routes(n);
+        let want = expect(n, of);
+        want.iter().all(|w| have.contains(w.as_str())) && have.lines().count() == want.len()
+    };
     let settled = |of: &[usize], nodes: &[usize]| {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let ok = nodes.iter().all(|n| {
-                let have = routes(*n);
-                let want = expect(*n, of);
-                want.iter().all(|w| have.contains(w.as_str())) && have.lines().count() == want.len()
-            });
-            if ok || Instant::now() > deadline {
-                return ok;
+            if nodes.iter().all(|n| holds(*n, of)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -101,17 +117,46 @@ fn a_full_mesh_installs_every_nodes_prefix() {
         "the mesh did not converge: {:?}",
         (0..3).map(routes).collect::<Vec<_>>()
     );
-    // The third speaker stops: its prefix leaves the others.
-    let (stop, h) = running[2].take().unwrap();
-    stop.send(()).unwrap();
+    // The third speaker dies (its sockets closed, no NOTIFICATION): the others keep its
+    // prefix, and its own kernel keeps its routes, while it is gone and as it comes
+    // back; then the mesh is whole again.
+    let (tx, h) = running.remove(2);
+    drop(tx);
     h.join().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for n in 0..3 {
+        assert!(
+            holds(n, &[0, 1, 2]),
+            "node {n} changed while the third speaker was gone: {}",
+            routes(n)
+        );
+    }
+    running.push(speaker_in(
+        &lab.state.nodes[2].netns,
+        cfg(2),
+        peers(&[0, 1, 2]),
+    ));
+    for _ in 0..20 {
+        for n in 0..3 {
+            assert!(
+                holds(n, &[0, 1, 2]),
+                "node {n} changed during the restart: {}",
+                routes(n)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The first two remove the third as a peer: its prefix goes from them.
+    for tx in running.iter().take(2).map(|(tx, _)| tx) {
+        tx.send(Cmd::SetPeers(peers(&[0, 1]))).unwrap();
+    }
     assert!(
         settled(&[0, 1], &[0, 1]),
-        "a stopped speaker's route stayed: {:?}",
+        "a removed peer's route stayed: {:?}",
         (0..2).map(routes).collect::<Vec<_>>()
     );
-    for (stop, h) in running.into_iter().flatten() {
-        stop.send(()).unwrap();
+    for (tx, h) in running {
+        tx.send(Cmd::Stop).unwrap();
         h.join().unwrap();
     }
 }

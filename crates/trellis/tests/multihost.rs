@@ -111,10 +111,14 @@ fn assert_mesh(lab: &Lab, t: Duration, what: &str) {
 /// The routes the fabric owns in a node, as text.
 fn owned_routes(lab: &Lab, node: usize) -> String {
     let ns = &lab.state.nodes[node].netns;
-    let o = lab
-        .exec(ns, &["ip", "route", "show", "proto", "116"])
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    // The fabric's (116) and BGP's (119).
+    ["116", "119"]
+        .iter()
+        .map(|p| {
+            let o = lab.exec(ns, &["ip", "route", "show", "proto", p]).unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        })
+        .collect()
 }
 
 /// Every pod's address as its own kernel has it (`eth0`), in lab order.
@@ -457,6 +461,13 @@ fn assert_no_configured_changes(lab: &mut Lab, monitors: Vec<(String, u32)>, dur
 #[test]
 fn agent_kill9_under_iperf3_changes_nothing() {
     kill9_under_iperf3("vxlan");
+}
+
+/// The bgp backend's routes are learned by the agents' speakers: killed and restarted
+/// (both ends), nothing is withdrawn (graceful restart) and the stream survives.
+#[test]
+fn bgp_agent_kill9_under_iperf3_changes_nothing() {
+    kill9_under_iperf3("bgp");
 }
 
 /// The udp backend's pump lives in the agent, but its TUN device and the routes into it

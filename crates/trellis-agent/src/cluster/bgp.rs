@@ -6,7 +6,9 @@
 //! subnets of its bgp networks) and its peers ([`desired`], pure) → the speaker is
 //! started (again when the prefixes change) and given its peers; a change of peers
 //! never resets another peer's session. Learned subnets are kernel routes of protocol
-//! 119 (`trellis_bgp::install`), left in place across an agent restart.
+//! 119 (`trellis_bgp::install`), left in place across an agent restart: the restarted
+//! speaker changes them only once its peers have sent their tables, and the peers keep
+//! this node's subnet meanwhile (graceful restart).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -122,6 +124,9 @@ impl BgpLoop {
                                     port: 179,
                                     hold_time: 9,
                                     prefixes: d.prefixes.clone(),
+                                    // A restarted agent leaves the kernel's routes alone
+                                    // until its peers have sent their tables.
+                                    defer: Duration::from_secs(10),
                                 };
                                 match Speaker::start(cfg).await {
                                     Ok(s) => {
