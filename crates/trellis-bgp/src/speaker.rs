@@ -210,6 +210,17 @@ impl Speaker {
         }
     }
 
+    /// Stop for good (no bgp network left here): the sessions end and the kernel's
+    /// learned routes go. (Dropping the speaker instead leaves them, as a restart
+    /// should.)
+    pub async fn shutdown(self) -> Result<(), trellis_net::NetError> {
+        drop(self);
+        let nl = trellis_net::Netlink::connect()?;
+        crate::install::sync(&nl, &BTreeMap::new())
+            .await
+            .map(|_| ())
+    }
+
     /// The best paths now (prefix → next hops).
     pub fn best(&self) -> BTreeMap<Ipv4Net, Vec<Ipv4Addr>> {
         self.rib.lock().unwrap_or_else(|e| e.into_inner()).best()

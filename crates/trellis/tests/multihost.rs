@@ -225,6 +225,20 @@ fn bgp_full_mesh() {
         let links = String::from_utf8_lossy(&links.stdout).into_owned();
         assert!(!links.contains(": trl."), "a tunnel on node {n}: {links}");
     }
+    // Switched to vxlan: the speakers stop and their routes go; the pods still reach
+    // each other.
+    lab.apply(&trellis(), &network_manifest("default", "vxlan"))
+        .unwrap();
+    assert_mesh(&lab, Duration::from_secs(20), "bgp → vxlan");
+    for (n, node) in lab.state.nodes.iter().enumerate() {
+        let gone = wait_for(Duration::from_secs(10), || {
+            let out = lab
+                .exec(&node.netns, &["ip", "route", "show", "proto", "119"])
+                .unwrap();
+            out.stdout.is_empty()
+        });
+        assert!(gone, "node {n} keeps bgp routes after the switch");
+    }
 }
 
 #[test]

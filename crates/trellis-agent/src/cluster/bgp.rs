@@ -114,7 +114,17 @@ impl BgpLoop {
                 let want = desired(&self.node, &served, &networks, &nodes);
                 if want != applied {
                     match &want {
-                        None => speaker = None,
+                        None => {
+                            // No bgp network here any more: its learned routes go too.
+                            if let Some((_, s)) = speaker.take() {
+                                match s.shutdown().await {
+                                    Ok(()) => tracing::info!("bgp speaker stopped"),
+                                    Err(e) => {
+                                        tracing::warn!("bgp speaker: removing its routes: {e}")
+                                    }
+                                }
+                            }
+                        }
                         Some(d) => {
                             if speaker.as_ref().is_none_or(|(p, _)| *p != d.prefixes) {
                                 speaker = None; // its listener's port is free again
