@@ -4,17 +4,16 @@
 //! session gone without a word (a killed agent), BIRD keeps our route (graceful
 //! restart). Needs root and `bird`/`birdc` (Debian's bird2).
 
-use std::fs::File;
-use std::net::SocketAddrV4;
-use std::os::fd::AsRawFd;
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
-use trellis_bgp::fsm::{Local, Notify};
-use trellis_bgp::session::{run_once, PeerConfig, RouteEvent, SessionError};
-use trellis_lab::{netns_path, Lab};
+use trellis_bgp::fsm::Notify;
+use trellis_bgp::session::{run_once, RouteEvent, SessionError};
+use trellis_lab::Lab;
 
 fn require() {
     // SAFETY: geteuid has no preconditions.
@@ -68,59 +67,41 @@ fn session_from_node1(
     prefixes: Vec<Ipv4Net>,
     within: Duration,
 ) -> (Vec<RouteEvent>, Option<String>) {
-    let path = netns_path(&lab.state.nodes[0].netns);
+    let netns = lab.state.nodes[0].netns.clone();
     let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
-    std::thread::spawn(move || {
-        let f = File::open(&path).unwrap();
-        // SAFETY: setns(2) on this thread only, which ends with the test's session.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let cfg = PeerConfig {
-                local: Local {
-                    asn: 65000,
-                    router_id: n1,
-                    peer_asn: peer_as,
-                    hold_time: 9,
-                },
-                peer: SocketAddrV4::new(n2, 179),
-                local_address: n1,
-            };
-            let (tx, mut rx) = mpsc::channel(64);
-            let deadline = Instant::now() + within;
-            let mut events = Vec::new();
-            let mut ended = None;
-            // BIRD may not listen yet: try again until it does.
-            while Instant::now() < deadline && ended.is_none() {
-                let run = run_once(&cfg, &prefixes, &tx);
-                let stop = tokio::time::sleep_until(deadline.into());
-                tokio::pin!(run);
-                let collect = async {
-                    while let Some(e) = rx.recv().await {
-                        events.push(e);
-                    }
-                };
-                tokio::select! {
-                    e = &mut run => {
-                        match e {
-                            SessionError::Io { .. } => {
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                            }
-                            e => ended = Some(e.to_string()),
-                        }
-                    }
-                    _ = stop => break,
-                    _ = collect => {}
-                }
-                while let Ok(e) = rx.try_recv() {
+    common::block_on_in(&netns, move || async move {
+        let cfg = common::peer_config(n1, n2, peer_as);
+        let (tx, mut rx) = mpsc::channel(64);
+        let deadline = Instant::now() + within;
+        let mut events = Vec::new();
+        let mut ended = None;
+        // BIRD may not listen yet: try again until it does.
+        while Instant::now() < deadline && ended.is_none() {
+            let run = run_once(&cfg, &prefixes, &tx);
+            let stop = tokio::time::sleep_until(deadline.into());
+            tokio::pin!(run);
+            let collect = async {
+                while let Some(e) = rx.recv().await {
                     events.push(e);
                 }
+            };
+            tokio::select! {
+                e = &mut run => {
+                    match e {
+                        SessionError::Io { .. } => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        e => ended = Some(e.to_string()),
+                    }
+                }
+                _ = stop => break,
+                _ = collect => {}
             }
-            (events, ended)
-        })
+            while let Ok(e) = rx.try_recv() {
+                events.push(e);
+            }
+        }
+        (events, ended)
     })
     .join()
     .unwrap()
@@ -172,51 +153,33 @@ fn bird_sees_our_route_with_our_as() {
     let mut lab = Lab::new(2).unwrap();
     let sock = start_bird(&mut lab, 65000);
     let ours: Ipv4Net = "10.98.0.0/24".parse().unwrap();
-    let path = netns_path(&lab.state.nodes[0].netns);
+    let netns = lab.state.nodes[0].netns.clone();
     let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let speaker = std::thread::spawn(move || {
-        let f = File::open(&path).unwrap();
-        // SAFETY: setns(2) on this thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let cfg = PeerConfig {
-                local: Local {
-                    asn: 65000,
-                    router_id: n1,
-                    peer_asn: 65001,
-                    hold_time: 9,
-                },
-                peer: SocketAddrV4::new(n2, 179),
-                local_address: n1,
-            };
-            let (tx, mut rx) = mpsc::channel(64);
-            tokio::spawn(async move { while rx.recv().await.is_some() {} });
-            let prefixes = [ours];
-            loop {
-                if stop_rx.try_recv().is_ok() {
-                    return;
-                }
-                let run = run_once(&cfg, &prefixes, &tx);
-                tokio::pin!(run);
-                let tick = async {
-                    loop {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        if stop_rx.try_recv().is_ok() {
-                            return;
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = &mut run => tokio::time::sleep(Duration::from_millis(200)).await,
-                    _ = tick => return,
-                }
+    let speaker = common::block_on_in(&netns, move || async move {
+        let cfg = common::peer_config(n1, n2, 65001);
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let prefixes = [ours];
+        loop {
+            if stop_rx.try_recv().is_ok() {
+                return;
             }
-        })
+            let run = run_once(&cfg, &prefixes, &tx);
+            tokio::pin!(run);
+            let tick = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if stop_rx.try_recv().is_ok() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = &mut run => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ = tick => return,
+            }
+        }
     });
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut seen = String::new();
@@ -264,50 +227,32 @@ fn learned_routes_reach_the_kernel_and_leave_with_the_session() {
     require();
     let mut lab = Lab::new(2).unwrap();
     let _sock = start_bird(&mut lab, 65000);
-    let path = netns_path(&lab.state.nodes[0].netns);
+    let netns = lab.state.nodes[0].netns.clone();
     let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
-    let speaker = std::thread::spawn(move || {
-        let f = File::open(&path).unwrap();
-        // SAFETY: setns(2) on this thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let nl = trellis_net::Netlink::connect().unwrap();
-            let cfg = PeerConfig {
-                local: Local {
-                    asn: 65000,
-                    router_id: n1,
-                    peer_asn: 65001,
-                    hold_time: 9,
-                },
-                peer: SocketAddrV4::new(n2, 179),
-                local_address: n1,
-            };
-            let (tx, mut rx) = mpsc::channel(64);
-            let installer = tokio::spawn(async move {
-                let mut rib = trellis_bgp::rib::Rib::default();
-                while let Some(e) = rx.recv().await {
-                    rib.apply(n2, true, false, &e);
-                    trellis_bgp::install::sync(&nl, &rib.best()).await.unwrap();
-                    if matches!(e, RouteEvent::Down(_)) {
-                        return;
-                    }
-                }
-            });
-            // Until the session ends (BIRD is stopped by the test).
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                match run_once(&cfg, &[], &tx).await {
-                    SessionError::Io { .. } => tokio::time::sleep(Duration::from_millis(200)).await,
-                    _ => break,
+    let speaker = common::block_on_in(&netns, move || async move {
+        let nl = trellis_net::Netlink::connect().unwrap();
+        let cfg = common::peer_config(n1, n2, 65001);
+        let (tx, mut rx) = mpsc::channel(64);
+        let installer = tokio::spawn(async move {
+            let mut rib = trellis_bgp::rib::Rib::default();
+            while let Some(e) = rx.recv().await {
+                rib.apply(n2, true, false, &e);
+                trellis_bgp::install::sync(&nl, &rib.best()).await.unwrap();
+                if matches!(e, RouteEvent::Down(_)) {
+                    return;
                 }
             }
-            drop(tx);
-            let _ = installer.await;
-        })
+        });
+        // Until the session ends (BIRD is stopped by the test).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match run_once(&cfg, &[], &tx).await {
+                SessionError::Io { .. } => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ => break,
+            }
+        }
+        drop(tx);
+        let _ = installer.await;
     });
     let node1 = lab.state.nodes[0].netns.clone();
     let routes = |lab: &Lab| {

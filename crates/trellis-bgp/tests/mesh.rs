@@ -4,16 +4,16 @@
 //! (stale, RFC 4724) and its own kernel keeps its routes; a peer removed takes its
 //! prefix with it. Needs root.
 
-use std::fs::File;
+mod common;
+
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 use trellis_bgp::speaker::{Peer, Speaker, SpeakerConfig};
-use trellis_lab::{netns_path, Lab};
+use trellis_lab::Lab;
 
 enum Cmd {
     SetPeers(Vec<Peer>),
@@ -27,26 +27,16 @@ fn speaker_in(
     cfg: SpeakerConfig,
     peers: Vec<Peer>,
 ) -> (mpsc::UnboundedSender<Cmd>, JoinHandle<()>) {
-    let path = netns_path(netns);
     let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
-    let h = std::thread::spawn(move || {
-        let f = File::open(&path).unwrap();
-        // SAFETY: setns(2) on this thread only, which ends with the speaker.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let s = Speaker::start(cfg).await.unwrap();
-            s.set_peers(&peers);
-            while let Some(cmd) = rx.recv().await {
-                match cmd {
-                    Cmd::SetPeers(p) => s.set_peers(&p),
-                    Cmd::Stop => break,
-                }
+    let h = common::block_on_in(netns, move || async move {
+        let s = Speaker::start(cfg).await.unwrap();
+        s.set_peers(&peers);
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Cmd::SetPeers(p) => s.set_peers(&p),
+                Cmd::Stop => break,
             }
-        });
+        }
     });
     (tx, h)
 }

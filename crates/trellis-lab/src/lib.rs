@@ -16,10 +16,14 @@ pub mod conformance;
 pub mod scratch;
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -143,6 +147,31 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Path of a named network namespace.
 pub fn netns_path(netns: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(netns)
+}
+
+/// Run `f` on a new thread inside lab namespace `netns` (`setns` on that thread only;
+/// the process and its other threads stay where they are); the thread ends with `f`.
+/// Only lab namespaces ([`NS_PREFIX`]) are entered.
+pub fn spawn_in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<JoinHandle<io::Result<T>>> {
+    if !netns.starts_with(NS_PREFIX) || netns.contains('/') {
+        return Err(io::Error::other(format!(
+            "{netns:?} is not a lab namespace; only {NS_PREFIX}* namespaces are entered"
+        )));
+    }
+    let path = netns_path(netns);
+    let name = format!("netns {netns}");
+    std::thread::Builder::new().name(name).spawn(move || {
+        let file = File::open(&path)?;
+        // SAFETY: setns(2) with a valid fd; it switches only this thread, which this
+        // function spawned and which ends when `f` returns.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        f()
+    })
 }
 
 impl Lab {

@@ -42,9 +42,15 @@ pub fn kind_prefix(kind: Kind, ns: Option<&str>) -> String {
 /// A stored object as the API shows it: its JSON with `metadata.resourceVersion` set to
 /// the key's mod revision.
 pub fn to_object(kv: &KeyValue) -> Result<Value, ApiError> {
+    to_object_at(kv, kv.mod_revision)
+}
+
+/// A stored object's JSON with `metadata.resourceVersion` set to `revision` (a deleted
+/// object, as of its deletion).
+pub fn to_object_at(kv: &KeyValue, revision: trellis_store::Revision) -> Result<Value, ApiError> {
     let mut v: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
-    v["metadata"]["resourceVersion"] = Value::String(kv.mod_revision.to_string());
+    v["metadata"]["resourceVersion"] = Value::String(revision.to_string());
     Ok(v)
 }
 

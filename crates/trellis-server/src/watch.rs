@@ -17,7 +17,7 @@ use serde_json::Value;
 use trellis_api::watch::{Bookmark, ListMeta, WatchEvent};
 use trellis_store::{Event, Revision, WatchItem};
 
-use crate::resources::to_object;
+use crate::resources::{to_object, to_object_at};
 use crate::{ApiError, Server};
 
 type Tx = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
@@ -38,12 +38,10 @@ fn event_line(e: &Event) -> Option<WatchEvent<Value>> {
                 WatchEvent::Modified { object }
             }
         }
-        Event::Delete { revision, prev, .. } => {
-            let mut object = to_object(prev.as_ref()?).ok()?;
-            // The object as it was, at the revision of its deletion.
-            object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
-            WatchEvent::Deleted { object }
-        }
+        // The object as it was, at the revision of its deletion.
+        Event::Delete { revision, prev, .. } => WatchEvent::Deleted {
+            object: to_object_at(prev.as_ref()?, *revision).ok()?,
+        },
     })
 }
 

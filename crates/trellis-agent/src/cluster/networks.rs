@@ -597,15 +597,7 @@ impl Manager {
                 _ => None,
             })
             .collect();
-        let pairs: Vec<(String, String)> = peerings
-            .iter()
-            .filter_map(|o| match &**o {
-                AnyObject::TenantPeering(p) if p.spec.tenants.len() == 2 => {
-                    Some((p.spec.tenants[0].clone(), p.spec.tenants[1].clone()))
-                }
-                _ => None,
-            })
-            .collect();
+        let pairs = world::peering_pairs(&peerings);
         let current = self.current();
         let views: Vec<ServedView> = current
             .iter()
@@ -656,16 +648,24 @@ impl Manager {
         let mut nodes_changed = nodes.subscribe();
         let mut peerings_changed = peerings.subscribe();
         let mut services_changed = services.subscribe();
+        let mut namespaces_changed = namespaces.subscribe();
+        // Pods go without a word to this loop: look again now and then.
+        let mut tick = tokio::time::interval(self.cfg.resync);
+        // Whether an input of `follow` changed (a CNI demand is not one: it is
+        // answered without walking every object again).
+        let mut dirty = true;
         loop {
-            self.follow(&networks, &nodes, &peerings, &services, &namespaces)
-                .await;
+            if std::mem::take(&mut dirty) {
+                self.follow(&networks, &nodes, &peerings, &services, &namespaces)
+                    .await;
+            }
             tokio::select! {
-                _ = changed.changed() => {}
-                _ = nodes_changed.changed() => {}
-                _ = peerings_changed.changed() => {}
-                _ = services_changed.changed() => {}
-                // Pods go without a word to this loop: look again now and then.
-                _ = tokio::time::sleep(self.cfg.resync) => {}
+                _ = changed.changed() => dirty = true,
+                _ = nodes_changed.changed() => dirty = true,
+                _ = peerings_changed.changed() => dirty = true,
+                _ = services_changed.changed() => dirty = true,
+                _ = namespaces_changed.changed() => dirty = true,
+                _ = tick.tick() => dirty = true,
                 d = demands.recv() => {
                     let Some((want, answer)) = d else { return };
                     let name = match want {

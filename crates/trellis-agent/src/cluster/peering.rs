@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use trellis_api::naming::{fnv1a64, LINK_PREFIX};
-use trellis_api::objects::AnyObject;
 use trellis_net::{sysctl, Netlink, RouteEntry};
 
 use super::informer::Informer;
@@ -60,15 +59,7 @@ impl PeeringLoop {
         let Some(peerings) = self.peerings.snapshot() else {
             return Ok(());
         };
-        let pairs: Vec<(String, String)> = peerings
-            .iter()
-            .filter_map(|o| match &**o {
-                AnyObject::TenantPeering(p) if p.spec.tenants.len() == 2 => {
-                    Some((p.spec.tenants[0].clone(), p.spec.tenants[1].clone()))
-                }
-                _ => None,
-            })
-            .collect();
+        let pairs = super::world::peering_pairs(&peerings);
         // The worlds here now, with their networks' ranges.
         let served = self.served.borrow().clone();
         let mut worlds: BTreeMap<String, (Arc<World>, Vec<Ipv4Net>)> = BTreeMap::new();

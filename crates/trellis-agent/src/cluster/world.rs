@@ -71,6 +71,21 @@ pub struct World {
     dir: PathBuf,
 }
 
+/// The pairs of tenants the TenantPeerings among `objects` join.
+pub(super) fn peering_pairs(
+    objects: &[Arc<trellis_api::objects::AnyObject>],
+) -> Vec<(String, String)> {
+    objects
+        .iter()
+        .filter_map(|o| match &**o {
+            trellis_api::objects::AnyObject::TenantPeering(p) => {
+                p.spec.pair().map(|(a, b)| (a.to_string(), b.to_string()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The tenant of every namespace that has one, from a snapshot of Namespaces.
 pub(super) fn tenants_of(
     namespaces: &[Arc<trellis_api::objects::AnyObject>],
@@ -415,6 +430,24 @@ pub(super) fn direct_entries<'a>(
     e
 }
 
+/// The `nft` lines that make `kind` (`set` or `map`) `name` of table `ip <table>` hold
+/// exactly `elems`.
+fn refill(table: &str, kind: &str, name: &str, elems: impl IntoIterator<Item = String>) -> String {
+    let elems: Vec<String> = elems.into_iter().collect();
+    let mut script = format!("flush {kind} ip {table} {name}\n");
+    if !elems.is_empty() {
+        script += &format!("add element ip {table} {name} {{ {} }}\n", elems.join(", "));
+    }
+    script
+}
+
+/// Whether the node's table `ip trellis-worlds` exists (it does once a world does).
+fn node_table_exists() -> Result<bool, String> {
+    Ok(nft::list_json(&format!("table ip {NODE_TABLE}"))
+        .map_err(|e| e.to_string())?
+        .is_some())
+}
+
 /// Bring the node's `direct` sets and each world's to `want` (`worlds`: each world
 /// served here, by tenant). Nothing when it matches what was last written.
 pub(super) fn sync_direct(
@@ -425,44 +458,32 @@ pub(super) fn sync_direct(
     if written.as_ref() == Some(want) {
         return Ok(());
     }
-    let fill = |table: &str, name: &str, elems: Vec<String>| {
-        let mut script = format!("flush set ip {table} {name}\n");
-        if !elems.is_empty() {
-            script += &format!("add element ip {table} {name} {{ {} }}\n", elems.join(", "));
-        }
-        script
-    };
-    if nft::list_json(&format!("table ip {NODE_TABLE}"))
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
-        let script = fill(
+    if node_table_exists()? {
+        let script = refill(
             NODE_TABLE,
+            "set",
             "direct",
-            want.direct.iter().map(|r| r.to_string()).collect(),
-        ) + &fill(
+            want.direct.iter().map(|r| r.to_string()),
+        ) + &refill(
             NODE_TABLE,
+            "set",
             "owned-direct",
-            want.owned
-                .iter()
-                .map(|(l, r)| format!("\"{l}\" . {r}"))
-                .collect(),
-        ) + &fill(
+            want.owned.iter().map(|(l, r)| format!("\"{l}\" . {r}")),
+        ) + &refill(
             NODE_TABLE,
+            "set",
             "direct-pairs",
-            want.pairs
-                .iter()
-                .map(|(a, b)| format!("{a} . {b}"))
-                .collect(),
+            want.pairs.iter().map(|(a, b)| format!("{a} . {b}")),
         );
         nft::apply(&script).map_err(|e| e.to_string())?;
     }
     for (tenant, ns) in worlds {
         let ranges = want.worlds.get(tenant).cloned().unwrap_or_default();
-        let script = fill(
+        let script = refill(
             WORLD_TABLE,
+            "set",
             "direct",
-            ranges.iter().map(|r| r.to_string()).collect(),
+            ranges.iter().map(|r| r.to_string()),
         );
         ns.run(|| nft::apply(&script).map_err(|e| e.to_string()))
             .map_err(|e| format!("world {tenant}: {e}"))?
@@ -514,24 +535,17 @@ pub(super) fn sync_host_ports(
     if written.as_ref() == Some(want) {
         return Ok(());
     }
-    if nft::list_json(&format!("table ip {NODE_TABLE}"))
-        .map_err(|e| e.to_string())?
-        .is_none()
-    {
+    if !node_table_exists()? {
         *written = Some(want.clone());
         return Ok(());
     }
-    let mut script = format!("flush map ip {NODE_TABLE} hostports\n");
-    if !want.is_empty() {
-        let elems: Vec<String> = want
-            .iter()
-            .map(|((p, port), ip)| format!("{} . {port} : {ip}", p.as_str().to_lowercase()))
-            .collect();
-        script += &format!(
-            "add element ip {NODE_TABLE} hostports {{ {} }}\n",
-            elems.join(", ")
-        );
-    }
+    let script = refill(
+        NODE_TABLE,
+        "map",
+        "hostports",
+        want.iter()
+            .map(|((p, port), ip)| format!("{} . {port} : {ip}", p.as_str().to_lowercase())),
+    );
     nft::apply(&script).map_err(|e| e.to_string())?;
     *written = Some(want.clone());
     Ok(())
@@ -619,67 +633,60 @@ pub(super) fn sync_node_table(
     if written.as_ref() == Some(want) {
         return Ok(());
     }
-    if nft::list_json(&format!("table ip {NODE_TABLE}"))
-        .map_err(|e| e.to_string())?
-        .is_none()
-    {
+    if !node_table_exists()? {
         // No world on this node yet.
         *written = Some(want.clone());
         return Ok(());
     }
     let proto = |p: &Protocol| p.as_str().to_lowercase();
-    let mut script = String::new();
-    let mut fill = |kind: &str, name: &str, elems: Vec<String>| {
-        script += &format!("flush {kind} ip {NODE_TABLE} {name}\n");
-        if !elems.is_empty() {
-            script += &format!(
-                "add element ip {NODE_TABLE} {name} {{ {} }}\n",
-                elems.join(", ")
-            );
-        }
-    };
-    fill(
-        "map",
-        "nodeports",
-        want.node_ports
-            .iter()
-            .map(|((p, port), ip)| format!("{} . {port} : {ip}", proto(p)))
-            .collect(),
-    );
-    fill(
-        "set",
-        "all-nodeports",
-        want.all_node_ports
-            .iter()
-            .map(|(p, port)| format!("{} . {port}", proto(p)))
-            .collect(),
-    );
-    fill(
-        "set",
-        "owned-nodeports",
-        want.owned_node_ports
-            .iter()
-            .map(|(link, p, port)| format!("\"{link}\" . {} . {port}", proto(p)))
-            .collect(),
-    );
-    fill(
-        "set",
-        "all-vips",
-        want.all_vips.iter().map(|ip| ip.to_string()).collect(),
-    );
-    fill(
-        "set",
-        "owned-vips",
-        want.owned_vips
-            .iter()
-            .map(|(link, ip)| format!("\"{link}\" . {ip}"))
-            .collect(),
-    );
-    fill(
-        "set",
-        "nodes",
-        want.nodes.iter().map(|ip| ip.to_string()).collect(),
-    );
+    let t = NODE_TABLE;
+    let script = [
+        refill(
+            t,
+            "map",
+            "nodeports",
+            want.node_ports
+                .iter()
+                .map(|((p, port), ip)| format!("{} . {port} : {ip}", proto(p))),
+        ),
+        refill(
+            t,
+            "set",
+            "all-nodeports",
+            want.all_node_ports
+                .iter()
+                .map(|(p, port)| format!("{} . {port}", proto(p))),
+        ),
+        refill(
+            t,
+            "set",
+            "owned-nodeports",
+            want.owned_node_ports
+                .iter()
+                .map(|(link, p, port)| format!("\"{link}\" . {} . {port}", proto(p))),
+        ),
+        refill(
+            t,
+            "set",
+            "all-vips",
+            want.all_vips.iter().map(|ip| ip.to_string()),
+        ),
+        refill(
+            t,
+            "set",
+            "owned-vips",
+            want.owned_vips
+                .iter()
+                .map(|(link, ip)| format!("\"{link}\" . {ip}")),
+        ),
+        refill(
+            t,
+            "set",
+            "nodes",
+            want.nodes.iter().map(|ip| ip.to_string()),
+        ),
+    ]
+    .concat();
     nft::apply(&script).map_err(|e| e.to_string())?;
     *written = Some(want.clone());
     Ok(())

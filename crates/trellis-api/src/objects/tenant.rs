@@ -106,6 +106,14 @@ impl TenantPeeringSpec {
         self.tenants.iter().any(|t| t == a) && self.tenants.iter().any(|t| t == b)
     }
 
+    /// Its two tenants (`None` for a peering that does not name exactly two).
+    pub fn pair(&self) -> Option<(&str, &str)> {
+        match self.tenants.as_slice() {
+            [a, b] => Some((a, b)),
+            _ => None,
+        }
+    }
+
     /// The other tenant of the peering, if `t` is one of its two.
     pub fn other(&self, t: &str) -> Option<&str> {
         match self.tenants.iter().position(|x| x == t) {

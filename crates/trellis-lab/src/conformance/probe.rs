@@ -19,7 +19,6 @@
 //!   node ports, external IPs), not only to the pods themselves.
 
 use std::fmt;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -31,7 +30,7 @@ use std::time::{Duration, Instant};
 use trellis_api::objects::PolicyProtocol;
 
 use super::{Matrix, PortProto};
-use crate::{netns_path, NS_PREFIX};
+use crate::spawn_in_netns;
 
 /// A pod to probe: its name in the matrix, its network namespace and its address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,29 +41,6 @@ pub struct Target {
     pub netns: String,
     /// Its address.
     pub ip: Ipv4Addr,
-}
-
-/// Run `f` on a new thread inside lab namespace `netns`; the thread ends with `f`.
-fn spawn_in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<JoinHandle<io::Result<T>>> {
-    if !netns.starts_with(NS_PREFIX) || netns.contains('/') {
-        return Err(io::Error::other(format!(
-            "{netns:?} is not a lab namespace; only {NS_PREFIX}* namespaces are entered"
-        )));
-    }
-    let path = netns_path(netns);
-    let name = format!("netns {netns}");
-    std::thread::Builder::new().name(name).spawn(move || {
-        let file = File::open(&path)?;
-        // SAFETY: setns(2) with a valid fd; it switches only this thread, which this
-        // function spawned and which ends when `f` returns.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        f()
-    })
 }
 
 fn join<T>(h: JoinHandle<io::Result<T>>) -> io::Result<T> {
