@@ -164,17 +164,8 @@ fn policies_from_the_server_are_enforced_across_nodes() {
 
     // The CLI computes the same answers from the objects.
     let check = |args: &[&str]| {
-        let out = lab
-            .command(&lab.state.underlay, &t)
-            .args(["policy", "check"])
-            .args(args)
-            .env("TRELLIS_CONFIG", lab.client_config())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (ok, out, _) = common::policy_check(&lab, &t, args);
+        (ok, out)
     };
     let (ok, text) = check(&["y/client", "x/web:8080/tcp"]);
     assert!(

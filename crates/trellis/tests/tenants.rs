@@ -27,6 +27,34 @@ struct Pod {
     ip: Ipv4Addr,
 }
 
+/// Add pod `name` of `tenant`'s namespace on node `n` (CNI args `extra` besides the
+/// namespace), with its web server and a counter of the echo requests it receives
+/// (see [`echo_requests`]).
+fn place(lab: &mut Lab, tenant: &'static str, n: usize, name: &str, extra: &str) -> Pod {
+    let ip = add_pod_in(
+        lab,
+        n,
+        name,
+        &format!("K8S_POD_NAMESPACE={tenant}-ns{extra}"),
+        None,
+    );
+    let p = lab.state.pods.last().unwrap().clone();
+    lab.exec(
+        &p.netns,
+        &[
+            "nft",
+            "add table ip probe; add chain ip probe in { type filter hook input priority 0; }; add rule ip probe in icmp type echo-request counter",
+        ],
+    )
+    .unwrap();
+    Pod {
+        tenant,
+        name: p.name,
+        netns: p.netns,
+        ip,
+    }
+}
+
 /// Echo requests that reached `pod` (its input hook counts them).
 fn echo_requests(lab: &Lab, pod: &Pod) -> u64 {
     let out = lab
@@ -349,29 +377,7 @@ fn two_tenants_with_the_same_addresses_never_meet() {
     // One pod of each tenant on every node; blue has one more on the last node.
     let mut pods = Vec::new();
     let mut place = |lab: &mut Lab, tenant: &'static str, n: usize, name: &str| {
-        let ip = add_pod_in(
-            lab,
-            n,
-            name,
-            &format!("K8S_POD_NAMESPACE={tenant}-ns;LABELS=app=web"),
-            None,
-        );
-        let p = lab.state.pods.last().unwrap().clone();
-        let pod = Pod {
-            tenant,
-            name: p.name.clone(),
-            netns: p.netns.clone(),
-            ip,
-        };
-        lab.exec(
-            &pod.netns,
-            &[
-                "nft",
-                "add table ip probe; add chain ip probe in { type filter hook input priority 0; }; add rule ip probe in icmp type echo-request counter",
-            ],
-        )
-        .unwrap();
-        pods.push(pod);
+        pods.push(place(lab, tenant, n, name, ";LABELS=app=web"));
     };
     for n in 0..3 {
         place(&mut lab, "red", n, &format!("red{n}"));
@@ -649,18 +655,8 @@ fn two_tenants_with_the_same_addresses_never_meet() {
     // `policy check` answers in the world of the namespace: the same addresses, denied
     // in red, allowed in blue; two worlds named at once: no packet crosses.
     let check = |args: &[&str]| {
-        let out = lab
-            .command(&lab.state.underlay, &t)
-            .args(["policy", "check"])
-            .args(args)
-            .env("TRELLIS_CONFIG", lab.client_config())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let (ok, out, err) = common::policy_check(&lab, &t, args);
+        (ok, out + &err)
     };
     let (src, dst) = (r0.ip.to_string(), format!("{}:8080", r1.ip));
     assert_eq!((b0.ip, b1.ip), (r0.ip, r1.ip));
@@ -797,20 +793,7 @@ fn a_peering_joins_two_worlds_and_only_them() {
     lab.apply(&t, &manifests).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let place = |lab: &mut Lab, tenant: &'static str, n: usize| {
-        let ip = add_pod_in(
-            lab,
-            n,
-            tenant,
-            &format!("K8S_POD_NAMESPACE={tenant}-ns;LABELS=app=web"),
-            None,
-        );
-        let p = lab.state.pods.last().unwrap().clone();
-        Pod {
-            tenant,
-            name: p.name,
-            netns: p.netns,
-            ip,
-        }
+        place(lab, tenant, n, tenant, ";LABELS=app=web")
     };
     let red = place(&mut lab, "red", 0);
     let blue = place(&mut lab, "blue", 0);
@@ -961,31 +944,8 @@ fn direct_tenant(backend: &str) {
         "{nets}"
     );
 
-    let place = |lab: &mut Lab, tenant: &'static str, n: usize, name: &str| {
-        let ip = add_pod_in(
-            lab,
-            n,
-            name,
-            &format!("K8S_POD_NAMESPACE={tenant}-ns"),
-            None,
-        );
-        let p = lab.state.pods.last().unwrap().clone();
-        let pod = Pod {
-            tenant,
-            name: p.name,
-            netns: p.netns,
-            ip,
-        };
-        lab.exec(
-            &pod.netns,
-            &[
-                "nft",
-                "add table ip probe; add chain ip probe in { type filter hook input priority 0; }; add rule ip probe in icmp type echo-request counter",
-            ],
-        )
-        .unwrap();
-        pod
-    };
+    let place =
+        |lab: &mut Lab, tenant: &'static str, n: usize, name: &str| place(lab, tenant, n, name, "");
     let g0 = place(&mut lab, "green", 0, "g0");
     let g1 = place(&mut lab, "green", 1, "g1");
     let red = place(&mut lab, "red", 0, "r0");

@@ -156,3 +156,20 @@ pub fn pid_of(lab: &Lab, what: &str) -> u32 {
         .unwrap_or_else(|| panic!("lab runs no {what}"))
         .pid
 }
+
+/// `trellis policy check ARGS` run from the lab's underlay: whether it allowed, its
+/// standard output and its standard error.
+pub fn policy_check(lab: &Lab, trellis: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = lab
+        .command(&lab.state.underlay, trellis)
+        .args(["policy", "check"])
+        .args(args)
+        .env("TRELLIS_CONFIG", lab.client_config())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
