@@ -7,6 +7,7 @@
 //! subnet leases, and Endpoints whose `spec.node` is its own.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -46,7 +47,30 @@ pub const TOKENS_FILE: &str = "tokens.json";
 #[derive(Debug)]
 pub struct Tokens {
     path: Option<PathBuf>,
-    state: Mutex<(Option<SystemTime>, HashMap<String, Role>)>,
+    state: Mutex<(Option<FileStamp>, HashMap<String, Role>)>,
+}
+
+/// What tells one version of the token file from the next. The modification time alone
+/// does not: it is taken from a coarse clock, so two writes within one tick share it.
+/// Every write replaces the file by a rename, so the inode changes with each one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: Option<SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: m.modified().ok(),
+        })
+    }
 }
 
 fn sha256_hex(token: &str) -> String {
@@ -122,10 +146,10 @@ impl Tokens {
         }
     }
 
-    fn reload_if_changed(&self, st: &mut (Option<SystemTime>, HashMap<String, Role>)) {
+    fn reload_if_changed(&self, st: &mut (Option<FileStamp>, HashMap<String, Role>)) {
         let Some(path) = &self.path else { return };
-        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        if mtime.is_some() && mtime == st.0 {
+        let stamp = FileStamp::of(path);
+        if stamp.is_some() && stamp == st.0 {
             return;
         }
         match std::fs::read(path)
@@ -134,7 +158,7 @@ impl Tokens {
         {
             Ok(entries) => {
                 st.1 = entries.into_iter().map(|e| (e.sha256, e.role)).collect();
-                st.0 = mtime;
+                st.0 = stamp;
             }
             Err(e) => tracing::warn!("reading {}: {e}", path.display()),
         }
@@ -239,10 +263,8 @@ mod tests {
             "Unauthorized"
         );
         assert!(t.authenticate(None).is_err());
-        // a token added later is picked up
+        // a token added later is picked up, even within the same tick of the file clock
         let ro = add_token(dir.path(), Role::ReadOnly).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let _ = std::fs::File::open(dir.path().join(TOKENS_FILE));
         assert_eq!(
             t.authenticate(Some(&format!("Bearer {ro}"))).unwrap(),
             Role::ReadOnly
