@@ -1,6 +1,8 @@
 //! The kernel's share of the RIB: one route per best prefix in the main table, with
 //! protocol [`BGP_PROTO`], via the best next hop; routes of that protocol nothing wants
-//! are removed, nothing else is touched. Idempotent, so a restart changes nothing.
+//! are removed, nothing else is touched. [`sync`] lists the table and is idempotent, so
+//! a restart changes nothing; [`apply`] touches only the prefixes that changed since a
+//! state known to be in the kernel.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -26,14 +28,6 @@ pub async fn sync(
     nl: &Netlink,
     best: &BTreeMap<Ipv4Net, Vec<Ipv4Addr>>,
 ) -> Result<Report, trellis_net::NetError> {
-    let route = |dst: Ipv4Net, via: Ipv4Addr| RouteEntry {
-        dst,
-        gateway: Some(via),
-        oif: None,
-        protocol: BGP_PROTO,
-        onlink: false,
-        metric: 0,
-    };
     let have: BTreeMap<Ipv4Net, Option<Ipv4Addr>> = nl
         .main_routes()
         .await?
@@ -45,17 +39,50 @@ pub async fn sync(
     for (dst, hops) in best {
         let Some(via) = hops.first() else { continue };
         if have.get(dst) != Some(&Some(*via)) {
-            nl.replace_route(&route(*dst, *via)).await?;
+            nl.replace_route(&route(*dst, Some(*via))).await?;
             report.set += 1;
         }
     }
     for (dst, via) in &have {
         if !best.contains_key(dst) {
-            let r = RouteEntry {
-                gateway: *via,
-                ..route(*dst, Ipv4Addr::UNSPECIFIED)
-            };
-            match nl.del_route(&r).await {
+            match nl.del_route(&route(*dst, *via)).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => report.removed += 1,
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn route(dst: Ipv4Net, via: Option<Ipv4Addr>) -> RouteEntry {
+    RouteEntry {
+        dst,
+        gateway: via,
+        oif: None,
+        protocol: BGP_PROTO,
+        onlink: false,
+        metric: 0,
+    }
+}
+
+/// Bring the kernel from `have` (what a previous [`sync`] or [`apply`] left) to `want`,
+/// touching only the prefixes whose first next hop differs.
+pub async fn apply(
+    nl: &Netlink,
+    have: &BTreeMap<Ipv4Net, Vec<Ipv4Addr>>,
+    want: &BTreeMap<Ipv4Net, Vec<Ipv4Addr>>,
+) -> Result<Report, trellis_net::NetError> {
+    let mut report = Report::default();
+    for (dst, hops) in want {
+        let Some(via) = hops.first() else { continue };
+        if have.get(dst).and_then(|h| h.first()) != Some(via) {
+            nl.replace_route(&route(*dst, Some(*via))).await?;
+            report.set += 1;
+        }
+    }
+    for (dst, hops) in have {
+        if !want.contains_key(dst) {
+            match nl.del_route(&route(*dst, hops.first().copied())).await {
                 Err(e) if !e.is_not_found() => return Err(e),
                 _ => report.removed += 1,
             }

@@ -3,15 +3,22 @@
 //!
 //! - [`fsm`]: the session state machine of RFC 4271 as a pure function, and the
 //!   judgement of the peer's OPEN;
-//! - [`session`]: one session over TCP, its timers, our announcements and the peer's
-//!   routes as events. Messages are encoded and decoded by `netgauze-bgp-pkt`;
+//! - [`attrs`]: a route's path attributes and UPDATEs, read with RFC 7606's rules.
+//!   Messages are encoded and decoded by `netgauze-bgp-pkt`;
+//! - [`session`]: one session over TCP, its timers, the table sent and the peer's routes
+//!   as events;
 //! - [`rib`]: every peer's routes and the best paths (pure);
+//! - [`policy`]: prefix filters and loop checks (pure);
+//! - [`export`]: what goes to each kind of peer, route reflection (RFC 4456) (pure);
 //! - [`install`]: the best paths as kernel routes of protocol [`install::BGP_PROTO`];
 //! - [`speaker`]: a node's sessions with its peers (one task each, a listener), their
-//!   RIB and the kernel kept at its best paths.
+//!   RIB, its exports and the kernel kept at its best paths.
 
+pub mod attrs;
+pub mod export;
 pub mod fsm;
 pub mod install;
+pub mod policy;
 pub mod rib;
 pub mod session;
 pub mod speaker;

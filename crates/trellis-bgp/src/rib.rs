@@ -1,30 +1,55 @@
 //! The routes learned from every peer (Adj-RIB-In) and the best path per prefix: a pure
 //! data structure fed by [`RouteEvent`]s, read by the kernel installer
-//! ([`crate::install`]).
+//! ([`crate::install`]) and the exports ([`crate::export`]).
 //!
-//! Best path (RFC 4271 §9.1.2.2, the parts that apply to a node): the shortest AS path,
-//! then a route from an eBGP peer over one from iBGP, then the lowest peer address.
-//! Equal candidates up to the tie-break on the peer make the ECMP set.
+//! Best path (RFC 4271 §9.1.2.2 and RFC 4456 §9, the parts that apply to a node): the
+//! highest LOCAL_PREF (100 when absent), the shortest AS path, the lowest ORIGIN, a route
+//! from an eBGP peer over one from iBGP, the shortest CLUSTER_LIST, then the lowest
+//! originator (or peer) address. Candidates equal up to the eBGP/iBGP step make the
+//! ECMP set.
+//!
+//! Changes are tracked: [`Rib::settle`] recomputes the best path of only the prefixes
+//! touched since the last call and returns those whose best path changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
+use crate::attrs::Attrs;
 use crate::session::RouteEvent;
+
+/// What kind of peer a route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Source {
+    /// The session is eBGP.
+    pub ebgp: bool,
+    /// The peer is a route-reflector client of ours (RFC 4456).
+    pub client: bool,
+}
 
 /// One peer's route to a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Path {
-    /// The next hop.
-    pub next_hop: Ipv4Addr,
-    /// The AS path, nearest first.
-    pub as_path: Vec<u32>,
-    /// Learned over eBGP.
-    pub ebgp: bool,
+    /// Its attributes.
+    pub attrs: Arc<Attrs>,
+    /// The peer's kind.
+    pub source: Source,
     /// Kept from a session that went down, for graceful restart (RFC 4724): replaced
     /// or removed when the peer is back and sends End-of-RIB.
     pub stale: bool,
+}
+
+/// The best path of a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Best {
+    /// The peer of the best path.
+    pub peer: Ipv4Addr,
+    /// The best path.
+    pub path: Path,
+    /// The next hops of every path as good (ECMP), in order.
+    pub next_hops: Vec<Ipv4Addr>,
 }
 
 /// Every peer's routes.
@@ -32,33 +57,51 @@ pub struct Path {
 pub struct Rib {
     /// prefix → peer → path.
     routes: BTreeMap<Ipv4Net, BTreeMap<Ipv4Addr, Path>>,
+    best: BTreeMap<Ipv4Net, Best>,
+    dirty: BTreeSet<Ipv4Net>,
+}
+
+/// The preference key of a path: smaller is better.
+fn rank(peer: Ipv4Addr, p: &Path) -> (u32, usize, u8, bool, usize, Ipv4Addr, Ipv4Addr) {
+    let a = &p.attrs;
+    (
+        u32::MAX - a.local_pref.unwrap_or(100),
+        a.as_path.len(),
+        a.origin,
+        !p.source.ebgp,
+        a.cluster_list.len(),
+        a.originator_id.unwrap_or(peer),
+        peer,
+    )
 }
 
 impl Rib {
-    /// Take a session's event from `peer` (`ebgp`: the session is eBGP). `Down` removes
-    /// the peer's routes unless `keep_stale`, which marks them stale instead (the
-    /// peer restarts gracefully); `Up`/`EndOfRib` are no changes here, except that
-    /// End-of-RIB removes the peer's routes still stale.
-    pub fn apply(&mut self, peer: Ipv4Addr, ebgp: bool, keep_stale: bool, e: &RouteEvent) {
+    /// Take a session's event from `peer`. `Down` removes the peer's routes unless
+    /// `keep_stale`, which marks them stale instead (the peer restarts gracefully);
+    /// End-of-RIB removes the peer's routes still stale; `Up` changes nothing.
+    pub fn apply(&mut self, peer: Ipv4Addr, source: Source, keep_stale: bool, e: &RouteEvent) {
         match e {
-            RouteEvent::Learned {
-                prefix,
-                next_hop,
-                as_path,
-            } => {
-                self.routes.entry(prefix.trunc()).or_default().insert(
+            RouteEvent::Learned { prefix, attrs } => {
+                let prefix = prefix.trunc();
+                self.routes.entry(prefix).or_default().insert(
                     peer,
                     Path {
-                        next_hop: *next_hop,
-                        as_path: as_path.clone(),
-                        ebgp,
+                        attrs: attrs.clone(),
+                        source,
                         stale: false,
                     },
                 );
+                self.dirty.insert(prefix);
             }
             RouteEvent::Withdrawn(prefix) => {
-                if let Some(m) = self.routes.get_mut(&prefix.trunc()) {
-                    m.remove(&peer);
+                let prefix = prefix.trunc();
+                if let Some(m) = self.routes.get_mut(&prefix) {
+                    if m.remove(&peer).is_some() {
+                        self.dirty.insert(prefix);
+                    }
+                    if m.is_empty() {
+                        self.routes.remove(&prefix);
+                    }
                 }
             }
             RouteEvent::Down(_) if keep_stale => {
@@ -69,53 +112,89 @@ impl Rib {
                 }
             }
             RouteEvent::Down(_) => self.forget(peer),
-            RouteEvent::EndOfRib => {
-                for m in self.routes.values_mut() {
-                    if m.get(&peer).is_some_and(|p| p.stale) {
-                        m.remove(&peer);
-                    }
-                }
-            }
+            RouteEvent::EndOfRib => self.drop_stale(peer),
             RouteEvent::Up(_) => {}
         }
-        self.routes.retain(|_, m| !m.is_empty());
     }
 
-    /// Drop `peer`'s routes still stale (its restart time is over).
-    pub fn drop_stale(&mut self, peer: Ipv4Addr) {
-        for m in self.routes.values_mut() {
-            if m.get(&peer).is_some_and(|p| p.stale) {
+    fn remove_where(&mut self, peer: Ipv4Addr, only_stale: bool) {
+        let dirty = &mut self.dirty;
+        self.routes.retain(|prefix, m| {
+            if m.get(&peer).is_some_and(|p| p.stale || !only_stale) {
                 m.remove(&peer);
+                dirty.insert(*prefix);
             }
-        }
-        self.routes.retain(|_, m| !m.is_empty());
+            !m.is_empty()
+        });
     }
 
-    /// Drop every route of `peer` (removed, or its stale time is over).
+    /// Drop `peer`'s routes still stale (its restart time is over, or its End-of-RIB
+    /// came).
+    pub fn drop_stale(&mut self, peer: Ipv4Addr) {
+        self.remove_where(peer, true);
+    }
+
+    /// Drop every route of `peer` (removed, or down without graceful restart).
     pub fn forget(&mut self, peer: Ipv4Addr) {
-        for m in self.routes.values_mut() {
-            m.remove(&peer);
-        }
-        self.routes.retain(|_, m| !m.is_empty());
+        self.remove_where(peer, false);
     }
 
-    /// The best next hops of every prefix (more than one: ECMP), in order.
-    pub fn best(&self) -> BTreeMap<Ipv4Net, Vec<Ipv4Addr>> {
-        self.routes
-            .iter()
-            .filter_map(|(prefix, paths)| {
-                let key = |p: &Path| (p.as_path.len(), !p.ebgp);
-                let best = paths.values().map(key).min()?;
-                let mut hops: Vec<Ipv4Addr> = paths
-                    .values()
-                    .filter(|p| key(p) == best)
-                    .map(|p| p.next_hop)
+    /// Recompute the best paths of the prefixes changed since the last call; returns
+    /// the prefixes whose best path (or ECMP set) changed.
+    pub fn settle(&mut self) -> BTreeSet<Ipv4Net> {
+        let mut changed = BTreeSet::new();
+        for prefix in std::mem::take(&mut self.dirty) {
+            let best = self.routes.get(&prefix).and_then(|paths| {
+                let (peer, path) = paths.iter().min_by_key(|(a, p)| rank(**a, p))?;
+                let head = |a: Ipv4Addr, p: &Path| {
+                    let r = rank(a, p);
+                    (r.0, r.1, r.2, r.3)
+                };
+                let top = head(*peer, path);
+                let mut next_hops: Vec<Ipv4Addr> = paths
+                    .iter()
+                    .filter(|(a, p)| head(**a, p) == top)
+                    .map(|(_, p)| p.attrs.next_hop)
                     .collect();
-                hops.sort();
-                hops.dedup();
-                Some((*prefix, hops))
-            })
+                next_hops.sort();
+                next_hops.dedup();
+                Some(Best {
+                    peer: *peer,
+                    path: path.clone(),
+                    next_hops,
+                })
+            });
+            if best.as_ref() == self.best.get(&prefix) {
+                continue;
+            }
+            changed.insert(prefix);
+            match best {
+                Some(b) => self.best.insert(prefix, b),
+                None => self.best.remove(&prefix),
+            };
+        }
+        changed
+    }
+
+    /// The best path of every prefix (as of the last [`Rib::settle`]).
+    pub fn best(&self) -> &BTreeMap<Ipv4Net, Best> {
+        &self.best
+    }
+
+    /// The best next hops of every prefix (as of the last [`Rib::settle`]).
+    pub fn next_hops(&self) -> BTreeMap<Ipv4Net, Vec<Ipv4Addr>> {
+        self.best
+            .iter()
+            .map(|(p, b)| (*p, b.next_hops.clone()))
             .collect()
+    }
+
+    /// How many prefixes `peer` has announced (counting stale ones).
+    pub fn received(&self, peer: Ipv4Addr) -> usize {
+        self.routes
+            .values()
+            .filter(|m| m.contains_key(&peer))
+            .count()
     }
 }
 
@@ -123,11 +202,22 @@ impl Rib {
 mod tests {
     use super::*;
 
+    const EBGP: Source = Source {
+        ebgp: true,
+        client: false,
+    };
+    const IBGP: Source = Source {
+        ebgp: false,
+        client: false,
+    };
+
     fn learned(p: &str, nh: [u8; 4], path: &[u32]) -> RouteEvent {
         RouteEvent::Learned {
             prefix: p.parse().unwrap(),
-            next_hop: Ipv4Addr::from(nh),
-            as_path: path.to_vec(),
+            attrs: Arc::new(Attrs {
+                as_path: path.to_vec(),
+                ..Attrs::local(Ipv4Addr::from(nh))
+            }),
         }
     }
 
@@ -142,50 +232,89 @@ mod tests {
         let mut rib = Rib::default();
         rib.apply(
             a,
-            true,
+            EBGP,
             false,
             &learned("10.244.5.0/24", [10, 0, 0, 1], &[65001, 65009]),
         );
         rib.apply(
             b,
-            true,
+            EBGP,
             false,
             &learned("10.244.5.0/24", [10, 0, 0, 2], &[65002]),
         );
-        assert_eq!(rib.best()[&p], vec![b]);
+        assert_eq!(rib.settle(), BTreeSet::from([p]));
+        assert_eq!(rib.next_hops()[&p], vec![b]);
+        assert!(rib.settle().is_empty(), "nothing changed since");
         // An equally short path: ECMP.
         rib.apply(
             c,
-            true,
+            EBGP,
             false,
             &learned("10.244.5.0/24", [10, 0, 0, 3], &[65003]),
         );
-        assert_eq!(rib.best()[&p], vec![b, c]);
-        // eBGP beats iBGP at equal length.
+        rib.settle();
+        assert_eq!(rib.next_hops()[&p], vec![b, c]);
+        // eBGP beats iBGP at equal length; a higher LOCAL_PREF beats both.
         let mut r2 = Rib::default();
         r2.apply(
             a,
-            false,
+            IBGP,
             false,
             &learned("10.244.5.0/24", [10, 0, 0, 1], &[]),
         );
         r2.apply(
             b,
-            true,
+            EBGP,
             false,
             &learned("10.244.5.0/24", [10, 0, 0, 2], &[]),
         );
-        assert_eq!(r2.best()[&p], vec![b]);
+        r2.settle();
+        assert_eq!(r2.next_hops()[&p], vec![b]);
+        let preferred = RouteEvent::Learned {
+            prefix: p,
+            attrs: Arc::new(Attrs {
+                local_pref: Some(200),
+                ..Attrs::local(a)
+            }),
+        };
+        r2.apply(a, IBGP, false, &preferred);
+        r2.settle();
+        assert_eq!(r2.best()[&p].peer, a);
         // Withdrawn, and a peer down without graceful restart.
-        rib.apply(b, true, false, &RouteEvent::Withdrawn(p));
-        assert_eq!(rib.best()[&p], vec![c]);
-        rib.apply(c, true, false, &RouteEvent::Down("gone".into()));
-        assert_eq!(rib.best()[&p], vec![a]);
+        rib.apply(b, EBGP, false, &RouteEvent::Withdrawn(p));
+        rib.settle();
+        assert_eq!(rib.next_hops()[&p], vec![c]);
+        rib.apply(c, EBGP, false, &RouteEvent::Down("gone".into()));
+        rib.settle();
+        assert_eq!(rib.next_hops()[&p], vec![a]);
+        assert_eq!(rib.received(a), 1);
         // Graceful restart: a's route is kept (stale) across its restart, and dropped
         // at its End-of-RIB if it did not come again.
-        rib.apply(a, true, true, &RouteEvent::Down("restarting".into()));
-        assert_eq!(rib.best()[&p], vec![a]);
-        rib.apply(a, true, true, &RouteEvent::EndOfRib);
+        rib.apply(a, EBGP, true, &RouteEvent::Down("restarting".into()));
+        assert!(rib.settle().is_empty());
+        assert_eq!(rib.next_hops()[&p], vec![a]);
+        rib.apply(a, EBGP, true, &RouteEvent::EndOfRib);
+        assert_eq!(rib.settle(), BTreeSet::from([p]));
         assert!(rib.best().is_empty());
+    }
+
+    #[test]
+    fn a_shorter_cluster_list_wins() {
+        let p: Ipv4Net = "10.244.5.0/24".parse().unwrap();
+        let nh = Ipv4Addr::new(10, 0, 0, 9);
+        let via = |clusters: Vec<Ipv4Addr>| RouteEvent::Learned {
+            prefix: p,
+            attrs: Arc::new(Attrs {
+                originator_id: Some(nh),
+                cluster_list: clusters,
+                ..Attrs::local(nh)
+            }),
+        };
+        let (r1, r2) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let mut rib = Rib::default();
+        rib.apply(r1, IBGP, false, &via(vec![r1, r2]));
+        rib.apply(r2, IBGP, false, &via(vec![r2]));
+        rib.settle();
+        assert_eq!(rib.best()[&p].peer, r2);
     }
 }

@@ -1,10 +1,13 @@
 //! One BGP session over TCP: connect to the peer, exchange OPENs and KEEPALIVEs as the
-//! state machine ([`crate::fsm`]) says, keep the hold and keepalive timers, announce
-//! this speaker's prefixes (then End-of-RIB) once established, and report what the peer
-//! announces and withdraws as [`RouteEvent`]s. Messages are encoded and decoded by
-//! `netgauze-bgp-pkt`; IPv4 unicast, 4-octet AS numbers.
+//! state machine ([`crate::fsm`]) says, keep the hold and keepalive timers; once
+//! established, send the peer its table ([`Outbox`]: everything, then End-of-RIB, then
+//! each change as it comes) and report what the peer announces and withdraws as
+//! [`RouteEvent`]s. Messages are encoded and decoded by `netgauze-bgp-pkt`; IPv4
+//! unicast, 4-octet AS numbers; a malformed UPDATE withdraws its routes (RFC 7606).
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -14,24 +17,20 @@ use netgauze_bgp_pkt::capabilities::{
     MultiProtocolExtensionsCapability,
 };
 use netgauze_bgp_pkt::codec::BgpCodec;
-use netgauze_bgp_pkt::nlri::{Ipv4Unicast, Ipv4UnicastAddress};
 use netgauze_bgp_pkt::notification::{
     BgpNotificationMessage, CeaseError, FiniteStateMachineError, HoldTimerExpiredError,
     OpenMessageError,
 };
 use netgauze_bgp_pkt::open::{BgpOpenMessage, BgpOpenMessageParameter};
-use netgauze_bgp_pkt::path_attribute::{
-    As4PathSegment, AsPath, AsPathSegmentType, LocalPreference, NextHop, Origin, PathAttribute,
-    PathAttributeValue,
-};
-use netgauze_bgp_pkt::update::BgpUpdateMessage;
 use netgauze_bgp_pkt::BgpMessage;
 use netgauze_iana::address_family::AddressType;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
+use crate::attrs::{self, Attrs, Update};
+use crate::export::{self, Eligible, Exports};
 use crate::fsm::{self, Action, Event, Local, Negotiated, Notify, PeerOpen, State};
 
 /// The hold time before the OPENs are exchanged (RFC 4271 §8: "large", 4 minutes).
@@ -39,9 +38,6 @@ const OPEN_HOLD: Duration = Duration::from_secs(240);
 /// The restart time we announce (RFC 4724): how long peers keep our routes while we
 /// are gone, in seconds.
 pub const RESTART_TIME: u16 = 120;
-/// The most prefixes in one UPDATE (24 bytes of attributes, up to 5 bytes each: well
-/// under the 4,096-byte message).
-const PREFIXES_PER_UPDATE: usize = 500;
 
 /// How to reach a peer and what to tell it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +55,12 @@ pub struct PeerConfig {
 pub enum RouteEvent {
     /// The session is established with these parameters.
     Up(Negotiated),
-    /// The peer announces `prefix` via `next_hop` with this AS path.
+    /// The peer announces `prefix` with these attributes.
     Learned {
         /// The prefix.
         prefix: Ipv4Net,
-        /// Its next hop.
-        next_hop: Ipv4Addr,
-        /// The AS path, nearest AS first.
-        as_path: Vec<u32>,
+        /// Its attributes (shared by the prefixes of one UPDATE).
+        attrs: Arc<Attrs>,
     },
     /// The peer withdraws `prefix`.
     Withdrawn(Ipv4Net),
@@ -219,86 +213,69 @@ fn notification(n: Notify) -> BgpMessage {
     })
 }
 
-/// The UPDATEs announcing `prefixes` from `local` (eBGP: our AS in the path; iBGP: an
-/// empty path and LOCAL_PREF 100), then End-of-RIB.
-fn announcements(local: &Local, next_hop: Ipv4Addr, prefixes: &[Ipv4Net]) -> Vec<BgpMessage> {
-    let ebgp = local.asn != local.peer_asn;
-    let well_known =
-        |v| PathAttribute::from(false, true, false, false, v).expect("well-known attribute flags");
-    let path = if ebgp {
-        vec![As4PathSegment::new(
-            AsPathSegmentType::AsSequence,
-            vec![local.asn],
-        )]
-    } else {
-        vec![]
-    };
-    let mut attrs = vec![
-        well_known(PathAttributeValue::Origin(Origin::IGP)),
-        well_known(PathAttributeValue::AsPath(AsPath::As4PathSegments(
-            path.into(),
-        ))),
-        well_known(PathAttributeValue::NextHop(NextHop::new(next_hop))),
-    ];
-    if !ebgp {
-        attrs.push(well_known(PathAttributeValue::LocalPreference(
-            LocalPreference::new(100),
-        )));
-    }
-    let mut out: Vec<BgpMessage> = prefixes
-        .chunks(PREFIXES_PER_UPDATE)
-        .map(|chunk| {
-            let nlri: Vec<Ipv4UnicastAddress> = chunk
-                .iter()
-                .filter_map(|p| Ipv4Unicast::from_net(p.trunc()).ok())
-                .map(Ipv4UnicastAddress::new_no_path_id)
-                .collect();
-            BgpMessage::Update(BgpUpdateMessage::new(vec![], attrs.clone(), nlri))
-        })
-        .collect();
-    out.push(BgpMessage::Update(BgpUpdateMessage::new(
-        vec![],
-        vec![],
-        vec![],
-    )));
-    out
+/// What a session sends: its class's table, and what of it this peer may get.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    /// The table of the peer's class, as the speaker publishes it.
+    pub table: watch::Receiver<Exports>,
+    /// What of it this peer may get.
+    pub peer: Eligible,
 }
 
-/// The routes of an UPDATE, as events.
-fn update_events(u: &BgpUpdateMessage) -> Vec<RouteEvent> {
-    if u.end_of_rib().is_some() {
-        return vec![RouteEvent::EndOfRib];
-    }
-    let mut out: Vec<RouteEvent> = u
-        .withdraw_routes()
-        .iter()
-        .map(|w| RouteEvent::Withdrawn(w.network().address()))
-        .collect();
-    let mut next_hop = None;
-    let mut as_path = Vec::new();
-    for a in u.path_attributes() {
-        match a.value() {
-            PathAttributeValue::NextHop(n) => next_hop = Some(n.next_hop()),
-            PathAttributeValue::AsPath(AsPath::As4PathSegments(segs)) => {
-                as_path = segs.iter().flat_map(|s| s.as_numbers().to_vec()).collect();
+/// The routes of an UPDATE, as events (`attr_errors`: attributes the decoder found
+/// malformed).
+fn update_events(
+    u: &netgauze_bgp_pkt::update::BgpUpdateMessage,
+    attr_errors: &[String],
+    peer: SocketAddrV4,
+) -> Vec<RouteEvent> {
+    match attrs::read_update(u, attr_errors) {
+        Update::EndOfRib => vec![RouteEvent::EndOfRib],
+        Update::Routes {
+            withdrawn,
+            announced,
+            attrs,
+            malformed,
+        } => {
+            if let Some(why) = malformed {
+                tracing::warn!(%peer, "bgp: UPDATE treated as withdraw (RFC 7606): {why}");
             }
-            PathAttributeValue::AsPath(AsPath::As2PathSegments(segs)) => {
-                as_path = segs
-                    .iter()
-                    .flat_map(|s| s.as_numbers().iter().map(|a| u32::from(*a)))
-                    .collect();
+            let mut out: Vec<RouteEvent> =
+                withdrawn.into_iter().map(RouteEvent::Withdrawn).collect();
+            if let Some(a) = attrs {
+                let a = Arc::new(a);
+                out.extend(announced.into_iter().map(|prefix| RouteEvent::Learned {
+                    prefix,
+                    attrs: a.clone(),
+                }));
             }
-            _ => {}
+            out
         }
     }
-    if let Some(next_hop) = next_hop {
-        out.extend(u.nlri().iter().map(|n| RouteEvent::Learned {
-            prefix: n.network().address(),
-            next_hop,
-            as_path: as_path.clone(),
-        }));
+}
+
+/// Bring the peer from `sent` to the table (only `changed`, when given) and record it.
+async fn send_table(
+    framed: &mut Framed<TcpStream, BgpCodec>,
+    sent: &mut BTreeMap<Ipv4Net, Arc<Attrs>>,
+    table: &Exports,
+    changed: Option<&std::collections::BTreeSet<Ipv4Net>>,
+    peer: &Eligible,
+    end_of_rib: bool,
+) -> Result<(), netgauze_bgp_pkt::wire::serializer::BgpMessageWritingError> {
+    let (withdraw, announce) = export::diff(sent, &table.routes, changed, peer);
+    for p in &withdraw {
+        sent.remove(p);
     }
-    out
+    let msgs = attrs::updates(&withdraw, announce.iter().map(|(p, a)| (p, &**a)));
+    sent.extend(announce);
+    for m in msgs {
+        framed.feed(m).await?;
+    }
+    if end_of_rib {
+        framed.feed(attrs::end_of_rib()).await?;
+    }
+    framed.flush().await
 }
 
 /// The event a received message is.
@@ -331,15 +308,16 @@ async fn connect(cfg: &PeerConfig) -> std::io::Result<TcpStream> {
     s.connect(SocketAddr::V4(cfg.peer)).await
 }
 
-/// One connection's life: connect, bring the session up, announce `prefixes`, report
-/// the peer's routes on `events`, until the session ends. The error says why it ended.
+/// One connection's life: connect, bring the session up, send the peer its table from
+/// `out` and report the peer's routes on `events`, until the session ends. The error
+/// says why it ended.
 pub async fn run_once(
     cfg: &PeerConfig,
-    prefixes: &[Ipv4Net],
+    out: &mut Outbox,
     events: &mpsc::Sender<RouteEvent>,
 ) -> SessionError {
     match connect(cfg).await {
-        Ok(stream) => run_on(stream, cfg, prefixes, events).await,
+        Ok(stream) => run_on(stream, cfg, out, events).await,
         Err(source) => SessionError::Io {
             peer: cfg.peer,
             source,
@@ -351,7 +329,7 @@ pub async fn run_once(
 pub async fn run_on(
     stream: TcpStream,
     cfg: &PeerConfig,
-    prefixes: &[Ipv4Net],
+    out: &mut Outbox,
     events: &mpsc::Sender<RouteEvent>,
 ) -> SessionError {
     let peer = cfg.peer;
@@ -365,6 +343,9 @@ pub async fn run_on(
     let mut hold_deadline = Instant::now() + hold;
     let mut keepalive_at: Option<Instant> = None;
     let mut event = Event::Connected;
+    // What the peer has from us, and the version of the table it came from.
+    let mut sent: BTreeMap<Ipv4Net, Arc<Attrs>> = BTreeMap::new();
+    let mut version = 0;
     loop {
         let (next, actions) = fsm::step(local, state, event.clone());
         if let Event::Open(open) = &event {
@@ -401,17 +382,9 @@ pub async fn run_on(
                             Some(Instant::now() + Duration::from_secs(u64::from(n.keepalive)));
                     }
                     let _ = events.send(RouteEvent::Up(n)).await;
-                    let mut r = Ok(());
-                    for m in announcements(local, cfg.local_address, prefixes) {
-                        r = framed.feed(m).await;
-                        if r.is_err() {
-                            break;
-                        }
-                    }
-                    match r {
-                        Ok(()) => framed.flush().await,
-                        e => e,
-                    }
+                    let table = out.table.borrow_and_update().clone();
+                    version = table.version;
+                    send_table(&mut framed, &mut sent, &table, None, &out.peer, true).await
                 }
                 Action::TakeUpdate | Action::Down => Ok(()),
             };
@@ -433,19 +406,26 @@ pub async fn run_on(
             m = framed.next() => {
                 hold_deadline = Instant::now() + if hold.is_zero() { OPEN_HOLD * 1000 } else { hold };
                 event = match m {
-                    Some(Ok((msg, _ignored))) => {
+                    Some(Ok((msg, ignored))) => {
                         if let BgpMessage::Update(u) = &msg {
                             if state == State::Established {
-                                for e in update_events(u) {
+                                let errors: Vec<String> = ignored
+                                    .path_attr_errors()
+                                    .iter()
+                                    .map(|e| format!("{e:?}"))
+                                    .collect();
+                                for e in update_events(u, &errors, peer) {
                                     let _ = events.send(e).await;
                                 }
                             }
                         }
                         if matches!(msg, BgpMessage::RouteRefresh(_)) && state == State::Established {
-                            for m in announcements(local, cfg.local_address, prefixes) {
-                                if let Err(e) = framed.send(m).await {
-                                    return SessionError::Encode { peer, reason: e.to_string() };
-                                }
+                            // Everything again (RFC 2918).
+                            sent.clear();
+                            let table = out.table.borrow().clone();
+                            version = table.version;
+                            if let Err(e) = send_table(&mut framed, &mut sent, &table, None, &out.peer, true).await {
+                                return SessionError::Encode { peer, reason: e.to_string() };
                             }
                         }
                         event_of(&msg)
@@ -461,6 +441,17 @@ pub async fn run_on(
             }
             _ = tokio::time::sleep_until(hold_deadline) => {
                 event = Event::HoldTimerExpired;
+            }
+            Ok(()) = out.table.changed(), if state == State::Established => {
+                let table = out.table.borrow_and_update().clone();
+                // Only what changed when this is the next version; everything when
+                // versions were skipped.
+                let only = (table.version == version + 1).then_some(&*table.changed);
+                version = table.version;
+                if let Err(e) = send_table(&mut framed, &mut sent, &table, only, &out.peer, false).await {
+                    return SessionError::Encode { peer, reason: e.to_string() };
+                }
+                continue;
             }
             _ = keepalive => {
                 if let Err(e) = framed.send(BgpMessage::KeepAlive).await {
@@ -489,47 +480,6 @@ mod tests {
             peer_asn,
             hold_time: 9,
         }
-    }
-
-    #[test]
-    fn announcements_carry_our_path_and_end_with_end_of_rib() {
-        let nh = Ipv4Addr::new(192, 0, 2, 1);
-        let p: Ipv4Net = "10.244.1.0/24".parse().unwrap();
-        let msgs = announcements(&local(65001), nh, &[p]);
-        assert_eq!(msgs.len(), 2);
-        let BgpMessage::Update(u) = &msgs[0] else {
-            panic!("{msgs:?}")
-        };
-        let ev = update_events(u);
-        assert_eq!(
-            ev,
-            vec![RouteEvent::Learned {
-                prefix: p,
-                next_hop: nh,
-                as_path: vec![65000]
-            }]
-        );
-        let BgpMessage::Update(eor) = &msgs[1] else {
-            panic!()
-        };
-        assert_eq!(update_events(eor), vec![RouteEvent::EndOfRib]);
-        // iBGP: no AS of ours in the path, LOCAL_PREF present.
-        let msgs = announcements(&local(65000), nh, &[p]);
-        let BgpMessage::Update(u) = &msgs[0] else {
-            panic!()
-        };
-        assert!(u
-            .path_attributes()
-            .iter()
-            .any(|a| matches!(a.value(), PathAttributeValue::LocalPreference(_))));
-        assert_eq!(
-            update_events(u),
-            vec![RouteEvent::Learned {
-                prefix: p,
-                next_hop: nh,
-                as_path: vec![]
-            }]
-        );
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! A speaker: this node's sessions with a set of peers, their routes in one [`Rib`],
-//! and the best of them in the kernel ([`crate::install`]).
+//! A speaker: this node's sessions with a set of peers, their routes in one [`Rib`], the
+//! tables it sends them ([`crate::export`]) and the best learned paths in the kernel
+//! ([`crate::install`]).
 //!
 //! - One task per peer. Of two speakers that peer with each other, the one with the
 //!   lower address connects and the other waits for it (so there is never a connection
 //!   collision to resolve); a failed or ended session is tried again after a second.
 //! - One listener accepts connections and hands each to its peer's task (an unknown
 //!   source is closed).
-//! - [`Speaker::set_peers`] starts the tasks of new peers and stops those of removed
-//!   ones; a peer that stays keeps its session (a change of peers never resets another
-//!   session).
-//! - After every change of the RIB the kernel is brought to its best paths, except at
+//! - [`Speaker::set_peers`] starts the tasks of new peers and stops those of removed or
+//!   changed ones; a peer that stays keeps its session (a change of peers never resets
+//!   another session). [`Speaker::set_routes`] changes what we originate without
+//!   resetting any session: the peers get UPDATEs for what changed.
+//! - One engine task: after every change it recomputes the best paths and the exports
+//!   of the changed prefixes only, and brings the kernel to the best paths — except at
 //!   the start: until every peer has sent its End-of-RIB (or [`SpeakerConfig::defer`]
 //!   has passed) the kernel's routes are left as a previous run left them, so a
 //!   restarted speaker changes nothing (RFC 4724, restarting speaker).
@@ -19,17 +22,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use ipnet::Ipv4Net;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::export::{self, Class, Eligible, Exports, LocalRoute, Me};
 use crate::fsm::Local;
-use crate::rib::Rib;
-use crate::session::{run_on, run_once, PeerConfig, RouteEvent, SessionError};
+use crate::policy::{self, Filter};
+use crate::rib::{Rib, Source};
+use crate::session::{run_on, run_once, Outbox, PeerConfig, RouteEvent, SessionError};
 
 /// How long a failed session waits before the next attempt.
 const RETRY: Duration = Duration::from_secs(1);
@@ -46,20 +51,60 @@ pub struct SpeakerConfig {
     pub port: u16,
     /// The hold time we propose.
     pub hold_time: u16,
-    /// The prefixes we announce.
-    pub prefixes: Vec<Ipv4Net>,
+    /// Our route-reflector cluster ID: set, we reflect routes to our clients (RFC 4456).
+    pub cluster_id: Option<Ipv4Addr>,
     /// At the start, how long the kernel's routes are left alone while not every peer
     /// has sent its End-of-RIB.
     pub defer: Duration,
 }
 
-/// A peer: its address and AS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A peer: its address and AS, and how we treat it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Peer {
     /// Its address.
     pub address: Ipv4Addr,
     /// Its AS.
     pub asn: u32,
+    /// It is a route-reflector client of ours.
+    pub client: bool,
+    /// What we take from it.
+    pub import: Filter,
+    /// What we send it.
+    pub export: Filter,
+}
+
+impl Peer {
+    /// A peer with no filters, not a client.
+    pub fn new(address: Ipv4Addr, asn: u32) -> Self {
+        Self {
+            address,
+            asn,
+            client: false,
+            import: Filter::default(),
+            export: Filter::default(),
+        }
+    }
+}
+
+/// Where a session is, for `trellis bgp status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer.
+    pub peer: Peer,
+    /// `Established`, `Connect` or `Idle`.
+    pub state: String,
+    /// Since when it is in that state.
+    pub since: SystemTime,
+    /// Prefixes received (stale ones included).
+    pub received: usize,
+    /// Prefixes sent.
+    pub sent: usize,
+    /// The peer's graceful-restart time, if it announced the capability.
+    pub graceful_restart: Option<u16>,
+    /// Its routes are kept stale while it restarts.
+    pub stale: bool,
+    /// Why the last session ended.
+    pub last_error: Option<String>,
 }
 
 struct PeerTask {
@@ -69,13 +114,29 @@ struct PeerTask {
     accepted: mpsc::Sender<TcpStream>,
 }
 
+/// What the tasks share.
+struct Shared {
+    rib: Rib,
+    local: BTreeMap<Ipv4Net, LocalRoute>,
+    /// Prefixes whose origination changed since the engine last ran.
+    local_dirty: BTreeSet<Ipv4Net>,
+    /// The peers that have sent End-of-RIB since the start.
+    eor: BTreeSet<Ipv4Addr>,
+    status: BTreeMap<Ipv4Addr, PeerStatus>,
+}
+
+type State = Arc<Mutex<Shared>>;
+
+fn lock(s: &State) -> MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A running speaker (its tasks stop when it is dropped).
 pub struct Speaker {
     cfg: SpeakerConfig,
     peers: Arc<Mutex<BTreeMap<Ipv4Addr, PeerTask>>>,
-    rib: Arc<Mutex<Rib>>,
-    /// The peers that have sent End-of-RIB since the start.
-    eor: Arc<Mutex<BTreeSet<Ipv4Addr>>>,
+    state: State,
+    exports: Arc<BTreeMap<Class, watch::Sender<Exports>>>,
     changed: mpsc::UnboundedSender<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -103,39 +164,36 @@ impl Speaker {
     pub async fn start(cfg: SpeakerConfig) -> std::io::Result<Speaker> {
         let listener = TcpListener::bind(SocketAddr::from((cfg.address, cfg.port))).await?;
         let nl = trellis_net::Netlink::connect().map_err(std::io::Error::other)?;
-        let rib = Arc::new(Mutex::new(Rib::default()));
-        let eor: Arc<Mutex<BTreeSet<Ipv4Addr>>> = Arc::default();
+        let state: State = Arc::new(Mutex::new(Shared {
+            rib: Rib::default(),
+            local: BTreeMap::new(),
+            local_dirty: BTreeSet::new(),
+            eor: BTreeSet::new(),
+            status: BTreeMap::new(),
+        }));
+        let exports: Arc<BTreeMap<Class, watch::Sender<Exports>>> = Arc::new(
+            [Class::Ebgp, Class::Ibgp, Class::Client]
+                .into_iter()
+                .map(|c| (c, watch::Sender::new(Exports::default())))
+                .collect(),
+        );
         let peers: Arc<Mutex<BTreeMap<Ipv4Addr, PeerTask>>> = Arc::default();
-        let (changed, mut wake) = mpsc::unbounded_channel::<()>();
-        let (r, e, p) = (rib.clone(), eor.clone(), peers.clone());
-        let defer_until = tokio::time::Instant::now() + cfg.defer;
-        let waker = changed.clone();
-        let installer = tokio::spawn(async move {
-            // Wake once more when the deferral ends.
-            tokio::spawn(async move {
-                tokio::time::sleep_until(defer_until).await;
-                let _ = waker.send(());
-            });
-            let mut ready = false;
-            while wake.recv().await.is_some() {
-                while wake.try_recv().is_ok() {}
-                if !ready {
-                    let all_eor = {
-                        let eor = e.lock().unwrap_or_else(|e| e.into_inner());
-                        let peers = p.lock().unwrap_or_else(|e| e.into_inner());
-                        !peers.is_empty() && peers.keys().all(|a| eor.contains(a))
-                    };
-                    ready = all_eor || tokio::time::Instant::now() >= defer_until;
-                    if !ready {
-                        continue;
-                    }
-                }
-                let best = r.lock().unwrap_or_else(|e| e.into_inner()).best();
-                if let Err(e) = crate::install::sync(&nl, &best).await {
-                    tracing::warn!("bgp: installing routes: {e}");
-                }
-            }
-        });
+        let (changed, wake) = mpsc::unbounded_channel::<()>();
+        let me = Me {
+            asn: cfg.asn,
+            address: cfg.address,
+            cluster_id: cfg.cluster_id,
+        };
+        let engine = tokio::spawn(engine(
+            me,
+            cfg.defer,
+            state.clone(),
+            exports.clone(),
+            peers.clone(),
+            nl,
+            changed.clone(),
+            wake,
+        ));
         let table = peers.clone();
         let accept = tokio::spawn(async move {
             loop {
@@ -158,31 +216,50 @@ impl Speaker {
                 }
             }
         });
-        let speaker = Speaker {
+        Ok(Speaker {
             cfg,
             peers,
-            rib,
-            eor,
+            state,
+            exports,
             changed,
-            tasks: vec![installer, accept],
-        };
-        Ok(speaker)
+            tasks: vec![engine, accept],
+        })
+    }
+
+    /// Originate exactly `routes`: the peers get UPDATEs for what changed.
+    pub fn set_routes(&self, routes: &BTreeMap<Ipv4Net, LocalRoute>) {
+        let mut s = lock(&self.state);
+        let keys: BTreeSet<Ipv4Net> = s.local.keys().chain(routes.keys()).copied().collect();
+        let changed: Vec<Ipv4Net> = keys
+            .into_iter()
+            .filter(|p| s.local.get(p) != routes.get(p))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        s.local_dirty.extend(changed);
+        s.local = routes.clone();
+        drop(s);
+        let _ = self.changed.send(());
     }
 
     /// Peer with exactly `peers`: start sessions with new ones, stop those removed
-    /// (their routes go), leave the others alone.
+    /// or changed (their routes go), leave the others alone.
     pub fn set_peers(&self, peers: &[Peer]) {
         let mut current = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        let want: BTreeMap<Ipv4Addr, Peer> = peers.iter().map(|p| (p.address, *p)).collect();
+        let want: BTreeMap<Ipv4Addr, &Peer> = peers.iter().map(|p| (p.address, p)).collect();
         let gone: Vec<Ipv4Addr> = current
             .iter()
-            .filter(|(a, t)| want.get(a) != Some(&t.peer))
+            .filter(|(a, t)| want.get(a) != Some(&&t.peer))
             .map(|(a, _)| *a)
             .collect();
         for a in gone {
             if let Some(t) = current.remove(&a) {
                 t.handle.abort();
-                self.rib.lock().unwrap_or_else(|e| e.into_inner()).forget(a);
+                let mut s = lock(&self.state);
+                s.rib.forget(a);
+                s.status.remove(&a);
+                drop(s);
                 let _ = self.changed.send(());
             }
         }
@@ -191,18 +268,40 @@ impl Speaker {
                 continue;
             }
             let (accepted, rx) = mpsc::channel(4);
+            let class = class_of(&self.cfg, p);
+            let outbox = Outbox {
+                table: self.exports[&class].subscribe(),
+                peer: Eligible {
+                    address: p.address,
+                    ebgp_asn: (class == Class::Ebgp).then_some(p.asn),
+                    filter: p.export.clone(),
+                },
+            };
+            lock(&self.state).status.insert(
+                a,
+                PeerStatus {
+                    peer: p.clone(),
+                    state: "Idle".into(),
+                    since: SystemTime::now(),
+                    received: 0,
+                    sent: 0,
+                    graceful_restart: None,
+                    stale: false,
+                    last_error: None,
+                },
+            );
             let handle = tokio::spawn(peer_task(
                 self.cfg.clone(),
-                p,
+                p.clone(),
                 rx,
-                self.rib.clone(),
-                self.eor.clone(),
+                outbox,
+                self.state.clone(),
                 self.changed.clone(),
             ));
             current.insert(
                 a,
                 PeerTask {
-                    peer: p,
+                    peer: p.clone(),
                     handle,
                     accepted,
                 },
@@ -221,9 +320,113 @@ impl Speaker {
             .map(|_| ())
     }
 
-    /// The best paths now (prefix → next hops).
+    /// The best learned next hops now (prefix → next hops).
     pub fn best(&self) -> BTreeMap<Ipv4Net, Vec<Ipv4Addr>> {
-        self.rib.lock().unwrap_or_else(|e| e.into_inner()).best()
+        lock(&self.state).rib.next_hops()
+    }
+
+    /// Every session's state.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let s = lock(&self.state);
+        s.status
+            .values()
+            .map(|st| {
+                let mut st = st.clone();
+                st.received = s.rib.received(st.peer.address);
+                let class = class_of(&self.cfg, &st.peer);
+                let table = self.exports[&class].borrow();
+                let peer = Eligible {
+                    address: st.peer.address,
+                    ebgp_asn: (class == Class::Ebgp).then_some(st.peer.asn),
+                    filter: st.peer.export.clone(),
+                };
+                st.sent = if st.state == "Established" {
+                    export::diff(&BTreeMap::new(), &table.routes, None, &peer)
+                        .1
+                        .len()
+                } else {
+                    0
+                };
+                st
+            })
+            .collect()
+    }
+}
+
+/// The table a peer gets.
+fn class_of(cfg: &SpeakerConfig, p: &Peer) -> Class {
+    if p.asn != cfg.asn {
+        Class::Ebgp
+    } else if p.client && cfg.cluster_id.is_some() {
+        Class::Client
+    } else {
+        Class::Ibgp
+    }
+}
+
+/// After every change: settle the RIB, publish the changed exports, program the kernel.
+#[allow(clippy::too_many_arguments)]
+async fn engine(
+    me: Me,
+    defer: Duration,
+    state: State,
+    exports: Arc<BTreeMap<Class, watch::Sender<Exports>>>,
+    peers: Arc<Mutex<BTreeMap<Ipv4Addr, PeerTask>>>,
+    nl: trellis_net::Netlink,
+    waker: mpsc::UnboundedSender<()>,
+    mut wake: mpsc::UnboundedReceiver<()>,
+) {
+    let defer_until = tokio::time::Instant::now() + defer;
+    // Wake once more when the deferral ends.
+    tokio::spawn(async move {
+        tokio::time::sleep_until(defer_until).await;
+        let _ = waker.send(());
+    });
+    let mut ready = false;
+    // What the kernel has, as far as we know: `None` until a full sync succeeded.
+    let mut installed: Option<BTreeMap<Ipv4Net, Vec<Ipv4Addr>>> = None;
+    while wake.recv().await.is_some() {
+        while wake.try_recv().is_ok() {}
+        let want = {
+            let mut s = lock(&state);
+            let mut changed = s.rib.settle();
+            changed.extend(std::mem::take(&mut s.local_dirty));
+            if !changed.is_empty() {
+                for (class, tx) in exports.iter() {
+                    let next = tx.borrow().next(&changed, |p| {
+                        export::route_for(&me, *class, s.local.get(&p), s.rib.best().get(&p))
+                    });
+                    if let Some(next) = next {
+                        tx.send_replace(next);
+                    }
+                }
+            }
+            if !ready {
+                let all_eor = {
+                    let peers = peers.lock().unwrap_or_else(|e| e.into_inner());
+                    !peers.is_empty() && peers.keys().all(|a| s.eor.contains(a))
+                };
+                ready = all_eor || tokio::time::Instant::now() >= defer_until;
+            }
+            if !ready {
+                continue;
+            }
+            // Our own prefixes are never routed elsewhere.
+            let mut want = s.rib.next_hops();
+            want.retain(|p, _| !s.local.contains_key(p));
+            want
+        };
+        let result = match &installed {
+            Some(have) => crate::install::apply(&nl, have, &want).await,
+            None => crate::install::sync(&nl, &want).await,
+        };
+        installed = match result {
+            Ok(_) => Some(want),
+            Err(e) => {
+                tracing::warn!("bgp: installing routes (a full sync follows): {e}");
+                None
+            }
+        };
     }
 }
 
@@ -232,8 +435,8 @@ async fn peer_task(
     cfg: SpeakerConfig,
     peer: Peer,
     mut accepted: mpsc::Receiver<TcpStream>,
-    rib: Arc<Mutex<Rib>>,
-    eor: Arc<Mutex<BTreeSet<Ipv4Addr>>>,
+    mut outbox: Outbox,
+    state: State,
     changed: mpsc::UnboundedSender<()>,
 ) {
     let pc = PeerConfig {
@@ -246,29 +449,59 @@ async fn peer_task(
         peer: SocketAddrV4::new(peer.address, cfg.port),
         local_address: cfg.address,
     };
-    let ebgp = cfg.asn != peer.asn;
+    let source = Source {
+        ebgp: cfg.asn != peer.asn,
+        client: peer.client && cfg.cluster_id.is_some(),
+    };
     let active = cfg.address < peer.address;
-    let take = |ev: &RouteEvent| {
-        if *ev == RouteEvent::EndOfRib {
-            eor.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(peer.address);
+    let set_status = |f: &dyn Fn(&mut PeerStatus)| {
+        if let Some(st) = lock(&state).status.get_mut(&peer.address) {
+            f(st);
         }
-        rib.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply(peer.address, ebgp, false, ev);
+    };
+    let take = |ev: &RouteEvent| {
+        let mut s = lock(&state);
+        let ev = match ev {
+            RouteEvent::EndOfRib => {
+                s.eor.insert(peer.address);
+                ev.clone()
+            }
+            // A route refused (a loop, or the import filter) replaces any accepted one.
+            RouteEvent::Learned { prefix, attrs } => {
+                match policy::loop_check(cfg.asn, cfg.address, cfg.cluster_id, source.ebgp, attrs) {
+                    Some(why) => {
+                        tracing::debug!(peer = %peer.address, %prefix, "bgp: route refused: {why}");
+                        RouteEvent::Withdrawn(*prefix)
+                    }
+                    None if !peer.import.accepts(*prefix) => RouteEvent::Withdrawn(*prefix),
+                    None => ev.clone(),
+                }
+            }
+            _ => ev.clone(),
+        };
+        s.rib.apply(peer.address, source, false, &ev);
+        drop(s);
         let _ = changed.send(());
     };
     // The peer's routes kept stale after its session ended, until then.
     let mut stale_until: Option<tokio::time::Instant> = None;
+    let drop_stale = |stale_until: &mut Option<tokio::time::Instant>| {
+        *stale_until = None;
+        lock(&state).rib.drop_stale(peer.address);
+        set_status(&|st| st.stale = false);
+        let _ = changed.send(());
+    };
     loop {
         let (tx, mut rx) = mpsc::channel(256);
+        set_status(&|st| {
+            st.state = "Connect".into();
+        });
         let session = async {
             if active {
-                run_once(&pc, &cfg.prefixes, &tx).await
+                run_once(&pc, &mut outbox, &tx).await
             } else {
                 match accepted.recv().await {
-                    Some(stream) => run_on(stream, &pc, &cfg.prefixes, &tx).await,
+                    Some(stream) => run_on(stream, &pc, &mut outbox, &tx).await,
                     None => std::future::pending().await,
                 }
             }
@@ -287,20 +520,22 @@ async fn peer_task(
                 Some(ev) = rx.recv() => {
                     if let RouteEvent::Up(n) = &ev {
                         restart = n.graceful_restart;
+                        set_status(&|st| {
+                            st.state = "Established".into();
+                            st.since = SystemTime::now();
+                            st.graceful_restart = restart;
+                        });
                     }
                     if ev == RouteEvent::EndOfRib {
                         stale_until = None;
+                        set_status(&|st| st.stale = false);
                     }
                     // The session's Down is handled below, once it has ended.
                     if !matches!(ev, RouteEvent::Down(_)) {
                         take(&ev);
                     }
                 }
-                _ = stale_over => {
-                    stale_until = None;
-                    rib.lock().unwrap_or_else(|e| e.into_inner()).drop_stale(peer.address);
-                    let _ = changed.send(());
-                }
+                _ = stale_over => drop_stale(&mut stale_until),
             }
         };
         while let Ok(ev) = rx.try_recv() {
@@ -317,26 +552,37 @@ async fn peer_task(
             restart = None;
             stale_until = None;
         }
+        let was_up = lock(&state)
+            .status
+            .get(&peer.address)
+            .is_some_and(|st| st.state == "Established");
+        let reason = ended.to_string();
+        set_status(&|st| {
+            if st.state == "Established" {
+                st.since = SystemTime::now();
+            }
+            st.state = "Idle".into();
+            st.last_error = Some(reason.clone());
+        });
         match restart {
             Some(secs) => {
-                rib.lock().unwrap_or_else(|e| e.into_inner()).apply(
+                lock(&state).rib.apply(
                     peer.address,
-                    ebgp,
+                    source,
                     true,
                     &RouteEvent::Down(ended.to_string()),
                 );
+                set_status(&|st| st.stale = true);
                 stale_until =
                     Some(tokio::time::Instant::now() + Duration::from_secs(u64::from(secs)));
             }
             None if stale_until.is_none() => {
-                rib.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .forget(peer.address);
+                lock(&state).rib.forget(peer.address);
                 let _ = changed.send(());
             }
             None => {}
         }
-        if !matches!(ended, SessionError::Io { .. }) {
+        if was_up || !matches!(ended, SessionError::Io { .. }) {
             tracing::info!(peer = %peer.address, "bgp: session ended: {ended}");
         }
         // Wait for the retry, dropping stale routes if their time runs out meanwhile.
@@ -351,11 +597,7 @@ async fn peer_task(
             };
             tokio::select! {
                 _ = &mut retry => break,
-                _ = stale_over => {
-                    stale_until = None;
-                    rib.lock().unwrap_or_else(|e| e.into_inner()).drop_stale(peer.address);
-                    let _ = changed.send(());
-                }
+                _ = stale_over => drop_stale(&mut stale_until),
             }
         }
     }

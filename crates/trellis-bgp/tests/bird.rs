@@ -71,13 +71,14 @@ fn session_from_node1(
     let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
     common::block_on_in(&netns, move || async move {
         let cfg = common::peer_config(n1, n2, peer_as);
+        let (_table, mut out) = common::outbox(&cfg, &prefixes);
         let (tx, mut rx) = mpsc::channel(64);
         let deadline = Instant::now() + within;
         let mut events = Vec::new();
         let mut ended = None;
         // BIRD may not listen yet: try again until it does.
         while Instant::now() < deadline && ended.is_none() {
-            let run = run_once(&cfg, &prefixes, &tx);
+            let run = run_once(&cfg, &mut out, &tx);
             let stop = tokio::time::sleep_until(deadline.into());
             tokio::pin!(run);
             let collect = async {
@@ -123,11 +124,8 @@ fn a_session_with_bird_exchanges_routes() {
     let up = up.unwrap_or_else(|| panic!("no session: {events:?} {ended:?}"));
     assert_eq!((up.peer_asn, up.peer_id, up.hold_time), (65001, n2, 9));
     assert!(
-        events.contains(&RouteEvent::Learned {
-            prefix: "10.99.0.0/24".parse().unwrap(),
-            next_hop: n2,
-            as_path: vec![65001],
-        }),
+        events.iter().any(|e| matches!(e, RouteEvent::Learned { prefix, attrs }
+            if prefix.to_string() == "10.99.0.0/24" && attrs.next_hop == n2 && attrs.as_path == [65001])),
         "{events:?}"
     );
     assert!(events.contains(&RouteEvent::EndOfRib), "{events:?}");
@@ -160,12 +158,12 @@ fn bird_sees_our_route_with_our_as() {
         let cfg = common::peer_config(n1, n2, 65001);
         let (tx, mut rx) = mpsc::channel(64);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let prefixes = [ours];
+        let (_table, mut out) = common::outbox(&cfg, &[ours]);
         loop {
             if stop_rx.try_recv().is_ok() {
                 return;
             }
-            let run = run_once(&cfg, &prefixes, &tx);
+            let run = run_once(&cfg, &mut out, &tx);
             tokio::pin!(run);
             let tick = async {
                 loop {
@@ -232,12 +230,20 @@ fn learned_routes_reach_the_kernel_and_leave_with_the_session() {
     let speaker = common::block_on_in(&netns, move || async move {
         let nl = trellis_net::Netlink::connect().unwrap();
         let cfg = common::peer_config(n1, n2, 65001);
+        let (_table, mut out) = common::outbox(&cfg, &[]);
         let (tx, mut rx) = mpsc::channel(64);
         let installer = tokio::spawn(async move {
             let mut rib = trellis_bgp::rib::Rib::default();
             while let Some(e) = rx.recv().await {
-                rib.apply(n2, true, false, &e);
-                trellis_bgp::install::sync(&nl, &rib.best()).await.unwrap();
+                let ebgp = trellis_bgp::rib::Source {
+                    ebgp: true,
+                    client: false,
+                };
+                rib.apply(n2, ebgp, false, &e);
+                rib.settle();
+                trellis_bgp::install::sync(&nl, &rib.next_hops())
+                    .await
+                    .unwrap();
                 if matches!(e, RouteEvent::Down(_)) {
                     return;
                 }
@@ -246,7 +252,7 @@ fn learned_routes_reach_the_kernel_and_leave_with_the_session() {
         // Until the session ends (BIRD is stopped by the test).
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            match run_once(&cfg, &[], &tx).await {
+            match run_once(&cfg, &mut out, &tx).await {
                 SessionError::Io { .. } => tokio::time::sleep(Duration::from_millis(200)).await,
                 _ => break,
             }

@@ -7,39 +7,12 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::{speaker_in, Cmd};
 use ipnet::Ipv4Net;
-use tokio::sync::mpsc;
-use trellis_bgp::speaker::{Peer, Speaker, SpeakerConfig};
+use trellis_bgp::speaker::{Peer, SpeakerConfig};
 use trellis_lab::Lab;
-
-enum Cmd {
-    SetPeers(Vec<Peer>),
-    Stop,
-}
-
-/// A speaker in `netns`, driven by commands until [`Cmd::Stop`] (or its sender's drop:
-/// the speaker dies with its sockets, as a killed agent's would).
-fn speaker_in(
-    netns: &str,
-    cfg: SpeakerConfig,
-    peers: Vec<Peer>,
-) -> (mpsc::UnboundedSender<Cmd>, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
-    let h = common::block_on_in(netns, move || async move {
-        let s = Speaker::start(cfg).await.unwrap();
-        s.set_peers(&peers);
-        while let Some(cmd) = rx.recv().await {
-            match cmd {
-                Cmd::SetPeers(p) => s.set_peers(&p),
-                Cmd::Stop => break,
-            }
-        }
-    });
-    (tx, h)
-}
 
 fn prefix(n: usize) -> Ipv4Net {
     format!("10.200.{}.0/24", n + 1).parse().unwrap()
@@ -51,24 +24,25 @@ fn a_full_mesh_survives_a_restart_and_forgets_a_removed_peer() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
     let lab = Lab::new(3).unwrap();
     let addrs: Vec<Ipv4Addr> = lab.state.nodes.iter().map(|n| n.addr).collect();
-    let peers = |of: &[usize]| -> Vec<Peer> {
-        of.iter()
-            .map(|n| Peer {
-                address: addrs[*n],
-                asn: 64512,
-            })
-            .collect()
-    };
+    let peers =
+        |of: &[usize]| -> Vec<Peer> { of.iter().map(|n| Peer::new(addrs[*n], 64512)).collect() };
     let cfg = |n: usize| SpeakerConfig {
         asn: 64512,
         address: addrs[n],
         port: 179,
         hold_time: 9,
-        prefixes: vec![prefix(n)],
+        cluster_id: None,
         defer: Duration::from_secs(5),
     };
     let mut running: Vec<_> = (0..3)
-        .map(|n| speaker_in(&lab.state.nodes[n].netns, cfg(n), peers(&[0, 1, 2])))
+        .map(|n| {
+            speaker_in(
+                &lab.state.nodes[n].netns,
+                cfg(n),
+                prefix(n),
+                peers(&[0, 1, 2]),
+            )
+        })
         .collect();
     let routes = |n: usize| {
         let out = lab
@@ -124,6 +98,7 @@ fn a_full_mesh_survives_a_restart_and_forgets_a_removed_peer() {
     running.push(speaker_in(
         &lab.state.nodes[2].netns,
         cfg(2),
+        prefix(2),
         peers(&[0, 1, 2]),
     ));
     for _ in 0..20 {

@@ -4,8 +4,8 @@
 //!
 //! Inputs: the served set and the Nodes → desired: the speaker's prefixes (this node's
 //! subnets of its bgp networks) and its peers ([`desired`], pure) → the speaker is
-//! started (again when the prefixes change) and given its peers; a change of peers
-//! never resets another peer's session. Learned subnets are kernel routes of protocol
+//! started once and given its prefixes and peers; a change of either goes out as
+//! UPDATEs and never resets another peer's session. Learned subnets are kernel routes of protocol
 //! 119 (`trellis_bgp::install`), left in place across an agent restart: the restarted
 //! speaker changes them only once its peers have sent their tables, and the peers keep
 //! this node's subnet meanwhile (graceful restart).
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use trellis_api::objects::{AnyObject, Backend, Network, Node};
+use trellis_bgp::export::LocalRoute;
 use trellis_bgp::speaker::{Peer, Speaker, SpeakerConfig};
 
 use super::informer::Informer;
@@ -63,10 +64,7 @@ pub(super) fn desired(
                 .iter()
                 .any(|l| bgp.contains(l.network.as_str()))
         })
-        .map(|n| Peer {
-            address: n.spec.address,
-            asn: DEFAULT_ASN,
-        })
+        .map(|n| Peer::new(n.spec.address, DEFAULT_ASN))
         .collect();
     Some(Desired { prefixes, peers })
 }
@@ -86,7 +84,7 @@ impl BgpLoop {
         let mut served_changed = self.served.clone();
         let mut nodes_changed = self.nodes.subscribe();
         let mut nets_changed = self.networks.subscribe();
-        let mut speaker: Option<(Vec<Ipv4Net>, Speaker)> = None;
+        let mut speaker: Option<Speaker> = None;
         let mut applied: Option<Desired> = None;
         loop {
             if let (Some(nodes), Some(nets)) = (self.nodes.snapshot(), self.networks.snapshot()) {
@@ -116,7 +114,7 @@ impl BgpLoop {
                     match &want {
                         None => {
                             // No bgp network here any more: its learned routes go too.
-                            if let Some((_, s)) = speaker.take() {
+                            if let Some(s) = speaker.take() {
                                 match s.shutdown().await {
                                     Ok(()) => tracing::info!("bgp speaker stopped"),
                                     Err(e) => {
@@ -126,28 +124,35 @@ impl BgpLoop {
                             }
                         }
                         Some(d) => {
-                            if speaker.as_ref().is_none_or(|(p, _)| *p != d.prefixes) {
-                                speaker = None; // its listener's port is free again
+                            if speaker.is_none() {
                                 let cfg = SpeakerConfig {
                                     asn: DEFAULT_ASN,
                                     address: self.address,
                                     port: 179,
                                     hold_time: 9,
-                                    prefixes: d.prefixes.clone(),
+                                    cluster_id: None,
                                     // A restarted agent leaves the kernel's routes alone
                                     // until its peers have sent their tables.
                                     defer: Duration::from_secs(10),
                                 };
                                 match Speaker::start(cfg).await {
                                     Ok(s) => {
-                                        tracing::info!(prefixes = ?d.prefixes, "bgp speaker started");
-                                        speaker = Some((d.prefixes.clone(), s));
+                                        tracing::info!("bgp speaker started");
+                                        speaker = Some(s);
                                     }
                                     Err(e) => tracing::warn!("bgp speaker: {e}"),
                                 }
                             }
-                            if let Some((_, s)) = &speaker {
-                                let peers: Vec<Peer> = d.peers.iter().copied().collect();
+                            if let Some(s) = &speaker {
+                                // Changes of prefixes or peers go out as UPDATEs; no
+                                // session is reset.
+                                s.set_routes(
+                                    &d.prefixes
+                                        .iter()
+                                        .map(|p| (*p, LocalRoute::default()))
+                                        .collect(),
+                                );
+                                let peers: Vec<Peer> = d.peers.iter().cloned().collect();
                                 s.set_peers(&peers);
                             }
                         }

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 
 use trellis_bgp::fsm::Local;
 use trellis_bgp::session::PeerConfig;
+use trellis_bgp::speaker::{Peer, Speaker, SpeakerConfig};
 
 /// Run the future `f` makes on a runtime of its own, on a thread inside lab namespace
 /// `netns` (the test's other threads stay where they are).
@@ -41,4 +42,78 @@ pub fn peer_config(local: Ipv4Addr, peer: Ipv4Addr, peer_asn: u32) -> PeerConfig
         peer: SocketAddrV4::new(peer, 179),
         local_address: local,
     }
+}
+
+/// A session's outbox announcing `prefixes` as our own (eBGP form when `cfg`'s peer AS
+/// is another), and the sender that keeps its table alive.
+pub fn outbox(
+    cfg: &PeerConfig,
+    prefixes: &[ipnet::Ipv4Net],
+) -> (
+    tokio::sync::watch::Sender<trellis_bgp::export::Exports>,
+    trellis_bgp::session::Outbox,
+) {
+    use trellis_bgp::export::{self, Class, Eligible, Exports, LocalRoute, Me};
+    let ebgp = cfg.local.asn != cfg.local.peer_asn;
+    let me = Me {
+        asn: cfg.local.asn,
+        address: cfg.local_address,
+        cluster_id: None,
+    };
+    let class = if ebgp { Class::Ebgp } else { Class::Ibgp };
+    let all = prefixes.iter().copied().collect();
+    let table = Exports::default()
+        .next(&all, |_| {
+            export::route_for(&me, class, Some(&LocalRoute::default()), None)
+        })
+        .unwrap_or_default();
+    let tx = tokio::sync::watch::Sender::new(table);
+    let out = trellis_bgp::session::Outbox {
+        table: tx.subscribe(),
+        peer: Eligible {
+            address: *cfg.peer.ip(),
+            ebgp_asn: ebgp.then_some(cfg.local.peer_asn),
+            filter: Default::default(),
+        },
+    };
+    (tx, out)
+}
+
+/// What a test tells a speaker started by [`speaker_in`].
+pub enum Cmd {
+    /// [`Speaker::set_peers`].
+    SetPeers(Vec<Peer>),
+    /// [`Speaker::set_routes`] with these prefixes.
+    SetRoutes(Vec<ipnet::Ipv4Net>),
+    /// Stop, leaving the kernel as it is.
+    Stop,
+}
+
+/// A speaker in `netns` originating `prefix`, driven by commands until [`Cmd::Stop`] (or
+/// its sender's drop: the speaker dies with its sockets, as a killed agent's would).
+pub fn speaker_in(
+    netns: &str,
+    cfg: SpeakerConfig,
+    prefix: ipnet::Ipv4Net,
+    peers: Vec<Peer>,
+) -> (tokio::sync::mpsc::UnboundedSender<Cmd>, JoinHandle<()>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
+    let routes = |ps: &[ipnet::Ipv4Net]| {
+        ps.iter()
+            .map(|p| (*p, trellis_bgp::export::LocalRoute::default()))
+            .collect()
+    };
+    let h = block_on_in(netns, move || async move {
+        let s = Speaker::start(cfg).await.unwrap();
+        s.set_routes(&routes(&[prefix]));
+        s.set_peers(&peers);
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Cmd::SetPeers(p) => s.set_peers(&p),
+                Cmd::SetRoutes(r) => s.set_routes(&routes(&r)),
+                Cmd::Stop => break,
+            }
+        }
+    });
+    (tx, h)
 }
