@@ -191,11 +191,15 @@ pub async fn plan_create(s: &Server, key: &str, obj: &mut AnyObject) -> Result<P
         AnyObject::ClusterNetworkPolicy(p) => {
             require_spec_tenant(s, p.spec.tenant.as_deref()).await?;
         }
+        AnyObject::BgpPeer(p) => crate::bgp::check_peer(s, p).await?,
+        AnyObject::BgpConfiguration(c) => crate::bgp::check_configuration(s, c).await?,
         AnyObject::Node(_)
         | AnyObject::Pod(_)
         | AnyObject::Endpoint(_)
         | AnyObject::LoadBalancerPool(_)
-        | AnyObject::NetworkPolicy(_) => {}
+        | AnyObject::NetworkPolicy(_)
+        | AnyObject::BgpFilter(_)
+        | AnyObject::Secret(_) => {}
     }
     Ok(plan)
 }
@@ -278,6 +282,10 @@ pub async fn plan_update(
                 t.check_peering(p, cluster)
             })
             .await?;
+        }
+        (AnyObject::BgpPeer(_), AnyObject::BgpPeer(p)) => crate::bgp::check_peer(s, p).await?,
+        (AnyObject::BgpConfiguration(_), AnyObject::BgpConfiguration(c)) => {
+            crate::bgp::check_configuration(s, c).await?
         }
         _ => {}
     }

@@ -225,6 +225,17 @@ impl Role {
         }
     }
 
+    /// Refuse unless the role may read objects of `kind`: Secrets are for admins and
+    /// nodes (whose agents need BGP passwords), not read-only tokens.
+    pub fn check_read(&self, kind: trellis_api::objects::Kind) -> Result<(), ApiError> {
+        match (self, kind) {
+            (Role::ReadOnly, trellis_api::objects::Kind::Secret) => Err(ApiError::forbidden(
+                "read-only token: Secrets are not readable",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuse unless the role may act for node `node` (heartbeats, subnet leases).
     pub fn check_node(&self, node: &str) -> Result<(), ApiError> {
         match self {
@@ -258,6 +269,13 @@ mod tests {
         assert!(r.check_write("endpoints", "e", Some("n1")).is_ok());
         assert!(r.check_write("endpoints", "e", Some("n2")).is_err());
         assert!(r.check_write("services", "s", None).is_err());
+        assert!(r.check_read(trellis_api::objects::Kind::Secret).is_ok());
+        assert!(Role::ReadOnly
+            .check_read(trellis_api::objects::Kind::Secret)
+            .is_err());
+        assert!(Role::ReadOnly
+            .check_read(trellis_api::objects::Kind::Service)
+            .is_ok());
         assert_eq!(
             t.authenticate(Some("Bearer nope")).unwrap_err().reason,
             "Unauthorized"

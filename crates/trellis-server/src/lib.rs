@@ -12,6 +12,7 @@
 
 pub mod alloc;
 pub mod auth;
+pub mod bgp;
 pub mod error;
 pub mod resources;
 pub mod serve;

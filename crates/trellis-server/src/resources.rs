@@ -224,10 +224,12 @@ fn is_true(q: &HashMap<String, String>, k: &str) -> bool {
 /// path), or a watch with `?watch=true`.
 pub async fn list(
     State(s): State<Arc<Server>>,
+    Extension(role): Extension<Role>,
     Path(path): Path<PathParams>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (t, _) = Target::from_path(&path)?;
+    role.check_read(t.kind)?;
     let prefix = kind_prefix(t.kind, t.ns.as_deref());
     if is_true(&q, "watch") {
         let rv = parse_rv(
@@ -295,9 +297,11 @@ fn matches_labels(o: &Value, sel: &[(String, String)]) -> bool {
 /// `GET /v1/[namespaces/<ns>/]<plural>/<name>`.
 pub async fn get(
     State(s): State<Arc<Server>>,
+    Extension(role): Extension<Role>,
     Path(path): Path<PathParams>,
 ) -> Result<Response, ApiError> {
     let (t, name) = Target::from_path(&path)?;
+    role.check_read(t.kind)?;
     let key = t.key(&name)?;
     match s.store.get(&key).await? {
         Some(kv) => Ok(Json(to_object(&kv)?).into_response()),

@@ -282,6 +282,67 @@ fn columns(o: &AnyObject) -> Columns {
             vec![],
         ),
         AnyObject::TenantPeering(p) => (vec![("TENANTS", p.spec.tenants.join(","))], vec![]),
+        AnyObject::BgpConfiguration(c) => (
+            vec![
+                ("AS", c.spec.asn().to_string()),
+                ("MESH", bool_cell(c.spec.mesh())),
+                (
+                    "ADVERTISED",
+                    join_or_none(
+                        c.spec
+                            .service_cluster_ips
+                            .iter()
+                            .chain(&c.spec.service_external_ips)
+                            .chain(&c.spec.service_load_balancer_ips)
+                            .map(|e| e.cidr.to_string()),
+                    ),
+                ),
+            ],
+            vec![],
+        ),
+        AnyObject::BgpPeer(p) => (
+            vec![
+                (
+                    "NODES",
+                    match (&p.spec.node, &p.spec.node_selector) {
+                        (Some(n), _) => n.clone(),
+                        (None, Some(s)) => s.to_string(),
+                        (None, None) => "all()".to_string(),
+                    },
+                ),
+                (
+                    "PEER",
+                    match (&p.spec.peer_ip, &p.spec.peer_selector) {
+                        (Some(ip), _) => ip.clone(),
+                        (None, Some(s)) => s.to_string(),
+                        (None, None) => "<none>".to_string(),
+                    },
+                ),
+                ("AS", or_none(p.spec.as_number.map(|a| a.to_string()))),
+            ],
+            vec![
+                ("BFD", bool_cell(p.spec.bfd_enabled)),
+                ("FILTERS", join_or_none(p.spec.filters.iter().cloned())),
+            ],
+        ),
+        AnyObject::BgpFilter(f) => (
+            vec![
+                ("EXPORT-RULES", f.spec.export_v4.len().to_string()),
+                ("IMPORT-RULES", f.spec.import_v4.len().to_string()),
+            ],
+            vec![],
+        ),
+        // Never the values.
+        AnyObject::Secret(s) => (
+            vec![
+                (
+                    "TYPE",
+                    s.spec.kind.clone().unwrap_or_else(|| "Opaque".into()),
+                ),
+                ("DATA", s.spec.data.len().to_string()),
+            ],
+            vec![],
+        ),
         AnyObject::NetworkPolicy(p) => {
             let (ing, eg) = p.spec.effective_types();
             let types = [(ing, "Ingress"), (eg, "Egress")]

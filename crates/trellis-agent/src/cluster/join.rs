@@ -111,7 +111,7 @@ async fn register(client: &Client, name: &str, address: Ipv4Addr) -> Result<(), 
             Ok(())
         }
         Err(e) if e.status() == Some(404) => {
-            let n = Node::new(ObjectMeta::named(name), NodeSpec { address });
+            let n = Node::new(ObjectMeta::named(name), NodeSpec { address, bgp: None });
             let n = serde_json::to_value(&n).expect("objects serialize");
             match client.post("/v1/nodes", &n).await {
                 Ok(_) => Ok(()),

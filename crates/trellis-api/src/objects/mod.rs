@@ -14,10 +14,15 @@
 //! | `ClusterNetworkPolicy` | [`ClusterNetworkPolicy`] | cluster | `clusternetworkpolicies` | [`ClusterNetworkPolicySpec`] / [`NoStatus`] |
 //! | `Tenant` | [`Tenant`] | cluster | `tenants` | [`TenantSpec`] (may be left out) / [`NoStatus`] |
 //! | `TenantPeering` | [`TenantPeering`] | cluster | `tenantpeerings` | [`TenantPeeringSpec`] / [`NoStatus`] |
+//! | `BGPConfiguration` | [`BgpConfiguration`] | cluster | `bgpconfigurations` | [`BgpConfigurationSpec`] / [`NoStatus`] |
+//! | `BGPPeer` | [`BgpPeer`] | cluster | `bgppeers` | [`BgpPeerSpec`] / [`NoStatus`] |
+//! | `BGPFilter` | [`BgpFilter`] | cluster | `bgpfilters` | [`BgpFilterSpec`] / [`NoStatus`] |
+//! | `Secret` | [`Secret`] | namespaced | `secrets` | [`SecretSpec`] / [`NoStatus`] |
 //!
 //! Besides `trellis/v1`, Kubernetes manifests are accepted as they are: `apiVersion:
-//! networking.k8s.io/v1` for NetworkPolicy and `v1` for Namespace and Pod
-//! ([`Kind::foreign_api_version`]); objects are always written back as `trellis/v1`.
+//! networking.k8s.io/v1` for NetworkPolicy, `v1` for Namespace, Pod and Secret, and
+//! Calico's `projectcalico.org/v3` for the BGP kinds ([`Kind::foreign_api_version`]);
+//! objects are always written back as `trellis/v1`.
 //!
 //! Every kind is an [`Object<S>`] over its spec type; [`AnyObject`] holds any of them, for
 //! code (the server, `trellis apply`) that reads manifests of every kind.
@@ -44,6 +49,8 @@
 //! Serializing ([`AnyObject::to_json`], or `serde` on any object) always writes
 //! `apiVersion` and `kind`; `status` is left out while it equals its default.
 
+mod bgp;
+mod calico_selector;
 mod cnp;
 mod endpoint;
 mod error;
@@ -54,6 +61,7 @@ mod netpol;
 mod network;
 mod node;
 mod pod;
+mod secret;
 mod selector;
 mod service;
 mod tenant;
@@ -65,6 +73,13 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use bgp::{
+    parse_go_duration, parse_peer_ip, AsNumber, BgpConfiguration, BgpConfigurationSpec, BgpFilter,
+    BgpFilterRule, BgpFilterSpec, BgpPassword, BgpPeer, BgpPeerSpec, CidrEntry, CommunityValue,
+    FilterAction, GoDuration, MatchOperator, NamedCommunity, PrefixAdvertisement, SecretKeyRef,
+    BGP_SECRET_NAMESPACE, DEFAULT_AS_NUMBER, DEFAULT_MAX_RESTART_TIME,
+};
+pub use calico_selector::CalicoSelector;
 pub use cnp::{
     ClusterNetworkPolicy, ClusterNetworkPolicySpec, CnpAction, CnpPeer, CnpPort, CnpPortNumber,
     CnpPortRange, CnpRule, NamespacedPods, Subject, Tier, MAX_CNP_PRIORITY, MAX_CNP_RULES,
@@ -86,8 +101,9 @@ pub use network::{
     networks_overlap, Backend, Network, NetworkSpec, NetworkStatus, DEFAULT_NODE_SUBNET_PREFIX,
     MAX_NODE_SUBNET_PREFIX, MTU_RANGE, VNI_RANGE,
 };
-pub use node::{Node, NodeSpec, NodeStatus, ProgrammedRevisions, SubnetLease};
+pub use node::{Node, NodeBgp, NodeSpec, NodeStatus, ProgrammedRevisions, SubnetLease};
 pub use pod::{ContainerPort, Pod, PodSpec};
+pub use secret::{Secret, SecretSpec};
 pub use selector::{LabelSelector, SelectorOperator, SelectorRequirement};
 pub use service::{
     ExternalTrafficPolicy, Protocol, Service, ServicePort, ServiceSpec, ServiceStatus, ServiceType,
@@ -131,11 +147,19 @@ pub enum Kind {
     Tenant,
     /// [`TenantPeering`]: two tenants that reach each other. Cluster-scoped.
     TenantPeering,
+    /// [`BgpConfiguration`]: the cluster's BGP settings. Cluster-scoped.
+    BgpConfiguration,
+    /// [`BgpPeer`]: BGP sessions to set up. Cluster-scoped.
+    BgpPeer,
+    /// [`BgpFilter`]: prefix rules for BGP peers. Cluster-scoped.
+    BgpFilter,
+    /// [`Secret`]: secret values (BGP passwords). Namespaced.
+    Secret,
 }
 
 impl Kind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Network,
         Kind::Node,
         Kind::Pod,
@@ -147,6 +171,10 @@ impl Kind {
         Kind::ClusterNetworkPolicy,
         Kind::Tenant,
         Kind::TenantPeering,
+        Kind::BgpConfiguration,
+        Kind::BgpPeer,
+        Kind::BgpFilter,
+        Kind::Secret,
     ];
 
     /// The name written in `kind`: `Network`, `Node`, ...
@@ -163,6 +191,10 @@ impl Kind {
             Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
             Kind::Tenant => "Tenant",
             Kind::TenantPeering => "TenantPeering",
+            Kind::BgpConfiguration => "BGPConfiguration",
+            Kind::BgpPeer => "BGPPeer",
+            Kind::BgpFilter => "BGPFilter",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -180,6 +212,10 @@ impl Kind {
             Kind::ClusterNetworkPolicy => "clusternetworkpolicies",
             Kind::Tenant => "tenants",
             Kind::TenantPeering => "tenantpeerings",
+            Kind::BgpConfiguration => "bgpconfigurations",
+            Kind::BgpPeer => "bgppeers",
+            Kind::BgpFilter => "bgpfilters",
+            Kind::Secret => "secrets",
         }
     }
 
@@ -198,6 +234,10 @@ impl Kind {
             Kind::ClusterNetworkPolicy => Some("cnp"),
             Kind::Tenant => Some("tn"),
             Kind::TenantPeering => Some("peering"),
+            Kind::BgpConfiguration => Some("bgpconfig"),
+            Kind::BgpPeer => None,
+            Kind::BgpFilter => None,
+            Kind::Secret => None,
         }
     }
 
@@ -207,7 +247,10 @@ impl Kind {
     pub fn foreign_api_version(self) -> Option<&'static str> {
         match self {
             Kind::NetworkPolicy => Some("networking.k8s.io/v1"),
-            Kind::Namespace | Kind::Pod => Some("v1"),
+            Kind::Namespace | Kind::Pod | Kind::Secret => Some("v1"),
+            Kind::BgpConfiguration | Kind::BgpPeer | Kind::BgpFilter => {
+                Some("projectcalico.org/v3")
+            }
             _ => None,
         }
     }
@@ -222,7 +265,7 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         matches!(
             self,
-            Kind::Pod | Kind::Endpoint | Kind::Service | Kind::NetworkPolicy
+            Kind::Pod | Kind::Endpoint | Kind::Service | Kind::NetworkPolicy | Kind::Secret
         )
     }
 
@@ -482,6 +525,14 @@ pub enum AnyObject {
     Tenant(Tenant),
     /// A `TenantPeering`.
     TenantPeering(TenantPeering),
+    /// A `BGPConfiguration`.
+    BgpConfiguration(BgpConfiguration),
+    /// A `BGPPeer`.
+    BgpPeer(BgpPeer),
+    /// A `BGPFilter`.
+    BgpFilter(BgpFilter),
+    /// A `Secret`.
+    Secret(Secret),
 }
 
 /// Run `$e` with `$o` bound to the typed object inside an [`AnyObject`].
@@ -499,6 +550,10 @@ macro_rules! each {
             AnyObject::ClusterNetworkPolicy($o) => $e,
             AnyObject::Tenant($o) => $e,
             AnyObject::TenantPeering($o) => $e,
+            AnyObject::BgpConfiguration($o) => $e,
+            AnyObject::BgpPeer($o) => $e,
+            AnyObject::BgpFilter($o) => $e,
+            AnyObject::Secret($o) => $e,
         }
     };
 }
@@ -538,6 +593,14 @@ impl AnyObject {
             Kind::ClusterNetworkPolicy => AnyObject::ClusterNetworkPolicy(typed(value)?),
             Kind::Tenant => AnyObject::Tenant(typed(value)?),
             Kind::TenantPeering => AnyObject::TenantPeering(typed(value)?),
+            Kind::BgpConfiguration => AnyObject::BgpConfiguration(typed(value)?),
+            Kind::BgpPeer => AnyObject::BgpPeer(typed(value)?),
+            Kind::BgpFilter => AnyObject::BgpFilter(typed(value)?),
+            Kind::Secret => {
+                let mut value = value;
+                secret::lift_kubernetes_fields(&mut value);
+                AnyObject::Secret(typed(value)?)
+            }
         })
     }
 
@@ -620,7 +683,11 @@ any_from!(
     NetworkPolicy,
     ClusterNetworkPolicy,
     Tenant,
-    TenantPeering
+    TenantPeering,
+    BgpConfiguration,
+    BgpPeer,
+    BgpFilter,
+    Secret
 );
 
 /// Deserialize a typed object from a JSON value, errors naming the field path.

@@ -22,6 +22,42 @@ pub type Node = Object<NodeSpec>;
 pub struct NodeSpec {
     /// The node's underlay address: where other nodes send its pods' traffic.
     pub address: Ipv4Addr,
+    /// BGP settings of this node (Calico's Node `spec.bgp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<NodeBgp>,
+}
+
+/// Node `spec.bgp`: the node's own AS and whether it reflects routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeBgp {
+    /// The address BGP uses, with its prefix length (`"192.0.2.11/24"`); the node's
+    /// `spec.address` when absent. It must be that address: Trellis peers from it.
+    #[serde(
+        default,
+        rename = "ipv4Address",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_address: Option<String>,
+    /// The node's AS (else the BGPConfiguration's, else 64512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<super::AsNumber>,
+    /// Makes the node a route reflector of this cluster ID (an IPv4 address).
+    #[serde(
+        default,
+        rename = "routeReflectorClusterID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub route_reflector_cluster_id: Option<String>,
+}
+
+impl NodeBgp {
+    /// The reflector cluster ID, if the node is a reflector (and the ID valid).
+    pub fn cluster_id(&self) -> Option<Ipv4Addr> {
+        self.route_reflector_cluster_id
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+    }
 }
 
 /// `status` of a [`Node`] (agent- and server-set).
@@ -115,6 +151,34 @@ impl Spec for NodeSpec {
 
     fn validate(&self, status: &NodeStatus) -> Result<(), ValidationError> {
         check_unicast(self.address).map_err(|m| ValidationError::new("spec.address", m))?;
+        if let Some(b) = &self.bgp {
+            if let Some(c) = &b.route_reflector_cluster_id {
+                if c.parse::<Ipv4Addr>().is_err() {
+                    return Err(ValidationError::new(
+                        "spec.bgp.routeReflectorClusterID",
+                        format!("{c:?} is not an IPv4 address (a cluster ID is written as one, e.g. \"244.0.0.1\")"),
+                    ));
+                }
+            }
+            if let Some(a) = &b.ipv4_address {
+                let ip = a
+                    .parse::<Ipv4Net>()
+                    .map(|n| n.addr())
+                    .or_else(|_| a.parse::<Ipv4Addr>())
+                    .map_err(|_| {
+                        ValidationError::new(
+                            "spec.bgp.ipv4Address",
+                            format!("{a:?} is not an IPv4 address with a prefix length"),
+                        )
+                    })?;
+                if ip != self.address {
+                    return Err(ValidationError::new(
+                        "spec.bgp.ipv4Address",
+                        format!("{ip} is not the node's spec.address ({})", self.address),
+                    ));
+                }
+            }
+        }
         status.validate().map_err(|e| e.under("status"))
     }
 }
@@ -175,6 +239,7 @@ mod tests {
             ObjectMeta::named(name),
             NodeSpec {
                 address: "192.168.50.2".parse().unwrap(),
+                bgp: None,
             },
         )
     }

@@ -54,7 +54,11 @@ fn kind_facts() {
             "networkpolicies",
             "clusternetworkpolicies",
             "tenants",
-            "tenantpeerings"
+            "tenantpeerings",
+            "bgpconfigurations",
+            "bgppeers",
+            "bgpfilters",
+            "secrets"
         ]
     );
     for k in Kind::ALL {
@@ -70,7 +74,8 @@ fn kind_facts() {
             Kind::Pod,
             Kind::Endpoint,
             Kind::Service,
-            Kind::NetworkPolicy
+            Kind::NetworkPolicy,
+            Kind::Secret
         ]
     );
 }
@@ -194,7 +199,7 @@ fn kind_and_api_version() {
     assert_err(&e, "kind", "unknown kind \"Foo\"");
     assert_eq!(
         e.to_string(),
-        r#"kind: unknown kind "Foo", expected one of Network, Node, Pod, Endpoint, Service, LoadBalancerPool, Namespace, NetworkPolicy, ClusterNetworkPolicy, Tenant, TenantPeering"#
+        r#"kind: unknown kind "Foo", expected one of Network, Node, Pod, Endpoint, Service, LoadBalancerPool, Namespace, NetworkPolicy, ClusterNetworkPolicy, Tenant, TenantPeering, BGPConfiguration, BGPPeer, BGPFilter, Secret"#
     );
     // kind is checked first, so a wrong apiVersion with an unknown kind reports the kind.
     let e = json_err(r#"{"apiVersion": "v1", "kind": "Deployment"}"#);
@@ -329,6 +334,7 @@ fn full_objects() -> Vec<AnyObject> {
         ObjectMeta::named("node-1"),
         NodeSpec {
             address: "192.168.50.2".parse().unwrap(),
+            bgp: None,
         },
     );
     node.metadata.labels.insert("zone".into(), "a".into());
