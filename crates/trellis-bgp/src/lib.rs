@@ -10,6 +10,7 @@
 //! - [`rib`]: every peer's routes and the best paths (pure);
 //! - [`policy`]: prefix filters and loop checks (pure);
 //! - [`export`]: what goes to each kind of peer, route reflection (RFC 4456) (pure);
+//! - [`md5`]: TCP MD5 session passwords (RFC 2385);
 //! - [`install`]: the best paths as kernel routes of protocol [`install::BGP_PROTO`];
 //! - [`speaker`]: a node's sessions with its peers (one task each, a listener), their
 //!   RIB, its exports and the kernel kept at its best paths.
@@ -18,6 +19,7 @@ pub mod attrs;
 pub mod export;
 pub mod fsm;
 pub mod install;
+pub mod md5;
 pub mod policy;
 pub mod rib;
 pub mod session;

@@ -48,6 +48,8 @@ pub struct PeerConfig {
     pub peer: SocketAddrV4,
     /// Our address towards it: the connection's source and the next hop we announce.
     pub local_address: Ipv4Addr,
+    /// The session's TCP MD5 password.
+    pub password: Option<String>,
 }
 
 /// What a session reports.
@@ -304,6 +306,10 @@ fn event_of(m: &BgpMessage) -> Event {
 /// Connect to the peer from our address.
 async fn connect(cfg: &PeerConfig) -> std::io::Result<TcpStream> {
     let s = TcpSocket::new_v4()?;
+    if let Some(pw) = &cfg.password {
+        use std::os::fd::AsRawFd;
+        crate::md5::set_key(s.as_raw_fd(), *cfg.peer.ip(), Some(pw.as_bytes()))?;
+    }
     s.bind(SocketAddr::from((cfg.local_address, 0)))?;
     s.connect(SocketAddr::V4(cfg.peer)).await
 }

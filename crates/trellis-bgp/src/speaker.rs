@@ -71,10 +71,16 @@ pub struct Peer {
     pub import: Filter,
     /// What we send it.
     pub export: Filter,
+    /// The session's TCP MD5 password.
+    pub password: Option<String>,
+    /// The hold time we propose to it (else the speaker's).
+    pub hold_time: Option<u16>,
+    /// Its port (else the speaker's).
+    pub port: Option<u16>,
 }
 
 impl Peer {
-    /// A peer with no filters, not a client.
+    /// A peer with no filters, no password, not a client, the speaker's timers and port.
     pub fn new(address: Ipv4Addr, asn: u32) -> Self {
         Self {
             address,
@@ -82,6 +88,9 @@ impl Peer {
             client: false,
             import: Filter::default(),
             export: Filter::default(),
+            password: None,
+            hold_time: None,
+            port: None,
         }
     }
 }
@@ -134,6 +143,9 @@ fn lock(s: &State) -> MutexGuard<'_, Shared> {
 /// A running speaker (its tasks stop when it is dropped).
 pub struct Speaker {
     cfg: SpeakerConfig,
+    /// The listener's descriptor, for the peers' MD5 keys (the listener lives in the
+    /// accept task, which the speaker outlives only while dropping).
+    listener_fd: std::os::fd::RawFd,
     peers: Arc<Mutex<BTreeMap<Ipv4Addr, PeerTask>>>,
     state: State,
     exports: Arc<BTreeMap<Class, watch::Sender<Exports>>>,
@@ -163,6 +175,7 @@ impl Speaker {
     /// task's network namespace) at the best paths.
     pub async fn start(cfg: SpeakerConfig) -> std::io::Result<Speaker> {
         let listener = TcpListener::bind(SocketAddr::from((cfg.address, cfg.port))).await?;
+        let listener_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let nl = trellis_net::Netlink::connect().map_err(std::io::Error::other)?;
         let state: State = Arc::new(Mutex::new(Shared {
             rib: Rib::default(),
@@ -218,6 +231,7 @@ impl Speaker {
         });
         Ok(Speaker {
             cfg,
+            listener_fd,
             peers,
             state,
             exports,
@@ -256,6 +270,11 @@ impl Speaker {
         for a in gone {
             if let Some(t) = current.remove(&a) {
                 t.handle.abort();
+                if t.peer.password.is_some() {
+                    if let Err(e) = crate::md5::set_key(self.listener_fd, a, None) {
+                        tracing::warn!(peer = %a, "bgp: removing the MD5 key: {e}");
+                    }
+                }
                 let mut s = lock(&self.state);
                 s.rib.forget(a);
                 s.status.remove(&a);
@@ -266,6 +285,11 @@ impl Speaker {
         for (a, p) in want {
             if current.contains_key(&a) || a == self.cfg.address {
                 continue;
+            }
+            if let Some(pw) = &p.password {
+                if let Err(e) = crate::md5::set_key(self.listener_fd, a, Some(pw.as_bytes())) {
+                    tracing::warn!(peer = %a, "bgp: setting the MD5 key: {e}");
+                }
             }
             let (accepted, rx) = mpsc::channel(4);
             let class = class_of(&self.cfg, p);
@@ -444,10 +468,11 @@ async fn peer_task(
             asn: cfg.asn,
             router_id: cfg.address,
             peer_asn: peer.asn,
-            hold_time: cfg.hold_time,
+            hold_time: peer.hold_time.unwrap_or(cfg.hold_time),
         },
-        peer: SocketAddrV4::new(peer.address, cfg.port),
+        peer: SocketAddrV4::new(peer.address, peer.port.unwrap_or(cfg.port)),
         local_address: cfg.address,
+        password: peer.password.clone(),
     };
     let source = Source {
         ebgp: cfg.asn != peer.asn,

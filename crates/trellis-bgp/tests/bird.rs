@@ -30,6 +30,11 @@ fn require() {
 /// Start BIRD in node 2's namespace: AS 65001, peering with node 1 (AS `peer_as`),
 /// announcing 10.99.0.0/24. Returns the control socket's path.
 fn start_bird(lab: &mut Lab, peer_as: u32) -> String {
+    start_bird_with(lab, peer_as, "")
+}
+
+/// [`start_bird`] with more lines in its BGP protocol (`password "..."; `).
+fn start_bird_with(lab: &mut Lab, peer_as: u32, extra: &str) -> String {
     let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
     let dir = lab.dir();
     let conf = dir.join("bird.conf");
@@ -38,7 +43,7 @@ fn start_bird(lab: &mut Lab, peer_as: u32) -> String {
         format!(
             "log stderr all;\nrouter id {n2};\nprotocol device {{}}\n\
              protocol static {{ ipv4; route 10.99.0.0/24 blackhole; }}\n\
-             protocol bgp trellis {{\n  local {n2} as 65001;\n  neighbor {n1} as {peer_as};\n  hold time 9;\n  connect retry time 1;\n  error wait time 1, 2;\n  ipv4 {{ import all; export where source = RTS_STATIC; }};\n}}\n"
+             protocol bgp trellis {{\n  local {n2} as 65001;\n  neighbor {n1} as {peer_as};\n  hold time 9;\n  connect retry time 1;\n  error wait time 1, 2;\n  {extra}\n  ipv4 {{ import all; export where source = RTS_STATIC; }};\n}}\n"
         ),
     )
     .unwrap();
@@ -67,10 +72,22 @@ fn session_from_node1(
     prefixes: Vec<Ipv4Net>,
     within: Duration,
 ) -> (Vec<RouteEvent>, Option<String>) {
+    session_with_password(lab, peer_as, prefixes, within, None)
+}
+
+/// [`session_from_node1`] with a TCP MD5 password.
+fn session_with_password(
+    lab: &Lab,
+    peer_as: u32,
+    prefixes: Vec<Ipv4Net>,
+    within: Duration,
+    password: Option<&'static str>,
+) -> (Vec<RouteEvent>, Option<String>) {
     let netns = lab.state.nodes[0].netns.clone();
     let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
     common::block_on_in(&netns, move || async move {
-        let cfg = common::peer_config(n1, n2, peer_as);
+        let mut cfg = common::peer_config(n1, n2, peer_as);
+        cfg.password = password.map(str::to_string);
         let (_table, mut out) = common::outbox(&cfg, &prefixes);
         let (tx, mut rx) = mpsc::channel(64);
         let deadline = Instant::now() + within;
@@ -286,5 +303,31 @@ fn learned_routes_reach_the_kernel_and_leave_with_the_session() {
         routes(&lab).trim(),
         "",
         "the route stayed after the session"
+    );
+}
+
+/// With a TCP MD5 password (RFC 2385) on both sides the session comes up; with none on
+/// ours, or another, BIRD's kernel drops our segments and it never does.
+#[test]
+fn a_password_protected_session_with_bird() {
+    require();
+    let mut lab = Lab::new(2).unwrap();
+    let _sock = start_bird_with(&mut lab, 65000, "password \"s3cret-pw\";");
+    let up = |events: &[RouteEvent]| events.iter().any(|e| matches!(e, RouteEvent::Up(_)));
+    let (events, _) = session_with_password(&lab, 65001, vec![], Duration::from_secs(3), None);
+    assert!(!up(&events), "up without the password: {events:?}");
+    let (events, _) =
+        session_with_password(&lab, 65001, vec![], Duration::from_secs(3), Some("wrong"));
+    assert!(!up(&events), "up with a wrong password: {events:?}");
+    let (events, ended) = session_with_password(
+        &lab,
+        65001,
+        vec![],
+        Duration::from_secs(4),
+        Some("s3cret-pw"),
+    );
+    assert!(
+        up(&events),
+        "no session with the password: {events:?} {ended:?}"
     );
 }
