@@ -2,7 +2,8 @@
 //! data structure fed by [`RouteEvent`]s, read by the kernel installer
 //! ([`crate::install`]) and the exports ([`crate::export`]).
 //!
-//! Best path (RFC 4271 §9.1.2.2 and RFC 4456 §9, the parts that apply to a node): the
+//! Best path (RFC 4271 §9.1.2.2 and RFC 4456 §9, the parts that apply to a node): a
+//! fresh path over a stale one (kept through a restart or a peer's removal), the
 //! highest LOCAL_PREF (100 when absent), the shortest AS path, the lowest ORIGIN, a route
 //! from an eBGP peer over one from iBGP, the shortest CLUSTER_LIST, then the lowest
 //! originator (or peer) address. Candidates equal up to the eBGP/iBGP step make the
@@ -62,9 +63,11 @@ pub struct Rib {
 }
 
 /// The preference key of a path: smaller is better.
-fn rank(peer: Ipv4Addr, p: &Path) -> (u32, usize, u8, bool, usize, Ipv4Addr, Ipv4Addr) {
+#[allow(clippy::type_complexity)]
+fn rank(peer: Ipv4Addr, p: &Path) -> (bool, u32, usize, u8, bool, usize, Ipv4Addr, Ipv4Addr) {
     let a = &p.attrs;
     (
+        p.stale,
         u32::MAX - a.local_pref.unwrap_or(100),
         a.as_path.len(),
         a.origin,
@@ -104,13 +107,7 @@ impl Rib {
                     }
                 }
             }
-            RouteEvent::Down(_) if keep_stale => {
-                for m in self.routes.values_mut() {
-                    if let Some(p) = m.get_mut(&peer) {
-                        p.stale = true;
-                    }
-                }
-            }
+            RouteEvent::Down(_) if keep_stale => self.mark_stale(peer),
             RouteEvent::Down(_) => self.forget(peer),
             RouteEvent::EndOfRib => self.drop_stale(peer),
             RouteEvent::Up(_) => {}
@@ -126,6 +123,18 @@ impl Rib {
             }
             !m.is_empty()
         });
+    }
+
+    /// Mark every route of `peer` stale: kept, but any fresh path is preferred.
+    pub fn mark_stale(&mut self, peer: Ipv4Addr) {
+        for (prefix, m) in self.routes.iter_mut() {
+            if let Some(p) = m.get_mut(&peer) {
+                if !p.stale {
+                    p.stale = true;
+                    self.dirty.insert(*prefix);
+                }
+            }
+        }
     }
 
     /// Drop `peer`'s routes still stale (its restart time is over, or its End-of-RIB
@@ -148,7 +157,7 @@ impl Rib {
                 let (peer, path) = paths.iter().min_by_key(|(a, p)| rank(**a, p))?;
                 let head = |a: Ipv4Addr, p: &Path| {
                     let r = rank(a, p);
-                    (r.0, r.1, r.2, r.3)
+                    (r.0, r.1, r.2, r.3, r.4)
                 };
                 let top = head(*peer, path);
                 let mut next_hops: Vec<Ipv4Addr> = paths
@@ -291,8 +300,19 @@ mod tests {
         // Graceful restart: a's route is kept (stale) across its restart, and dropped
         // at its End-of-RIB if it did not come again.
         rib.apply(a, EBGP, true, &RouteEvent::Down("restarting".into()));
-        assert!(rib.settle().is_empty());
+        rib.settle();
         assert_eq!(rib.next_hops()[&p], vec![a]);
+        assert!(rib.best()[&p].path.stale);
+        // A fresh path, however long, is preferred to a stale one.
+        rib.apply(
+            c,
+            EBGP,
+            false,
+            &learned("10.244.5.0/24", [10, 0, 0, 3], &[1, 2, 3]),
+        );
+        rib.settle();
+        assert_eq!(rib.next_hops()[&p], vec![c]);
+        rib.apply(c, EBGP, false, &RouteEvent::Withdrawn(p));
         rib.apply(a, EBGP, true, &RouteEvent::EndOfRib);
         assert_eq!(rib.settle(), BTreeSet::from([p]));
         assert!(rib.best().is_empty());

@@ -9,7 +9,8 @@
 //!   source is closed).
 //! - [`Speaker::set_peers`] starts the tasks of new peers and stops those of removed or
 //!   changed ones; a peer that stays keeps its session (a change of peers never resets
-//!   another session). [`Speaker::set_routes`] changes what we originate without
+//!   another session). A removed peer's routes stay, stale, for [`REMOVAL_GRACE`], so
+//!   its replacement's routes arrive before they go (make before break). [`Speaker::set_routes`] changes what we originate without
 //!   resetting any session: the peers get UPDATEs for what changed.
 //! - One engine task: after every change it recomputes the best paths and the exports
 //!   of the changed prefixes only, and brings the kernel to the best paths — except at
@@ -38,6 +39,10 @@ use crate::session::{run_on, run_once, Outbox, PeerConfig, RouteEvent, SessionEr
 
 /// How long a failed session waits before the next attempt.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long a removed peer's routes stay (stale, behind any fresh path): a change of
+/// peers (the mesh replaced by reflectors) makes its new sessions before it breaks the
+/// old ones' routes.
+pub const REMOVAL_GRACE: Duration = Duration::from_secs(5);
 
 /// This speaker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,10 +281,24 @@ impl Speaker {
                     }
                 }
                 let mut s = lock(&self.state);
-                s.rib.forget(a);
+                s.rib.mark_stale(a);
                 s.status.remove(&a);
                 drop(s);
                 let _ = self.changed.send(());
+                let (state, peers, changed) =
+                    (self.state.clone(), self.peers.clone(), self.changed.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(REMOVAL_GRACE).await;
+                    // Unless it came back meanwhile (its End-of-RIB then sorts them).
+                    if !peers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(&a)
+                    {
+                        lock(&state).rib.drop_stale(a);
+                        let _ = changed.send(());
+                    }
+                });
             }
         }
         for (a, p) in want {
@@ -441,13 +460,20 @@ async fn engine(
             want
         };
         let result = match &installed {
-            Some(have) => crate::install::apply(&nl, have, &want).await,
+            Some(have) => Ok(crate::install::apply(&nl, have, &want).await),
             None => crate::install::sync(&nl, &want).await,
         };
         installed = match result {
-            Ok(_) => Some(want),
+            Ok(report) => match report.failures() {
+                // Those are tried again at the next change, with a full sync.
+                Some(f) => {
+                    tracing::warn!("bgp: routes the kernel refused: {f}");
+                    None
+                }
+                None => Some(want),
+            },
             Err(e) => {
-                tracing::warn!("bgp: installing routes (a full sync follows): {e}");
+                tracing::warn!("bgp: listing the kernel's routes: {e}");
                 None
             }
         };

@@ -262,6 +262,19 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
             served: served.clone(),
             nodes: nodes.clone(),
             networks: networks.clone(),
+            configs: Informer::start(client.clone(), "/v1/bgpconfigurations".into()),
+            peers: Informer::start(client.clone(), "/v1/bgppeers".into()),
+            filters: Informer::start(client.clone(), "/v1/bgpfilters".into()),
+            secrets: Informer::start(
+                client.clone(),
+                format!(
+                    "/v1/namespaces/{}/secrets",
+                    trellis_api::objects::BGP_SECRET_NAMESPACE
+                ),
+            ),
+            namespaces: namespaces.clone(),
+            services: services.clone(),
+            endpoints: endpoints.clone(),
             resync: cfg.resync,
         }
         .run(),

@@ -2,10 +2,11 @@
 //! HTTP.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use super::{plugin, require, trellis};
 use trellis_lab::cluster::{network_manifest, Timing};
-use trellis_lab::Lab;
+use trellis_lab::{wait_for, Lab};
 
 /// A lab with a server, the `default` Network on `backend`, an agent on each of `nodes`
 /// nodes (plus `remote` nodes on a second, routed segment), and `pods` pods per node,
@@ -120,4 +121,95 @@ pub fn http_get_port(lab: &Lab, netns: &str, ip: Ipv4Addr, port: u16) -> String 
     )
     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
     .unwrap_or_default()
+}
+
+/// Every (source, target) pair that fails: ICMP and TCP (HTTP) from every node and pod
+/// to every pod and node (a pod's page or a node's, on [`NODE_HTTP_PORT`]; a node's
+/// own address is skipped as its source). Empty when all works.
+pub fn mesh_failures(lab: &Lab) -> Vec<String> {
+    let sources: Vec<(String, String)> = lab
+        .state
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.netns.clone()))
+        .chain(
+            lab.state
+                .pods
+                .iter()
+                .map(|p| (p.name.clone(), p.netns.clone())),
+        )
+        .collect();
+    let pods: Vec<(String, Ipv4Addr)> = lab
+        .state
+        .pods
+        .iter()
+        .map(|p| (p.name.clone(), p.ip.expect("pod has an address")))
+        .collect();
+    let nodes: Vec<(String, Ipv4Addr)> = lab
+        .state
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.addr))
+        .collect();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = sources
+            .iter()
+            .map(|(src, ns)| {
+                let (pods, nodes) = (&pods, &nodes);
+                s.spawn(move || {
+                    let mut bad = Vec::new();
+                    for (dst, ip) in pods.iter().chain(nodes.iter()) {
+                        if !lab.ping(ns, *ip) {
+                            bad.push(format!("ping {src} -> {dst} ({ip})"));
+                        }
+                    }
+                    for (dst, ip) in pods {
+                        let got = http_get(lab, ns, *ip);
+                        if got.trim() != dst {
+                            bad.push(format!("tcp {src} -> {dst} ({ip}): got {got:?}"));
+                        }
+                    }
+                    for (dst, ip) in nodes.iter().filter(|(dst, _)| dst != src) {
+                        let got = http_get_port(lab, ns, *ip, NODE_HTTP_PORT);
+                        if got.trim() != dst {
+                            bad.push(format!("tcp {src} -> node {dst} ({ip}): got {got:?}"));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Wait up to `t` for a full mesh; panic with the failures and the agent logs.
+pub fn assert_mesh(lab: &Lab, t: Duration, what: &str) {
+    let mut last = Vec::new();
+    let ok = wait_for(t, || {
+        last = mesh_failures(lab);
+        last.is_empty()
+    });
+    if !ok {
+        let logs: String = lab
+            .state
+            .nodes
+            .iter()
+            .map(|n| {
+                let p = lab.dir().join(format!("agent-{}.log", n.name));
+                let log = std::fs::read_to_string(p).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "--- agent {} ---\n{}\n",
+                    n.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect();
+        panic!(
+            "{what}: {} paths fail:\n{}\n{logs}",
+            last.len(),
+            last.join("\n")
+        );
+    }
 }
