@@ -6,5 +6,5 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq iproute2 nftables iptables iputils-ping conntrack busybox-static \
     containernetworking-plugins podman runc util-linux etcd-server protobuf-compiler \
-    iperf3 dnsmasq-base dnsutils dnsperf bird2 >/dev/null
+    iperf3 dnsmasq-base dnsutils dnsperf bird2 frr gobgpd >/dev/null
 cargo test --workspace --locked

@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod cni;
 pub mod conformance;
+pub mod routed;
 pub mod scratch;
 
 use std::collections::BTreeMap;
@@ -112,6 +113,9 @@ pub struct LabState {
     /// Free-form facts for `lab status` (e.g. pod CIDRs).
     #[serde(default)]
     pub notes: BTreeMap<String, String>,
+    /// Racks of a routed underlay ([`routed`]).
+    #[serde(default)]
+    pub racks: Vec<routed::Rack>,
 }
 
 /// A lab. Dropping it tears everything down unless [`Lab::persist`] was called.
@@ -138,7 +142,7 @@ fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     run(Command::new("ip").args(args)).map(|_| ())
 }
 
@@ -177,6 +181,16 @@ pub fn spawn_in_netns<T: Send + 'static>(
 impl Lab {
     /// Create a lab with `nodes` nodes, owned by this process (removed on drop).
     pub fn new(nodes: usize) -> Result<Lab> {
+        if nodes == 0 {
+            return Err(LabError::Invalid(
+                "a lab needs 1 to 200 nodes, not 0".to_string(),
+            ));
+        }
+        Self::owned(nodes)
+    }
+
+    /// A lab owned by this process with `nodes` nodes on the core segment (maybe none).
+    fn owned(nodes: usize) -> Result<Lab> {
         sweep_stale();
         let name = format!(
             "{}-{}",
@@ -196,6 +210,11 @@ impl Lab {
                 "lab name {name:?} must be 1-20 letters, digits or '-'"
             )));
         }
+        if nodes == 0 {
+            return Err(LabError::Invalid(
+                "a lab needs 1 to 200 nodes, not 0".to_string(),
+            ));
+        }
         if Path::new(STATE_ROOT).join(name).exists() {
             return Err(LabError::Invalid(format!(
                 "lab {name} already exists; `trellis lab down {name}` first"
@@ -209,7 +228,7 @@ impl Lab {
     }
 
     fn create(name: String, nodes: usize, owner: Option<u32>) -> Result<Lab> {
-        if nodes == 0 || nodes > 200 {
+        if nodes > 200 {
             return Err(LabError::Invalid(format!(
                 "a lab needs 1 to 200 nodes, not {nodes}"
             )));
@@ -224,6 +243,7 @@ impl Lab {
                 pods: Vec::new(),
                 procs: Vec::new(),
                 notes: BTreeMap::new(),
+                racks: Vec::new(),
             },
             children: Vec::new(),
             persistent: false,
@@ -251,7 +271,7 @@ impl Lab {
         Ok(lab)
     }
 
-    fn ns_up(&self, ns: &str) -> Result<()> {
+    pub(crate) fn ns_up(&self, ns: &str) -> Result<()> {
         ip(&["-n", ns, "link", "set", "lo", "up"])
     }
 
@@ -287,6 +307,19 @@ impl Lab {
     }
 
     fn add_node_at(&mut self, i: usize, prefix: &str) -> Result<()> {
+        let u = self.state.underlay.clone();
+        self.add_node_on(i, prefix, &u, "trlu0")
+    }
+
+    /// Add node `i` at `prefix.(10+i)/24`, its veth's other end a port of `bridge` in
+    /// namespace `segment_ns`, its default route via `prefix.1`.
+    pub(crate) fn add_node_on(
+        &mut self,
+        i: usize,
+        prefix: &str,
+        segment_ns: &str,
+        bridge: &str,
+    ) -> Result<()> {
         let name = format!("n{i}");
         let netns = format!("{NS_PREFIX}{}-{name}", self.state.name);
         if i > 200 {
@@ -302,11 +335,13 @@ impl Lab {
             addr,
         });
         self.ns_up(&netns)?;
-        let u = self.state.underlay.clone();
         ip(&[
-            "-n", &u, "link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            "-n", segment_ns, "link", "add", &name, "type", "veth", "peer", "name", "eth0",
+            "netns", &netns,
         ])?;
-        ip(&["-n", &u, "link", "set", &name, "master", "trlu0", "up"])?;
+        ip(&[
+            "-n", segment_ns, "link", "set", &name, "master", bridge, "up",
+        ])?;
         ip(&[
             "-n",
             &netns,

@@ -1,14 +1,17 @@
-//! The `bgp` backend driven by the cluster's objects, in labs with real agents: route
-//! reflectors from Node `spec.bgp` and BGPPeers, a live move from the node mesh to
-//! reflectors under a UDP stream that loses nothing, and clients that keep their routes
-//! when every reflector dies (graceful restart).
+//! The `bgp` backend driven by the cluster's objects, in labs with real agents and real
+//! routers: route reflectors from Node `spec.bgp` and BGPPeers, a live move from the
+//! node mesh to reflectors under a UDP stream that loses nothing, clients that keep
+//! their routes when every reflector dies (graceful restart); racks joined only by
+//! BIRD and FRR top-of-rack routers; a GoBGP reflector.
 
 mod common;
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::cluster::{assert_mesh, cluster_lab};
-use common::{pid_of, require, trellis};
+use common::cluster::{add_pod_with, assert_mesh, cluster_lab, serve_node};
+use common::{pid_of, require, routers, trellis};
+use trellis_lab::cluster::{network_manifest, Timing};
 use trellis_lab::{wait_for, Lab};
 
 /// The BGP sessions node `n` has established, as peer addresses.
@@ -159,4 +162,202 @@ fn mesh_to_reflectors_under_a_stream_loses_nothing() {
         lab.ping(&lab.state.pods[2].netns, n4_pod),
         "n3's pod no longer reaches n4's"
     );
+}
+
+/// Nodes in two racks (one L2 segment each) joined only by their top-of-rack routers —
+/// BIRD in rack 1 (AS 65001), FRR in rack 2 (AS 65002), eBGP between them — each node
+/// its own AS (65100 + n), peering with its rack's router through a BGPPeer chosen by
+/// the node's `rack` label; no node mesh. Pods reach each other across the racks; the
+/// routers hold every node's subnet, and a Service's `Local` external IP only from the
+/// node with its endpoint. An agent killed and restarted under a stream makes its
+/// router withdraw nothing.
+#[test]
+fn top_of_rack_routers_bird_and_frr_carry_pods_across_racks() {
+    require(&[
+        "bird",
+        "birdc",
+        "vtysh",
+        "/usr/lib/frr/bgpd",
+        "/usr/lib/frr/zebra",
+        "iperf3",
+    ]);
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = Lab::new_routed(&[2, 2]).unwrap();
+    let racks = lab.state.racks.clone();
+    let node_as = |n: usize| 65101 + n as u32;
+    let in_rack = |lab: &Lab, r: usize| -> Vec<(usize, Ipv4Addr)> {
+        let prefix = format!("{}.", racks[r].prefix);
+        lab.state
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.addr.to_string().starts_with(&prefix))
+            .map(|(i, n)| (i, n.addr))
+            .collect()
+    };
+    let (r1_nodes, r2_nodes) = (in_rack(&lab, 0), in_rack(&lab, 1));
+    let mut r1_peers: Vec<(Ipv4Addr, u32)> =
+        r1_nodes.iter().map(|(i, a)| (*a, node_as(*i))).collect();
+    r1_peers.push((racks[1].core_addr, 65002));
+    let mut r2_peers: Vec<(Ipv4Addr, u32)> =
+        r2_nodes.iter().map(|(i, a)| (*a, node_as(*i))).collect();
+    r2_peers.push((racks[0].core_addr, 65001));
+    let (r1, r2) = (racks[0].router.clone(), racks[1].router.clone());
+    let bird = routers::start_bird(
+        &mut lab,
+        &r1,
+        "r1",
+        65001,
+        racks[0].core_addr,
+        &["rack"],
+        &r1_peers,
+        "graceful restart on;",
+    );
+    let frr = routers::start_frr(&mut lab, &r2, "r2", 65002, racks[1].core_addr, &r2_peers);
+    // The cluster: Nodes declared first (rack label, own AS), then the agents.
+    lab.start_server(&t, &timing).unwrap();
+    let mut manifest = network_manifest("default", "bgp");
+    for (r, nodes) in [(1, &r1_nodes), (2, &r2_nodes)] {
+        for (i, addr) in nodes.iter() {
+            manifest.push_str(&format!(
+                "---\napiVersion: trellis/v1\nkind: Node\nmetadata: {{name: n{}, labels: {{rack: r{r}}}}}\n\
+                 spec: {{address: {addr}, bgp: {{asNumber: {}}}}}\n",
+                i + 1,
+                node_as(*i)
+            ));
+        }
+        manifest.push_str(&format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: rack{r}-tor}}\n\
+             spec: {{nodeSelector: rack == 'r{r}', peerIP: '{}', asNumber: {}}}\n",
+            racks[r - 1].gateway,
+            65000 + r
+        ));
+    }
+    manifest.push_str(
+        "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\n\
+         spec:\n  nodeToNodeMeshEnabled: false\n  serviceExternalIPs: [{cidr: 198.51.100.0/24}]\n",
+    );
+    lab.apply(&t, &manifest).unwrap();
+    for n in 0..lab.state.nodes.len() {
+        lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
+        serve_node(&mut lab, n);
+    }
+    for n in 0..lab.state.nodes.len() {
+        add_pod_with(&mut lab, n, "p1", &format!("LABELS=app=web{n}"));
+    }
+    assert_mesh(&lab, Duration::from_secs(30), "across racks");
+    // Each router holds the other rack's subnets, via the other router.
+    let subnets = |lab: &Lab| -> Vec<String> {
+        (0..lab.state.nodes.len())
+            .map(|n| {
+                let node = lab
+                    .cli(&t, &["get", "node", &format!("n{}", n + 1), "-o", "json"])
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_str(&node).unwrap();
+                v["status"]["leases"][0]["cidr"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let subnets = subnets(&lab);
+    let bird_routes = routers::birdc(&bird, &["show", "route"]);
+    for (i, _) in &r2_nodes {
+        assert!(
+            bird_routes.contains(&subnets[*i]),
+            "BIRD lacks {}: {bird_routes}",
+            subnets[*i]
+        );
+    }
+    let frr_routes = routers::vtysh(&frr, "show ip bgp");
+    for (i, _) in &r1_nodes {
+        assert!(
+            frr_routes.contains(&subnets[*i]),
+            "FRR lacks {}: {frr_routes}",
+            subnets[*i]
+        );
+    }
+    // A Local Service's external IP: announced only by the node with its endpoint.
+    let (ep_node, ep_addr) = r1_nodes[1];
+    lab.apply(
+        &t,
+        &format!(
+            "apiVersion: trellis/v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+             spec:\n  selector: {{app: web{ep_node}}}\n  externalIPs: [198.51.100.10]\n  \
+             externalTrafficPolicy: Local\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ext = || routers::birdc(&bird, &["show", "route", "198.51.100.10/32", "all"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || ext()
+            .contains(&format!("via {ep_addr}"))),
+        "BIRD: {}",
+        ext()
+    );
+    let other = r1_nodes[0].1;
+    assert!(
+        !ext().contains(&format!("via {other}")),
+        "announced by a node without endpoint: {}",
+        ext()
+    );
+    // kill -9 of a rack-1 agent under a stream to a rack-2 pod: BIRD withdraws nothing
+    // (graceful restart), the stream never stops.
+    let withdraws = |lab: &Lab| -> String {
+        let _ = lab;
+        let all = routers::birdc(&bird, &["show", "protocols", "all", "p0"]);
+        all.lines()
+            .filter(|l| l.contains("Import withdraws"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = withdraws(&lab);
+    assert!(!before.is_empty(), "no statistics from BIRD");
+    let (src, dst) = (r1_nodes[0].0, r2_nodes[0].0);
+    let stream = tcp_stream(&mut lab, src, dst, 6);
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = pid_of(&lab, &format!("agent n{}", src + 1));
+    lab.stop(pid, true);
+    lab.start_cluster_agent(&t, src, "default", &timing)
+        .unwrap();
+    let empty_seconds = stream.join().unwrap();
+    assert_eq!(
+        empty_seconds, 0,
+        "seconds without traffic during the restart"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        withdraws(&lab),
+        before,
+        "BIRD saw withdrawals from the restarted node"
+    );
+}
+
+/// A TCP stream of `secs` seconds from pod `from` to pod `to`; returns how many of its
+/// one-second intervals carried nothing.
+fn tcp_stream(lab: &mut Lab, from: usize, to: usize, secs: u32) -> std::thread::JoinHandle<usize> {
+    let server_ip = lab.state.pods[to].ip.unwrap();
+    let srv_ns = lab.state.pods[to].netns.clone();
+    let cli_ns = lab.state.pods[from].netns.clone();
+    let mut iperf = std::process::Command::new("iperf3");
+    iperf.args(["-s", "-1"]);
+    lab.spawn(&srv_ns, "iperf3 server", iperf).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &cli_ns, "iperf3", "-c"])
+            .arg(server_ip.to_string())
+            .args(["-t", &secs.to_string(), "-J"])
+            .output()
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let intervals = r["intervals"].as_array().cloned().unwrap_or_default();
+        assert!(intervals.len() as u32 >= secs - 1, "stream broke: {r}");
+        intervals
+            .iter()
+            .filter(|iv| iv["sum"]["bytes"].as_f64().unwrap_or(0.0) == 0.0)
+            .count()
+    })
 }

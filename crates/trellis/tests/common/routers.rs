@@ -1,0 +1,198 @@
+//! Real BGP routers in lab namespaces, started by the tests: BIRD 2, FRR (zebra and
+//! bgpd) and GoBGP, each with its files in the lab's directory and stopped with it.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use trellis_lab::{wait_for, Lab};
+
+/// A neighbour of a router: its address and AS.
+pub type Neighbor = (Ipv4Addr, u32);
+
+/// Start BIRD in `netns` as AS `asn` with identifier `id`, peering with `neighbors`,
+/// exporting its connected networks (`interfaces`) and every route it learns, and
+/// programming its kernel. `extra` goes inside each BGP protocol (`graceful restart;`,
+/// `bfd;`, `rr client;`...). Returns the control socket.
+pub fn start_bird(
+    lab: &mut Lab,
+    netns: &str,
+    tag: &str,
+    asn: u32,
+    id: Ipv4Addr,
+    interfaces: &[&str],
+    neighbors: &[Neighbor],
+    extra: &str,
+) -> PathBuf {
+    let dir = lab.dir().join(format!("bird-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut conf = format!(
+        "log \"{}\" all;\nrouter id {id};\nprotocol device {{}}\n\
+         protocol direct {{ ipv4; interface {}; }}\n\
+         protocol kernel {{ ipv4 {{ export all; }}; merge paths on; }}\n",
+        dir.join("bird.log").display(),
+        interfaces
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if conf.contains("interface ;") {
+        conf = conf.replace("protocol direct { ipv4; interface ; }\n", "");
+    }
+    for (i, (addr, peer_as)) in neighbors.iter().enumerate() {
+        conf.push_str(&format!(
+            "protocol bgp p{i} {{\n  local as {asn};\n  neighbor {addr} as {peer_as};\n  \
+             hold time 9;\n  connect retry time 1;\n  error wait time 1, 2;\n  {extra}\n  \
+             ipv4 {{ import all; export all; }};\n}}\n"
+        ));
+    }
+    let file = dir.join("bird.conf");
+    std::fs::write(&file, conf).unwrap();
+    let sock = dir.join("bird.ctl");
+    let mut c = Command::new("bird");
+    c.args(["-f", "-c"]).arg(&file).arg("-s").arg(&sock);
+    lab.spawn(netns, &format!("bird {tag}"), c).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || sock.exists()),
+        "BIRD {tag} did not start: {}",
+        std::fs::read_to_string(dir.join("bird.log")).unwrap_or_default()
+    );
+    sock
+}
+
+/// `birdc` on BIRD's socket.
+pub fn birdc(sock: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("birdc")
+        .arg("-s")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Start FRR (zebra, then bgpd) in `netns` as AS `asn` with identifier `id`, peering
+/// with `neighbors` (eBGP without policies), redistributing its connected networks.
+/// Returns the directory of its vty sockets, for [`vtysh`].
+pub fn start_frr(
+    lab: &mut Lab,
+    netns: &str,
+    tag: &str,
+    asn: u32,
+    id: Ipv4Addr,
+    neighbors: &[Neighbor],
+) -> PathBuf {
+    let dir = lab.dir().join(format!("frr-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // FRR drops its privileges to user frr: its directory must be theirs to write.
+    let _ = Command::new("chown")
+        .args(["-R", "frr:frr"])
+        .arg(&dir)
+        .status();
+    let mut bgpd = format!(
+        "hostname {tag}\nlog file {}\n!\nrouter bgp {asn}\n bgp router-id {id}\n \
+         no bgp ebgp-requires-policy\n bgp graceful-restart\n",
+        dir.join("bgpd.log").display()
+    );
+    for (addr, peer_as) in neighbors {
+        bgpd.push_str(&format!(
+            " neighbor {addr} remote-as {peer_as}\n neighbor {addr} timers 3 9\n \
+             neighbor {addr} timers connect 1\n"
+        ));
+    }
+    bgpd.push_str(
+        " address-family ipv4 unicast\n  redistribute connected\n exit-address-family\n!\n",
+    );
+    let zebra = format!(
+        "hostname {tag}\nlog file {}\n!\n",
+        dir.join("zebra.log").display()
+    );
+    std::fs::write(dir.join("bgpd.conf"), bgpd).unwrap();
+    std::fs::write(dir.join("zebra.conf"), zebra).unwrap();
+    let zserv = dir.join("zserv.api");
+    let common = |c: &mut Command, name: &str| {
+        c.arg("-f")
+            .arg(dir.join(format!("{name}.conf")))
+            .arg("-i")
+            .arg(dir.join(format!("{name}.pid")))
+            .arg("-z")
+            .arg(&zserv)
+            .arg("--vty_socket")
+            .arg(&dir)
+            .args(["-u", "frr", "-g", "frr"]);
+    };
+    let mut z = Command::new("/usr/lib/frr/zebra");
+    common(&mut z, "zebra");
+    lab.spawn(netns, &format!("zebra {tag}"), z).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || zserv.exists()),
+        "zebra {tag} did not start: {}",
+        std::fs::read_to_string(dir.join("zebra.log")).unwrap_or_default()
+    );
+    let mut b = Command::new("/usr/lib/frr/bgpd");
+    common(&mut b, "bgpd");
+    b.args(["-p", "179"]);
+    lab.spawn(netns, &format!("bgpd {tag}"), b).unwrap();
+    dir
+}
+
+/// `vtysh -c CMD` against the FRR whose vty sockets are in `dir`.
+pub fn vtysh(dir: &std::path::Path, cmd: &str) -> String {
+    let out = Command::new("vtysh")
+        .arg("--vty_socket")
+        .arg(dir)
+        .args(["-c", cmd])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Start GoBGP in `netns` as a route reflector (cluster `cluster_id`) of AS `asn` for
+/// `clients` (iBGP). Returns the port of its gRPC API, for [`gobgp`].
+pub fn start_gobgp_reflector(
+    lab: &mut Lab,
+    netns: &str,
+    asn: u32,
+    id: Ipv4Addr,
+    cluster_id: Ipv4Addr,
+    clients: &[Ipv4Addr],
+) -> u16 {
+    let dir = lab.dir().join("gobgp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut conf = format!("[global.config]\n  as = {asn}\n  router-id = \"{id}\"\n  port = 179\n");
+    for c in clients {
+        conf.push_str(&format!(
+            "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{c}\"\n    peer-as = {asn}\n  \
+             [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n    connect-retry = 1\n  \
+             [neighbors.route-reflector.config]\n    route-reflector-client = true\n    route-reflector-cluster-id = \"{cluster_id}\"\n  \
+             [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = 120\n  \
+             [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n    \
+             [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n"
+        ));
+    }
+    let file = dir.join("gobgpd.toml");
+    std::fs::write(&file, conf).unwrap();
+    let api = 50051;
+    let mut c = Command::new("gobgpd");
+    c.arg("-f").arg(&file).args([
+        "-t",
+        "toml",
+        "--pprof-disable",
+        "--api-hosts",
+        &format!("127.0.0.1:{api}"),
+    ]);
+    lab.spawn(netns, "gobgpd", c).unwrap();
+    api
+}
+
+/// `gobgp ARGS` against the GoBGP in `netns` (its API on loopback there).
+pub fn gobgp(lab: &Lab, netns: &str, api: u16, args: &[&str]) -> String {
+    let mut argv = vec!["gobgp", "-p"];
+    let port = api.to_string();
+    argv.push(&port);
+    argv.extend_from_slice(args);
+    let out = lab.exec_any(netns, &argv).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
