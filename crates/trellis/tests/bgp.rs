@@ -206,15 +206,26 @@ fn top_of_rack_routers_bird_and_frr_carry_pods_across_racks() {
     let (r1, r2) = (racks[0].router.clone(), racks[1].router.clone());
     let bird = routers::start_bird(
         &mut lab,
-        &r1,
-        "r1",
-        65001,
-        racks[0].core_addr,
+        &routers::Router {
+            netns: &r1,
+            tag: "r1",
+            asn: 65001,
+            id: racks[0].core_addr,
+            neighbors: &r1_peers,
+        },
         &["rack"],
-        &r1_peers,
         "graceful restart on;",
     );
-    let frr = routers::start_frr(&mut lab, &r2, "r2", 65002, racks[1].core_addr, &r2_peers);
+    let frr = routers::start_frr(
+        &mut lab,
+        &routers::Router {
+            netns: &r2,
+            tag: "r2",
+            asn: 65002,
+            id: racks[1].core_addr,
+            neighbors: &r2_peers,
+        },
+    );
     // The cluster: Nodes declared first (rack label, own AS), then the agents.
     lab.start_server(&t, &timing).unwrap();
     let mut manifest = network_manifest("default", "bgp");
@@ -360,4 +371,53 @@ fn tcp_stream(lab: &mut Lab, from: usize, to: usize, secs: u32) -> std::thread::
             .filter(|iv| iv["sum"]["bytes"].as_f64().unwrap_or(0.0) == 0.0)
             .count()
     })
+}
+
+/// Three nodes without a mesh, each peering only with a GoBGP route reflector (AS
+/// 64512, the nodes its clients): every node gets the others' subnets from it, next
+/// hops unchanged, and the pods reach each other.
+#[test]
+fn a_gobgp_reflector_serves_the_nodes() {
+    require(&["gobgpd", "gobgp"]);
+    let t = trellis();
+    let timing = Timing::default();
+    let mut lab = Lab::new(4).unwrap();
+    // The fourth namespace is GoBGP's, not a node's.
+    let rr = lab.state.nodes.pop().unwrap();
+    let clients: Vec<Ipv4Addr> = lab.state.nodes.iter().map(|n| n.addr).collect();
+    let api = routers::start_gobgp_reflector(
+        &mut lab,
+        &rr.netns,
+        64512,
+        rr.addr,
+        Ipv4Addr::new(244, 0, 0, 9),
+        &clients,
+    );
+    lab.start_server(&t, &timing).unwrap();
+    let manifest = format!(
+        "{}---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {{name: default}}\n\
+         spec: {{nodeToNodeMeshEnabled: false}}\n---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\n\
+         metadata: {{name: gobgp-rr}}\nspec: {{peerIP: '{}', asNumber: 64512}}\n",
+        network_manifest("default", "bgp"),
+        rr.addr
+    );
+    lab.apply(&t, &manifest).unwrap();
+    for n in 0..3 {
+        lab.start_cluster_agent(&t, n, "default", &timing).unwrap();
+        serve_node(&mut lab, n);
+        add_pod_with(&mut lab, n, "p1", "");
+    }
+    assert_mesh(&lab, Duration::from_secs(30), "through GoBGP");
+    for n in 0..3 {
+        let routes = bgp_routes(&lab, n);
+        assert_eq!(routes.lines().count(), 2, "n{}: {routes}", n + 1);
+        assert_eq!(
+            sessions(&lab, n),
+            vec![rr.addr.to_string()],
+            "n{} peers with GoBGP only",
+            n + 1
+        );
+    }
+    let rib = routers::gobgp(&lab, &rr.netns, api, &["global", "rib"]);
+    assert_eq!(rib.matches("10.244.").count(), 3, "GoBGP's table: {rib}");
 }

@@ -11,20 +11,31 @@ use trellis_lab::{wait_for, Lab};
 /// A neighbour of a router: its address and AS.
 pub type Neighbor = (Ipv4Addr, u32);
 
-/// Start BIRD in `netns` as AS `asn` with identifier `id`, peering with `neighbors`,
-/// exporting its connected networks (`interfaces`) and every route it learns, and
-/// programming its kernel. `extra` goes inside each BGP protocol (`graceful restart;`,
-/// `bfd;`, `rr client;`...). Returns the control socket.
-pub fn start_bird(
-    lab: &mut Lab,
-    netns: &str,
-    tag: &str,
-    asn: u32,
-    id: Ipv4Addr,
-    interfaces: &[&str],
-    neighbors: &[Neighbor],
-    extra: &str,
-) -> PathBuf {
+/// One router: where it runs and whom it peers with.
+pub struct Router<'a> {
+    /// Its namespace.
+    pub netns: &'a str,
+    /// A short name for its files and processes.
+    pub tag: &'a str,
+    /// Its AS.
+    pub asn: u32,
+    /// Its identifier.
+    pub id: Ipv4Addr,
+    /// Its neighbours.
+    pub neighbors: &'a [Neighbor],
+}
+
+/// Start BIRD as router `r`, exporting its connected networks (`interfaces`) and every
+/// route it learns, and programming its kernel. `extra` goes inside each BGP protocol
+/// (`graceful restart on;`, `bfd;`, ...). Returns the control socket.
+pub fn start_bird(lab: &mut Lab, r: &Router, interfaces: &[&str], extra: &str) -> PathBuf {
+    let Router {
+        netns,
+        tag,
+        asn,
+        id,
+        neighbors,
+    } = *r;
     let dir = lab.dir().join(format!("bird-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut conf = format!(
@@ -73,17 +84,16 @@ pub fn birdc(sock: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Start FRR (zebra, then bgpd) in `netns` as AS `asn` with identifier `id`, peering
-/// with `neighbors` (eBGP without policies), redistributing its connected networks.
-/// Returns the directory of its vty sockets, for [`vtysh`].
-pub fn start_frr(
-    lab: &mut Lab,
-    netns: &str,
-    tag: &str,
-    asn: u32,
-    id: Ipv4Addr,
-    neighbors: &[Neighbor],
-) -> PathBuf {
+/// Start FRR (zebra, then bgpd) as router `r` (eBGP without policies), redistributing
+/// its connected networks. Returns the directory of its vty sockets, for [`vtysh`].
+pub fn start_frr(lab: &mut Lab, r: &Router) -> PathBuf {
+    let Router {
+        netns,
+        tag,
+        asn,
+        id,
+        neighbors,
+    } = *r;
     let dir = lab.dir().join(format!("frr-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     // FRR drops its privileges to user frr: its directory must be theirs to write.
