@@ -117,6 +117,8 @@ pub struct PeerStatus {
     pub graceful_restart: Option<u16>,
     /// Its routes are kept stale while it restarts.
     pub stale: bool,
+    /// The BFD session's state, when BFD runs with the peer.
+    pub bfd: Option<String>,
     /// Why the last session ended.
     pub last_error: Option<String>,
 }
@@ -330,6 +332,7 @@ impl Speaker {
                     sent: 0,
                     graceful_restart: None,
                     stale: false,
+                    bfd: None,
                     last_error: None,
                 },
             );

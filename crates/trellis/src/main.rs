@@ -3,6 +3,7 @@
 //! `watch`, `api-resources` and `config` are the API client. Thin: each subcommand calls into its crate.
 
 mod agent_cmd;
+mod bgp_cmd;
 mod cli_cmd;
 mod cli_table;
 mod lab_cmd;
@@ -24,6 +25,9 @@ struct Cli {
 enum Cmd {
     /// Run the node agent (IPAM, CNI socket, nftables).
     Agent(agent_cmd::AgentArgs),
+    /// BGP sessions of the nodes: `status [NODE]`.
+    #[command(subcommand)]
+    Bgp(bgp_cmd::BgpCmd),
     /// Network-namespace labs: `up`, `down`, `exec`, `status`.
     #[command(subcommand)]
     Lab(lab_cmd::LabCmd),
@@ -55,6 +59,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Agent(a) => agent_cmd::run(a),
+        Cmd::Bgp(c) => bgp_cmd::run(c),
         Cmd::Lab(l) => lab_cmd::run(l),
         Cmd::Policy(c) => policy_cmd::run(c),
         Cmd::Server(c) => server_cmd::run(c),

@@ -145,6 +145,31 @@ fn mesh_to_reflectors_under_a_stream_loses_nothing() {
     assert_mesh(&lab, Duration::from_secs(10), "reflectors");
     let routes = bgp_routes(&lab, 2);
     assert_eq!(routes.lines().count(), 3, "n3: {routes}");
+    // What the CLI shows: the peering, and n3's two sessions with their prefixes.
+    let peers = lab.cli(&t, &["get", "bgppeers"]).unwrap();
+    assert!(
+        peers.contains("peer-with-route-reflectors") && peers.contains("route-reflector == 'true'"),
+        "{peers}"
+    );
+    let status_ok = |out: &str| {
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        rows.len() == 2
+            && rows
+                .iter()
+                .all(|r| r[0] == "n3" && r[3] == "Established" && r[5] == "3" && r[6] == "1")
+    };
+    let mut status = String::new();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            status = lab.cli(&t, &["bgp", "status", "n3"]).unwrap();
+            status_ok(&status)
+        }),
+        "trellis bgp status n3:\n{status}"
+    );
     // Both reflectors die: their clients keep every route (graceful restart) and the
     // pods keep talking.
     for name in ["agent n1", "agent n2"] {

@@ -32,9 +32,10 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use trellis_api::objects::{
-    AnyObject, Backend, BgpConfiguration, BgpFilter, BgpFilterRule, BgpPassword, BgpPeer,
-    CommunityValue, Endpoint, ExternalTrafficPolicy, FilterAction, MatchOperator, Network, Node,
-    Secret, Service, ServiceType, BGP_SECRET_NAMESPACE, DEFAULT_AS_NUMBER,
+    format_rfc3339, AnyObject, Backend, BgpConfiguration, BgpFilter, BgpFilterRule, BgpPassword,
+    BgpPeer, BgpSession, CommunityValue, Endpoint, ExternalTrafficPolicy, FilterAction,
+    MatchOperator, Network, Node, Secret, Service, ServiceType, BGP_SECRET_NAMESPACE,
+    DEFAULT_AS_NUMBER,
 };
 use trellis_bgp::export::LocalRoute;
 use trellis_bgp::policy::{Action, Filter, MatchOp, Rule};
@@ -358,6 +359,7 @@ fn originated(inputs: &Inputs, subnets: &[Ipv4Net]) -> BTreeMap<Ipv4Net, LocalRo
 
 /// Keeps the speaker as [`desired`] says.
 pub(super) struct BgpLoop {
+    pub(super) client: trellis_client::Client,
     pub(super) node: String,
     pub(super) address: Ipv4Addr,
     pub(super) served: ServedSet,
@@ -371,6 +373,28 @@ pub(super) struct BgpLoop {
     pub(super) services: Informer,
     pub(super) endpoints: Informer,
     pub(super) resync: Duration,
+}
+
+/// How often the sessions' status is looked at (and published when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(3);
+
+/// The speaker's sessions as the Node's status shows them.
+fn session_status(s: &Speaker) -> Vec<BgpSession> {
+    s.status()
+        .into_iter()
+        .map(|st| BgpSession {
+            peer: st.peer.address,
+            as_number: st.peer.asn,
+            state: st.state,
+            since: format_rfc3339(st.since),
+            received: st.received as u32,
+            sent: st.sent as u32,
+            graceful_restart: st.graceful_restart,
+            stale: st.stale,
+            bfd: st.bfd,
+            last_error: st.last_error,
+        })
+        .collect()
 }
 
 /// The objects of one kind in a snapshot.
@@ -468,6 +492,7 @@ impl BgpLoop {
         .collect();
         let mut speaker: Option<(Settings, Speaker)> = None;
         let mut applied: Option<Desired> = None;
+        let mut published: Option<Vec<BgpSession>> = None;
         loop {
             if let Some(want) = self.desired() {
                 if want != applied {
@@ -484,14 +509,37 @@ impl BgpLoop {
                     };
                 }
             }
+            let sessions = speaker
+                .as_ref()
+                .map(|(_, s)| session_status(s))
+                .unwrap_or_default();
+            if published.as_ref() != Some(&sessions) {
+                match self.publish(&sessions).await {
+                    Ok(()) => published = Some(sessions),
+                    Err(e) => tracing::warn!("bgp: publishing the sessions' status: {e}"),
+                }
+            }
             let any =
                 futures::future::select_all(changed.iter_mut().map(|c| Box::pin(c.changed())));
             tokio::select! {
                 _ = served_changed.changed() => {}
                 _ = any => {}
-                _ = tokio::time::sleep(self.resync) => {}
+                _ = tokio::time::sleep(self.resync.min(STATUS_EVERY)) => {}
             }
         }
+    }
+
+    /// Record the sessions in our Node's status.
+    async fn publish(&self, sessions: &[BgpSession]) -> Result<(), trellis_client::ClientError> {
+        let path = format!("/v1/nodes/{}", self.node);
+        super::join::update_node_status(&self.client, &path, |st| {
+            if st.bgp == sessions {
+                return false;
+            }
+            st.bgp = sessions.to_vec();
+            true
+        })
+        .await
     }
 
     async fn apply(&self, want: &Option<Desired>, speaker: &mut Option<(Settings, Speaker)>) {

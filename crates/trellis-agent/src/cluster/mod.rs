@@ -257,6 +257,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<(Networks, Local), ClusterError
     tokio::spawn(fabric.run());
     tokio::spawn(
         bgp::BgpLoop {
+            client: client.clone(),
             node: cfg.node.clone(),
             address: local.address,
             served: served.clone(),

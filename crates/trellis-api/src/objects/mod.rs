@@ -101,7 +101,7 @@ pub use network::{
     networks_overlap, Backend, Network, NetworkSpec, NetworkStatus, DEFAULT_NODE_SUBNET_PREFIX,
     MAX_NODE_SUBNET_PREFIX, MTU_RANGE, VNI_RANGE,
 };
-pub use node::{Node, NodeBgp, NodeSpec, NodeStatus, ProgrammedRevisions, SubnetLease};
+pub use node::{BgpSession, Node, NodeBgp, NodeSpec, NodeStatus, ProgrammedRevisions, SubnetLease};
 pub use pod::{ContainerPort, Pod, PodSpec};
 pub use secret::{Secret, SecretSpec};
 pub use selector::{LabelSelector, SelectorOperator, SelectorRequirement};

@@ -76,12 +76,45 @@ pub struct NodeStatus {
     /// Names of the nodes this node's agent cannot currently reach.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable_peers: Vec<String>,
+    /// This node's BGP sessions (agent-set; `trellis bgp status`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bgp: Vec<BgpSession>,
     /// How far the node's service proxy and DNS have got (agent-set), published after
     /// each successful sync (at most once a second); [`Node::has_programmed`] compares
     /// it with what a Service needs
     /// ([`Service::programmed_revisions`](super::Service::programmed_revisions)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub programmed: Option<ProgrammedRevisions>,
+}
+
+/// One BGP session of a node, as its agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BgpSession {
+    /// The peer's address.
+    pub peer: Ipv4Addr,
+    /// The peer's AS.
+    pub as_number: u32,
+    /// `Established`, `Connect` or `Idle`.
+    pub state: String,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Prefixes received from the peer.
+    pub received: u32,
+    /// Prefixes sent to it.
+    pub sent: u32,
+    /// The peer's graceful-restart time in seconds, if it announced the capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_restart: Option<u16>,
+    /// The peer's routes are kept stale (it is restarting).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// The BFD session's state (`Up`, `Down`, `Init`), when BFD runs with the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
+    /// Why the last session ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Store revisions up to which every change of the Services and of the Endpoints is
