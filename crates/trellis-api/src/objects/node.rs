@@ -298,6 +298,7 @@ mod tests {
                 ..SubnetLease::new("pods", "10.244.1.0/24".parse().unwrap())
             }],
             unreachable_peers: vec!["node-2".into()],
+            bgp: vec![],
             programmed: Some(ProgrammedRevisions {
                 services: 41,
                 endpoints: 50,

@@ -347,6 +347,7 @@ fn full_objects() -> Vec<AnyObject> {
             ..SubnetLease::new("pods", "10.244.1.0/24".parse().unwrap())
         }],
         unreachable_peers: vec!["node-2".into()],
+        bgp: vec![],
         programmed: Some(ProgrammedRevisions {
             services: 12,
             endpoints: 14,
