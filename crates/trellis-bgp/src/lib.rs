@@ -10,12 +10,14 @@
 //! - [`rib`]: every peer's routes and the best paths (pure);
 //! - [`policy`]: prefix filters and loop checks (pure);
 //! - [`export`]: what goes to each kind of peer, route reflection (RFC 4456) (pure);
+//! - [`bfd`]: BFD sessions (RFC 5880/5881) that tell a dead peer in 300 ms;
 //! - [`md5`]: TCP MD5 session passwords (RFC 2385);
 //! - [`install`]: the best paths as kernel routes of protocol [`install::BGP_PROTO`];
 //! - [`speaker`]: a node's sessions with its peers (one task each, a listener), their
 //!   RIB, its exports and the kernel kept at its best paths.
 
 pub mod attrs;
+pub mod bfd;
 pub mod export;
 pub mod fsm;
 pub mod install;

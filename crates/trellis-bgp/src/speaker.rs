@@ -82,6 +82,9 @@ pub struct Peer {
     pub hold_time: Option<u16>,
     /// Its port (else the speaker's).
     pub port: Option<u16>,
+    /// Run BFD with it: when BFD says it is down, the session ends and its routes go
+    /// at once (no graceful restart).
+    pub bfd: bool,
 }
 
 impl Peer {
@@ -96,6 +99,7 @@ impl Peer {
             password: None,
             hold_time: None,
             port: None,
+            bfd: false,
         }
     }
 }
@@ -158,6 +162,8 @@ pub struct Speaker {
     exports: Arc<BTreeMap<Class, watch::Sender<Exports>>>,
     changed: mpsc::UnboundedSender<()>,
     tasks: Vec<JoinHandle<()>>,
+    /// BFD sessions, when port 3784 could be had.
+    bfd: Option<Arc<crate::bfd::Bfd>>,
 }
 
 impl std::fmt::Debug for Speaker {
@@ -183,6 +189,13 @@ impl Speaker {
     pub async fn start(cfg: SpeakerConfig) -> std::io::Result<Speaker> {
         let listener = TcpListener::bind(SocketAddr::from((cfg.address, cfg.port))).await?;
         let listener_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let bfd = match crate::bfd::Bfd::start(cfg.address).await {
+            Ok(b) => Some(Arc::new(b)),
+            Err(e) => {
+                tracing::warn!("bfd: no sessions ({}:3784: {e})", cfg.address);
+                None
+            }
+        };
         let nl = trellis_net::Netlink::connect().map_err(std::io::Error::other)?;
         let state: State = Arc::new(Mutex::new(Shared {
             rib: Rib::default(),
@@ -244,6 +257,7 @@ impl Speaker {
             exports,
             changed,
             tasks: vec![engine, accept],
+            bfd,
         })
     }
 
@@ -277,6 +291,9 @@ impl Speaker {
         for a in gone {
             if let Some(t) = current.remove(&a) {
                 t.handle.abort();
+                if let Some(b) = &self.bfd {
+                    b.remove(a);
+                }
                 if t.peer.password.is_some() {
                     if let Err(e) = crate::md5::set_key(self.listener_fd, a, None) {
                         tracing::warn!(peer = %a, "bgp: removing the MD5 key: {e}");
@@ -343,6 +360,7 @@ impl Speaker {
                 outbox,
                 self.state.clone(),
                 self.changed.clone(),
+                self.bfd.clone().filter(|_| p.bfd),
             ));
             current.insert(
                 a,
@@ -491,6 +509,7 @@ async fn peer_task(
     mut outbox: Outbox,
     state: State,
     changed: mpsc::UnboundedSender<()>,
+    bfd: Option<Arc<crate::bfd::Bfd>>,
 ) {
     let pc = PeerConfig {
         local: Local {
@@ -513,6 +532,20 @@ async fn peer_task(
             f(st);
         }
     };
+    let mut bfd_state = match &bfd {
+        Some(b) => match b.add(peer.address).await {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::warn!(peer = %peer.address, "bfd: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut bfd_seen = crate::bfd::BfdState::Down;
+    if bfd_state.is_some() {
+        set_status(&|st| st.bfd = Some("Down".into()));
+    }
     let take = |ev: &RouteEvent| {
         let mut s = lock(&state);
         let ev = match ev {
@@ -562,6 +595,7 @@ async fn peer_task(
         };
         tokio::pin!(session);
         let mut restart: Option<u16> = None;
+        let mut bfd_down = false;
         let ended: SessionError = loop {
             let stale_over = async {
                 match stale_until {
@@ -569,8 +603,31 @@ async fn peer_task(
                     None => std::future::pending().await,
                 }
             };
+            let bfd_changed = async {
+                match bfd_state.as_mut() {
+                    Some(rx) => {
+                        let unchanged = *rx.borrow() == bfd_seen;
+                        if unchanged && rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        *rx.borrow_and_update()
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 e = &mut session => break e,
+                now = bfd_changed => {
+                    let before = std::mem::replace(&mut bfd_seen, now);
+                    set_status(&|st| st.bfd = Some(now.as_str().into()));
+                    if before == crate::bfd::BfdState::Up && now != crate::bfd::BfdState::Up {
+                        bfd_down = true;
+                        break SessionError::Closed {
+                            peer: pc.peer,
+                            reason: "BFD: the peer stopped answering".into(),
+                        };
+                    }
+                }
                 Some(ev) = rx.recv() => {
                     if let RouteEvent::Up(n) = &ev {
                         restart = n.graceful_restart;
@@ -600,7 +657,8 @@ async fn peer_task(
         // The session is over: with graceful restart its routes stay, stale, for the
         // peer's restart time; without, or when either side ended it with a
         // NOTIFICATION (a deliberate end, RFC 4724 §4.2), they go.
-        let deliberate = matches!(&ended, SessionError::Sent { .. })
+        let deliberate = bfd_down
+            || matches!(&ended, SessionError::Sent { .. })
             || matches!(&ended, SessionError::Closed { reason, .. } if reason.contains("NOTIFICATION"));
         if deliberate {
             restart = None;

@@ -246,6 +246,7 @@ pub(super) fn desired(inputs: &Inputs) -> Option<Desired> {
             import,
             export,
             hold_time: hold.or(base.hold_time),
+            bfd: p.spec.bfd_enabled,
             ..base
         })
     };

@@ -177,7 +177,7 @@ fn a_router_peer_with_password_timers_and_filters() {
             "BGPPeer",
             "tor-a",
             json!({"nodeSelector": "rack == 'a'", "peerIP": "192.0.2.254:1179", "asNumber": 65000,
-                   "holdTime": "30s", "filters": ["pods-only"],
+                   "holdTime": "30s", "filters": ["pods-only"], "bfdEnabled": true,
                    "password": {"secretKeyRef": {"name": "bgp", "key": "tor-a"}}}),
         ),
         // A peer at this node's own address is no peer.
@@ -211,6 +211,7 @@ fn a_router_peer_with_password_timers_and_filters() {
         (tor.asn, tor.port, tor.hold_time, tor.password.as_deref()),
         (65000, Some(1179), Some(30), Some("s3cret"))
     );
+    assert!(tor.bfd);
     assert!(!tor.export.accepts("192.168.0.0/24".parse().unwrap()));
     assert!(tor.export.accepts("10.244.0.0/24".parse().unwrap()));
     // The other node's session gets the node's own AS as its peer AS.
