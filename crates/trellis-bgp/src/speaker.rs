@@ -37,8 +37,12 @@ use crate::policy::{self, Filter};
 use crate::rib::{Rib, Source};
 use crate::session::{run_on, run_once, Outbox, PeerConfig, RouteEvent, SessionError};
 
-/// How long a failed session waits before the next attempt.
-const RETRY: Duration = Duration::from_secs(1);
+/// How long a failed session first waits before the next attempt; each failure in a
+/// row doubles it, up to [`RETRY_MAX`]. Short: a node that has just joined connects to
+/// peers that may not know it yet.
+const RETRY: Duration = Duration::from_millis(100);
+/// The longest wait between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long a removed peer's routes stay (stale, behind any fresh path): a change of
 /// peers (the mesh replaced by reflectors) makes its new sessions before it breaks the
 /// old ones' routes.
@@ -134,7 +138,8 @@ struct PeerTask {
     accepted: mpsc::Sender<TcpStream>,
 }
 
-/// What the tasks share.
+/// What the tasks share. Locks: the peer table (`Speaker::peers`) may be held while
+/// this is taken, never the other way round.
 struct Shared {
     rib: Rib,
     local: BTreeMap<Ipv4Net, LocalRoute>,
@@ -451,6 +456,14 @@ async fn engine(
     let mut installed: Option<BTreeMap<Ipv4Net, Vec<Ipv4Addr>>> = None;
     while wake.recv().await.is_some() {
         while wake.try_recv().is_ok() {}
+        // Lock order: the peer table is never taken while the state is held
+        // (`set_peers` takes the state while holding the peer table).
+        let peer_addrs: Vec<Ipv4Addr> = peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
         let want = {
             let mut s = lock(&state);
             let mut changed = s.rib.settle();
@@ -466,10 +479,8 @@ async fn engine(
                 }
             }
             if !ready {
-                let all_eor = {
-                    let peers = peers.lock().unwrap_or_else(|e| e.into_inner());
-                    !peers.is_empty() && peers.keys().all(|a| s.eor.contains(a))
-                };
+                let all_eor =
+                    !peer_addrs.is_empty() && peer_addrs.iter().all(|a| s.eor.contains(a));
                 ready = all_eor || tokio::time::Instant::now() >= defer_until;
             }
             if !ready {
@@ -572,6 +583,7 @@ async fn peer_task(
     };
     // The peer's routes kept stale after its session ended, until then.
     let mut stale_until: Option<tokio::time::Instant> = None;
+    let mut retry_in = RETRY;
     let drop_stale = |stale_until: &mut Option<tokio::time::Instant>| {
         *stale_until = None;
         lock(&state).rib.drop_stale(peer.address);
@@ -630,6 +642,8 @@ async fn peer_task(
                 }
                 Some(ev) = rx.recv() => {
                     if let RouteEvent::Up(n) = &ev {
+                        tracing::info!(peer = %peer.address, asn = n.peer_asn, hold = n.hold_time, "bgp: session established");
+                        retry_in = RETRY;
                         restart = n.graceful_restart;
                         set_status(&|st| {
                             st.state = "Established".into();
@@ -698,7 +712,8 @@ async fn peer_task(
             tracing::info!(peer = %peer.address, "bgp: session ended: {ended}");
         }
         // Wait for the retry, dropping stale routes if their time runs out meanwhile.
-        let retry = tokio::time::sleep(RETRY);
+        let retry = tokio::time::sleep(retry_in);
+        retry_in = (retry_in * 2).min(RETRY_MAX);
         tokio::pin!(retry);
         loop {
             let stale_over = async {

@@ -3,7 +3,11 @@
 //!
 //! Run as root: `cargo bench -p trellis --bench fabric_convergence`
 //! (`TRELLIS_BENCH_NODES` original nodes, default 10; `TRELLIS_BENCH_JOINS` joins,
-//! default 20; `TRELLIS_BENCH_BACKEND`, default vxlan).
+//! default 20; `TRELLIS_BENCH_BACKENDS`, default `vxlan,bgp,bgp-rr`: each in a lab of
+//! its own, one after the other in the same run. `bgp` is the node mesh; `bgp-rr` makes
+//! the first two nodes route reflectors (Node `spec.bgp.routeReflectorClusterID`), turns
+//! the mesh off and peers every node with them through one BGPPeer, so a joining node
+//! peers with the two reflectors only).
 //!
 //! A lab with `trellis server` in the underlay namespace, the `default` Network, and a
 //! cluster agent (release build, heartbeat 1 s, resync 5 s as in the tests) on each of the
@@ -19,8 +23,8 @@
 //! (`status.leases[0].cidr`). Joined nodes stay, so the cluster grows to
 //! NODES + JOINS nodes: later joins converge under more peers.
 //!
-//! Prints every join, then p50/p99/max (nearest rank: with 20 joins p99 is the maximum)
-//! and the target p99 <= 1 s.
+//! Prints every join, then per backend p50/p99/max (nearest rank: with 20 joins p99 is
+//! the maximum) and the target p99 <= 1 s.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -81,6 +85,35 @@ fn agent_log(lab: &Lab, name: &str) -> String {
     std::fs::read_to_string(lab.dir().join(format!("agent-{name}.log"))).unwrap_or_default()
 }
 
+/// The reflectors and peering of the `bgp-rr` mode: nodes 1 and 2 reflect.
+fn reflectors(lab: &Lab) -> String {
+    let mut m = String::new();
+    for n in &lab.state.nodes[..2] {
+        m.push_str(&format!(
+            "---\napiVersion: trellis/v1\nkind: Node\nmetadata: {{name: {}, labels: {{route-reflector: 'true'}}}}\n\
+             spec: {{address: {}, bgp: {{routeReflectorClusterID: 244.0.0.1}}}}\n",
+            n.name, n.addr
+        ));
+    }
+    m.push_str(
+        "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: to-reflectors}\n\
+         spec: {nodeSelector: all(), peerSelector: route-reflector == 'true'}\n\
+         ---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\n\
+         spec: {nodeToNodeMeshEnabled: false}\n",
+    );
+    m
+}
+
+/// One mode's samples: route on all original nodes, on the first, new agent ready; and
+/// the joins that did not converge.
+struct Summary {
+    mode: String,
+    all: Vec<Duration>,
+    first: Vec<Duration>,
+    ready: Vec<Duration>,
+    failures: Vec<String>,
+}
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
@@ -90,17 +123,81 @@ fn main() {
     );
     let base = env_usize("TRELLIS_BENCH_NODES", 10);
     let joins = env_usize("TRELLIS_BENCH_JOINS", 20);
-    let backend = std::env::var("TRELLIS_BENCH_BACKEND").unwrap_or_else(|_| "vxlan".into());
+    let modes = std::env::var("TRELLIS_BENCH_BACKENDS")
+        .or_else(|_| std::env::var("TRELLIS_BENCH_BACKEND"))
+        .unwrap_or_else(|_| "vxlan,bgp,bgp-rr".into());
     assert!(base + joins <= 200, "a lab holds at most 200 nodes");
+    assert!(
+        base >= 2,
+        "at least two original nodes (bgp-rr makes two reflectors)"
+    );
+    let summaries: Vec<Summary> = modes
+        .split(',')
+        .map(|m| run_mode(m.trim(), base, joins))
+        .collect();
+    println!("\nfabric convergence on join: agent process start -> route to the new node's subnet");
+    println!(
+        "{base} original nodes, {joins} joins each (cluster grows to {} nodes), rtnetlink poll every {} ms",
+        base + joins,
+        POLL.as_millis()
+    );
+    println!("                                            p50        p99        max   (ms)");
+    let row = |what: &str, v: &[Duration]| {
+        if v.is_empty() {
+            println!("{what:<38}          -          -          -");
+        } else {
+            println!(
+                "{what:<38}{:>10.1}{:>11.1}{:>11.1}",
+                ms(pct(v, 0.5)),
+                ms(pct(v, 0.99)),
+                ms(pct(v, 1.0))
+            );
+        }
+    };
+    let mut pass = true;
+    for s in &summaries {
+        row(&format!("{}: route on all original nodes", s.mode), &s.all);
+        row(&format!("{}: route on the first node", s.mode), &s.first);
+        row(
+            &format!("{}: new agent's CNI socket answers", s.mode),
+            &s.ready,
+        );
+        if !s.failures.is_empty() {
+            println!(
+                "{}: {} join(s) did not converge within {TIMEOUT:?}: {}",
+                s.mode,
+                s.failures.len(),
+                s.failures.join(", ")
+            );
+        }
+        pass &= s.failures.is_empty()
+            && !s.all.is_empty()
+            && pct(&s.all, 0.99) <= Duration::from_secs(1);
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    println!("load average {} at the end (2 cores)", load.join(" "));
+    println!(
+        "target p99 <= 1 s for every backend: {}",
+        if pass { "PASS" } else { "FAIL" }
+    );
+}
+
+/// Run the joins of one mode (`vxlan`, `bgp`, `bgp-rr`, or another backend) in a lab of
+/// its own.
+fn run_mode(mode: &str, base: usize, joins: usize) -> Summary {
+    let backend = if mode == "bgp-rr" { "bgp" } else { mode };
     let cluster: Ipv4Net = "10.244.0.0/16".parse().expect("cidr");
     let trellis = PathBuf::from(env!("CARGO_BIN_EXE_trellis"));
     let timing = Timing::default();
-
     let t = Instant::now();
     let mut lab = Lab::new(base).expect("create lab");
     lab.start_server(&trellis, &timing).expect("server");
-    lab.apply(&trellis, &network_manifest("default", &backend))
+    lab.apply(&trellis, &network_manifest("default", backend))
         .expect("network");
+    if mode == "bgp-rr" {
+        lab.apply(&trellis, &reflectors(&lab)).expect("reflectors");
+    }
     for n in 0..base {
         lab.start_cluster_agent(&trellis, n, "default", &timing)
             .expect("agent");
@@ -131,7 +228,7 @@ fn main() {
     });
     assert!(meshed, "the {base} original nodes did not mesh within 30 s");
     eprintln!(
-        "lab {}: {base} nodes meshed ({backend}) in {:.1} s",
+        "lab {}: {base} nodes meshed ({mode}) in {:.1} s",
         lab.state.name,
         t.elapsed().as_secs_f64()
     );
@@ -190,10 +287,17 @@ fn main() {
                 .map(|i| lab.state.nodes[i].name.clone())
                 .collect();
             let log = agent_log(&lab, &name);
+            let sockets = lab
+                .exec_any(&netns, &["ss", "-tan"])
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let n1_log = agent_log(&lab, &lab.state.nodes[0].name);
+            let n1_tail: Vec<&str> = n1_log.lines().rev().take(12).collect();
             eprintln!(
-                "join {} ({name}): no route on {} after {TIMEOUT:?}\n{log}",
+                "join {} ({name}): no route on {} after {TIMEOUT:?}\n{log}\n{name}'s sockets:\n{sockets}\nn1's log (tail):\n{}",
                 k + 1,
-                missing.join(", ")
+                missing.join(", "),
+                n1_tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
             failures.push(name);
             continue;
@@ -255,40 +359,11 @@ fn main() {
         .map(|j| j.per_node.iter().min().copied().unwrap_or_default())
         .collect();
     let ready: Vec<Duration> = results.iter().filter_map(|j| j.ready).collect();
-    println!(
-        "\nfabric convergence on join ({backend}): agent process start -> route to the new node's subnet"
-    );
-    println!(
-        "{base} original nodes, {joins} joins (cluster grows to {} nodes), rtnetlink poll every {} ms",
-        base + joins,
-        POLL.as_millis()
-    );
-    println!("                                    p50        p99        max   (ms)");
-    let row = |what: &str, v: &[Duration]| {
-        if v.is_empty() {
-            println!("{what:<30}          -          -          -");
-        } else {
-            println!(
-                "{what:<30}{:>10.1}{:>11.1}{:>11.1}",
-                ms(pct(v, 0.5)),
-                ms(pct(v, 0.99)),
-                ms(pct(v, 1.0))
-            );
-        }
-    };
-    row("route on all original nodes", &all);
-    row("route on the first node", &first);
-    row("new agent's CNI socket answers", &ready);
-    if !failures.is_empty() {
-        println!(
-            "{} join(s) did not converge within {TIMEOUT:?}: {}",
-            failures.len(),
-            failures.join(", ")
-        );
+    Summary {
+        mode: mode.to_string(),
+        all,
+        first,
+        ready,
+        failures,
     }
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    println!("load average {} at the end (2 cores)", load.join(" "));
-    let pass = failures.is_empty() && !all.is_empty() && pct(&all, 0.99) <= Duration::from_secs(1);
-    println!("target p99 <= 1 s: {}", if pass { "PASS" } else { "FAIL" });
 }
