@@ -37,10 +37,13 @@ use crate::policy::{self, Filter};
 use crate::rib::{Rib, Source};
 use crate::session::{run_on, run_once, Outbox, PeerConfig, RouteEvent, SessionError};
 
-/// How long a failed session first waits before the next attempt; each failure in a
-/// row doubles it, up to [`RETRY_MAX`]. Short: a node that has just joined connects to
-/// peers that may not know it yet.
+/// How long a failed session waits before the next attempt, for the first
+/// [`FAST_RETRIES`] failures in a row: a node that has just joined is known to its peers
+/// a moment before its speaker listens. Then each failure doubles the wait, up to
+/// [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_millis(100);
+/// Failures in a row retried after [`RETRY`].
+const FAST_RETRIES: u32 = 10;
 /// The longest wait between attempts.
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long a removed peer's routes stay (stale, behind any fresh path): a change of
@@ -583,7 +586,7 @@ async fn peer_task(
     };
     // The peer's routes kept stale after its session ended, until then.
     let mut stale_until: Option<tokio::time::Instant> = None;
-    let mut retry_in = RETRY;
+    let mut failures: u32 = 0;
     let drop_stale = |stale_until: &mut Option<tokio::time::Instant>| {
         *stale_until = None;
         lock(&state).rib.drop_stale(peer.address);
@@ -643,7 +646,7 @@ async fn peer_task(
                 Some(ev) = rx.recv() => {
                     if let RouteEvent::Up(n) = &ev {
                         tracing::info!(peer = %peer.address, asn = n.peer_asn, hold = n.hold_time, "bgp: session established");
-                        retry_in = RETRY;
+                        failures = 0;
                         restart = n.graceful_restart;
                         set_status(&|st| {
                             st.state = "Established".into();
@@ -712,8 +715,12 @@ async fn peer_task(
             tracing::info!(peer = %peer.address, "bgp: session ended: {ended}");
         }
         // Wait for the retry, dropping stale routes if their time runs out meanwhile.
+        let retry_in = match failures.checked_sub(FAST_RETRIES) {
+            None => RETRY,
+            Some(n) => RETRY.saturating_mul(2u32.saturating_pow(n.min(16))).min(RETRY_MAX),
+        };
+        failures = failures.saturating_add(1);
         let retry = tokio::time::sleep(retry_in);
-        retry_in = (retry_in * 2).min(RETRY_MAX);
         tokio::pin!(retry);
         loop {
             let stale_over = async {
