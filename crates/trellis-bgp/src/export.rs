@@ -168,32 +168,33 @@ impl Eligible {
     }
 }
 
-/// What one session must send to bring the peer from `sent` to `table`: the
-/// withdrawals and the announcements. With `only`, just those prefixes are compared.
+/// What one session must send to bring the peer from what it was sent of `old` (the
+/// table of the last version it got; empty at the start) to `new`: the withdrawals and
+/// the announcements. With `only`, just those prefixes are compared. A session keeps no
+/// copy of what it sent: the tables are shared by every session of a class.
 pub fn diff(
-    sent: &BTreeMap<Ipv4Net, Arc<Attrs>>,
-    table: &BTreeMap<Ipv4Net, Out>,
+    old: &BTreeMap<Ipv4Net, Out>,
+    new: &BTreeMap<Ipv4Net, Out>,
     only: Option<&BTreeSet<Ipv4Net>>,
     peer: &Eligible,
 ) -> (Vec<Ipv4Net>, Vec<(Ipv4Net, Arc<Attrs>)>) {
-    let want = |p: &Ipv4Net| {
-        table
-            .get(p)
+    let seen = |t: &'_ BTreeMap<Ipv4Net, Out>, p: &Ipv4Net| -> Option<Arc<Attrs>> {
+        t.get(p)
             .filter(|o| peer.allows(*p, o))
-            .map(|o| &o.attrs)
+            .map(|o| o.attrs.clone())
     };
     let mut withdraw = Vec::new();
     let mut announce = Vec::new();
-    let mut one = |p: &Ipv4Net| match (sent.get(p), want(p)) {
+    let mut one = |p: &Ipv4Net| match (seen(old, p), seen(new, p)) {
         (Some(s), Some(w)) if s == w => {}
-        (_, Some(w)) => announce.push((*p, w.clone())),
+        (_, Some(w)) => announce.push((*p, w)),
         (Some(_), None) => withdraw.push(*p),
         (None, None) => {}
     };
     match only {
         Some(ps) => ps.iter().for_each(&mut one),
         None => {
-            let all: BTreeSet<&Ipv4Net> = sent.keys().chain(table.keys()).collect();
+            let all: BTreeSet<&Ipv4Net> = old.keys().chain(new.keys()).collect();
             all.into_iter().for_each(one);
         }
     }
@@ -304,7 +305,6 @@ mod tests {
         };
         let (_, a) = diff(&BTreeMap::new(), &v1.routes, None, &client6);
         assert_eq!(a.len(), 2);
-        let sent: BTreeMap<Ipv4Net, Arc<Attrs>> = a.into_iter().collect();
         // p1's origin withdraws it: one change, one withdrawal.
         let v2 = v1
             .next(&BTreeSet::from([p1]), |p| {
@@ -318,7 +318,7 @@ mod tests {
             .unwrap();
         assert_eq!(*v2.changed, BTreeSet::from([p1]));
         assert_eq!(
-            diff(&sent, &v2.routes, Some(&v2.changed), &client6),
+            diff(&v1.routes, &v2.routes, Some(&v2.changed), &client6),
             (vec![p1], vec![])
         );
         assert!(v2

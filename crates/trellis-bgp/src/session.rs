@@ -256,28 +256,26 @@ fn update_events(
     }
 }
 
-/// Bring the peer from `sent` to the table (only `changed`, when given) and record it.
+/// Bring the peer from `sent` (the table it last got; empty at the start) to `table`
+/// (only `changed`, when given), and remember `table` as sent.
 async fn send_table(
     framed: &mut Framed<TcpStream, BgpCodec>,
-    sent: &mut BTreeMap<Ipv4Net, Arc<Attrs>>,
+    sent: &mut Arc<BTreeMap<Ipv4Net, export::Out>>,
     table: &Exports,
     changed: Option<&std::collections::BTreeSet<Ipv4Net>>,
     peer: &Eligible,
     end_of_rib: bool,
 ) -> Result<(), netgauze_bgp_pkt::wire::serializer::BgpMessageWritingError> {
     let (withdraw, announce) = export::diff(sent, &table.routes, changed, peer);
-    for p in &withdraw {
-        sent.remove(p);
-    }
-    let msgs = attrs::updates(&withdraw, announce.iter().map(|(p, a)| (p, &**a)));
-    sent.extend(announce);
-    for m in msgs {
+    for m in attrs::updates(&withdraw, announce.iter().map(|(p, a)| (p, &**a))) {
         framed.feed(m).await?;
     }
     if end_of_rib {
         framed.feed(attrs::end_of_rib()).await?;
     }
-    framed.flush().await
+    framed.flush().await?;
+    *sent = table.routes.clone();
+    Ok(())
 }
 
 /// The event a received message is.
@@ -350,7 +348,7 @@ pub async fn run_on(
     let mut keepalive_at: Option<Instant> = None;
     let mut event = Event::Connected;
     // What the peer has from us, and the version of the table it came from.
-    let mut sent: BTreeMap<Ipv4Net, Arc<Attrs>> = BTreeMap::new();
+    let mut sent: Arc<BTreeMap<Ipv4Net, export::Out>> = Arc::default();
     let mut version = 0;
     loop {
         let (next, actions) = fsm::step(local, state, event.clone());
@@ -427,7 +425,7 @@ pub async fn run_on(
                         }
                         if matches!(msg, BgpMessage::RouteRefresh(_)) && state == State::Established {
                             // Everything again (RFC 2918).
-                            sent.clear();
+                            sent = Arc::default();
                             let table = out.table.borrow().clone();
                             version = table.version;
                             if let Err(e) = send_table(&mut framed, &mut sent, &table, None, &out.peer, true).await {

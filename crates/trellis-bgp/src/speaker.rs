@@ -717,7 +717,9 @@ async fn peer_task(
         // Wait for the retry, dropping stale routes if their time runs out meanwhile.
         let retry_in = match failures.checked_sub(FAST_RETRIES) {
             None => RETRY,
-            Some(n) => RETRY.saturating_mul(2u32.saturating_pow(n.min(16))).min(RETRY_MAX),
+            Some(n) => RETRY
+                .saturating_mul(2u32.saturating_pow(n.min(16)))
+                .min(RETRY_MAX),
         };
         failures = failures.saturating_add(1);
         let retry = tokio::time::sleep(retry_in);

@@ -1,6 +1,8 @@
 //! Helpers of the speaker's lab tests (each test file uses some of them).
 #![allow(dead_code)]
 
+pub mod frozen_peer;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::thread::JoinHandle;
