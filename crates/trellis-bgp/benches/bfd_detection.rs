@@ -11,7 +11,6 @@
 //! frozen with SIGSTOP — a hung host: no packet, no FIN, its TCP session still open —
 //! and the clock runs until the route is gone from node 1 (polled every 20 ms).
 
-#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
