@@ -1,5 +1,6 @@
 //! The kernel's share of the RIB: one route per best prefix in the main table, with
-//! protocol [`BGP_PROTO`], via the best next hop; routes of that protocol nothing wants
+//! protocol [`BGP_PROTO`], via the best next hop — or, when several paths are equally
+//! good (ECMP), a multipath route via all of them; routes of that protocol nothing wants
 //! are removed, nothing else is touched. [`sync`] lists the table and is idempotent, so
 //! a restart changes nothing; [`apply`] touches only the prefixes that changed since a
 //! state known to be in the kernel.
@@ -8,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use trellis_net::{Netlink, RouteEntry};
+use trellis_net::Netlink;
 
 /// `rtm_protocol` of the routes learned by BGP.
 pub const BGP_PROTO: u8 = 119;
@@ -38,67 +39,41 @@ impl Report {
     }
 }
 
-/// Bring the main table's [`BGP_PROTO`] routes to `best` (prefix → next hops; the first
-/// is used until multipath routes are written), listing the table first. Fails only
+/// Bring the main table's [`BGP_PROTO`] routes to `best` (prefix → next hops: a plain
+/// route for one, a multipath route for several), listing the table first. Fails only
 /// when the table cannot be listed; refused routes are in the report.
 pub async fn sync(
     nl: &Netlink,
     best: &BTreeMap<Ipv4Net, Vec<Ipv4Addr>>,
 ) -> Result<Report, trellis_net::NetError> {
-    let have: BTreeMap<Ipv4Net, Option<Ipv4Addr>> = nl
-        .main_routes()
-        .await?
-        .into_iter()
-        .filter(|r| r.protocol == BGP_PROTO)
-        .map(|r| (r.dst, r.gateway))
-        .collect();
-    Ok(program(nl, &have, best).await)
+    let have = nl.next_hops_of(BGP_PROTO).await?;
+    Ok(apply(nl, &have, best).await)
 }
 
 /// Bring the kernel from `have` (what a previous [`sync`] or [`apply`] left) to `want`,
-/// touching only the prefixes whose first next hop differs.
+/// touching only the prefixes whose next hops differ.
 pub async fn apply(
     nl: &Netlink,
     have: &BTreeMap<Ipv4Net, Vec<Ipv4Addr>>,
     want: &BTreeMap<Ipv4Net, Vec<Ipv4Addr>>,
 ) -> Report {
-    let have = have.iter().map(|(p, h)| (*p, h.first().copied())).collect();
-    program(nl, &have, want).await
-}
-
-async fn program(
-    nl: &Netlink,
-    have: &BTreeMap<Ipv4Net, Option<Ipv4Addr>>,
-    want: &BTreeMap<Ipv4Net, Vec<Ipv4Addr>>,
-) -> Report {
     let mut report = Report::default();
     for (dst, hops) in want {
-        let Some(via) = hops.first() else { continue };
-        if have.get(dst) != Some(&Some(*via)) {
-            match nl.replace_route(&route(*dst, Some(*via))).await {
-                Ok(()) => report.set += 1,
-                Err(e) => report.failed.push((*dst, e)),
-            }
+        if hops.is_empty() || have.get(dst) == Some(hops) {
+            continue;
+        }
+        match nl.replace_via(*dst, hops, BGP_PROTO).await {
+            Ok(()) => report.set += 1,
+            Err(e) => report.failed.push((*dst, e)),
         }
     }
-    for (dst, via) in have {
+    for dst in have.keys() {
         if !want.contains_key(dst) {
-            match nl.del_route(&route(*dst, *via)).await {
+            match nl.del_route_of(*dst, BGP_PROTO).await {
                 Err(e) if !e.is_not_found() => report.failed.push((*dst, e)),
                 _ => report.removed += 1,
             }
         }
     }
     report
-}
-
-fn route(dst: Ipv4Net, via: Option<Ipv4Addr>) -> RouteEntry {
-    RouteEntry {
-        dst,
-        gateway: via,
-        oif: None,
-        protocol: BGP_PROTO,
-        onlink: false,
-        metric: 0,
-    }
 }

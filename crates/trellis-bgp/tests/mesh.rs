@@ -2,7 +2,7 @@
 //! kernel gets the other two nodes' prefixes (protocol 119, via their addresses). A
 //! speaker that dies is restarted gracefully: the others keep its prefix meanwhile
 //! (stale, RFC 4724) and its own kernel keeps its routes; a peer removed takes its
-//! prefix with it. Needs root.
+//! prefix with it. A prefix two speakers announce gets a multipath route. Needs root.
 
 mod common;
 
@@ -81,6 +81,57 @@ fn a_full_mesh_survives_a_restart_and_forgets_a_removed_peer() {
         "the mesh did not converge: {:?}",
         (0..3).map(routes).collect::<Vec<_>>()
     );
+    // The first two both announce one /32 (a Service address): the third routes it over
+    // both (a multipath route), and over the other alone when one stops.
+    let vip: Ipv4Net = "10.96.0.10/32".parse().unwrap();
+    for (n, (tx, _)) in running.iter().enumerate().take(2) {
+        tx.send(Cmd::SetRoutes(vec![prefix(n), vip])).unwrap();
+    }
+    let vip_routes = || {
+        let out = lab
+            .exec(
+                &lab.state.nodes[2].netns,
+                &["ip", "route", "show", "10.96.0.10/32", "proto", "119"],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ecmp = |via: &[usize]| {
+        let r = vip_routes();
+        via.iter()
+            .all(|n| r.contains(&format!("nexthop via {} ", addrs[*n])))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ecmp(&[0, 1]) {
+        assert!(
+            Instant::now() < deadline,
+            "no multipath route: {}",
+            vip_routes()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    running[1].0.send(Cmd::SetRoutes(vec![prefix(1)])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !vip_routes().contains(&format!("via {} dev", addrs[0]))
+        || vip_routes().contains("nexthop")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "still multipath: {}",
+            vip_routes()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    running[0].0.send(Cmd::SetRoutes(vec![prefix(0)])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !vip_routes().trim().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the /32 stayed: {}",
+            vip_routes()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The third speaker dies (its sockets closed, no NOTIFICATION): the others keep its
     // prefix, and its own kernel keeps its routes, while it is gone and as it comes
     // back; then the mesh is whole again.

@@ -12,8 +12,8 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
+    RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
@@ -113,6 +113,104 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// The main table's routes of `protocol`, each with its next hops: one for a plain
+    /// route, several for a multipath (ECMP) one, in order.
+    pub async fn next_hops_of(
+        &self,
+        protocol: u8,
+    ) -> Result<std::collections::BTreeMap<Ipv4Net, Vec<Ipv4Addr>>> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut s = self.handle.route().get(filter).execute();
+        let mut out = std::collections::BTreeMap::new();
+        while let Some(m) = s.try_next().await.map_err(|e| nl_err("list routes", e))? {
+            let Some(r) = main_route(&m) else { continue };
+            if r.protocol != protocol {
+                continue;
+            }
+            let mut hops: Vec<Ipv4Addr> = r.gateway.into_iter().collect();
+            for a in &m.attributes {
+                if let RouteAttribute::MultiPath(nhs) = a {
+                    hops.extend(nhs.iter().flat_map(|nh| {
+                        nh.attributes.iter().filter_map(|a| match a {
+                            RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                            _ => None,
+                        })
+                    }));
+                }
+            }
+            hops.sort();
+            out.insert(r.dst, hops);
+        }
+        Ok(out)
+    }
+
+    /// Add or replace the main-table route to `dst` of `protocol` via `hops`: a plain
+    /// route for one, a multipath (ECMP) route for several.
+    pub async fn replace_via(&self, dst: Ipv4Net, hops: &[Ipv4Addr], protocol: u8) -> Result<()> {
+        let [first, rest @ ..] = hops else {
+            return Err(crate::NetError::Netlink {
+                op: format!("replace route {dst} proto {protocol}"),
+                msg: "no next hop given".into(),
+                errno: Some(libc::EINVAL),
+            });
+        };
+        if rest.is_empty() {
+            return self
+                .replace_route(&RouteEntry {
+                    dst,
+                    gateway: Some(*first),
+                    oif: None,
+                    protocol,
+                    onlink: false,
+                    metric: 0,
+                })
+                .await;
+        }
+        let nhs: Vec<RouteNextHop> = hops
+            .iter()
+            .map(|g| {
+                let mut nh = RouteNextHop::default();
+                nh.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(*g))];
+                nh
+            })
+            .collect();
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .protocol(RouteProtocol::from(protocol))
+            .scope(RouteScope::Universe);
+        if dst.prefix_len() > 0 {
+            b = b.destination_prefix(dst.addr(), dst.prefix_len());
+        }
+        self.handle
+            .route()
+            .add(b.multipath(nhs).build())
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                let via: Vec<String> = hops.iter().map(|h| h.to_string()).collect();
+                nl_err(
+                    format!(
+                        "replace route {dst} via {} proto {protocol}",
+                        via.join(", ")
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// Delete the main-table route to `dst` of `protocol`, whatever its next hops.
+    pub async fn del_route_of(&self, dst: Ipv4Net, protocol: u8) -> Result<()> {
+        self.del_route(&RouteEntry {
+            dst,
+            gateway: None,
+            oif: None,
+            protocol,
+            onlink: false,
+            metric: 0,
+        })
+        .await
     }
 
     /// Add a route to the main table; fails with EEXIST if one with the same
