@@ -237,6 +237,7 @@ async fn load(clients: usize, per: usize) -> Vec<Option<Duration>> {
             peer: SocketAddrV4::new(reflector_addr(), 179),
             local_address: me,
             password: None,
+            restart_time: trellis_bgp::session::RESTART_TIME,
         };
         let mine: BTreeSet<Ipv4Net> = (0..per).map(|k| prefix(i, k, per)).collect();
         let own = Me {

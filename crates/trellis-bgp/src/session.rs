@@ -35,8 +35,8 @@ use crate::fsm::{self, Action, Event, Local, Negotiated, Notify, PeerOpen, State
 
 /// The hold time before the OPENs are exchanged (RFC 4271 §8: "large", 4 minutes).
 const OPEN_HOLD: Duration = Duration::from_secs(240);
-/// The restart time we announce (RFC 4724): how long peers keep our routes while we
-/// are gone, in seconds.
+/// The restart time we announce (RFC 4724) unless told otherwise: how long peers keep
+/// our routes while we are gone, in seconds.
 pub const RESTART_TIME: u16 = 120;
 
 /// How to reach a peer and what to tell it.
@@ -50,6 +50,8 @@ pub struct PeerConfig {
     pub local_address: Ipv4Addr,
     /// The session's TCP MD5 password.
     pub password: Option<String>,
+    /// The restart time we announce (at most 4095 s).
+    pub restart_time: u16,
 }
 
 /// What a session reports.
@@ -118,7 +120,7 @@ pub enum SessionError {
 }
 
 /// Our OPEN.
-fn open_message(local: &Local) -> BgpMessage {
+fn open_message(local: &Local, restart_time: u16) -> BgpMessage {
     let my_as = u16::try_from(local.asn).unwrap_or(23456); // AS_TRANS (RFC 6793)
     BgpMessage::Open(BgpOpenMessage::new(
         my_as,
@@ -135,7 +137,7 @@ fn open_message(local: &Local) -> BgpMessage {
             BgpCapability::GracefulRestartCapability(GracefulRestartCapability::new(
                 false,
                 false,
-                RESTART_TIME,
+                restart_time.min(4095),
                 vec![GracefulRestartAddressFamily::new(
                     true,
                     AddressType::Ipv4Unicast,
@@ -363,7 +365,7 @@ pub async fn run_on(
         for a in actions {
             let sent = match a {
                 Action::Connect => Ok(()),
-                Action::SendOpen => framed.send(open_message(local)).await,
+                Action::SendOpen => framed.send(open_message(local, cfg.restart_time)).await,
                 Action::SendKeepalive => framed.send(BgpMessage::KeepAlive).await,
                 Action::SendNotification(n) => {
                     let _ = framed.send(notification(n)).await;
@@ -489,7 +491,7 @@ mod tests {
     #[test]
     fn our_open_is_one_we_would_accept() {
         let l = local(65001);
-        let BgpMessage::Open(o) = open_message(&l) else {
+        let BgpMessage::Open(o) = open_message(&l, RESTART_TIME) else {
             panic!()
         };
         let mut seen = peer_open(&o);
@@ -505,10 +507,13 @@ mod tests {
         };
         assert_eq!(fsm::accept_open(&peer, &seen).unwrap().hold_time, 9);
         // A 4-octet AS goes as AS_TRANS in the 2-octet field.
-        let BgpMessage::Open(o) = open_message(&Local {
-            asn: 4_200_000_000,
-            ..l
-        }) else {
+        let BgpMessage::Open(o) = open_message(
+            &Local {
+                asn: 4_200_000_000,
+                ..l
+            },
+            RESTART_TIME,
+        ) else {
             panic!()
         };
         assert_eq!(o.my_as(), 23456);

@@ -92,6 +92,8 @@ pub struct Peer {
     /// Run BFD with it: when BFD says it is down, the session ends and its routes go
     /// at once (no graceful restart).
     pub bfd: bool,
+    /// The restart time we announce to it (else [`crate::session::RESTART_TIME`]).
+    pub restart_time: Option<u16>,
 }
 
 impl Peer {
@@ -107,6 +109,7 @@ impl Peer {
             hold_time: None,
             port: None,
             bfd: false,
+            restart_time: None,
         }
     }
 }
@@ -535,6 +538,7 @@ async fn peer_task(
         peer: SocketAddrV4::new(peer.address, peer.port.unwrap_or(cfg.port)),
         local_address: cfg.address,
         password: peer.password.clone(),
+        restart_time: peer.restart_time.unwrap_or(crate::session::RESTART_TIME),
     };
     let source = Source {
         ebgp: cfg.asn != peer.asn,

@@ -186,6 +186,10 @@ pub(super) fn desired(inputs: &Inputs) -> Option<Desired> {
         },
         None => Some(None),
     };
+    let mesh_restart = inputs
+        .config
+        .and_then(|c| c.spec.node_mesh_max_restart_time.as_ref())
+        .map(|t| t.get().as_secs().min(4095) as u16);
     let ready_other = |n: &&&Node| n.metadata.name != me.metadata.name && n.status.ready;
     let node_peer = |n: &Node| Peer {
         client: settings.cluster_id.is_some() && cluster_of(n).is_none(),
@@ -205,6 +209,7 @@ pub(super) fn desired(inputs: &Inputs) -> Option<Desired> {
                     Peer {
                         password: password.clone(),
                         hold_time: Some(HOLD_TIME),
+                        restart_time: mesh_restart,
                         ..node_peer(n)
                     },
                 );
@@ -247,6 +252,12 @@ pub(super) fn desired(inputs: &Inputs) -> Option<Desired> {
             export,
             hold_time: hold.or(base.hold_time),
             bfd: p.spec.bfd_enabled,
+            restart_time: p
+                .spec
+                .max_restart_time
+                .as_ref()
+                .map(|t| t.get().as_secs().min(4095) as u16)
+                .or(base.restart_time),
             ..base
         })
     };

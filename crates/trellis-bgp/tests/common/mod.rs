@@ -44,6 +44,7 @@ pub fn peer_config(local: Ipv4Addr, peer: Ipv4Addr, peer_asn: u32) -> PeerConfig
         peer: SocketAddrV4::new(peer, 179),
         local_address: local,
         password: None,
+        restart_time: trellis_bgp::session::RESTART_TIME,
     }
 }
 

@@ -177,7 +177,7 @@ fn a_router_peer_with_password_timers_and_filters() {
             "BGPPeer",
             "tor-a",
             json!({"nodeSelector": "rack == 'a'", "peerIP": "192.0.2.254:1179", "asNumber": 65000,
-                   "holdTime": "30s", "filters": ["pods-only"], "bfdEnabled": true,
+                   "holdTime": "30s", "filters": ["pods-only"], "bfdEnabled": true, "maxRestartTime": "5m",
                    "password": {"secretKeyRef": {"name": "bgp", "key": "tor-a"}}}),
         ),
         // A peer at this node's own address is no peer.
@@ -212,6 +212,7 @@ fn a_router_peer_with_password_timers_and_filters() {
         (65000, Some(1179), Some(30), Some("s3cret"))
     );
     assert!(tor.bfd);
+    assert_eq!(tor.restart_time, Some(300));
     assert!(!tor.export.accepts("192.168.0.0/24".parse().unwrap()));
     assert!(tor.export.accepts("10.244.0.0/24".parse().unwrap()));
     // The other node's session gets the node's own AS as its peer AS.
