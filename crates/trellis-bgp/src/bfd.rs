@@ -358,7 +358,8 @@ fn set_ttl(s: &UdpSocket, opt: libc::c_int) -> std::io::Result<()> {
 impl Bfd {
     /// Listen for control packets to `local` (in the calling task's namespace).
     pub async fn start(local: Ipv4Addr) -> std::io::Result<Bfd> {
-        let rx = UdpSocket::bind(SocketAddrV4::new(local, CONTROL_PORT)).await?;
+        let addr = SocketAddrV4::new(local, CONTROL_PORT);
+        let rx = crate::bind_retrying(|| UdpSocket::bind(addr)).await?;
         // Single hop: only packets sent with TTL 255 (RFC 5881 §5).
         set_ttl(&rx, libc::IP_MINTTL)?;
         let sessions: Arc<Mutex<HashMap<Ipv4Addr, Running>>> = Arc::default();

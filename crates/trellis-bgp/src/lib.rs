@@ -26,3 +26,25 @@ pub mod policy;
 pub mod rib;
 pub mod session;
 pub mod speaker;
+
+/// Bind with `bind`, trying again for up to a second while the address is in use: a
+/// speaker replaced by a new one (its AS changed) frees its ports only once its tasks
+/// have been cancelled, which the runtime does a moment later.
+pub(crate) async fn bind_retrying<T, F, Fut>(mut bind: F) -> std::io::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match bind().await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
+}

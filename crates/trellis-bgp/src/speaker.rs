@@ -198,7 +198,8 @@ impl Speaker {
     /// Listen on the speaker's address and keep the kernel's routes (in the calling
     /// task's network namespace) at the best paths.
     pub async fn start(cfg: SpeakerConfig) -> std::io::Result<Speaker> {
-        let listener = TcpListener::bind(SocketAddr::from((cfg.address, cfg.port))).await?;
+        let addr = SocketAddr::from((cfg.address, cfg.port));
+        let listener = crate::bind_retrying(|| TcpListener::bind(addr)).await?;
         let listener_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let bfd = match crate::bfd::Bfd::start(cfg.address).await {
             Ok(b) => Some(Arc::new(b)),
