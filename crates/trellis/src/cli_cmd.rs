@@ -371,7 +371,7 @@ fn api_resources() -> String {
                 .join(",");
             vec![
                 k.plural().to_string(),
-                k.short_name().unwrap_or_default().to_string(),
+                k.short_name().unwrap_or("-").to_string(),
                 versions,
                 k.namespaced().to_string(),
                 k.as_str().to_string(),
@@ -1090,7 +1090,9 @@ mod tests {
         // Every name the table shows is one `get` accepts.
         for r in &rows {
             assert_eq!(parse_kind(r[0]).unwrap().as_str(), r[4]);
-            assert_eq!(parse_kind(r[1]).unwrap().as_str(), r[4]);
+            if r[1] != "-" {
+                assert_eq!(parse_kind(r[1]).unwrap().as_str(), r[4]);
+            }
         }
         let help = kinds_help();
         for k in Kind::ALL {

@@ -598,8 +598,14 @@ fn api_resources_and_kind_help() {
     let c = Cluster::start();
     let t = Table::parse(&c.ok(&["api-resources"]));
     t.assert_header(&["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]);
-    assert_eq!(t.rows.len(), 11, "{t:?}");
+    assert_eq!(t.rows.len(), 15, "{t:?}");
     assert_eq!(t.cell("tenants", "SHORTNAMES"), "tn");
+    assert_eq!(t.cell("bgppeers", "SHORTNAMES"), "-");
+    assert_eq!(
+        t.cell("bgppeers", "APIVERSION"),
+        "trellis/v1,projectcalico.org/v3"
+    );
+    assert_eq!(t.cell("secrets", "NAMESPACED"), "true");
     assert_eq!(t.cell("services", "SHORTNAMES"), "svc");
     assert_eq!(t.cell("services", "NAMESPACED"), "true");
     assert_eq!(t.cell("nodes", "NAMESPACED"), "false");
