@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod cni;
 pub mod conformance;
 pub mod routed;
+pub mod routers;
 pub mod scratch;
 
 use std::collections::BTreeMap;
@@ -190,7 +191,7 @@ impl Lab {
     }
 
     /// A lab owned by this process with `nodes` nodes on the core segment (maybe none).
-    fn owned(nodes: usize) -> Result<Lab> {
+    pub(crate) fn owned(nodes: usize) -> Result<Lab> {
         sweep_stale();
         let name = format!(
             "{}-{}",
@@ -215,6 +216,23 @@ impl Lab {
                 "a lab needs 1 to 200 nodes, not 0".to_string(),
             ));
         }
+        Self::persistent_with(name, nodes)
+    }
+
+    /// A persistent lab with no node yet (nodes come in racks, [`routed`]).
+    pub(crate) fn persistent_empty(name: &str) -> Result<Lab> {
+        if name.is_empty()
+            || name.len() > 20
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(LabError::Invalid(format!(
+                "lab name {name:?} must be 1-20 letters, digits or '-'"
+            )));
+        }
+        Self::persistent_with(name, 0)
+    }
+
+    fn persistent_with(name: &str, nodes: usize) -> Result<Lab> {
         if Path::new(STATE_ROOT).join(name).exists() {
             return Err(LabError::Invalid(format!(
                 "lab {name} already exists; `trellis lab down {name}` first"
@@ -541,6 +559,14 @@ impl Lab {
     pub fn resolve(&self, target: &str) -> Option<String> {
         if target == "u" || target == "underlay" {
             return Some(self.state.underlay.clone());
+        }
+        if let Some(r) = self
+            .state
+            .racks
+            .iter()
+            .find(|r| format!("r{}", r.index) == target)
+        {
+            return Some(r.router.clone());
         }
         self.state
             .nodes

@@ -34,19 +34,32 @@ impl Lab {
     /// A lab owned by this process whose nodes are in racks: `racks[k]` nodes in rack
     /// `k + 1`, none on the core.
     pub fn new_routed(racks: &[usize]) -> Result<Lab> {
-        if racks.is_empty() || racks.iter().sum::<usize>() == 0 {
-            return Err(LabError::Invalid(
-                "a routed lab needs a node in a rack".into(),
-            ));
-        }
+        check_racks(racks)?;
         let mut lab = Lab::owned(0)?;
-        for n in racks {
-            let r = lab.add_rack()?;
-            for _ in 0..*n {
-                lab.join_rack_node(r.index)?;
-            }
+        lab.add_racks(racks)?;
+        Ok(lab)
+    }
+
+    /// [`Lab::new_routed`] for a lab that outlives this process (`trellis lab up
+    /// --racks`), named `name`.
+    pub fn new_persistent_routed(name: &str, racks: &[usize]) -> Result<Lab> {
+        check_racks(racks)?;
+        let mut lab = Lab::persistent_empty(name)?;
+        if let Err(e) = lab.add_racks(racks) {
+            let _ = lab.destroy();
+            return Err(e);
         }
         Ok(lab)
+    }
+
+    fn add_racks(&mut self, racks: &[usize]) -> Result<()> {
+        for n in racks {
+            let r = self.add_rack()?;
+            for _ in 0..*n {
+                self.join_rack_node(r.index)?;
+            }
+        }
+        self.save()
     }
 
     /// Add a rack: its router namespace, joined to the core; returns it.
@@ -125,5 +138,130 @@ impl Lab {
         self.add_node_on(i, &r.prefix, &r.router, "rack")?;
         self.save()?;
         Ok(i - 1)
+    }
+}
+
+fn check_racks(racks: &[usize]) -> Result<()> {
+    if racks.is_empty() || racks.iter().sum::<usize>() == 0 {
+        return Err(LabError::Invalid(
+            "a routed lab needs a node in a rack".into(),
+        ));
+    }
+    if racks.iter().sum::<usize>() > 200 {
+        return Err(LabError::Invalid("a lab holds at most 200 nodes".into()));
+    }
+    Ok(())
+}
+
+/// The AS of rack `k`'s router.
+pub fn rack_asn(k: usize) -> u32 {
+    65000 + k as u32
+}
+
+/// The AS [`Lab::routed_bgp_manifest`] gives node `i` (0-based): one AS per node.
+pub fn node_asn(i: usize) -> u32 {
+    65101 + i as u32
+}
+
+/// A running top-of-rack router, and how to ask it about its routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RackRouter {
+    /// BIRD 2, with its control socket.
+    Bird(std::path::PathBuf),
+    /// FRR, with the directory of its vty sockets.
+    Frr(std::path::PathBuf),
+}
+
+impl RackRouter {
+    /// The router's BGP table, as its own CLI prints it.
+    pub fn routes(&self) -> String {
+        match self {
+            RackRouter::Bird(sock) => crate::routers::birdc(sock, &["show", "route"]),
+            RackRouter::Frr(dir) => crate::routers::vtysh(dir, "show ip bgp"),
+        }
+    }
+}
+
+impl Lab {
+    /// The rack (its number) node `node` is in.
+    pub fn rack_of(&self, node: usize) -> Option<usize> {
+        let addr = self.state.nodes.get(node)?.addr.to_string();
+        self.state
+            .racks
+            .iter()
+            .find(|r| addr.starts_with(&format!("{}.", r.prefix)))
+            .map(|r| r.index)
+    }
+
+    /// Start every rack's router: BIRD in odd racks, FRR in even ones; each peers over
+    /// eBGP with its rack's nodes (AS [`node_asn`]) and with the other routers over the
+    /// core (AS [`rack_asn`]), announces its rack segment, and programs its kernel.
+    /// Routers keep a restarting node's routes (graceful restart).
+    pub fn start_rack_routers(&mut self) -> Result<Vec<RackRouter>> {
+        let racks = self.state.racks.clone();
+        let mut out = Vec::new();
+        for r in &racks {
+            let mut neighbors: Vec<crate::routers::Neighbor> = (0..self.state.nodes.len())
+                .filter(|n| self.rack_of(*n) == Some(r.index))
+                .map(|n| (self.state.nodes[n].addr, node_asn(n)))
+                .collect();
+            neighbors.extend(
+                racks
+                    .iter()
+                    .filter(|o| o.index != r.index)
+                    .map(|o| (o.core_addr, rack_asn(o.index))),
+            );
+            let tag = format!("r{}", r.index);
+            let router = crate::routers::Router {
+                netns: &r.router,
+                tag: &tag,
+                asn: rack_asn(r.index),
+                id: r.core_addr,
+                neighbors: &neighbors,
+            };
+            out.push(if r.index % 2 == 0 {
+                RackRouter::Frr(crate::routers::start_frr(self, &router)?)
+            } else {
+                RackRouter::Bird(crate::routers::start_bird(
+                    self,
+                    &router,
+                    &["rack"],
+                    "graceful restart on;",
+                )?)
+            });
+        }
+        Ok(out)
+    }
+
+    /// The cluster objects of a routed lab on BGP: each Node with its `rack` label
+    /// (`r1`, ...) and own AS, a BGPPeer per rack to its router, the node mesh off.
+    pub fn routed_bgp_manifest(&self) -> String {
+        let mut m = String::new();
+        for (i, n) in self.state.nodes.iter().enumerate() {
+            let Some(rack) = self.rack_of(i) else {
+                continue;
+            };
+            m.push_str(&format!(
+                "---\napiVersion: trellis/v1\nkind: Node\nmetadata: {{name: {}, labels: {{rack: r{rack}}}}}\n\
+                 spec: {{address: {}, bgp: {{asNumber: {}}}}}\n",
+                n.name,
+                n.addr,
+                node_asn(i)
+            ));
+        }
+        for r in &self.state.racks {
+            m.push_str(&format!(
+                "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: rack{k}-tor}}\n\
+                 spec: {{nodeSelector: rack == 'r{k}', peerIP: '{}', asNumber: {}}}\n",
+                r.gateway,
+                rack_asn(r.index),
+                k = r.index
+            ));
+        }
+        m.push_str(
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\n\
+             spec: {nodeToNodeMeshEnabled: false}\n",
+        );
+        m
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use trellis_api::objects::{AnyObject, Endpoint};
 use trellis_lab::cluster::{network_manifest, Timing};
+use trellis_lab::routed::RackRouter;
 use trellis_lab::Lab;
 
 #[derive(clap::Subcommand, Debug)]
@@ -16,9 +17,16 @@ pub enum LabCmd {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// The Network's backend: vxlan, host-gw, hybrid, udp or l2.
-        #[arg(long, default_value = "vxlan")]
-        backend: String,
+        /// The Network's backend: vxlan (default), host-gw, hybrid, udp, l2 or bgp
+        /// (bgp with --racks).
+        #[arg(long)]
+        backend: Option<String>,
+        /// A routed underlay instead of one segment: nodes per rack (`2,2`), each rack
+        /// an L2 segment behind its own top-of-rack router (BIRD in odd racks, FRR in
+        /// even ones) that peers over eBGP with its nodes and the other routers; the
+        /// Network on bgp, each node its own AS, no node mesh. Replaces --nodes.
+        #[arg(long, value_delimiter = ',')]
+        racks: Vec<usize>,
         /// Pods per node.
         #[arg(long, default_value_t = 2)]
         pods: usize,
@@ -76,9 +84,10 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
         LabCmd::Up {
             nodes,
             backend,
+            racks,
             pods,
             name,
-        } => up(nodes, &backend, pods, &name),
+        } => up(nodes, backend.as_deref(), &racks, pods, &name),
         LabCmd::Down { name, all } => {
             let names = if all {
                 trellis_lab::list_persistent()
@@ -161,18 +170,55 @@ fn print_status(lab: &Lab) {
     }
 }
 
-fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<ExitCode> {
-    if !["vxlan", "host-gw", "hybrid", "udp", "l2"].contains(&backend) {
-        bail!("--backend {backend:?}: expected vxlan, host-gw, hybrid, udp or l2");
+fn up(
+    nodes: usize,
+    backend: Option<&str>,
+    racks: &[usize],
+    pods: usize,
+    name: &str,
+) -> anyhow::Result<ExitCode> {
+    let routed = !racks.is_empty();
+    let backend = match (backend, routed) {
+        (None, false) => "vxlan",
+        (None, true) | (Some("bgp"), true) => "bgp",
+        (Some(b), true) => bail!("--racks routes the pods with BGP: --backend {b:?} does not go with it (leave --backend out)"),
+        (Some(b), false) => b,
+    };
+    if !["vxlan", "host-gw", "hybrid", "udp", "l2", "bgp"].contains(&backend) {
+        bail!("--backend {backend:?}: expected vxlan, host-gw, hybrid, udp, l2 or bgp");
+    }
+    if routed {
+        for (tool, package) in [("bird", "bird2"), ("/usr/lib/frr/bgpd", "frr")] {
+            let found = tool.starts_with('/') && Path::new(tool).exists()
+                || std::env::var("PATH")
+                    .unwrap_or_default()
+                    .split(':')
+                    .any(|d| Path::new(d).join(tool).exists());
+            if !found {
+                bail!("--racks runs BIRD and FRR as top-of-rack routers: {tool} is missing (apt-get install {package})");
+            }
+        }
     }
     let trellis = std::env::current_exe()?;
     let plugin = sibling("trellis-cni")?;
-    let mut lab = Lab::new_persistent(name, nodes)?;
+    let mut lab = if routed {
+        Lab::new_persistent_routed(name, racks)?
+    } else {
+        Lab::new_persistent(name, nodes)?
+    };
+    let nodes = lab.state.nodes.len();
+    let mut routers = Vec::new();
     // Until the lab is complete, a failure tears it down; persist() at the end.
     let timing = Timing::default();
     let res = (|| -> anyhow::Result<()> {
+        if routed {
+            routers = lab.start_rack_routers()?;
+        }
         lab.start_server(&trellis, &timing)?;
         lab.apply(&trellis, &network_manifest("default", backend))?;
+        if routed {
+            lab.apply(&trellis, &lab.routed_bgp_manifest())?;
+        }
         for n in 0..nodes {
             lab.start_cluster_agent(&trellis, n, "default", &timing)?;
         }
@@ -249,7 +295,8 @@ fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<Ex
     println!("Where to look:");
     println!("  {me} lab exec {name} u -- {me} get nodes -o wide      # the cluster, from the lab's server");
     println!("  {me} lab exec {name} u -- {me} get endpoints -A        # one Endpoint per pod");
-    println!("  {me} lab exec {name} n1 -- ip route                    # routes to the other nodes' pods (proto 116)");
+    let proto = if backend == "bgp" { 119 } else { 116 };
+    println!("  {me} lab exec {name} n1 -- ip route                    # routes to the other nodes' pods (proto {proto})");
     println!("  {me} lab exec {name} n1 -- bridge fdb show | grep dst  # vxlan peers");
     println!("  {me} lab exec {name} u -- {me} get services -o wide    # the demo Service");
     println!("  {me} lab exec {name} n1 -- nft list ruleset            # its nftables (tables trellis-svc*)");
@@ -271,6 +318,27 @@ fn up(nodes: usize, backend: &str, pods: usize, name: &str) -> anyhow::Result<Ex
         "  {me} lab exec {name} n1-p1 -- ping {}",
         targets.last().map(|t| t.1.to_string()).unwrap_or_default()
     );
+    for (k, r) in routers.iter().enumerate() {
+        match r {
+            RackRouter::Bird(sock) => println!(
+                "  {me} lab exec {name} r{} -- birdc -s {} show route   # rack {}'s router (BIRD)",
+                k + 1,
+                sock.display(),
+                k + 1
+            ),
+            RackRouter::Frr(dir) => println!(
+                "  {me} lab exec {name} r{} -- vtysh --vty_socket {} -c 'show ip bgp'   # rack {}'s router (FRR)",
+                k + 1,
+                dir.display(),
+                k + 1
+            ),
+        }
+    }
+    if backend == "bgp" {
+        println!(
+            "  {me} lab exec {name} u -- {me} bgp status             # every node's BGP sessions"
+        );
+    }
     println!(
         "  less {}/agent-n1.log {}/server.log",
         lab.dir().display(),

@@ -10,9 +10,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::cluster::{add_pod_with, assert_mesh, cluster_lab, serve_node};
-use common::{pid_of, require, routers, trellis};
+use common::{pid_of, require, trellis};
 use trellis_lab::cluster::{network_manifest, Timing};
-use trellis_lab::{wait_for, Lab};
+use trellis_lab::routed::RackRouter;
+use trellis_lab::{routers, wait_for, Lab};
 
 /// The BGP sessions node `n` has established, as peer addresses.
 fn sessions(lab: &Lab, n: usize) -> Vec<String> {
@@ -209,70 +210,26 @@ fn top_of_rack_routers_bird_and_frr_carry_pods_across_racks() {
     let t = trellis();
     let timing = Timing::default();
     let mut lab = Lab::new_routed(&[2, 2]).unwrap();
-    let racks = lab.state.racks.clone();
-    let node_as = |n: usize| 65101 + n as u32;
     let in_rack = |lab: &Lab, r: usize| -> Vec<(usize, Ipv4Addr)> {
-        let prefix = format!("{}.", racks[r].prefix);
-        lab.state
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.addr.to_string().starts_with(&prefix))
-            .map(|(i, n)| (i, n.addr))
+        (0..lab.state.nodes.len())
+            .filter(|n| lab.rack_of(*n) == Some(r))
+            .map(|n| (n, lab.state.nodes[n].addr))
             .collect()
     };
-    let (r1_nodes, r2_nodes) = (in_rack(&lab, 0), in_rack(&lab, 1));
-    let mut r1_peers: Vec<(Ipv4Addr, u32)> =
-        r1_nodes.iter().map(|(i, a)| (*a, node_as(*i))).collect();
-    r1_peers.push((racks[1].core_addr, 65002));
-    let mut r2_peers: Vec<(Ipv4Addr, u32)> =
-        r2_nodes.iter().map(|(i, a)| (*a, node_as(*i))).collect();
-    r2_peers.push((racks[0].core_addr, 65001));
-    let (r1, r2) = (racks[0].router.clone(), racks[1].router.clone());
-    let bird = routers::start_bird(
-        &mut lab,
-        &routers::Router {
-            netns: &r1,
-            tag: "r1",
-            asn: 65001,
-            id: racks[0].core_addr,
-            neighbors: &r1_peers,
-        },
-        &["rack"],
-        "graceful restart on;",
-    );
-    let frr = routers::start_frr(
-        &mut lab,
-        &routers::Router {
-            netns: &r2,
-            tag: "r2",
-            asn: 65002,
-            id: racks[1].core_addr,
-            neighbors: &r2_peers,
-        },
-    );
+    let (r1_nodes, r2_nodes) = (in_rack(&lab, 1), in_rack(&lab, 2));
+    // Rack 1: BIRD; rack 2: FRR; eBGP with their nodes and with each other.
+    let routers = lab.start_rack_routers().unwrap();
+    let (bird, frr) = match &routers[..] {
+        [RackRouter::Bird(b), f @ RackRouter::Frr(_)] => (b.clone(), f.clone()),
+        other => panic!("expected BIRD then FRR: {other:?}"),
+    };
     // The cluster: Nodes declared first (rack label, own AS), then the agents.
     lab.start_server(&t, &timing).unwrap();
-    let mut manifest = network_manifest("default", "bgp");
-    for (r, nodes) in [(1, &r1_nodes), (2, &r2_nodes)] {
-        for (i, addr) in nodes.iter() {
-            manifest.push_str(&format!(
-                "---\napiVersion: trellis/v1\nkind: Node\nmetadata: {{name: n{}, labels: {{rack: r{r}}}}}\n\
-                 spec: {{address: {addr}, bgp: {{asNumber: {}}}}}\n",
-                i + 1,
-                node_as(*i)
-            ));
-        }
-        manifest.push_str(&format!(
-            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: rack{r}-tor}}\n\
-             spec: {{nodeSelector: rack == 'r{r}', peerIP: '{}', asNumber: {}}}\n",
-            racks[r - 1].gateway,
-            65000 + r
-        ));
-    }
-    manifest.push_str(
-        "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\n\
-         spec:\n  nodeToNodeMeshEnabled: false\n  serviceExternalIPs: [{cidr: 198.51.100.0/24}]\n",
+    let manifest = format!(
+        "{}{}---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {{name: default}}\n\
+         spec:\n  nodeToNodeMeshEnabled: false\n  serviceExternalIPs: [{{cidr: 198.51.100.0/24}}]\n",
+        network_manifest("default", "bgp"),
+        lab.routed_bgp_manifest()
     );
     lab.apply(&t, &manifest).unwrap();
     for n in 0..lab.state.nodes.len() {
@@ -299,7 +256,7 @@ fn top_of_rack_routers_bird_and_frr_carry_pods_across_racks() {
             .collect()
     };
     let subnets = subnets(&lab);
-    let bird_routes = routers::birdc(&bird, &["show", "route"]);
+    let bird_routes = RackRouter::Bird(bird.clone()).routes();
     for (i, _) in &r2_nodes {
         assert!(
             bird_routes.contains(&subnets[*i]),
@@ -307,7 +264,7 @@ fn top_of_rack_routers_bird_and_frr_carry_pods_across_racks() {
             subnets[*i]
         );
     }
-    let frr_routes = routers::vtysh(&frr, "show ip bgp");
+    let frr_routes = frr.routes();
     for (i, _) in &r1_nodes {
         assert!(
             frr_routes.contains(&subnets[*i]),
@@ -417,7 +374,8 @@ fn a_gobgp_reflector_serves_the_nodes() {
         rr.addr,
         Ipv4Addr::new(244, 0, 0, 9),
         &clients,
-    );
+    )
+    .unwrap();
     lab.start_server(&t, &timing).unwrap();
     let manifest = format!(
         "{}---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {{name: default}}\n\

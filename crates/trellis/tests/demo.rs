@@ -400,3 +400,61 @@ fn lab_tenants_side_by_side() {
     assert!(!mounts.contains(&name), "mounts left:\n{mounts}");
     drop(guard);
 }
+
+/// `lab up --racks 2,2`: two racks joined only by BIRD and FRR top-of-rack routers, a
+/// full reachability matrix over bgp, every demo request answered, each node's session
+/// with its rack's router established (`trellis bgp status`), the routers reachable
+/// with `lab exec r1`; `lab down` removes the routers' namespaces too.
+#[test]
+fn lab_up_racks_routes_pods_through_bird_and_frr() {
+    require(&[
+        "ip", "nft", "ping", "busybox", "bridge", "bird", "birdc", "vtysh",
+    ]);
+    sweep_stale();
+    let name = format!("tdemo{}xracks", std::process::id());
+    let guard = Down(name.clone());
+    let up = lab_cmd(&["up", "--racks", "2,2", "--pods", "1", "--name", &name]);
+    let out = text(&up);
+    assert!(up.status.success(), "lab up --racks failed:\n{out}");
+    assert!(out.contains("reachability over bgp"), "{out}");
+    let rows: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("reachability"))
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(rows.len(), 8, "{out}");
+    for r in &rows {
+        assert_eq!(r.matches(" ok").count(), 8, "row {r:?}:\n{out}");
+    }
+    assert!(
+        !out.contains("failed") && !out.contains("not programmed"),
+        "{out}"
+    );
+    // Underlay, two routers, four nodes, four pods.
+    assert_eq!(namespaces_of(&name).len(), 1 + 2 + 4 + 4, "{out}");
+    let t = trellis().display().to_string();
+    let status = text(&lab_cmd(&["exec", &name, "u", "--", &t, "bgp", "status"]));
+    let established: Vec<&str> = status
+        .lines()
+        .filter(|l| l.contains("Established"))
+        .collect();
+    assert_eq!(established.len(), 4, "{status}");
+    assert!(
+        status.contains("192.168.91.1") && status.contains("192.168.92.1"),
+        "{status}"
+    );
+    let sock = format!("{}/{name}/bird-r1/bird.ctl", trellis_lab::STATE_ROOT);
+    let bird = text(&lab_cmd(&[
+        "exec", &name, "r1", "--", "birdc", "-s", &sock, "show", "route",
+    ]));
+    assert!(bird.contains("10.244."), "{bird}");
+    let down = lab_cmd(&["down", &name]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(
+        namespaces_of(&name).is_empty(),
+        "left behind: {:?}",
+        namespaces_of(&name)
+    );
+    drop(guard);
+}

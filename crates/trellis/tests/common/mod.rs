@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
-pub mod routers;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,17 +1,27 @@
-//! Real BGP routers in lab namespaces, started by the tests: BIRD 2, FRR (zebra and
-//! bgpd) and GoBGP, each with its files in the lab's directory and stopped with it.
+//! Real BGP routers in lab namespaces, for tests and `trellis lab up --racks`: BIRD 2,
+//! FRR (zebra and bgpd) and GoBGP, each with its files in the lab's directory and
+//! stopped (by PID) with the lab.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use trellis_lab::{wait_for, Lab};
+use crate::{wait_for, Lab, LabError, Result};
+
+fn write(path: &std::path::Path, body: impl AsRef<[u8]>) -> Result<()> {
+    std::fs::write(path, body).map_err(|e| LabError::Io(format!("{}: {e}", path.display())))
+}
+
+fn mkdir(path: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| LabError::Io(format!("{}: {e}", path.display())))
+}
 
 /// A neighbour of a router: its address and AS.
 pub type Neighbor = (Ipv4Addr, u32);
 
 /// One router: where it runs and whom it peers with.
+#[derive(Debug, Clone, Copy)]
 pub struct Router<'a> {
     /// Its namespace.
     pub netns: &'a str,
@@ -28,7 +38,7 @@ pub struct Router<'a> {
 /// Start BIRD as router `r`, exporting its connected networks (`interfaces`) and every
 /// route it learns, and programming its kernel. `extra` goes inside each BGP protocol
 /// (`graceful restart on;`, `bfd;`, ...). Returns the control socket.
-pub fn start_bird(lab: &mut Lab, r: &Router, interfaces: &[&str], extra: &str) -> PathBuf {
+pub fn start_bird(lab: &mut Lab, r: &Router, interfaces: &[&str], extra: &str) -> Result<PathBuf> {
     let Router {
         netns,
         tag,
@@ -37,7 +47,7 @@ pub fn start_bird(lab: &mut Lab, r: &Router, interfaces: &[&str], extra: &str) -
         neighbors,
     } = *r;
     let dir = lab.dir().join(format!("bird-{tag}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    mkdir(&dir)?;
     let mut conf = format!(
         "log \"{}\" all;\nrouter id {id};\nprotocol device {{}}\n\
          protocol direct {{ ipv4; interface {}; }}\n\
@@ -60,33 +70,34 @@ pub fn start_bird(lab: &mut Lab, r: &Router, interfaces: &[&str], extra: &str) -
         ));
     }
     let file = dir.join("bird.conf");
-    std::fs::write(&file, conf).unwrap();
+    write(&file, conf)?;
     let sock = dir.join("bird.ctl");
     let mut c = Command::new("bird");
     c.args(["-f", "-c"]).arg(&file).arg("-s").arg(&sock);
-    lab.spawn(netns, &format!("bird {tag}"), c).unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || sock.exists()),
-        "BIRD {tag} did not start: {}",
-        std::fs::read_to_string(dir.join("bird.log")).unwrap_or_default()
-    );
-    sock
+    lab.spawn(netns, &format!("bird {tag}"), c)?;
+    if !wait_for(Duration::from_secs(5), || sock.exists()) {
+        return Err(LabError::Io(format!(
+            "BIRD {tag} did not start: {}",
+            std::fs::read_to_string(dir.join("bird.log")).unwrap_or_default()
+        )));
+    }
+    Ok(sock)
 }
 
 /// `birdc` on BIRD's socket.
 pub fn birdc(sock: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("birdc")
+    Command::new("birdc")
         .arg("-s")
         .arg(sock)
         .args(args)
         .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// Start FRR (zebra, then bgpd) as router `r` (eBGP without policies), redistributing
 /// its connected networks. Returns the directory of its vty sockets, for [`vtysh`].
-pub fn start_frr(lab: &mut Lab, r: &Router) -> PathBuf {
+pub fn start_frr(lab: &mut Lab, r: &Router) -> Result<PathBuf> {
     let Router {
         netns,
         tag,
@@ -95,12 +106,7 @@ pub fn start_frr(lab: &mut Lab, r: &Router) -> PathBuf {
         neighbors,
     } = *r;
     let dir = lab.dir().join(format!("frr-{tag}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    // FRR drops its privileges to user frr: its directory must be theirs to write.
-    let _ = Command::new("chown")
-        .args(["-R", "frr:frr"])
-        .arg(&dir)
-        .status();
+    mkdir(&dir)?;
     let mut bgpd = format!(
         "hostname {tag}\nlog file {}\n!\nrouter bgp {asn}\n bgp router-id {id}\n \
          no bgp ebgp-requires-policy\n bgp graceful-restart\n",
@@ -119,8 +125,13 @@ pub fn start_frr(lab: &mut Lab, r: &Router) -> PathBuf {
         "hostname {tag}\nlog file {}\n!\n",
         dir.join("zebra.log").display()
     );
-    std::fs::write(dir.join("bgpd.conf"), bgpd).unwrap();
-    std::fs::write(dir.join("zebra.conf"), zebra).unwrap();
+    write(&dir.join("bgpd.conf"), bgpd)?;
+    write(&dir.join("zebra.conf"), zebra)?;
+    // FRR drops its privileges to user frr: its files must be theirs.
+    let _ = Command::new("chown")
+        .args(["-R", "frr:frr"])
+        .arg(&dir)
+        .status();
     let zserv = dir.join("zserv.api");
     let common = |c: &mut Command, name: &str| {
         c.arg("-f")
@@ -135,28 +146,29 @@ pub fn start_frr(lab: &mut Lab, r: &Router) -> PathBuf {
     };
     let mut z = Command::new("/usr/lib/frr/zebra");
     common(&mut z, "zebra");
-    lab.spawn(netns, &format!("zebra {tag}"), z).unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || zserv.exists()),
-        "zebra {tag} did not start: {}",
-        std::fs::read_to_string(dir.join("zebra.log")).unwrap_or_default()
-    );
+    lab.spawn(netns, &format!("zebra {tag}"), z)?;
+    if !wait_for(Duration::from_secs(5), || zserv.exists()) {
+        return Err(LabError::Io(format!(
+            "zebra {tag} did not start: {}",
+            std::fs::read_to_string(dir.join("zebra.log")).unwrap_or_default()
+        )));
+    }
     let mut b = Command::new("/usr/lib/frr/bgpd");
     common(&mut b, "bgpd");
     b.args(["-p", "179"]);
-    lab.spawn(netns, &format!("bgpd {tag}"), b).unwrap();
-    dir
+    lab.spawn(netns, &format!("bgpd {tag}"), b)?;
+    Ok(dir)
 }
 
 /// `vtysh -c CMD` against the FRR whose vty sockets are in `dir`.
 pub fn vtysh(dir: &std::path::Path, cmd: &str) -> String {
-    let out = Command::new("vtysh")
+    Command::new("vtysh")
         .arg("--vty_socket")
         .arg(dir)
         .args(["-c", cmd])
         .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// Start GoBGP in `netns` as a route reflector (cluster `cluster_id`) of AS `asn` for
@@ -168,9 +180,9 @@ pub fn start_gobgp_reflector(
     id: Ipv4Addr,
     cluster_id: Ipv4Addr,
     clients: &[Ipv4Addr],
-) -> u16 {
+) -> Result<u16> {
     let dir = lab.dir().join("gobgp");
-    std::fs::create_dir_all(&dir).unwrap();
+    mkdir(&dir)?;
     let mut conf = format!("[global.config]\n  as = {asn}\n  router-id = \"{id}\"\n  port = 179\n");
     for c in clients {
         conf.push_str(&format!(
@@ -183,7 +195,7 @@ pub fn start_gobgp_reflector(
         ));
     }
     let file = dir.join("gobgpd.toml");
-    std::fs::write(&file, conf).unwrap();
+    write(&file, conf)?;
     let api = 50051;
     let mut c = Command::new("gobgpd");
     c.arg("-f").arg(&file).args([
@@ -193,8 +205,8 @@ pub fn start_gobgp_reflector(
         "--api-hosts",
         &format!("127.0.0.1:{api}"),
     ]);
-    lab.spawn(netns, "gobgpd", c).unwrap();
-    api
+    lab.spawn(netns, "gobgpd", c)?;
+    Ok(api)
 }
 
 /// `gobgp ARGS` against the GoBGP in `netns` (its API on loopback there).
@@ -203,6 +215,7 @@ pub fn gobgp(lab: &Lab, netns: &str, api: u16, args: &[&str]) -> String {
     let port = api.to_string();
     argv.push(&port);
     argv.extend_from_slice(args);
-    let out = lab.exec_any(netns, &argv).unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    lab.exec_any(netns, &argv)
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
