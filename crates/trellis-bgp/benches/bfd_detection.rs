@@ -16,7 +16,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::frozen_peer::{require, time_to_withdraw};
+use common::bird::require;
+use common::frozen_peer::time_to_withdraw;
 
 fn pct(v: &[Duration], p: f64) -> Duration {
     let mut s = v.to_vec();

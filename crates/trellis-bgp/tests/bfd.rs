@@ -7,7 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::frozen_peer::{require, time_to_withdraw};
+use common::bird::require;
+use common::frozen_peer::time_to_withdraw;
 
 #[test]
 fn bfd_tells_a_frozen_peer_within_a_second() {

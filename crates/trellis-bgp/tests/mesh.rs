@@ -44,15 +44,7 @@ fn a_full_mesh_survives_a_restart_and_forgets_a_removed_peer() {
             )
         })
         .collect();
-    let routes = |n: usize| {
-        let out = lab
-            .exec(
-                &lab.state.nodes[n].netns,
-                &["ip", "route", "show", "proto", "119"],
-            )
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let routes = |n: usize| lab.routes_of_proto(&lab.state.nodes[n].netns, 119);
     let expect = |n: usize, of: &[usize]| -> Vec<String> {
         of.iter()
             .filter(|m| **m != n)

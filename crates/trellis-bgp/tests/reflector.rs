@@ -53,15 +53,7 @@ fn two_reflectors_carry_their_clients_routes() {
     let mut running: Vec<_> = (0..4)
         .map(|n| speaker_in(&lab.state.nodes[n].netns, cfg(n), prefix(n), peers(n)))
         .collect();
-    let routes = |n: usize| {
-        let out = lab
-            .exec(
-                &lab.state.nodes[n].netns,
-                &["ip", "route", "show", "proto", "119"],
-            )
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let routes = |n: usize| lab.routes_of_proto(&lab.state.nodes[n].netns, 119);
     let wait = |what: &str, ok: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !ok() {

@@ -430,6 +430,13 @@ impl Lab {
         run(&mut c)
     }
 
+    /// `ip route show proto PROTO` inside `netns`, as text (empty when it fails).
+    pub fn routes_of_proto(&self, netns: &str, proto: u8) -> String {
+        self.exec_any(netns, &["ip", "route", "show", "proto", &proto.to_string()])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
     /// Run a command inside `netns` and return its output whatever the exit status.
     pub fn exec_any(&self, netns: &str, argv: &[&str]) -> Result<Output> {
         let mut c = self.command(netns, argv[0]);

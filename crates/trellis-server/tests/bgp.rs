@@ -8,16 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use trellis_client::{Client, ClientError};
-
-fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
-    match r {
-        Err(ClientError::Api {
-            status, message, ..
-        }) => (status, message),
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
+use trellis_client::Client;
 
 fn peer(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",

@@ -6,16 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use trellis_client::{Client, ClientError};
-
-fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
-    match r {
-        Err(ClientError::Api {
-            status, message, ..
-        }) => (status, message),
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
+use trellis_client::Client;
 
 fn tenant(name: &str, service_cidr: Option<&str>) -> Value {
     let mut t = json!({"apiVersion": "trellis/v1", "kind": "Tenant", "metadata": {"name": name}});

@@ -39,13 +39,7 @@ fn sessions(lab: &Lab, n: usize) -> Vec<String> {
 }
 
 fn bgp_routes(lab: &Lab, n: usize) -> String {
-    let out = lab
-        .exec(
-            &lab.state.nodes[n].netns,
-            &["ip", "route", "show", "proto", "119"],
-        )
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    lab.routes_of_proto(&lab.state.nodes[n].netns, 119)
 }
 
 /// A UDP stream of `secs` seconds at 20 Mbit/s from pod `from` to pod `to`; returns

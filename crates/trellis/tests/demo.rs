@@ -26,6 +26,15 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The rows of the reachability matrix `lab up` prints.
+fn matrix_rows(out: &str) -> Vec<&str> {
+    out.lines()
+        .skip_while(|l| !l.starts_with("reachability"))
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty())
+        .collect()
+}
+
 /// Removes the lab however the test ends.
 struct Down(String);
 
@@ -96,12 +105,7 @@ fn up_and_down(backend: &str, nodes: usize, pods: usize) {
         "{out}"
     );
     // nodes + nodes*pods sources, each row all "ok".
-    let rows: Vec<&str> = out
-        .lines()
-        .skip_while(|l| !l.starts_with("reachability"))
-        .skip(2)
-        .take_while(|l| !l.trim().is_empty())
-        .collect();
+    let rows = matrix_rows(&out);
     let targets = nodes + nodes * pods;
     assert_eq!(rows.len(), targets, "{out}");
     for r in &rows {
@@ -417,12 +421,7 @@ fn lab_up_racks_routes_pods_through_bird_and_frr() {
     let out = text(&up);
     assert!(up.status.success(), "lab up --racks failed:\n{out}");
     assert!(out.contains("reachability over bgp"), "{out}");
-    let rows: Vec<&str> = out
-        .lines()
-        .skip_while(|l| !l.starts_with("reachability"))
-        .skip(2)
-        .take_while(|l| !l.trim().is_empty())
-        .collect();
+    let rows = matrix_rows(&out);
     assert_eq!(rows.len(), 8, "{out}");
     for r in &rows {
         assert_eq!(r.matches(" ok").count(), 8, "row {r:?}:\n{out}");

@@ -1,6 +1,7 @@
 //! Helpers of the speaker's lab tests (each test file uses some of them).
 #![allow(dead_code)]
 
+pub mod bird;
 pub mod frozen_peer;
 
 use std::future::Future;

@@ -107,3 +107,13 @@ pub fn endpoint(name: &str, node: &str, ip: &str) -> Value {
     json!({"apiVersion": "trellis/v1", "kind": "Endpoint", "metadata": {"name": name, "namespace": "default"},
         "spec": {"containerId": format!("c-{name}"), "ifname": "eth0", "network": "pods", "node": node, "ip": ip}})
 }
+
+/// The status and message of a request that must fail with an API error.
+pub fn refused<T: std::fmt::Debug>(r: Result<T, trellis_client::ClientError>) -> (u16, String) {
+    match r {
+        Err(trellis_client::ClientError::Api {
+            status, message, ..
+        }) => (status, message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
