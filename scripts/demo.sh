@@ -1,6 +1,6 @@
 #!/bin/sh
 # Build Trellis and bring up the demo lab (see README): a server and NODES agents in
-# cluster mode on BACKEND (vxlan, host-gw, hybrid, udp, l2), PODS pods per node, the
+# cluster mode on BACKEND (vxlan, host-gw, hybrid, udp, l2, bgp), PODS pods per node, the
 # reachability matrix, and where to look. `./target/release/trellis lab down demo` removes it.
 set -eu
 export DEBIAN_FRONTEND=noninteractive
