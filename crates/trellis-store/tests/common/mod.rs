@@ -358,14 +358,31 @@ pub async fn member_client(endpoint: &str) -> Option<Client> {
 }
 
 /// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
+/// `n` distinct ports free now, below the kernel's ephemeral range: a port etcd will bind
+/// a moment later must not be handed meanwhile to some outgoing connection (a port from
+/// `bind(0)` is in that range, and was: "bind: address already in use").
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address").port())
-        .collect()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_001));
+    let mut seed = std::process::id() as u64
+        ^ SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut out = Vec::new();
+    while out.len() < n {
+        // xorshift: a different sequence per run and per call.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = from + (seed % u64::from(to - from)) as u16;
+        if !out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    out
 }
 
 /// Whether `pid` runs (exists and is not a zombie), from `/proc/<pid>/stat`.
