@@ -271,7 +271,7 @@ async fn load(clients: usize, per: usize) -> Vec<Option<Duration>> {
                         RouteEvent::Learned { prefix, .. } => {
                             have.insert(prefix);
                         }
-                        RouteEvent::Withdrawn(p) => {
+                        RouteEvent::Withdrawn(p, _) => {
                             have.remove(&p);
                         }
                         _ => {}

@@ -157,6 +157,22 @@ impl Attrs {
     }
 }
 
+/// A prefix and its path identifier (RFC 7911 add-path; 0 on a session without it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PathKey {
+    /// The prefix.
+    pub prefix: Ipv4Net,
+    /// The path identifier.
+    pub path_id: u32,
+}
+
+impl PathKey {
+    /// `prefix` without a path identifier.
+    pub fn plain(prefix: Ipv4Net) -> Self {
+        Self { prefix, path_id: 0 }
+    }
+}
+
 /// What one received UPDATE says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
@@ -166,9 +182,9 @@ pub enum Update {
     Routes {
         /// Withdrawn prefixes (including, under RFC 7606's treat-as-withdraw, the
         /// announced ones of a malformed UPDATE).
-        withdrawn: Vec<Ipv4Net>,
+        withdrawn: Vec<PathKey>,
         /// Announced prefixes, with their attributes.
-        announced: Vec<Ipv4Net>,
+        announced: Vec<PathKey>,
         /// The attributes of `announced` (present when it is not empty).
         attrs: Option<Attrs>,
         /// Why announced prefixes were treated as withdrawn, if they were.
@@ -183,12 +199,22 @@ pub fn read_update(u: &BgpUpdateMessage, attr_errors: &[String]) -> Update {
     if u.end_of_rib().is_some() {
         return Update::EndOfRib;
     }
-    let mut withdrawn: Vec<Ipv4Net> = u
+    let mut withdrawn: Vec<PathKey> = u
         .withdraw_routes()
         .iter()
-        .map(|w| w.network().address())
+        .map(|w| PathKey {
+            prefix: w.network().address(),
+            path_id: w.path_id().unwrap_or(0),
+        })
         .collect();
-    let announced: Vec<Ipv4Net> = u.nlri().iter().map(|n| n.network().address()).collect();
+    let announced: Vec<PathKey> = u
+        .nlri()
+        .iter()
+        .map(|n| PathKey {
+            prefix: n.network().address(),
+            path_id: n.path_id().unwrap_or(0),
+        })
+        .collect();
     if announced.is_empty() {
         return Update::Routes {
             withdrawn,
@@ -273,30 +299,32 @@ pub fn read_update(u: &BgpUpdateMessage, attr_errors: &[String]) -> Update {
 }
 
 /// The UPDATEs that announce `routes` (grouped by equal attributes) and withdraw
-/// `withdrawn`.
+/// `withdrawn`; with `add_path`, every prefix carries its path identifier (RFC 7911).
 pub fn updates<'a>(
-    withdrawn: &[Ipv4Net],
-    routes: impl IntoIterator<Item = (&'a Ipv4Net, &'a Attrs)>,
+    withdrawn: &[PathKey],
+    routes: impl IntoIterator<Item = (&'a PathKey, &'a Attrs)>,
+    add_path: bool,
 ) -> Vec<BgpMessage> {
+    let nlri = |k: &PathKey| unicast(k.prefix, add_path.then_some(k.path_id));
     let mut out = Vec::new();
     for chunk in withdrawn.chunks(PREFIXES_PER_UPDATE) {
         out.push(BgpMessage::Update(BgpUpdateMessage::new(
-            chunk.iter().filter_map(|p| unicast(*p)).collect::<Vec<_>>(),
+            chunk.iter().filter_map(nlri).collect::<Vec<_>>(),
             vec![],
             vec![],
         )));
     }
-    let mut groups: std::collections::BTreeMap<&Attrs, Vec<Ipv4Net>> = Default::default();
-    for (p, a) in routes {
-        groups.entry(a).or_default().push(*p);
+    let mut groups: std::collections::BTreeMap<&Attrs, Vec<PathKey>> = Default::default();
+    for (k, a) in routes {
+        groups.entry(a).or_default().push(*k);
     }
-    for (a, prefixes) in groups {
+    for (a, keys) in groups {
         let wire = a.to_wire();
-        for chunk in prefixes.chunks(PREFIXES_PER_UPDATE) {
+        for chunk in keys.chunks(PREFIXES_PER_UPDATE) {
             out.push(BgpMessage::Update(BgpUpdateMessage::new(
                 vec![],
                 wire.clone(),
-                chunk.iter().filter_map(|p| unicast(*p)).collect::<Vec<_>>(),
+                chunk.iter().filter_map(nlri).collect::<Vec<_>>(),
             )));
         }
     }
@@ -308,10 +336,10 @@ pub fn end_of_rib() -> BgpMessage {
     BgpMessage::Update(BgpUpdateMessage::new(vec![], vec![], vec![]))
 }
 
-fn unicast(p: Ipv4Net) -> Option<Ipv4UnicastAddress> {
+fn unicast(p: Ipv4Net, path_id: Option<u32>) -> Option<Ipv4UnicastAddress> {
     Ipv4Unicast::from_net(p.trunc())
         .ok()
-        .map(Ipv4UnicastAddress::new_no_path_id)
+        .map(|n| Ipv4UnicastAddress::new(path_id, n))
 }
 
 #[cfg(test)]
@@ -341,7 +369,9 @@ mod tests {
             "10.244.2.0/24".parse().unwrap(),
             "10.96.0.10/32".parse().unwrap(),
         );
-        let msgs = updates(&[p3], [(&p1, &a), (&p2, &b), (&p3, &a)]);
+        let k = PathKey::plain;
+        let (k1, k2, k3) = (k(p1), k(p2), k(p3));
+        let msgs = updates(&[k3], [(&k1, &a), (&k2, &b), (&k3, &a)], false);
         assert_eq!(msgs.len(), 3, "{msgs:?}");
         let read: Vec<Update> = msgs
             .iter()
@@ -353,7 +383,7 @@ mod tests {
         assert_eq!(
             read[0],
             Update::Routes {
-                withdrawn: vec![p3],
+                withdrawn: vec![k3],
                 announced: vec![],
                 attrs: None,
                 malformed: None
@@ -361,13 +391,13 @@ mod tests {
         );
         assert!(read.contains(&Update::Routes {
             withdrawn: vec![],
-            announced: vec![p1, p3],
+            announced: vec![k1, k3],
             attrs: Some(a.clone()),
             malformed: None
         }));
         assert!(read.contains(&Update::Routes {
             withdrawn: vec![],
-            announced: vec![p2],
+            announced: vec![k2],
             attrs: Some(b),
             malformed: None
         }));
@@ -380,7 +410,8 @@ mod tests {
     #[test]
     fn a_malformed_update_withdraws_what_it_announces() {
         let p: Ipv4Net = "10.244.1.0/24".parse().unwrap();
-        let msgs = updates(&[], [(&p, &full())]);
+        let kp = PathKey::plain(p);
+        let msgs = updates(&[], [(&kp, &full())], false);
         let BgpMessage::Update(u) = &msgs[0] else {
             panic!()
         };
@@ -394,10 +425,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((withdrawn, announced), (vec![p], vec![]));
+        assert_eq!((withdrawn, announced), (vec![kp], vec![]));
         assert!(malformed.unwrap().contains("COMMUNITIES"));
         // A missing mandatory attribute.
-        let bare = BgpUpdateMessage::new(vec![], vec![], vec![unicast(p).unwrap()]);
+        let bare = BgpUpdateMessage::new(vec![], vec![], vec![unicast(p, None).unwrap()]);
         let Update::Routes {
             withdrawn,
             malformed,
@@ -406,7 +437,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(withdrawn, vec![p]);
+        assert_eq!(withdrawn, vec![kp]);
         assert_eq!(
             malformed.as_deref(),
             Some("missing ORIGIN, AS_PATH, NEXT_HOP")

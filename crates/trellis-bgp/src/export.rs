@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
-use crate::attrs::Attrs;
+use crate::attrs::{Attrs, PathKey};
 use crate::policy::Filter;
 use crate::rib::Best;
 
@@ -62,6 +62,17 @@ pub struct Out {
     pub attrs: Arc<Attrs>,
     /// The peer it was learned from (never sent back there); `None` for our own.
     pub from: Option<Ipv4Addr>,
+    /// The other paths as good, as sent, with their peers: for add-path peers (RFC
+    /// 7911), which get every one; others get the best alone.
+    pub more: Vec<(Arc<Attrs>, Ipv4Addr)>,
+}
+
+impl Out {
+    /// The path identifier of the path from `from` (our own: 1): the same for a path
+    /// whatever else changes, so a peer replaces it in place.
+    fn path_id(from: Option<Ipv4Addr>) -> u32 {
+        from.map_or(1, u32::from)
+    }
 }
 
 /// What goes to peers of `class` for one prefix.
@@ -82,6 +93,7 @@ pub fn route_for(
         return Some(Out {
             attrs: Arc::new(a),
             from: None,
+            more: Vec::new(),
         });
     }
     let cluster = me.cluster_id?;
@@ -96,12 +108,21 @@ pub fn route_for(
     if !reflect {
         return None;
     }
-    let mut a = (*b.path.attrs).clone();
-    a.originator_id.get_or_insert(b.peer);
-    a.cluster_list.insert(0, cluster);
+    let reflected = |peer: Ipv4Addr, attrs: &Attrs| {
+        let mut a = attrs.clone();
+        a.originator_id.get_or_insert(peer);
+        a.cluster_list.insert(0, cluster);
+        Arc::new(a)
+    };
     Some(Out {
-        attrs: Arc::new(a),
+        attrs: reflected(b.peer, &b.path.attrs),
         from: Some(b.peer),
+        more: b
+            .equal
+            .iter()
+            .filter(|(_, p)| !p.source.ebgp && (class == Class::Client || p.source.client))
+            .map(|(peer, p)| (reflected(*peer, &p.attrs), *peer))
+            .collect(),
     })
 }
 
@@ -159,37 +180,70 @@ pub struct Eligible {
 }
 
 impl Eligible {
-    fn allows(&self, prefix: Ipv4Net, o: &Out) -> bool {
-        o.from != Some(self.address)
+    fn allows(&self, prefix: Ipv4Net, from: Option<Ipv4Addr>, attrs: &Attrs) -> bool {
+        from != Some(self.address)
             && self
                 .ebgp_asn
-                .is_none_or(|asn| !o.attrs.as_path.contains(&asn))
+                .is_none_or(|asn| !attrs.as_path.contains(&asn))
             && self.filter.accepts(prefix)
+    }
+
+    /// The paths this peer gets of `o`: every allowed one with its identifier when it
+    /// speaks add-path, else the first allowed one (the best, unless the best may not go
+    /// to it) with identifier 0.
+    fn paths(&self, prefix: Ipv4Net, o: &Out, add_path: bool) -> Vec<(u32, Arc<Attrs>)> {
+        let all = std::iter::once((o.from, &o.attrs))
+            .chain(o.more.iter().map(|(a, from)| (Some(*from), a)))
+            .filter(|(from, a)| self.allows(prefix, *from, a));
+        if add_path {
+            all.map(|(from, a)| (Out::path_id(from), a.clone()))
+                .collect()
+        } else {
+            all.take(1).map(|(_, a)| (0, a.clone())).collect()
+        }
     }
 }
 
 /// What one session must send to bring the peer from what it was sent of `old` (the
 /// table of the last version it got; empty at the start) to `new`: the withdrawals and
-/// the announcements. With `only`, just those prefixes are compared. A session keeps no
-/// copy of what it sent: the tables are shared by every session of a class.
+/// the announcements, with path identifiers when the session speaks add-path. With
+/// `only`, just those prefixes are compared. A session keeps no copy of what it sent:
+/// the tables are shared by every session of a class.
 pub fn diff(
     old: &BTreeMap<Ipv4Net, Out>,
     new: &BTreeMap<Ipv4Net, Out>,
     only: Option<&BTreeSet<Ipv4Net>>,
     peer: &Eligible,
-) -> (Vec<Ipv4Net>, Vec<(Ipv4Net, Arc<Attrs>)>) {
-    let seen = |t: &'_ BTreeMap<Ipv4Net, Out>, p: &Ipv4Net| -> Option<Arc<Attrs>> {
+    add_path: bool,
+) -> (Vec<PathKey>, Vec<(PathKey, Arc<Attrs>)>) {
+    let seen = |t: &BTreeMap<Ipv4Net, Out>, p: &Ipv4Net| -> Vec<(u32, Arc<Attrs>)> {
         t.get(p)
-            .filter(|o| peer.allows(*p, o))
-            .map(|o| o.attrs.clone())
+            .map(|o| peer.paths(*p, o, add_path))
+            .unwrap_or_default()
     };
     let mut withdraw = Vec::new();
     let mut announce = Vec::new();
-    let mut one = |p: &Ipv4Net| match (seen(old, p), seen(new, p)) {
-        (Some(s), Some(w)) if s == w => {}
-        (_, Some(w)) => announce.push((*p, w)),
-        (Some(_), None) => withdraw.push(*p),
-        (None, None) => {}
+    let mut one = |p: &Ipv4Net| {
+        let (was, now) = (seen(old, p), seen(new, p));
+        for (id, a) in &now {
+            if !was.iter().any(|(i, w)| i == id && w == a) {
+                announce.push((
+                    PathKey {
+                        prefix: *p,
+                        path_id: *id,
+                    },
+                    a.clone(),
+                ));
+            }
+        }
+        for (id, _) in &was {
+            if !now.iter().any(|(i, _)| i == id) {
+                withdraw.push(PathKey {
+                    prefix: *p,
+                    path_id: *id,
+                });
+            }
+        }
     };
     match only {
         Some(ps) => ps.iter().for_each(&mut one),
@@ -227,6 +281,7 @@ mod tests {
                 stale: false,
             },
             next_hops: vec![peer],
+            equal: vec![],
         }
     }
 
@@ -272,6 +327,62 @@ mod tests {
     }
 
     #[test]
+    fn add_path_peers_get_every_equal_path_others_the_best() {
+        let rr = me(Some([1, 1, 1, 1]));
+        let p: Ipv4Net = "10.96.0.10/32".parse().unwrap();
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 6));
+        let mut two = best([10, 0, 0, 5], true, false);
+        let other = best([10, 0, 0, 6], true, false);
+        two.equal = vec![(b, other.path.clone())];
+        let o = route_for(&rr, Class::Client, None, Some(&two)).unwrap();
+        assert_eq!(o.more.len(), 1);
+        let table = BTreeMap::from([(p, o)]);
+        let client = |addr: [u8; 4]| Eligible {
+            address: Ipv4Addr::from(addr),
+            ebgp_asn: None,
+            filter: Filter::default(),
+        };
+        // An add-path client gets both, each with its own identifier.
+        let (_, got) = diff(&BTreeMap::new(), &table, None, &client([10, 0, 0, 7]), true);
+        let ids: Vec<u32> = got.iter().map(|(k, _)| k.path_id).collect();
+        assert_eq!(ids, vec![u32::from(a), u32::from(b)]);
+        // Without add-path: the best alone; and the originator of the best gets the
+        // other path instead of its own.
+        let (_, got) = diff(
+            &BTreeMap::new(),
+            &table,
+            None,
+            &client([10, 0, 0, 7]),
+            false,
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.path_id, 0);
+        assert_eq!(got[0].1.next_hop, a);
+        let (_, got) = diff(
+            &BTreeMap::new(),
+            &table,
+            None,
+            &client([10, 0, 0, 5]),
+            false,
+        );
+        assert_eq!(got[0].1.next_hop, b);
+        // One of the two goes: an add-path client gets one withdrawal.
+        let one = BTreeMap::from([(
+            p,
+            route_for(&rr, Class::Client, None, Some(&other)).unwrap(),
+        )]);
+        let (w, a2) = diff(&table, &one, None, &client([10, 0, 0, 7]), true);
+        assert_eq!(
+            w,
+            vec![PathKey {
+                prefix: p,
+                path_id: u32::from(a)
+            }]
+        );
+        assert!(a2.is_empty(), "the remaining path is unchanged: {a2:?}");
+    }
+
+    #[test]
     fn sessions_get_only_what_changed_and_never_their_own_routes() {
         let rr = me(Some([1, 1, 1, 1]));
         let (p1, p2): (Ipv4Net, Ipv4Net) = (
@@ -296,14 +407,17 @@ mod tests {
             ebgp_asn: None,
             filter: Filter::default(),
         };
-        let (w, a) = diff(&BTreeMap::new(), &v1.routes, None, &client5);
+        let (w, a) = diff(&BTreeMap::new(), &v1.routes, None, &client5, false);
         assert!(w.is_empty());
-        assert_eq!(a.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![p2]);
+        assert_eq!(
+            a.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![PathKey::plain(p2)]
+        );
         let client6 = Eligible {
             address: Ipv4Addr::new(10, 0, 0, 6),
             ..client5.clone()
         };
-        let (_, a) = diff(&BTreeMap::new(), &v1.routes, None, &client6);
+        let (_, a) = diff(&BTreeMap::new(), &v1.routes, None, &client6, false);
         assert_eq!(a.len(), 2);
         // p1's origin withdraws it: one change, one withdrawal.
         let v2 = v1
@@ -318,8 +432,8 @@ mod tests {
             .unwrap();
         assert_eq!(*v2.changed, BTreeSet::from([p1]));
         assert_eq!(
-            diff(&v1.routes, &v2.routes, Some(&v2.changed), &client6),
-            (vec![p1], vec![])
+            diff(&v1.routes, &v2.routes, Some(&v2.changed), &client6, false),
+            (vec![PathKey::plain(p1)], vec![])
         );
         assert!(v2
             .next(&BTreeSet::from([p2]), |_| v2.routes.get(&p2).cloned())

@@ -54,6 +54,9 @@ pub struct PeerOpen {
     pub route_refresh: bool,
     /// Its graceful-restart capability (RFC 4724): its restart time, if announced.
     pub graceful_restart: Option<u16>,
+    /// Its add-path capability for IPv4 unicast (RFC 7911): (it sends path
+    /// identifiers, it receives them).
+    pub add_path: (bool, bool),
 }
 
 /// What both sides agreed on, once the session is up.
@@ -71,6 +74,10 @@ pub struct Negotiated {
     pub route_refresh: bool,
     /// The peer's graceful-restart time, if it announced the capability.
     pub graceful_restart: Option<u16>,
+    /// Its UPDATEs carry path identifiers (it sends them; we receive them).
+    pub add_path_rx: bool,
+    /// Ours carry them: we may send several paths per prefix.
+    pub add_path_tx: bool,
 }
 
 /// A NOTIFICATION's error code and subcode (RFC 4271 §4.5).
@@ -196,6 +203,9 @@ pub fn accept_open(local: &Local, open: &PeerOpen) -> Result<Negotiated, Notify>
         keepalive: hold_time / 3,
         route_refresh: open.route_refresh,
         graceful_restart: open.graceful_restart,
+        // We announce both directions.
+        add_path_rx: open.add_path.0,
+        add_path_tx: open.add_path.1,
     })
 }
 
@@ -268,6 +278,7 @@ mod tests {
             ipv4_unicast: true,
             route_refresh: true,
             graceful_restart: Some(120),
+            add_path: (false, false),
         }
     }
 

@@ -51,13 +51,16 @@ pub struct Best {
     pub path: Path,
     /// The next hops of every path as good (ECMP), in order.
     pub next_hops: Vec<Ipv4Addr>,
+    /// The other paths as good (ECMP), with their peers: what a reflector passes on
+    /// besides the best to add-path peers.
+    pub equal: Vec<(Ipv4Addr, Path)>,
 }
 
 /// Every peer's routes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rib {
-    /// prefix → peer → path.
-    routes: BTreeMap<Ipv4Net, BTreeMap<Ipv4Addr, Path>>,
+    /// prefix → (peer, path identifier) → path.
+    routes: BTreeMap<Ipv4Net, BTreeMap<(Ipv4Addr, u32), Path>>,
     best: BTreeMap<Ipv4Net, Best>,
     dirty: BTreeSet<Ipv4Net>,
 }
@@ -84,10 +87,14 @@ impl Rib {
     /// End-of-RIB removes the peer's routes still stale; `Up` changes nothing.
     pub fn apply(&mut self, peer: Ipv4Addr, source: Source, keep_stale: bool, e: &RouteEvent) {
         match e {
-            RouteEvent::Learned { prefix, attrs } => {
+            RouteEvent::Learned {
+                prefix,
+                path_id,
+                attrs,
+            } => {
                 let prefix = prefix.trunc();
                 self.routes.entry(prefix).or_default().insert(
-                    peer,
+                    (peer, *path_id),
                     Path {
                         attrs: attrs.clone(),
                         source,
@@ -96,10 +103,10 @@ impl Rib {
                 );
                 self.dirty.insert(prefix);
             }
-            RouteEvent::Withdrawn(prefix) => {
+            RouteEvent::Withdrawn(prefix, path_id) => {
                 let prefix = prefix.trunc();
                 if let Some(m) = self.routes.get_mut(&prefix) {
-                    if m.remove(&peer).is_some() {
+                    if m.remove(&(peer, *path_id)).is_some() {
                         self.dirty.insert(prefix);
                     }
                     if m.is_empty() {
@@ -117,8 +124,9 @@ impl Rib {
     fn remove_where(&mut self, peer: Ipv4Addr, only_stale: bool) {
         let dirty = &mut self.dirty;
         self.routes.retain(|prefix, m| {
-            if m.get(&peer).is_some_and(|p| p.stale || !only_stale) {
-                m.remove(&peer);
+            let before = m.len();
+            m.retain(|(p, _), path| *p != peer || (only_stale && !path.stale));
+            if m.len() != before {
                 dirty.insert(*prefix);
             }
             !m.is_empty()
@@ -128,7 +136,7 @@ impl Rib {
     /// Mark every route of `peer` stale: kept, but any fresh path is preferred.
     pub fn mark_stale(&mut self, peer: Ipv4Addr) {
         for (prefix, m) in self.routes.iter_mut() {
-            if let Some(p) = m.get_mut(&peer) {
+            for p in m.range_mut((peer, 0)..=(peer, u32::MAX)).map(|(_, p)| p) {
                 if !p.stale {
                     p.stale = true;
                     self.dirty.insert(*prefix);
@@ -154,23 +162,28 @@ impl Rib {
         let mut changed = BTreeSet::new();
         for prefix in std::mem::take(&mut self.dirty) {
             let best = self.routes.get(&prefix).and_then(|paths| {
-                let (peer, path) = paths.iter().min_by_key(|(a, p)| rank(**a, p))?;
+                let (key, path) = paths.iter().min_by_key(|((a, _), p)| rank(*a, p))?;
                 let head = |a: Ipv4Addr, p: &Path| {
                     let r = rank(a, p);
                     (r.0, r.1, r.2, r.3, r.4)
                 };
-                let top = head(*peer, path);
-                let mut next_hops: Vec<Ipv4Addr> = paths
+                let top = head(key.0, path);
+                let equal: Vec<(Ipv4Addr, Path)> = paths
                     .iter()
-                    .filter(|(a, p)| head(**a, p) == top)
-                    .map(|(_, p)| p.attrs.next_hop)
+                    .filter(|((a, _), p)| head(*a, p) == top)
+                    .filter(|(k, _)| *k != key)
+                    .map(|((a, _), p)| (*a, p.clone()))
+                    .collect();
+                let mut next_hops: Vec<Ipv4Addr> = std::iter::once(path.attrs.next_hop)
+                    .chain(equal.iter().map(|(_, p)| p.attrs.next_hop))
                     .collect();
                 next_hops.sort();
                 next_hops.dedup();
                 Some(Best {
-                    peer: *peer,
+                    peer: key.0,
                     path: path.clone(),
                     next_hops,
+                    equal,
                 })
             });
             if best.as_ref() == self.best.get(&prefix) {
@@ -202,7 +215,7 @@ impl Rib {
     pub fn received(&self, peer: Ipv4Addr) -> usize {
         self.routes
             .values()
-            .filter(|m| m.contains_key(&peer))
+            .filter(|m| m.range((peer, 0)..=(peer, u32::MAX)).next().is_some())
             .count()
     }
 }
@@ -223,6 +236,7 @@ mod tests {
     fn learned(p: &str, nh: [u8; 4], path: &[u32]) -> RouteEvent {
         RouteEvent::Learned {
             prefix: p.parse().unwrap(),
+            path_id: 0,
             attrs: Arc::new(Attrs {
                 as_path: path.to_vec(),
                 ..Attrs::local(Ipv4Addr::from(nh))
@@ -281,6 +295,7 @@ mod tests {
         assert_eq!(r2.next_hops()[&p], vec![b]);
         let preferred = RouteEvent::Learned {
             prefix: p,
+            path_id: 0,
             attrs: Arc::new(Attrs {
                 local_pref: Some(200),
                 ..Attrs::local(a)
@@ -290,7 +305,7 @@ mod tests {
         r2.settle();
         assert_eq!(r2.best()[&p].peer, a);
         // Withdrawn, and a peer down without graceful restart.
-        rib.apply(b, EBGP, false, &RouteEvent::Withdrawn(p));
+        rib.apply(b, EBGP, false, &RouteEvent::Withdrawn(p, 0));
         rib.settle();
         assert_eq!(rib.next_hops()[&p], vec![c]);
         rib.apply(c, EBGP, false, &RouteEvent::Down("gone".into()));
@@ -312,7 +327,7 @@ mod tests {
         );
         rib.settle();
         assert_eq!(rib.next_hops()[&p], vec![c]);
-        rib.apply(c, EBGP, false, &RouteEvent::Withdrawn(p));
+        rib.apply(c, EBGP, false, &RouteEvent::Withdrawn(p, 0));
         rib.apply(a, EBGP, true, &RouteEvent::EndOfRib);
         assert_eq!(rib.settle(), BTreeSet::from([p]));
         assert!(rib.best().is_empty());
@@ -324,6 +339,7 @@ mod tests {
         let nh = Ipv4Addr::new(10, 0, 0, 9);
         let via = |clusters: Vec<Ipv4Addr>| RouteEvent::Learned {
             prefix: p,
+            path_id: 0,
             attrs: Arc::new(Attrs {
                 originator_id: Some(nh),
                 cluster_list: clusters,

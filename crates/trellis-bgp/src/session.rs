@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use ipnet::Ipv4Net;
 use netgauze_bgp_pkt::capabilities::{
-    BgpCapability, FourOctetAsCapability, GracefulRestartAddressFamily, GracefulRestartCapability,
-    MultiProtocolExtensionsCapability,
+    AddPathAddressFamily, AddPathCapability, BgpCapability, FourOctetAsCapability,
+    GracefulRestartAddressFamily, GracefulRestartCapability, MultiProtocolExtensionsCapability,
 };
 use netgauze_bgp_pkt::codec::BgpCodec;
 use netgauze_bgp_pkt::notification::{
@@ -59,15 +59,17 @@ pub struct PeerConfig {
 pub enum RouteEvent {
     /// The session is established with these parameters.
     Up(Negotiated),
-    /// The peer announces `prefix` with these attributes.
+    /// The peer announces a path to `prefix` with these attributes.
     Learned {
         /// The prefix.
         prefix: Ipv4Net,
+        /// The path's identifier (add-path, RFC 7911; 0 without).
+        path_id: u32,
         /// Its attributes (shared by the prefixes of one UPDATE).
         attrs: Arc<Attrs>,
     },
-    /// The peer withdraws `prefix`.
-    Withdrawn(Ipv4Net),
+    /// The peer withdraws a path (its identifier: add-path; 0 without) to a prefix.
+    Withdrawn(Ipv4Net, u32),
     /// The peer has sent its whole table (End-of-RIB, RFC 4724).
     EndOfRib,
     /// The session ended, and why.
@@ -132,6 +134,12 @@ fn open_message(local: &Local, restart_time: u16) -> BgpMessage {
             )),
             BgpCapability::RouteRefresh,
             BgpCapability::FourOctetAs(FourOctetAsCapability::new(local.asn)),
+            // Several paths per prefix, both ways (RFC 7911).
+            BgpCapability::AddPath(AddPathCapability::new(vec![AddPathAddressFamily::new(
+                AddressType::Ipv4Unicast,
+                true,
+                true,
+            )])),
             // We keep forwarding across our own restart (the kernel keeps our routes):
             // peers keep ours for the restart time (RFC 4724).
             BgpCapability::GracefulRestartCapability(GracefulRestartCapability::new(
@@ -176,6 +184,17 @@ fn peer_open(o: &BgpOpenMessage) -> PeerOpen {
             BgpCapability::GracefulRestartCapability(g) => Some(g.time()),
             _ => None,
         }),
+        add_path: caps
+            .iter()
+            .find_map(|c| match c {
+                BgpCapability::AddPath(a) => a
+                    .address_families()
+                    .iter()
+                    .find(|f| f.address_type() == AddressType::Ipv4Unicast)
+                    .map(|f| (f.send(), f.receive())),
+                _ => None,
+            })
+            .unwrap_or((false, false)),
     }
 }
 
@@ -244,12 +263,15 @@ fn update_events(
             if let Some(why) = malformed {
                 tracing::warn!(%peer, "bgp: UPDATE treated as withdraw (RFC 7606): {why}");
             }
-            let mut out: Vec<RouteEvent> =
-                withdrawn.into_iter().map(RouteEvent::Withdrawn).collect();
+            let mut out: Vec<RouteEvent> = withdrawn
+                .into_iter()
+                .map(|k| RouteEvent::Withdrawn(k.prefix, k.path_id))
+                .collect();
             if let Some(a) = attrs {
                 let a = Arc::new(a);
-                out.extend(announced.into_iter().map(|prefix| RouteEvent::Learned {
-                    prefix,
+                out.extend(announced.into_iter().map(|k| RouteEvent::Learned {
+                    prefix: k.prefix,
+                    path_id: k.path_id,
                     attrs: a.clone(),
                 }));
             }
@@ -266,10 +288,11 @@ async fn send_table(
     table: &Exports,
     changed: Option<&std::collections::BTreeSet<Ipv4Net>>,
     peer: &Eligible,
+    add_path: bool,
     end_of_rib: bool,
 ) -> Result<(), netgauze_bgp_pkt::wire::serializer::BgpMessageWritingError> {
-    let (withdraw, announce) = export::diff(sent, &table.routes, changed, peer);
-    for m in attrs::updates(&withdraw, announce.iter().map(|(p, a)| (p, &**a))) {
+    let (withdraw, announce) = export::diff(sent, &table.routes, changed, peer, add_path);
+    for m in attrs::updates(&withdraw, announce.iter().map(|(k, a)| (k, &**a)), add_path) {
         framed.feed(m).await?;
     }
     if end_of_rib {
@@ -351,6 +374,7 @@ pub async fn run_on(
     let mut event = Event::Connected;
     // What the peer has from us, and the version of the table it came from.
     let mut sent: Arc<BTreeMap<Ipv4Net, export::Out>> = Arc::default();
+    let mut add_path_tx = false;
     let mut version = 0;
     loop {
         let (next, actions) = fsm::step(local, state, event.clone());
@@ -358,6 +382,22 @@ pub async fn run_on(
             if next == State::OpenConfirm {
                 let n = fsm::accept_open(local, open).expect("accepted by step");
                 hold = Duration::from_secs(u64::from(n.hold_time));
+                add_path_tx = n.add_path_tx;
+                if n.add_path_rx {
+                    // The peer's UPDATEs carry path identifiers from now on.
+                    let mut add_path = std::collections::HashMap::new();
+                    add_path.insert(AddressType::Ipv4Unicast, true);
+                    let ctx = netgauze_bgp_pkt::wire::deserializer::BgpParsingContext::new(
+                        true,
+                        std::collections::HashMap::new(),
+                        add_path,
+                        false,
+                        false,
+                        false,
+                        false,
+                    );
+                    *framed.codec_mut() = BgpCodec::new_from_ctx(true, ctx);
+                }
                 negotiated = Some(n);
             }
         }
@@ -390,7 +430,16 @@ pub async fn run_on(
                     let _ = events.send(RouteEvent::Up(n)).await;
                     let table = out.table.borrow_and_update().clone();
                     version = table.version;
-                    send_table(&mut framed, &mut sent, &table, None, &out.peer, true).await
+                    send_table(
+                        &mut framed,
+                        &mut sent,
+                        &table,
+                        None,
+                        &out.peer,
+                        add_path_tx,
+                        true,
+                    )
+                    .await
                 }
                 Action::TakeUpdate | Action::Down => Ok(()),
             };
@@ -430,7 +479,7 @@ pub async fn run_on(
                             sent = Arc::default();
                             let table = out.table.borrow().clone();
                             version = table.version;
-                            if let Err(e) = send_table(&mut framed, &mut sent, &table, None, &out.peer, true).await {
+                            if let Err(e) = send_table(&mut framed, &mut sent, &table, None, &out.peer, add_path_tx, true).await {
                                 return SessionError::Encode { peer, reason: e.to_string() };
                             }
                         }
@@ -454,7 +503,7 @@ pub async fn run_on(
                 // versions were skipped.
                 let only = (table.version == version + 1).then_some(&*table.changed);
                 version = table.version;
-                if let Err(e) = send_table(&mut framed, &mut sent, &table, only, &out.peer, false).await {
+                if let Err(e) = send_table(&mut framed, &mut sent, &table, only, &out.peer, add_path_tx, false).await {
                     return SessionError::Encode { peer, reason: e.to_string() };
                 }
                 continue;

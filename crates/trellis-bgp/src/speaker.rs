@@ -417,7 +417,7 @@ impl Speaker {
                     filter: st.peer.export.clone(),
                 };
                 st.sent = if st.state == "Established" {
-                    export::diff(&BTreeMap::new(), &table.routes, None, &peer)
+                    export::diff(&BTreeMap::new(), &table.routes, None, &peer, false)
                         .1
                         .len()
                 } else {
@@ -573,13 +573,19 @@ async fn peer_task(
                 ev.clone()
             }
             // A route refused (a loop, or the import filter) replaces any accepted one.
-            RouteEvent::Learned { prefix, attrs } => {
+            RouteEvent::Learned {
+                prefix,
+                path_id,
+                attrs,
+            } => {
                 match policy::loop_check(cfg.asn, cfg.address, cfg.cluster_id, source.ebgp, attrs) {
                     Some(why) => {
                         tracing::debug!(peer = %peer.address, %prefix, "bgp: route refused: {why}");
-                        RouteEvent::Withdrawn(*prefix)
+                        RouteEvent::Withdrawn(*prefix, *path_id)
                     }
-                    None if !peer.import.accepts(*prefix) => RouteEvent::Withdrawn(*prefix),
+                    None if !peer.import.accepts(*prefix) => {
+                        RouteEvent::Withdrawn(*prefix, *path_id)
+                    }
                     None => ev.clone(),
                 }
             }

@@ -103,7 +103,7 @@ fn a_session_with_bird_exchanges_routes() {
     let up = up.unwrap_or_else(|| panic!("no session: {events:?} {ended:?}"));
     assert_eq!((up.peer_asn, up.peer_id, up.hold_time), (65001, n2, 9));
     assert!(
-        events.iter().any(|e| matches!(e, RouteEvent::Learned { prefix, attrs }
+        events.iter().any(|e| matches!(e, RouteEvent::Learned { prefix, attrs, .. }
             if prefix.to_string() == "10.99.0.0/24" && attrs.next_hop == n2 && attrs.as_path == [65001])),
         "{events:?}"
     );

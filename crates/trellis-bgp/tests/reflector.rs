@@ -3,7 +3,7 @@
 //! client gets the other's prefix with the other as next hop; a prefix a client starts
 //! or stops originating reaches the other client without resetting any session; with
 //! both reflectors gone, the clients keep their routes (graceful restart's stale
-//! time). Needs root.
+//! time). With add-path, a reflector passes on every equal path. Needs root.
 
 mod common;
 
@@ -114,6 +114,75 @@ fn two_reflectors_carry_their_clients_routes() {
         "clients lost routes with their reflectors: {:?}",
         (0..4).map(routes).collect::<Vec<_>>()
     );
+    for (tx, h) in running {
+        tx.send(Cmd::Stop).unwrap();
+        h.join().unwrap();
+    }
+}
+
+/// Add-path (RFC 7911): two clients announce the same /32 to one reflector; a third
+/// client gets both paths through it and routes the /32 over both (a multipath route),
+/// where without add-path a reflector passes on one path only.
+#[test]
+fn a_reflector_passes_every_equal_path_with_add_path() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let lab = Lab::new(4).unwrap();
+    let addrs: Vec<Ipv4Addr> = lab.state.nodes.iter().map(|n| n.addr).collect();
+    let cfg = |n: usize| SpeakerConfig {
+        asn: 64512,
+        address: addrs[n],
+        port: 179,
+        hold_time: 9,
+        cluster_id: (n == 0).then_some(Ipv4Addr::new(10, 255, 0, 1)),
+        defer: Duration::from_secs(5),
+    };
+    let peers = |n: usize| -> Vec<Peer> {
+        if n == 0 {
+            (1..4)
+                .map(|m| Peer {
+                    client: true,
+                    ..Peer::new(addrs[m], 64512)
+                })
+                .collect()
+        } else {
+            vec![Peer::new(addrs[0], 64512)]
+        }
+    };
+    let running: Vec<_> = (0..4)
+        .map(|n| speaker_in(&lab.state.nodes[n].netns, cfg(n), prefix(n), peers(n)))
+        .collect();
+    let vip: Ipv4Net = "10.96.0.10/32".parse().unwrap();
+    for n in [1, 2] {
+        running[n]
+            .0
+            .send(Cmd::SetRoutes(vec![prefix(n), vip]))
+            .unwrap();
+    }
+    let vip_route = || {
+        let out = lab
+            .exec(
+                &lab.state.nodes[3].netns,
+                &["ip", "route", "show", "10.96.0.10/32", "proto", "119"],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let both = || {
+        let r = vip_route();
+        [1, 2]
+            .iter()
+            .all(|n| r.contains(&format!("nexthop via {} ", addrs[*n])))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !both() {
+        assert!(
+            Instant::now() < deadline,
+            "client 3 did not get both paths: {}",
+            vip_route()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for (tx, h) in running {
         tx.send(Cmd::Stop).unwrap();
         h.join().unwrap();
