@@ -2,7 +2,8 @@
 //! session comes up; BIRD learns our prefix with our AS in its path and we learn BIRD's;
 //! a peer that is not the AS we expect is refused with the OPEN error NOTIFICATION; our
 //! session gone without a word (a killed agent), BIRD keeps our route (graceful
-//! restart). Needs root and `bird`/`birdc` (Debian's bird2).
+//! restart); TCP MD5 passwords; add-path both ways. Needs root and `bird`/`birdc`
+//! (Debian's bird2).
 
 mod common;
 
@@ -18,12 +19,12 @@ use trellis_lab::Lab;
 
 /// Start BIRD (see [`bird::start`]); returns the control socket's path.
 fn start_bird(lab: &mut Lab, peer_as: u32) -> String {
-    bird::start(lab, peer_as, "", "").1
+    bird::start(lab, peer_as, "", "", "").1
 }
 
 /// [`start_bird`] with more lines in its BGP protocol (`password "..."; `).
 fn start_bird_with(lab: &mut Lab, peer_as: u32, extra: &str) -> String {
-    bird::start(lab, peer_as, "", extra).1
+    bird::start(lab, peer_as, "", extra, "").1
 }
 
 /// Run one session from node 1's namespace (a thread inside it, with its own runtime),
@@ -291,5 +292,37 @@ fn a_password_protected_session_with_bird() {
     assert!(
         up(&events),
         "no session with the password: {events:?} {ended:?}"
+    );
+}
+
+/// Add-path (RFC 7911) with BIRD (`add paths on`): both sides send path identifiers;
+/// BIRD's route reaches us and ours reaches BIRD.
+#[test]
+fn add_path_with_bird() {
+    require();
+    let mut lab = Lab::new(2).unwrap();
+    let (_, sock) = bird::start(&mut lab, 65000, "", "", "add paths on;");
+    let ours: Ipv4Net = "10.98.0.0/24".parse().unwrap();
+    let (events, ended) = session_from_node1(&lab, 65001, vec![ours], Duration::from_secs(4));
+    let up = events.iter().find_map(|e| match e {
+        RouteEvent::Up(n) => Some(n.clone()),
+        _ => None,
+    });
+    let up = up.unwrap_or_else(|| panic!("no session: {events:?} {ended:?}"));
+    assert!(
+        up.add_path_rx && up.add_path_tx,
+        "add-path not negotiated: {up:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, RouteEvent::Learned { prefix, .. }
+            if prefix.to_string() == "10.99.0.0/24")),
+        "{events:?}"
+    );
+    let seen = birdc(&sock, &["show", "route", "10.98.0.0/24", "all"]);
+    assert!(
+        seen.contains("10.98.0.0/24"),
+        "BIRD lacks our route: {seen}"
     );
 }

@@ -19,9 +19,15 @@ pub fn require() {
 
 /// Start BIRD in node 2's namespace: AS 65001, peering with node 1 (AS `peer_as`),
 /// announcing 10.99.0.0/24. `protocols` adds protocols (`protocol bfd {...}`), `extra`
-/// lines inside the BGP protocol (`password "..."; `, `bfd on;`). Returns its pid and
-/// control socket.
-pub fn start(lab: &mut Lab, peer_as: u32, protocols: &str, extra: &str) -> (u32, String) {
+/// lines inside the BGP protocol (`password "..."; `, `bfd on;`), `channel` lines
+/// inside its IPv4 channel (`add paths on;`). Returns its pid and control socket.
+pub fn start(
+    lab: &mut Lab,
+    peer_as: u32,
+    protocols: &str,
+    extra: &str,
+    channel: &str,
+) -> (u32, String) {
     let (n1, n2) = (lab.state.nodes[0].addr, lab.state.nodes[1].addr);
     let dir = lab.dir();
     let conf = dir.join("bird.conf");
@@ -32,7 +38,7 @@ pub fn start(lab: &mut Lab, peer_as: u32, protocols: &str, extra: &str) -> (u32,
              protocol static {{ ipv4; route 10.99.0.0/24 blackhole; }}\n{protocols}\n\
              protocol bgp trellis {{\n  local {n2} as 65001;\n  neighbor {n1} as {peer_as};\n  \
              hold time 9;\n  connect retry time 1;\n  error wait time 1, 2;\n  {extra}\n  \
-             ipv4 {{ import all; export where source = RTS_STATIC; }};\n}}\n"
+             ipv4 {{ import all; export where source = RTS_STATIC; {channel} }};\n}}\n"
         ),
     )
     .unwrap();

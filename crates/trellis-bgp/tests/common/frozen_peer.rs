@@ -15,6 +15,7 @@ fn start_bird(lab: &mut Lab) -> (u32, String) {
         65000,
         "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }",
         "graceful restart on;\n  bfd on;",
+        "",
     )
 }
 
