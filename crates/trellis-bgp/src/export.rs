@@ -31,6 +31,10 @@ pub struct LocalRoute {
     pub communities: Vec<u32>,
     /// LARGE_COMMUNITY.
     pub large_communities: Vec<(u32, u32, u32)>,
+    /// Also a blackhole route in our kernel, behind any other route to the prefix: a
+    /// node's pod subnet, so that an address in it that nothing routes is dropped here
+    /// and does not leak elsewhere.
+    pub blackhole: bool,
 }
 
 /// The kinds of peer that get the same table.

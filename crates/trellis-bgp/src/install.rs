@@ -1,6 +1,7 @@
 //! The kernel's share of the RIB: one route per best prefix in the main table, with
 //! protocol [`BGP_PROTO`], via the best next hop — or, when several paths are equally
-//! good (ECMP), a multipath route via all of them; routes of that protocol nothing wants
+//! good (ECMP), a multipath route via all of them; a prefix with no next hop gets a
+//! blackhole route (our own pod subnets); routes of that protocol nothing wants
 //! are removed, nothing else is touched. [`sync`] lists the table and is idempotent, so
 //! a restart changes nothing; [`apply`] touches only the prefixes that changed since a
 //! state known to be in the kernel.
@@ -59,7 +60,7 @@ pub async fn apply(
 ) -> Report {
     let mut report = Report::default();
     for (dst, hops) in want {
-        if hops.is_empty() || have.get(dst) == Some(hops) {
+        if have.get(dst) == Some(hops) {
             continue;
         }
         match nl.replace_via(*dst, hops, BGP_PROTO).await {

@@ -493,9 +493,15 @@ async fn engine(
             if !ready {
                 continue;
             }
-            // Our own prefixes are never routed elsewhere.
+            // Our own prefixes are never routed elsewhere; those that ask for it get a
+            // blackhole route (no next hop).
             let mut want = s.rib.next_hops();
             want.retain(|p, _| !s.local.contains_key(p));
+            for (p, l) in &s.local {
+                if l.blackhole {
+                    want.insert(*p, Vec::new());
+                }
+            }
             want
         };
         let result = match &installed {

@@ -21,6 +21,9 @@ use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use crate::netlink::{format_mac, nl_err};
 use crate::{Netlink, Netns, Result};
 
+/// The metric of the blackhole routes [`Netlink::replace_via`] writes.
+pub const BLACKHOLE_METRIC: u32 = 1_000_000;
+
 /// An IPv4 route of the main table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteEntry {
@@ -147,14 +150,27 @@ impl Netlink {
     }
 
     /// Add or replace the main-table route to `dst` of `protocol` via `hops`: a plain
-    /// route for one, a multipath (ECMP) route for several.
+    /// route for one, a multipath (ECMP) route for several, and for none a blackhole
+    /// route of metric [`BLACKHOLE_METRIC`] (behind any other route to `dst`: what it
+    /// catches is what nothing else routes).
     pub async fn replace_via(&self, dst: Ipv4Net, hops: &[Ipv4Addr], protocol: u8) -> Result<()> {
         let [first, rest @ ..] = hops else {
-            return Err(crate::NetError::Netlink {
-                op: format!("replace route {dst} proto {protocol}"),
-                msg: "no next hop given".into(),
-                errno: Some(libc::EINVAL),
-            });
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .protocol(RouteProtocol::from(protocol))
+                .scope(RouteScope::Universe)
+                .kind(RouteType::BlackHole)
+                .priority(BLACKHOLE_METRIC);
+            if dst.prefix_len() > 0 {
+                b = b.destination_prefix(dst.addr(), dst.prefix_len());
+            }
+            return self
+                .handle
+                .route()
+                .add(b.build())
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_err(format!("blackhole route {dst} proto {protocol}"), e));
         };
         if rest.is_empty() {
             return self

@@ -11,7 +11,9 @@ pub mod nftnl;
 pub mod sysctl;
 pub mod uplink;
 
-pub use fabric_ops::{FdbEntry, NeighbourEntry, RouteEntry, VxlanAttrs, VxlanSpec};
+pub use fabric_ops::{
+    FdbEntry, NeighbourEntry, RouteEntry, VxlanAttrs, VxlanSpec, BLACKHOLE_METRIC,
+};
 pub use netlink::{LinkInfo, Netlink};
 pub use netns::Netns;
 pub use uplink::UplinkBridge;

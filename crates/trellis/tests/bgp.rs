@@ -1,7 +1,7 @@
 //! The `bgp` backend driven by the cluster's objects, in labs with real agents and real
 //! routers: route reflectors from Node `spec.bgp` and BGPPeers, a live move from the
-//! node mesh to reflectors under a UDP stream that loses nothing, clients that keep
-//! their routes when every reflector dies (graceful restart); racks joined only by
+//! node mesh to reflectors and back under UDP streams that lose nothing, clients that
+//! keep their routes when every reflector dies (graceful restart); racks joined only by
 //! BIRD and FRR top-of-rack routers; a GoBGP reflector.
 
 mod common;
@@ -38,8 +38,13 @@ fn sessions(lab: &Lab, n: usize) -> Vec<String> {
     peers
 }
 
+/// Node `n`'s routes learned over BGP (its own subnet's blackhole left out).
 fn bgp_routes(lab: &Lab, n: usize) -> String {
     lab.routes_of_proto(&lab.state.nodes[n].netns, 119)
+        .lines()
+        .filter(|l| !l.starts_with("blackhole"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// A UDP stream of `secs` seconds at 20 Mbit/s from pod `from` to pod `to`; returns
@@ -182,6 +187,38 @@ fn mesh_to_reflectors_under_a_stream_loses_nothing() {
         lab.ping(&lab.state.pods[2].netns, n4_pod),
         "n3's pod no longer reaches n4's"
     );
+    // The reflectors come back, then the cluster moves back to the mesh under a stream:
+    // nothing lost either way.
+    for n in [0, 1] {
+        lab.start_cluster_agent(&t, n, "default", &Timing::default())
+            .unwrap();
+    }
+    assert!(
+        wait_for(Duration::from_secs(15), || sessions(&lab, 2) == want_client),
+        "n3 did not get its reflectors back: {:?}",
+        sessions(&lab, 2)
+    );
+    let stream = udp_stream(&mut lab, 2, 3, 8);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.cli(&t, &["delete", "bgppeer", "peer-with-route-reflectors"])
+        .unwrap();
+    lab.apply(
+        &t,
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\n\
+         spec: {nodeToNodeMeshEnabled: true}\n",
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || sessions(&lab, 2).len() == 3),
+        "n3 is not back in the mesh: {:?}",
+        sessions(&lab, 2)
+    );
+    let (packets, lost) = stream.join().unwrap();
+    assert_eq!(
+        lost, 0,
+        "{lost} of {packets} packets lost moving back to the mesh"
+    );
+    assert_mesh(&lab, Duration::from_secs(10), "back to the mesh");
 }
 
 /// Nodes in two racks (one L2 segment each) joined only by their top-of-rack routers —

@@ -120,7 +120,20 @@ fn bgp_full_mesh() {
             .exec(&node.netns, &["ip", "route", "show", "proto", "119"])
             .unwrap();
         let routes = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(routes.lines().count(), 2, "node {n}: {routes}");
+        // Two learned routes, and the node's own subnet as a blackhole behind its bridge.
+        let learned = routes
+            .lines()
+            .filter(|l| !l.starts_with("blackhole"))
+            .count();
+        assert_eq!(learned, 2, "node {n}: {routes}");
+        assert_eq!(
+            routes
+                .lines()
+                .filter(|l| l.starts_with("blackhole 10.244.") && l.contains("metric 1000000"))
+                .count(),
+            1,
+            "node {n}: {routes}"
+        );
         for (m, other) in lab.state.nodes.iter().enumerate() {
             if m != n {
                 assert!(

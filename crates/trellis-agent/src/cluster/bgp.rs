@@ -12,7 +12,8 @@
 //! speaker changes them only once its peers have sent their tables, and the peers keep
 //! this node's routes meanwhile (graceful restart).
 //!
-//! What is originated: the node's subnet of every `backend: bgp` network it serves, and
+//! What is originated: the node's subnet of every `backend: bgp` network it serves (with
+//! a blackhole route behind the bridge's, so nothing in it leaks elsewhere), and
 //! for the Service ranges the BGPConfiguration lists: the cluster-IP ranges themselves
 //! (from every node), and /32s of external and LoadBalancer IPs — from every node, or,
 //! for `externalTrafficPolicy: Local`, only from nodes with a ready local endpoint
@@ -353,7 +354,10 @@ fn originated(inputs: &Inputs, subnets: &[Ipv4Net]) -> BTreeMap<Ipv4Net, LocalRo
     }
     out.into_iter()
         .map(|p| {
-            let mut r = LocalRoute::default();
+            let mut r = LocalRoute {
+                blackhole: subnets.contains(&p),
+                ..LocalRoute::default()
+            };
             for c in inputs
                 .config
                 .map(|c| c.spec.communities_for(p))
