@@ -253,6 +253,7 @@ async fn load(clients: usize, per: usize) -> Vec<Option<Duration>> {
         let (tx, rx) = watch::channel(table);
         keep.push(tx);
         let mut outbox = Outbox {
+            sent: Default::default(),
             table: rx,
             peer: Eligible {
                 address: reflector_addr(),

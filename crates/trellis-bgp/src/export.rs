@@ -208,6 +208,15 @@ impl Eligible {
     }
 }
 
+/// Whether the peer has the path `key` of `table` (it was sent the table).
+pub fn has(table: &BTreeMap<Ipv4Net, Out>, key: &PathKey, peer: &Eligible, add_path: bool) -> bool {
+    table.get(&key.prefix).is_some_and(|o| {
+        peer.paths(key.prefix, o, add_path)
+            .iter()
+            .any(|(id, _)| *id == key.path_id)
+    })
+}
+
 /// What one session must send to bring the peer from what it was sent of `old` (the
 /// table of the last version it got; empty at the start) to `new`: the withdrawals and
 /// the announcements, with path identifiers when the session speaks add-path. With

@@ -211,12 +211,20 @@ impl Rib {
             .collect()
     }
 
-    /// How many prefixes `peer` has announced (counting stale ones).
-    pub fn received(&self, peer: Ipv4Addr) -> usize {
-        self.routes
-            .values()
-            .filter(|m| m.range((peer, 0)..=(peer, u32::MAX)).next().is_some())
-            .count()
+    /// How many prefixes each peer has announced (counting stale ones), in one pass.
+    pub fn received_by_peer(&self) -> std::collections::HashMap<Ipv4Addr, usize> {
+        let mut out = std::collections::HashMap::new();
+        for paths in self.routes.values() {
+            let mut last = None;
+            // Keys are ordered by peer: count each peer once per prefix.
+            for (peer, _) in paths.keys() {
+                if last != Some(*peer) {
+                    *out.entry(*peer).or_insert(0) += 1;
+                    last = Some(*peer);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -311,7 +319,7 @@ mod tests {
         rib.apply(c, EBGP, false, &RouteEvent::Down("gone".into()));
         rib.settle();
         assert_eq!(rib.next_hops()[&p], vec![a]);
-        assert_eq!(rib.received(a), 1);
+        assert_eq!(rib.received_by_peer()[&a], 1);
         // Graceful restart: a's route is kept (stale) across its restart, and dropped
         // at its End-of-RIB if it did not come again.
         rib.apply(a, EBGP, true, &RouteEvent::Down("restarting".into()));

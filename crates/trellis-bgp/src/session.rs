@@ -243,6 +243,8 @@ pub struct Outbox {
     pub table: watch::Receiver<Exports>,
     /// What of it this peer may get.
     pub peer: Eligible,
+    /// How many paths the peer has from us now, kept by the session as it sends.
+    pub sent: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The routes of an UPDATE, as events (`attr_errors`: attributes the decoder found
@@ -287,11 +289,18 @@ async fn send_table(
     sent: &mut Arc<BTreeMap<Ipv4Net, export::Out>>,
     table: &Exports,
     changed: Option<&std::collections::BTreeSet<Ipv4Net>>,
-    peer: &Eligible,
+    out: &Outbox,
     add_path: bool,
     end_of_rib: bool,
 ) -> Result<(), netgauze_bgp_pkt::wire::serializer::BgpMessageWritingError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let peer = &out.peer;
     let (withdraw, announce) = export::diff(sent, &table.routes, changed, peer, add_path);
+    // Paths the peer did not have (the others announced replace one in place).
+    let added = announce
+        .iter()
+        .filter(|(k, _)| !export::has(sent, k, peer, add_path))
+        .count();
     for m in attrs::updates(&withdraw, announce.iter().map(|(k, a)| (k, &**a)), add_path) {
         framed.feed(m).await?;
     }
@@ -300,6 +309,9 @@ async fn send_table(
     }
     framed.flush().await?;
     *sent = table.routes.clone();
+    let _ = out
+        .sent
+        .fetch_update(Relaxed, Relaxed, |n| Some(n + added - withdraw.len()));
     Ok(())
 }
 
@@ -375,6 +387,7 @@ pub async fn run_on(
     // What the peer has from us, and the version of the table it came from.
     let mut sent: Arc<BTreeMap<Ipv4Net, export::Out>> = Arc::default();
     let mut add_path_tx = false;
+    out.sent.store(0, std::sync::atomic::Ordering::Relaxed);
     let mut version = 0;
     loop {
         let (next, actions) = fsm::step(local, state, event.clone());
@@ -430,16 +443,7 @@ pub async fn run_on(
                     let _ = events.send(RouteEvent::Up(n)).await;
                     let table = out.table.borrow_and_update().clone();
                     version = table.version;
-                    send_table(
-                        &mut framed,
-                        &mut sent,
-                        &table,
-                        None,
-                        &out.peer,
-                        add_path_tx,
-                        true,
-                    )
-                    .await
+                    send_table(&mut framed, &mut sent, &table, None, out, add_path_tx, true).await
                 }
                 Action::TakeUpdate | Action::Down => Ok(()),
             };
@@ -477,9 +481,10 @@ pub async fn run_on(
                         if matches!(msg, BgpMessage::RouteRefresh(_)) && state == State::Established {
                             // Everything again (RFC 2918).
                             sent = Arc::default();
+                            out.sent.store(0, std::sync::atomic::Ordering::Relaxed);
                             let table = out.table.borrow().clone();
                             version = table.version;
-                            if let Err(e) = send_table(&mut framed, &mut sent, &table, None, &out.peer, add_path_tx, true).await {
+                            if let Err(e) = send_table(&mut framed, &mut sent, &table, None, out, add_path_tx, true,).await {
                                 return SessionError::Encode { peer, reason: e.to_string() };
                             }
                         }
@@ -503,7 +508,7 @@ pub async fn run_on(
                 // versions were skipped.
                 let only = (table.version == version + 1).then_some(&*table.changed);
                 version = table.version;
-                if let Err(e) = send_table(&mut framed, &mut sent, &table, only, &out.peer, add_path_tx, false).await {
+                if let Err(e) = send_table(&mut framed, &mut sent, &table, only, out, add_path_tx, false,).await {
                     return SessionError::Encode { peer, reason: e.to_string() };
                 }
                 continue;

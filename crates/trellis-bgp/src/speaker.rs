@@ -139,6 +139,8 @@ pub struct PeerStatus {
 
 struct PeerTask {
     peer: Peer,
+    /// Paths its session has sent (kept by the session).
+    sent: Arc<std::sync::atomic::AtomicUsize>,
     handle: JoinHandle<()>,
     /// Connections the listener accepted from this peer.
     accepted: mpsc::Sender<TcpStream>,
@@ -343,7 +345,9 @@ impl Speaker {
             }
             let (accepted, rx) = mpsc::channel(4);
             let class = class_of(&self.cfg, p);
+            let sent: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
             let outbox = Outbox {
+                sent: sent.clone(),
                 table: self.exports[&class].subscribe(),
                 peer: Eligible {
                     address: p.address,
@@ -378,6 +382,7 @@ impl Speaker {
                 a,
                 PeerTask {
                     peer: p.clone(),
+                    sent,
                     handle,
                     accepted,
                 },
@@ -403,25 +408,20 @@ impl Speaker {
 
     /// Every session's state.
     pub fn status(&self) -> Vec<PeerStatus> {
+        // Lock order: the peer table, then the state.
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let s = lock(&self.state);
+        let received = s.rib.received_by_peer();
         s.status
             .values()
             .map(|st| {
                 let mut st = st.clone();
-                st.received = s.rib.received(st.peer.address);
-                let class = class_of(&self.cfg, &st.peer);
-                let table = self.exports[&class].borrow();
-                let peer = Eligible {
-                    address: st.peer.address,
-                    ebgp_asn: (class == Class::Ebgp).then_some(st.peer.asn),
-                    filter: st.peer.export.clone(),
-                };
-                st.sent = if st.state == "Established" {
-                    export::diff(&BTreeMap::new(), &table.routes, None, &peer, false)
-                        .1
-                        .len()
-                } else {
-                    0
+                st.received = received.get(&st.peer.address).copied().unwrap_or(0);
+                st.sent = match peers.get(&st.peer.address) {
+                    Some(t) if st.state == "Established" => {
+                        t.sent.load(std::sync::atomic::Ordering::Relaxed)
+                    }
+                    _ => 0,
                 };
                 st
             })

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{speaker_in, Cmd};
 use ipnet::Ipv4Net;
-use trellis_bgp::speaker::{Peer, SpeakerConfig};
+use trellis_bgp::speaker::Peer;
 use trellis_lab::Lab;
 
 fn prefix(n: usize) -> Ipv4Net {
@@ -26,14 +26,7 @@ fn a_full_mesh_survives_a_restart_and_forgets_a_removed_peer() {
     let addrs: Vec<Ipv4Addr> = lab.state.nodes.iter().map(|n| n.addr).collect();
     let peers =
         |of: &[usize]| -> Vec<Peer> { of.iter().map(|n| Peer::new(addrs[*n], 64512)).collect() };
-    let cfg = |n: usize| SpeakerConfig {
-        asn: 64512,
-        address: addrs[n],
-        port: 179,
-        hold_time: 9,
-        cluster_id: None,
-        defer: Duration::from_secs(5),
-    };
+    let cfg = |n: usize| common::node_speaker(addrs[n], None);
     let mut running: Vec<_> = (0..3)
         .map(|n| {
             speaker_in(

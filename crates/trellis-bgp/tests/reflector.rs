@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{speaker_in, Cmd};
 use ipnet::Ipv4Net;
-use trellis_bgp::speaker::{Peer, SpeakerConfig};
+use trellis_bgp::speaker::Peer;
 use trellis_lab::Lab;
 
 fn prefix(n: usize) -> Ipv4Net {
@@ -27,14 +27,7 @@ fn two_reflectors_carry_their_clients_routes() {
     let addrs: Vec<Ipv4Addr> = lab.state.nodes.iter().map(|n| n.addr).collect();
     let cluster = Ipv4Addr::new(10, 255, 0, 1);
     let (rr, clients) = ([0usize, 1], [2usize, 3]);
-    let cfg = |n: usize| SpeakerConfig {
-        asn: 64512,
-        address: addrs[n],
-        port: 179,
-        hold_time: 9,
-        cluster_id: rr.contains(&n).then_some(cluster),
-        defer: Duration::from_secs(5),
-    };
+    let cfg = |n: usize| common::node_speaker(addrs[n], rr.contains(&n).then_some(cluster));
     // Reflectors peer with each other and with every client (as clients); clients
     // peer with the two reflectors only.
     let peers = |n: usize| -> Vec<Peer> {
@@ -129,14 +122,8 @@ fn a_reflector_passes_every_equal_path_with_add_path() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
     let lab = Lab::new(4).unwrap();
     let addrs: Vec<Ipv4Addr> = lab.state.nodes.iter().map(|n| n.addr).collect();
-    let cfg = |n: usize| SpeakerConfig {
-        asn: 64512,
-        address: addrs[n],
-        port: 179,
-        hold_time: 9,
-        cluster_id: (n == 0).then_some(Ipv4Addr::new(10, 255, 0, 1)),
-        defer: Duration::from_secs(5),
-    };
+    let cfg =
+        |n: usize| common::node_speaker(addrs[n], (n == 0).then_some(Ipv4Addr::new(10, 255, 0, 1)));
     let peers = |n: usize| -> Vec<Peer> {
         if n == 0 {
             (1..4)

@@ -13,6 +13,17 @@ fn write(path: &std::path::Path, body: impl AsRef<[u8]>) -> Result<()> {
     std::fs::write(path, body).map_err(|e| LabError::Io(format!("{}: {e}", path.display())))
 }
 
+/// Wait up to 5 s for a daemon's socket `sock`; the error shows its log.
+fn started(sock: &std::path::Path, what: &str, log: &std::path::Path) -> Result<()> {
+    if wait_for(Duration::from_secs(5), || sock.exists()) {
+        return Ok(());
+    }
+    Err(LabError::Io(format!(
+        "{what} did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    )))
+}
+
 fn mkdir(path: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| LabError::Io(format!("{}: {e}", path.display())))
 }
@@ -75,12 +86,7 @@ pub fn start_bird(lab: &mut Lab, r: &Router, interfaces: &[&str], extra: &str) -
     let mut c = Command::new("bird");
     c.args(["-f", "-c"]).arg(&file).arg("-s").arg(&sock);
     lab.spawn(netns, &format!("bird {tag}"), c)?;
-    if !wait_for(Duration::from_secs(5), || sock.exists()) {
-        return Err(LabError::Io(format!(
-            "BIRD {tag} did not start: {}",
-            std::fs::read_to_string(dir.join("bird.log")).unwrap_or_default()
-        )));
-    }
+    started(&sock, &format!("BIRD {tag}"), &dir.join("bird.log"))?;
     Ok(sock)
 }
 
@@ -147,12 +153,7 @@ pub fn start_frr(lab: &mut Lab, r: &Router) -> Result<PathBuf> {
     let mut z = Command::new("/usr/lib/frr/zebra");
     common(&mut z, "zebra");
     lab.spawn(netns, &format!("zebra {tag}"), z)?;
-    if !wait_for(Duration::from_secs(5), || zserv.exists()) {
-        return Err(LabError::Io(format!(
-            "zebra {tag} did not start: {}",
-            std::fs::read_to_string(dir.join("zebra.log")).unwrap_or_default()
-        )));
-    }
+    started(&zserv, &format!("zebra {tag}"), &dir.join("zebra.log"))?;
     let mut b = Command::new("/usr/lib/frr/bgpd");
     common(&mut b, "bgpd");
     b.args(["-p", "179"]);

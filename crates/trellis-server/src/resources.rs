@@ -255,13 +255,17 @@ pub async fn list(
         .get("labelSelector")
         .map(|s| parse_selector(s))
         .transpose()?;
-    let items: Vec<Value> = items
-        .iter()
-        .map(to_object)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .filter(|o| selector.as_ref().is_none_or(|sel| matches_labels(o, sel)))
-        .collect();
+    let mut out = Vec::with_capacity(items.len());
+    for kv in &items {
+        // With a selector, the labels are read from the typed object.
+        if let Some(sel) = &selector {
+            if !matches_labels(&to_typed(kv)?.metadata().labels, sel) {
+                continue;
+            }
+        }
+        out.push(to_object(kv)?);
+    }
+    let items = out;
     Ok(Json(List {
         api_version: objects::API_VERSION.into(),
         kind: format!("{}List", t.kind.as_str()),
@@ -287,9 +291,11 @@ fn parse_selector(s: &str) -> Result<Vec<(String, String)>, ApiError> {
         .collect()
 }
 
-fn matches_labels(o: &Value, sel: &[(String, String)]) -> bool {
-    sel.iter()
-        .all(|(k, v)| o["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+fn matches_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+    sel: &[(String, String)],
+) -> bool {
+    sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 // ---- get

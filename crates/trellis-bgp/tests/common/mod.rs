@@ -74,6 +74,7 @@ pub fn outbox(
         .unwrap_or_default();
     let tx = tokio::sync::watch::Sender::new(table);
     let out = trellis_bgp::session::Outbox {
+        sent: Default::default(),
         table: tx.subscribe(),
         peer: Eligible {
             address: *cfg.peer.ip(),
@@ -121,4 +122,17 @@ pub fn speaker_in(
         }
     });
     (tx, h)
+}
+
+/// A node's speaker in AS 64512 at `address` (hold time 9 s, 5 s deferral at start),
+/// reflecting routes for cluster `cluster_id` when given.
+pub fn node_speaker(address: Ipv4Addr, cluster_id: Option<Ipv4Addr>) -> SpeakerConfig {
+    SpeakerConfig {
+        asn: 64512,
+        address,
+        port: 179,
+        hold_time: 9,
+        cluster_id,
+        defer: std::time::Duration::from_secs(5),
+    }
 }
