@@ -2,6 +2,8 @@
 //! requests with a bearer token over HTTPS (the cluster CA from `trellis server init`)
 //! or plain HTTP, object paths, line-delimited watches, and the CLI's config file.
 
+pub mod informer;
+
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;

@@ -42,7 +42,7 @@ use trellis_bgp::export::LocalRoute;
 use trellis_bgp::policy::{Action, Filter, MatchOp, Rule};
 use trellis_bgp::speaker::{Peer, Speaker, SpeakerConfig};
 
-use super::informer::Informer;
+use trellis_client::informer::Informer;
 use super::networks::ServedSet;
 use super::Served;
 

@@ -21,7 +21,7 @@ use trellis_fabric::udp::UdpPump;
 use trellis_fabric::{backend, pod_mtu, Desired, Local, NetworkFabric, Peer, TunDevice};
 use trellis_net::Netlink;
 
-use super::informer::Informer;
+use trellis_client::informer::Informer;
 use super::join::update_node_status;
 use super::networks::ServedSet;
 use super::world::World;

@@ -18,7 +18,7 @@
 mod bgp;
 pub mod endpoints;
 mod fabric;
-mod informer;
+
 mod join;
 pub mod networks;
 mod peering;
@@ -41,7 +41,7 @@ use trellis_net::Netlink;
 use crate::cni_server::Networks;
 use crate::node::Node;
 use fabric::FabricLoop;
-use informer::Informer;
+use trellis_client::informer::Informer;
 use join::{detect_local, heartbeat_loop, join, Underlay};
 use networks::Manager;
 

@@ -32,7 +32,7 @@ use trellis_api::objects::{self, AnyObject, Backend, NetworkSpec};
 use trellis_client::Client;
 use trellis_fabric::{pod_mtu, Local, NetworkFabric};
 
-use super::informer::Informer;
+use trellis_client::informer::Informer;
 use super::world::{self, World};
 use super::{check_combination, endpoints, exclude_hosts, node_addresses, services};
 use super::{ClusterConfig, ClusterError, Leased, Served, Underlay};

@@ -19,7 +19,7 @@ use ipnet::Ipv4Net;
 use trellis_api::naming::{fnv1a64, LINK_PREFIX};
 use trellis_net::{sysctl, Netlink, RouteEntry};
 
-use super::informer::Informer;
+use trellis_client::informer::Informer;
 use super::networks::ServedSet;
 use super::world::World;
 

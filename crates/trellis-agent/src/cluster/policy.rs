@@ -26,7 +26,7 @@ use trellis_policy::compile::{Change, Compiler};
 use trellis_policy::model::{Inputs, PodInfo};
 use trellis_policy::table::Table;
 
-use super::informer::Informer;
+use trellis_client::informer::Informer;
 use super::networks::ServedSet;
 use super::Served;
 use crate::gate::{Gate, PodPolicy};

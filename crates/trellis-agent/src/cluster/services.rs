@@ -27,7 +27,7 @@ use trellis_fabric::Local;
 use trellis_net::Netns;
 use trellis_proxy::{EndpointModel, PortModel, Proxy, ProxyConfig, ServiceModel};
 
-use super::informer::Informer;
+use trellis_client::informer::Informer;
 use super::join::publish_programmed;
 use super::networks::{node_ips, ServedSet};
 use super::Served;

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use trellis_api::objects::AnyObject;
 use trellis_api::watch::{self, List, ObjectHead, WatchEvent};
-use trellis_client::Client;
+use crate::Client;
 
 /// What the cache holds.
 #[derive(Debug, Default)]
