@@ -193,13 +193,15 @@ pub async fn plan_create(s: &Server, key: &str, obj: &mut AnyObject) -> Result<P
         }
         AnyObject::BgpPeer(p) => crate::bgp::check_peer(s, p).await?,
         AnyObject::BgpConfiguration(c) => crate::bgp::check_configuration(s, c).await?,
+        AnyObject::Ingress(i) => crate::ingress::check_ingress(s, i).await?,
+        AnyObject::HttpRoute(r) => crate::ingress::check_route(s, r).await?,
+        AnyObject::Secret(secret) => crate::ingress::check_secret(secret)?,
         AnyObject::Node(_)
         | AnyObject::Pod(_)
         | AnyObject::Endpoint(_)
         | AnyObject::LoadBalancerPool(_)
         | AnyObject::NetworkPolicy(_)
-        | AnyObject::BgpFilter(_)
-        | AnyObject::Secret(_) => {}
+        | AnyObject::BgpFilter(_) => {}
     }
     Ok(plan)
 }
@@ -287,6 +289,9 @@ pub async fn plan_update(
         (AnyObject::BgpConfiguration(_), AnyObject::BgpConfiguration(c)) => {
             crate::bgp::check_configuration(s, c).await?
         }
+        (_, AnyObject::Ingress(i)) => crate::ingress::check_ingress(s, i).await?,
+        (_, AnyObject::HttpRoute(r)) => crate::ingress::check_route(s, r).await?,
+        (_, AnyObject::Secret(secret)) => crate::ingress::check_secret(secret)?,
         _ => {}
     }
     Ok(plan)

@@ -2,9 +2,12 @@
 //! server token --node N` adds a node token. The server keeps only SHA-256 hashes (in
 //! `tokens.json` in its directory) and re-reads the file when it changes.
 //!
-//! Roles: `admin` may do everything; `read-only` may list, get and watch; `node` (bound
-//! to one node name) may read everything and write only its own Node, its heartbeat and
-//! subnet leases, and Endpoints whose `spec.node` is its own.
+//! Roles: `admin` may do everything; `read-only` may list, get and watch everything but
+//! Secrets; `node` (bound to one node name) may read everything but the Secrets outside
+//! `trellis-system` (where BGP passwords live), and write only its own Node, its
+//! heartbeat and subnet leases, and Endpoints whose `spec.node` is its own; `ingress`
+//! (`trellis ingress`) may read everything, Secrets included, and write only the status
+//! of Ingresses.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -14,6 +17,8 @@ use std::time::SystemTime;
 
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
+
+use trellis_api::objects::{Kind, BGP_SECRET_NAMESPACE};
 
 use crate::error::ApiError;
 
@@ -29,6 +34,11 @@ pub enum Role {
     Node {
         /// The node it speaks for.
         node: String,
+    },
+    /// An ingress proxy.
+    Ingress {
+        /// Its name (for messages).
+        name: String,
     },
 }
 
@@ -222,16 +232,26 @@ impl Role {
                     )))
                 }
             }
+            Role::Ingress { .. } if plural == "ingresses" => Ok(()),
+            Role::Ingress { name: me } => Err(ApiError::forbidden(format!(
+                "ingress {me} may write only the status of Ingresses, not {plural}/{name}"
+            ))),
         }
     }
 
-    /// Refuse unless the role may read objects of `kind`: Secrets are for admins and
-    /// nodes (whose agents need BGP passwords), not read-only tokens.
-    pub fn check_read(&self, kind: trellis_api::objects::Kind) -> Result<(), ApiError> {
+    /// Refuse unless the role may read objects of `kind` in namespace `ns` (`None`: all
+    /// namespaces): Secrets are for admins and ingresses; nodes read only those of
+    /// [`BGP_SECRET_NAMESPACE`] (BGP passwords); read-only tokens none.
+    pub fn check_read(&self, kind: Kind, ns: Option<&str>) -> Result<(), ApiError> {
         match (self, kind) {
-            (Role::ReadOnly, trellis_api::objects::Kind::Secret) => Err(ApiError::forbidden(
+            (Role::ReadOnly, Kind::Secret) => Err(ApiError::forbidden(
                 "read-only token: Secrets are not readable",
             )),
+            (Role::Node { node }, Kind::Secret) if ns != Some(BGP_SECRET_NAMESPACE) => {
+                Err(ApiError::forbidden(format!(
+                    "node {node}: only the Secrets of namespace {BGP_SECRET_NAMESPACE} (BGP passwords) are readable"
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -269,13 +289,15 @@ mod tests {
         assert!(r.check_write("endpoints", "e", Some("n1")).is_ok());
         assert!(r.check_write("endpoints", "e", Some("n2")).is_err());
         assert!(r.check_write("services", "s", None).is_err());
-        assert!(r.check_read(trellis_api::objects::Kind::Secret).is_ok());
-        assert!(Role::ReadOnly
-            .check_read(trellis_api::objects::Kind::Secret)
-            .is_err());
-        assert!(Role::ReadOnly
-            .check_read(trellis_api::objects::Kind::Service)
-            .is_ok());
+        assert!(r.check_read(Kind::Secret, Some(BGP_SECRET_NAMESPACE)).is_ok());
+        assert!(r.check_read(Kind::Secret, Some("default")).is_err());
+        assert!(r.check_read(Kind::Secret, None).is_err());
+        assert!(Role::ReadOnly.check_read(Kind::Secret, None).is_err());
+        assert!(Role::ReadOnly.check_read(Kind::Service, None).is_ok());
+        let ing = Role::Ingress { name: "edge".into() };
+        assert!(ing.check_read(Kind::Secret, None).is_ok());
+        assert!(ing.check_write("ingresses", "web", None).is_ok());
+        assert!(ing.check_write("services", "web", None).is_err());
         assert_eq!(
             t.authenticate(Some("Bearer nope")).unwrap_err().reason,
             "Unauthorized"

@@ -14,6 +14,7 @@ pub mod alloc;
 pub mod auth;
 pub mod bgp;
 pub mod error;
+pub mod ingress;
 pub mod resources;
 pub mod serve;
 pub mod tenancy;

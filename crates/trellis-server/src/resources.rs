@@ -118,8 +118,22 @@ fn normalize(obj: &mut AnyObject) {
 }
 
 /// Fields only an admin may set: a Pod source prefix of `/0` (any IPv4 source). An
-/// update that keeps a `/0` the stored Pod already has is not a new grant.
+/// update that keeps a `/0` the stored Pod already has is not a new grant. An ingress
+/// token changes only an existing Ingress's status.
 fn check_privileged(role: &Role, obj: &AnyObject, old: Option<&AnyObject>) -> Result<(), ApiError> {
+    if let Role::Ingress { name } = role {
+        let same = match (obj, old) {
+            (AnyObject::Ingress(new), Some(AnyObject::Ingress(old))) => {
+                new.spec == old.spec && new.metadata.labels == old.metadata.labels
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(ApiError::forbidden(format!(
+                "ingress {name} may change only the status of an existing Ingress"
+            )));
+        }
+    }
     let any_source = |o: &AnyObject| matches!(o, AnyObject::Pod(p) if p.spec.allows_any_source());
     if *role != Role::Admin && any_source(obj) && !old.is_some_and(any_source) {
         return Err(ApiError::forbidden(
@@ -229,7 +243,7 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (t, _) = Target::from_path(&path)?;
-    role.check_read(t.kind)?;
+    role.check_read(t.kind, t.ns.as_deref())?;
     let prefix = kind_prefix(t.kind, t.ns.as_deref());
     if is_true(&q, "watch") {
         let rv = parse_rv(
@@ -307,7 +321,7 @@ pub async fn get(
     Path(path): Path<PathParams>,
 ) -> Result<Response, ApiError> {
     let (t, name) = Target::from_path(&path)?;
-    role.check_read(t.kind)?;
+    role.check_read(t.kind, t.ns.as_deref())?;
     let key = t.key(&name)?;
     match s.store.get(&key).await? {
         Some(kv) => Ok(Json(to_object(&kv)?).into_response()),
@@ -463,6 +477,12 @@ pub async fn delete(
         }
         let old = to_typed(&cur)?;
         role.check_write(t.kind.plural(), &name, node_of(&old))?;
+        if let Role::Ingress { name: me } = &role {
+            return Err(ApiError::forbidden(format!(
+                "ingress {me} may not delete {}/{name}",
+                t.kind.plural()
+            )));
+        }
         let plan = alloc::plan_delete(&s, &key, &old).await?;
         let txn = plan
             .txn

@@ -332,6 +332,38 @@ fn columns(o: &AnyObject) -> Columns {
             ],
             vec![],
         ),
+        AnyObject::Ingress(i) => {
+            let mut hosts: Vec<String> = i
+                .spec
+                .rules
+                .iter()
+                .map(|r| r.host.clone().unwrap_or_else(|| "*".into()))
+                .collect();
+            hosts.dedup();
+            let addresses = i
+                .status
+                .load_balancer
+                .ingress
+                .iter()
+                .filter_map(|a| a.ip.clone().or_else(|| a.hostname.clone()));
+            let ports = if i.spec.tls.is_empty() { "80" } else { "80, 443" };
+            (
+                vec![
+                    ("CLASS", or_none(i.spec.ingress_class_name.clone())),
+                    ("HOSTS", join_or_none(hosts.into_iter())),
+                    ("ADDRESS", join_or_none(addresses)),
+                    ("PORTS", ports.to_string()),
+                ],
+                vec![],
+            )
+        }
+        AnyObject::HttpRoute(r) => (
+            vec![
+                ("HOSTNAMES", join_or_none(r.spec.hostnames.iter().cloned())),
+                ("RULES", r.spec.rules.len().to_string()),
+            ],
+            vec![],
+        ),
         // Never the values.
         AnyObject::Secret(s) => (
             vec![

@@ -18,7 +18,8 @@ const DEFAULT_DIR: &str = "/var/lib/trellis/server";
 pub enum ServerCmd {
     /// Make the CA, the server certificate and the admin and read-only tokens.
     Init(InitArgs),
-    /// Add a token: for one node (`--node NAME`) or read-only; prints it.
+    /// Add a token: for one node (`--node NAME`), an ingress (`--ingress NAME`) or
+    /// read-only; prints it.
     Token(TokenArgs),
     /// Run the API server.
     Run(RunArgs),
@@ -41,8 +42,12 @@ pub struct TokenArgs {
     #[arg(long, default_value = DEFAULT_DIR)]
     dir: PathBuf,
     /// A token that may write only this node's objects.
-    #[arg(long, conflicts_with = "read_only")]
+    #[arg(long, conflicts_with_all = ["read_only", "ingress"])]
     node: Option<String>,
+    /// A token for `trellis ingress`: reads routes, Services, Endpoints and Secrets;
+    /// writes only Ingress status.
+    #[arg(long, conflicts_with = "read_only")]
+    ingress: Option<String>,
     /// A read-only token.
     #[arg(long)]
     read_only: bool,
@@ -80,10 +85,11 @@ pub fn run(cmd: ServerCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ServerCmd::Init(a) => init(&a),
         ServerCmd::Token(a) => {
-            let role = match (a.node, a.read_only) {
-                (Some(node), _) => Role::Node { node },
-                (None, true) => Role::ReadOnly,
-                (None, false) => bail!("say --node NAME or --read-only"),
+            let role = match (a.node, a.ingress, a.read_only) {
+                (Some(node), _, _) => Role::Node { node },
+                (None, Some(name), _) => Role::Ingress { name },
+                (None, None, true) => Role::ReadOnly,
+                (None, None, false) => bail!("say --node NAME, --ingress NAME or --read-only"),
             };
             let t = auth::add_token(&a.dir, role).map_err(anyhow::Error::msg)?;
             println!("{t}");

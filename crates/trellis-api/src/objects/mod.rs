@@ -18,9 +18,11 @@
 //! | `BGPPeer` | [`BgpPeer`] | cluster | `bgppeers` | [`BgpPeerSpec`] / [`NoStatus`] |
 //! | `BGPFilter` | [`BgpFilter`] | cluster | `bgpfilters` | [`BgpFilterSpec`] / [`NoStatus`] |
 //! | `Secret` | [`Secret`] | namespaced | `secrets` | [`SecretSpec`] / [`NoStatus`] |
+//! | `Ingress` | [`Ingress`] | namespaced | `ingresses` | [`IngressSpec`] / [`IngressStatus`] |
+//! | `HTTPRoute` | [`HttpRoute`] | namespaced | `httproutes` | [`HttpRouteSpec`] / [`HttpRouteStatus`] |
 //!
 //! Besides `trellis/v1`, Kubernetes manifests are accepted as they are: `apiVersion:
-//! networking.k8s.io/v1` for NetworkPolicy, `v1` for Namespace, Pod and Secret, and
+//! networking.k8s.io/v1` for NetworkPolicy and Ingress, `gateway.networking.k8s.io/v1` for HTTPRoute, `v1` for Namespace, Pod and Secret, and
 //! Calico's `projectcalico.org/v3` for the BGP kinds ([`Kind::foreign_api_version`]);
 //! objects are always written back as `trellis/v1`.
 //!
@@ -54,6 +56,8 @@ mod calico_selector;
 mod cnp;
 mod endpoint;
 mod error;
+mod httproute;
+mod ingress;
 mod lbpool;
 mod meta;
 mod namespace;
@@ -86,6 +90,19 @@ pub use cnp::{
 };
 pub use endpoint::{Endpoint, EndpointSpec, ENDPOINT_NETWORK_LABEL, ENDPOINT_NODE_LABEL};
 pub use error::ValidationError;
+pub use httproute::{
+    FilterType, HeaderModifier, HttpBackendRef, HttpHeader, HttpHeaderMatch, HttpMethod,
+    HttpPathMatch, HttpPathModifier, HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRetry,
+    HttpRouteRule, HttpRouteSpec, HttpRouteStatus, HttpRouteTimeouts, ParentReference,
+    PathMatchType, PathModifierType, RequestRedirect, SessionPersistence, UrlRewrite,
+    ValueMatchType, MAX_WEIGHT,
+};
+pub use ingress::{
+    validate_host, validate_path, HttpIngressPath, HttpIngressRuleValue, Ingress, IngressBackend,
+    IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressHostRule, IngressServiceBackend,
+    IngressSpec, IngressStatus, IngressTls, PathType, ServiceBackendPort, RATE_LIMIT_ANNOTATION,
+    SSL_REDIRECT_ANNOTATION, TLS_SECRET_TYPE,
+};
 pub use lbpool::{LoadBalancerPool, LoadBalancerPoolSpec};
 pub use meta::{
     format_rfc3339, parse_rfc3339, validate_dns1123_label, validate_dns1123_subdomain,
@@ -153,13 +170,17 @@ pub enum Kind {
     BgpPeer,
     /// [`BgpFilter`]: prefix rules for BGP peers. Cluster-scoped.
     BgpFilter,
-    /// [`Secret`]: secret values (BGP passwords). Namespaced.
+    /// [`Secret`]: secret values (BGP passwords, TLS certificates). Namespaced.
     Secret,
+    /// [`Ingress`]: HTTP(S) routes to Services (Kubernetes semantics). Namespaced.
+    Ingress,
+    /// [`HttpRoute`]: HTTP routes shaped like the Gateway API's. Namespaced.
+    HttpRoute,
 }
 
 impl Kind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Network,
         Kind::Node,
         Kind::Pod,
@@ -175,6 +196,8 @@ impl Kind {
         Kind::BgpPeer,
         Kind::BgpFilter,
         Kind::Secret,
+        Kind::Ingress,
+        Kind::HttpRoute,
     ];
 
     /// The name written in `kind`: `Network`, `Node`, ...
@@ -195,6 +218,8 @@ impl Kind {
             Kind::BgpPeer => "BGPPeer",
             Kind::BgpFilter => "BGPFilter",
             Kind::Secret => "Secret",
+            Kind::Ingress => "Ingress",
+            Kind::HttpRoute => "HTTPRoute",
         }
     }
 
@@ -216,6 +241,8 @@ impl Kind {
             Kind::BgpPeer => "bgppeers",
             Kind::BgpFilter => "bgpfilters",
             Kind::Secret => "secrets",
+            Kind::Ingress => "ingresses",
+            Kind::HttpRoute => "httproutes",
         }
     }
 
@@ -238,6 +265,8 @@ impl Kind {
             Kind::BgpPeer => None,
             Kind::BgpFilter => None,
             Kind::Secret => None,
+            Kind::Ingress => Some("ing"),
+            Kind::HttpRoute => None,
         }
     }
 
@@ -246,7 +275,8 @@ impl Kind {
     /// (Namespace, Pod).
     pub fn foreign_api_version(self) -> Option<&'static str> {
         match self {
-            Kind::NetworkPolicy => Some("networking.k8s.io/v1"),
+            Kind::NetworkPolicy | Kind::Ingress => Some("networking.k8s.io/v1"),
+            Kind::HttpRoute => Some("gateway.networking.k8s.io/v1"),
             Kind::Namespace | Kind::Pod | Kind::Secret => Some("v1"),
             Kind::BgpConfiguration | Kind::BgpPeer | Kind::BgpFilter => {
                 Some("projectcalico.org/v3")
@@ -265,7 +295,13 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         matches!(
             self,
-            Kind::Pod | Kind::Endpoint | Kind::Service | Kind::NetworkPolicy | Kind::Secret
+            Kind::Pod
+                | Kind::Endpoint
+                | Kind::Service
+                | Kind::NetworkPolicy
+                | Kind::Secret
+                | Kind::Ingress
+                | Kind::HttpRoute
         )
     }
 
@@ -533,6 +569,10 @@ pub enum AnyObject {
     BgpFilter(BgpFilter),
     /// A `Secret`.
     Secret(Secret),
+    /// An `Ingress`.
+    Ingress(Ingress),
+    /// An `HTTPRoute`.
+    HttpRoute(HttpRoute),
 }
 
 /// Run `$e` with `$o` bound to the typed object inside an [`AnyObject`].
@@ -554,6 +594,8 @@ macro_rules! each {
             AnyObject::BgpPeer($o) => $e,
             AnyObject::BgpFilter($o) => $e,
             AnyObject::Secret($o) => $e,
+            AnyObject::Ingress($o) => $e,
+            AnyObject::HttpRoute($o) => $e,
         }
     };
 }
@@ -601,6 +643,8 @@ impl AnyObject {
                 secret::lift_kubernetes_fields(&mut value);
                 AnyObject::Secret(typed(value)?)
             }
+            Kind::Ingress => AnyObject::Ingress(typed(value)?),
+            Kind::HttpRoute => AnyObject::HttpRoute(typed(value)?),
         })
     }
 
@@ -687,7 +731,9 @@ any_from!(
     BgpConfiguration,
     BgpPeer,
     BgpFilter,
-    Secret
+    Secret,
+    Ingress,
+    HttpRoute
 );
 
 /// Deserialize a typed object from a JSON value, errors naming the field path.

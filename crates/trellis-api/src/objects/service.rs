@@ -96,6 +96,10 @@ pub struct ServicePort {
     /// from its NodePort range ([`DEFAULT_NODE_PORT_RANGE`]) when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
+    /// The application protocol (Kubernetes' `appProtocol`); `kubernetes.io/h2c` makes
+    /// the ingress speak cleartext HTTP/2 to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
 }
 
 impl ServicePort {

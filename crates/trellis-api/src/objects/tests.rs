@@ -58,7 +58,9 @@ fn kind_facts() {
             "bgpconfigurations",
             "bgppeers",
             "bgpfilters",
-            "secrets"
+            "secrets",
+            "ingresses",
+            "httproutes"
         ]
     );
     for k in Kind::ALL {
@@ -75,7 +77,9 @@ fn kind_facts() {
             Kind::Endpoint,
             Kind::Service,
             Kind::NetworkPolicy,
-            Kind::Secret
+            Kind::Secret,
+            Kind::Ingress,
+            Kind::HttpRoute
         ]
     );
 }
@@ -199,7 +203,7 @@ fn kind_and_api_version() {
     assert_err(&e, "kind", "unknown kind \"Foo\"");
     assert_eq!(
         e.to_string(),
-        r#"kind: unknown kind "Foo", expected one of Network, Node, Pod, Endpoint, Service, LoadBalancerPool, Namespace, NetworkPolicy, ClusterNetworkPolicy, Tenant, TenantPeering, BGPConfiguration, BGPPeer, BGPFilter, Secret"#
+        r#"kind: unknown kind "Foo", expected one of Network, Node, Pod, Endpoint, Service, LoadBalancerPool, Namespace, NetworkPolicy, ClusterNetworkPolicy, Tenant, TenantPeering, BGPConfiguration, BGPPeer, BGPFilter, Secret, Ingress, HTTPRoute"#
     );
     // kind is checked first, so a wrong apiVersion with an unknown kind reports the kind.
     let e = json_err(r#"{"apiVersion": "v1", "kind": "Deployment"}"#);
