@@ -385,6 +385,7 @@ fn full_objects() -> Vec<AnyObject> {
                 target_port: Some(8080),
                 protocol: Protocol::Tcp,
                 node_port: Some(30080),
+                app_protocol: None,
             }],
             cluster_ip: Some("10.96.0.10".into()),
             external_ips: vec!["192.168.50.9".parse().unwrap()],
