@@ -3,4 +3,6 @@
 //! a hyper reverse proxy ([`proxy`]) serves it over HTTP/1.1, HTTP/2 and TLS with SNI, and
 //! sends requests straight to the ready pod endpoints of the Services.
 
+pub mod health;
+pub mod table;
 pub mod tls;
