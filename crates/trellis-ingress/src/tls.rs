@@ -138,3 +138,18 @@ pub fn server_config(resolver: Arc<SniResolver>) -> rustls::ServerConfig {
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg
 }
+
+/// A self-signed certificate for names nothing else covers (as ingress-nginx's "fake
+/// certificate"): clients see a TLS error rather than a closed connection.
+pub fn self_signed() -> Result<CertifiedKey, CertError> {
+    let err = |e: rcgen::Error| CertError {
+        field: CERT_KEY,
+        message: format!("generating the default certificate: {e}"),
+    };
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut p = rcgen::CertificateParams::new(vec!["ingress.trellis.invalid".to_string()]).map_err(err)?;
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "Trellis Ingress Default Certificate");
+    let cert = p.self_signed(&key).map_err(err)?;
+    certified_key(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+}

@@ -6,6 +6,7 @@ mod agent_cmd;
 mod bgp_cmd;
 mod cli_cmd;
 mod cli_table;
+mod ingress_cmd;
 mod lab_cmd;
 mod lab_pod_cmd;
 mod lab_tenants_cmd;
@@ -28,6 +29,8 @@ enum Cmd {
     /// BGP sessions of the nodes: `status [NODE]`.
     #[command(subcommand)]
     Bgp(bgp_cmd::BgpCmd),
+    /// The L7 HTTP(S) entry: Ingress and HTTPRoute objects, straight to pods.
+    Ingress(ingress_cmd::IngressArgs),
     /// Network-namespace labs: `up`, `down`, `exec`, `status`.
     #[command(subcommand)]
     Lab(lab_cmd::LabCmd),
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
     let res = match cli.cmd {
         Cmd::Agent(a) => agent_cmd::run(a),
         Cmd::Bgp(c) => bgp_cmd::run(c),
+        Cmd::Ingress(a) => ingress_cmd::run(a),
         Cmd::Lab(l) => lab_cmd::run(l),
         Cmd::Policy(c) => policy_cmd::run(c),
         Cmd::Server(c) => server_cmd::run(c),

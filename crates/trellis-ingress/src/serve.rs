@@ -1,0 +1,154 @@
+//! The listeners: accept loops for plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge)
+//! and TLS (ALPN `h2` / `http/1.1`, SNI certificates from [`crate::tls::SniResolver`]).
+//! Listeners never close while the routes change. On [`Drain::start`] the accept loops
+//! stop, every connection is asked to finish (HTTP/1 after its current request, HTTP/2
+//! with GOAWAY), and [`Drain::finished`] waits for them and for spliced WebSockets.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::proxy::{ConnInfo, Proxy};
+
+/// Connections alive and the signal to wind down.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    stop: watch::Sender<bool>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drain {
+    /// A drain counting the connections of `proxy` and its spliced upgrades.
+    pub fn of(proxy: &Proxy) -> Drain {
+        Drain {
+            stop: watch::channel(false).0,
+            live: proxy.live.clone(),
+        }
+    }
+}
+
+/// Counts one connection while alive.
+struct Live(Arc<AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drain {
+    /// Stop accepting and ask every connection to finish.
+    pub fn start(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Connections (and upgraded streams) still open.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Wait until no connection is open, or `limit` passed; returns how many were left.
+    pub async fn finished(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.live() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.live()
+    }
+
+    fn track(&self) -> Live {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        Live(self.live.clone())
+    }
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    b.http2().timer(hyper_util::rt::TokioTimer::new()).max_concurrent_streams(1000);
+    b
+}
+
+/// Serve `listener`, over TLS when `tls` is given, until the drain starts.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, proxy: Arc<Proxy>, drain: Drain) {
+    let mut stop = drain.stop.subscribe();
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("listener without an address: {e}");
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped(&mut stop) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: do not spin.
+                tracing::warn!(%local, "accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let tls = tls.clone();
+        let mut stop = drain.stop.subscribe();
+        let live = drain.track();
+        tokio::spawn(async move {
+            let info = ConnInfo {
+                peer,
+                local,
+                tls: tls.is_some(),
+            };
+            let svc = service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, info).await) }
+            });
+            let b = builder();
+            match tls {
+                None => {
+                    let conn = b.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stopped(&mut stop) => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                }
+                Some(acc) => {
+                    let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)).await else {
+                        return;
+                    };
+                    let conn = b.serve_connection_with_upgrades(TokioIo::new(s), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stopped(&mut stop) => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                }
+            }
+            drop(live);
+        });
+    }
+}
