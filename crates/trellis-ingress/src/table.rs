@@ -10,7 +10,9 @@
 //! precedence: Exact paths, then prefixes longest first, then regular expressions; then
 //! routes with a method, more header matches, more query matches; then the older object,
 //! then by namespace/name. Ingress's rules (longest path wins, Exact before Prefix at the
-//! same length) are the same order.
+//! same length) are the same order. A request no route matches goes to the oldest
+//! Ingress's `defaultBackend`, unless an HTTPRoute serves its host (then 404, as the
+//! Gateway API says).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -433,6 +435,9 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct HostRoutes {
     routes: Vec<Route>,
+    /// An HTTPRoute serves this host: unmatched requests get 404 (Gateway API), not the
+    /// Ingress default backend.
+    gateway: bool,
 }
 
 /// The whole table.
@@ -486,8 +491,8 @@ impl Table {
             return Lookup::Route(route);
         }
         match &self.default_action {
-            Some(a) => Lookup::Default(a),
-            None => Lookup::NotFound,
+            Some(a) if !entry.gateway => Lookup::Default(a),
+            _ => Lookup::NotFound,
         }
     }
 
@@ -810,7 +815,9 @@ pub fn build(inp: Inputs<'_>, health: &Health) -> Table {
                     r.spec.hostnames.iter().map(|h| Some(h.to_ascii_lowercase())).collect()
                 };
                 for h in hosts {
-                    t.host_entry(h.as_deref(), true).routes.push(Route {
+                    let entry = t.host_entry(h.as_deref(), true);
+                    entry.gateway = true;
+                    entry.routes.push(Route {
                         when: when.clone(),
                         action: action.clone(),
                         order: order_of(&r.metadata),

@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod cni;
 pub mod conformance;
+pub mod ingress;
 pub mod routed;
 pub mod routers;
 pub mod scratch;

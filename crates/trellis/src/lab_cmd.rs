@@ -43,6 +43,9 @@ pub enum LabCmd {
         #[arg(long)]
         all: bool,
     },
+    /// The lab's HTTP backend (ingress tests and benchmarks); run it inside a pod.
+    #[command(hide = true)]
+    Echo(crate::lab_echo_cmd::EchoArgs),
     /// Run a command inside a lab namespace: `u`, a node (`n1`) or a pod (`n1-p1`).
     Exec {
         /// Lab name.
@@ -109,6 +112,7 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        LabCmd::Echo(a) => crate::lab_echo_cmd::run(a),
         LabCmd::Exec { name, target, argv } => {
             let lab = Lab::load(&name)?;
             let ns = lab.resolve(&target).with_context(|| {

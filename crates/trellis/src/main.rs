@@ -8,6 +8,7 @@ mod cli_cmd;
 mod cli_table;
 mod ingress_cmd;
 mod lab_cmd;
+mod lab_echo_cmd;
 mod lab_pod_cmd;
 mod lab_tenants_cmd;
 mod policy_cmd;

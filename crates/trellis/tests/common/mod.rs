@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ingress;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -172,4 +173,9 @@ pub fn policy_check(lab: &Lab, trellis: &Path, args: &[&str]) -> (bool, String, 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Wait (15 s) until `f()` returns text containing `want`.
+pub fn wait_for_text(mut f: impl FnMut() -> String, want: &str) -> bool {
+    trellis_lab::wait_for(std::time::Duration::from_secs(15), || f().contains(want))
 }
