@@ -85,6 +85,8 @@ pub fn ingress_lab(extra: &[&str]) -> IngressLab {
 /// One answer seen by curl.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// HTTP version of the last answer (`HTTP/1.1`, `HTTP/2`).
+    pub version: String,
     /// HTTP status (0: no answer).
     pub status: u16,
     /// Response headers, names lower-case.
@@ -153,12 +155,14 @@ impl IngressLab {
 pub fn parse(out: &str) -> Answer {
     let mut rest = out;
     let mut status = 0;
+    let mut version = String::new();
     let mut headers = Vec::new();
     while rest.starts_with("HTTP/") {
         let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
         let mut lines = head.lines();
-        status = lines
-            .next()
+        let first = lines.next().unwrap_or_default();
+        version = first.split_whitespace().next().unwrap_or_default().to_string();
+        status = Some(first)
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
@@ -169,6 +173,7 @@ pub fn parse(out: &str) -> Answer {
         rest = body;
     }
     Answer {
+        version,
         status,
         headers,
         body: rest.to_string(),
