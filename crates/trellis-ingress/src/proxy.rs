@@ -77,6 +77,9 @@ pub struct Proxy {
     settings: Settings,
     /// Connections and spliced upgrades alive (what a drain waits for).
     pub live: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set when draining: HTTP/1 responses say `Connection: close`, so clients leave
+    /// after the answer instead of meeting a closed idle connection.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn full(status: StatusCode, text: String) -> Response<Body> {
@@ -257,6 +260,7 @@ impl Proxy {
             limiter: RateLimiter::default(),
             settings,
             live: Arc::default(),
+            draining: Arc::default(),
         }
     }
 
@@ -279,7 +283,11 @@ impl Proxy {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let version = req.version();
-        let (resp, route, upstream) = self.route(&table, req, &host, port, &info).await;
+        let (mut resp, route, upstream) = self.route(&table, req, &host, port, &info).await;
+        if version < Version::HTTP_2 && self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.settings.access_log {
             let log = LogLine {
                 start,
@@ -582,10 +590,17 @@ impl Proxy {
                     }
                     return Ok((resp, up.addr));
                 }
-                Err(e) if e.is_connect() => {
-                    up.health.connect_failed(self.health.now_ms());
+                // Nothing reached the endpoint (a failed connect), or an idempotent request
+                // we can send again lost its connection (a pod going away closes its
+                // keep-alive connections): try another endpoint.
+                Err(e) if e.is_connect() || (replayable && idempotent(&out.method) && !upgrade) => {
+                    if e.is_connect() {
+                        up.health.connect_failed(self.health.now_ms());
+                    } else {
+                        up.health.answered(502, self.health.now_ms());
+                    }
                     last = Some((
-                        full(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: cannot connect to {} ({})\n", up.addr, error_chain(&e))),
+                        full(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: {} failed: {}\n", up.addr, error_chain(&e))),
                         Some(up.addr),
                     ));
                     if !replayable {

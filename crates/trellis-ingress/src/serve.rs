@@ -1,8 +1,9 @@
 //! The listeners: accept loops for plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge)
 //! and TLS (ALPN `h2` / `http/1.1`, SNI certificates from [`crate::tls::SniResolver`]).
 //! Listeners never close while the routes change. On [`Drain::start`] the accept loops
-//! stop, every connection is asked to finish (HTTP/1 after its current request, HTTP/2
-//! with GOAWAY), and [`Drain::finished`] waits for them and for spliced WebSockets.
+//! stop, HTTP/1 answers say `Connection: close`, and a connection that has not ended by
+//! itself within a second is asked to (HTTP/2 GOAWAY; HTTP/1 closed when idle);
+//! [`Drain::finished`] waits for them and for spliced WebSockets.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,7 +23,12 @@ use crate::proxy::{ConnInfo, Proxy};
 pub struct Drain {
     stop: watch::Sender<bool>,
     live: Arc<AtomicUsize>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long a draining connection may end by itself (HTTP/1 clients leave after an
+/// answer saying `Connection: close`) before it is told to (GOAWAY, or closed when idle).
+const SELF_CLOSE: Duration = Duration::from_secs(1);
 
 impl Drain {
     /// A drain counting the connections of `proxy` and its spliced upgrades.
@@ -30,6 +36,7 @@ impl Drain {
         Drain {
             stop: watch::channel(false).0,
             live: proxy.live.clone(),
+            draining: proxy.draining.clone(),
         }
     }
 }
@@ -46,6 +53,7 @@ impl Drop for Live {
 impl Drain {
     /// Stop accepting and ask every connection to finish.
     pub fn start(&self) {
+        self.draining.store(true, Ordering::SeqCst);
         self.stop.send_replace(true);
     }
 
@@ -128,8 +136,10 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, proxy: Arc<P
                     tokio::select! {
                         _ = conn.as_mut() => {}
                         _ = stopped(&mut stop) => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
+                            if tokio::time::timeout(SELF_CLOSE, conn.as_mut()).await.is_err() {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = conn.await;
+                            }
                         }
                     }
                 }
@@ -142,8 +152,10 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, proxy: Arc<P
                     tokio::select! {
                         _ = conn.as_mut() => {}
                         _ = stopped(&mut stop) => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
+                            if tokio::time::timeout(SELF_CLOSE, conn.as_mut()).await.is_err() {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = conn.await;
+                            }
                         }
                     }
                 }
