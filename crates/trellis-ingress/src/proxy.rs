@@ -24,6 +24,31 @@ use crate::health::Health;
 use crate::ratelimit::RateLimiter;
 use crate::table::{session_key, Action, Backend, Lookup, RequestView, Route, Table, Upstream};
 
+/// The upstream connection pools of one worker thread: each worker keeps its own, so a
+/// request never waits on another thread's pool lock or connection task.
+struct Clients {
+    http1: Client<HttpConnector, Body>,
+    h2c: Client<HttpConnector, Body>,
+}
+
+impl Clients {
+    fn new(connect_timeout: Duration) -> Clients {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(connect_timeout));
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(Duration::from_secs(60)).set_host(false);
+        let http1 = b.build(conn.clone());
+        b.http2_only(true);
+        let h2c = b.build(conn);
+        Clients { http1, h2c }
+    }
+}
+
+thread_local! {
+    static CLIENTS: std::cell::OnceCell<Clients> = const { std::cell::OnceCell::new() };
+}
+
 /// Any error a body may carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of everything the proxy sends and forwards.
@@ -71,8 +96,6 @@ pub struct Proxy {
     table: ArcSwap<Table>,
     /// Endpoint health (shared with the table builder).
     pub health: Arc<Health>,
-    http1: Client<HttpConnector, Body>,
-    h2c: Client<HttpConnector, Body>,
     limiter: RateLimiter,
     settings: Settings,
     /// Connections and spliced upgrades alive (what a drain waits for).
@@ -241,22 +264,9 @@ impl LogLine<'_> {
 impl Proxy {
     /// A proxy with an empty table.
     pub fn new(settings: Settings) -> Proxy {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(settings.connect_timeout));
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(Duration::from_secs(60)).set_host(false);
-        let http1 = b.build(conn.clone());
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(Duration::from_secs(60))
-            .set_host(false)
-            .http2_only(true);
-        let h2c = b.build(conn);
         Proxy {
             table: ArcSwap::from_pointee(Table::default()),
             health: Arc::new(Health::default()),
-            http1,
-            h2c,
             limiter: RateLimiter::default(),
             settings,
             live: Arc::default(),
@@ -560,8 +570,12 @@ impl Proxy {
             }
             let replayable = out.replayable();
             let req = out.build(up);
-            let client = if backend.h2c && !upgrade { &self.h2c } else { &self.http1 };
-            let sent = client.request(req);
+            let h2c = backend.h2c && !upgrade;
+            let timeout = self.settings.connect_timeout;
+            let sent = CLIENTS.with(|c| {
+                let c = c.get_or_init(|| Clients::new(timeout));
+                if h2c { c.h2c.request(req) } else { c.http1.request(req) }
+            });
             let res = match action.backend_timeout {
                 Some(t) => match tokio::time::timeout(t, sent).await {
                     Ok(r) => r,

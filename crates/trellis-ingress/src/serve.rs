@@ -22,6 +22,7 @@ use crate::proxy::{ConnInfo, Proxy};
 #[derive(Debug, Clone)]
 pub struct Drain {
     stop: watch::Sender<bool>,
+    deadline: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     live: Arc<AtomicUsize>,
     draining: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -35,6 +36,7 @@ impl Drain {
     pub fn of(proxy: &Proxy) -> Drain {
         Drain {
             stop: watch::channel(false).0,
+            deadline: Arc::default(),
             live: proxy.live.clone(),
             draining: proxy.draining.clone(),
         }
@@ -51,8 +53,9 @@ impl Drop for Live {
 }
 
 impl Drain {
-    /// Stop accepting and ask every connection to finish.
-    pub fn start(&self) {
+    /// Stop accepting and ask every connection to finish within `limit`.
+    pub fn start(&self, limit: Duration) {
+        *self.deadline.lock().expect("drain lock") = Some(std::time::Instant::now() + limit);
         self.draining.store(true, Ordering::SeqCst);
         self.stop.send_replace(true);
     }
@@ -62,13 +65,12 @@ impl Drain {
         self.live.load(Ordering::SeqCst)
     }
 
-    /// Wait until no connection is open, or `limit` passed; returns how many were left.
-    pub async fn finished(&self, limit: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.live() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.live()
+    /// Whether the drain's time is up.
+    pub fn expired(&self) -> bool {
+        self.deadline
+            .lock()
+            .expect("drain lock")
+            .is_some_and(|d| std::time::Instant::now() >= d)
     }
 
     fn track(&self) -> Live {
@@ -87,6 +89,72 @@ fn builder() -> auto::Builder<TokioExecutor> {
         .header_read_timeout(Duration::from_secs(30));
     b.http2().timer(hyper_util::rt::TokioTimer::new()).max_concurrent_streams(1000);
     b
+}
+
+/// A listening socket and, for HTTPS, its TLS acceptor.
+#[derive(Clone)]
+pub struct Listener {
+    /// The bound socket (non-blocking).
+    pub socket: Arc<std::net::TcpListener>,
+    /// TLS, for HTTPS.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("socket", &self.socket.local_addr().ok())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Run `workers` threads, each a single-threaded runtime accepting on every listener and
+/// serving its connections itself (as nginx's worker processes: no request hops between
+/// threads, each thread has its own upstream pools). They end when the drain starts and
+/// their connections are done.
+pub fn run_workers(
+    workers: usize,
+    listeners: &[Listener],
+    proxy: &Arc<Proxy>,
+    drain: &Drain,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for w in 0..workers.max(1) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut socks = Vec::new();
+        for l in listeners {
+            let s = l.socket.try_clone()?;
+            s.set_nonblocking(true)?;
+            socks.push((s, l.tls.clone()));
+        }
+        let (proxy, drain) = (proxy.clone(), drain.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("ingress-worker-{w}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        let mut tasks = Vec::new();
+                        for (s, tls) in socks {
+                            match TcpListener::from_std(s) {
+                                Ok(l) => tasks.push(tokio::spawn(serve(l, tls, proxy.clone(), drain.clone()))),
+                                Err(e) => tracing::error!("worker {w}: listener: {e}"),
+                            }
+                        }
+                        for t in tasks {
+                            let _ = t.await;
+                        }
+                        // Connections of this worker finish on this runtime.
+                        while drain.live() > 0 && !drain.expired() {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    })
+                })?,
+        );
+    }
+    Ok(handles)
 }
 
 /// Serve `listener`, over TLS when `tls` is given, until the drain starts.

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use trellis_client::{Client, Config};
 use trellis_ingress::controller::{self, ControllerConfig};
 use trellis_ingress::proxy::{Proxy, Settings};
-use trellis_ingress::serve::{serve, Drain};
+use trellis_ingress::serve::{run_workers, Drain, Listener};
 use trellis_ingress::tls::{certified_key, self_signed, server_config, CertTable, SniResolver};
 use trellis_ingress::{handover, health};
 
@@ -68,23 +68,31 @@ pub struct IngressArgs {
     /// Seconds a draining instance waits for open connections and WebSockets.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
-    /// Worker threads (default: the CPUs this process may use).
+    /// Worker threads serving requests (default: the CPUs this process may use).
     #[arg(long)]
     threads: Option<usize>,
 }
 
+/// The control runtime (API watches, table builds, status, signals) is one thread; the
+/// requests are served by `--threads` workers of their own.
 pub fn run(a: IngressArgs) -> anyhow::Result<ExitCode> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = a.threads {
-        rt.worker_threads(n.max(1));
-    }
-    rt.enable_all().build()?.block_on(main(a))
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?
+        .block_on(main(a))
 }
 
-fn to_listener(fd: OwnedFd) -> anyhow::Result<tokio::net::TcpListener> {
+fn to_listener(fd: OwnedFd) -> anyhow::Result<std::net::TcpListener> {
     let l = std::net::TcpListener::from(fd);
     l.set_nonblocking(true)?;
-    Ok(tokio::net::TcpListener::from_std(l)?)
+    Ok(l)
+}
+
+fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr).with_context(|| format!("{flag} {addr}"))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
 }
 
 async fn main(a: IngressArgs) -> anyhow::Result<ExitCode> {
@@ -117,15 +125,9 @@ async fn main(a: IngressArgs) -> anyhow::Result<ExitCode> {
             (http, https)
         }
         None => {
-            let http = tokio::net::TcpListener::bind(a.listen_http)
-                .await
-                .with_context(|| format!("--listen-http {}", a.listen_http))?;
+            let http = bind(a.listen_http, "--listen-http")?;
             let https = match a.listen_https {
-                Some(addr) => Some(
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .with_context(|| format!("--listen-https {addr}"))?,
-                ),
+                Some(addr) => Some(bind(addr, "--listen-https")?),
                 None => None,
             };
             (http, https)
@@ -178,13 +180,20 @@ async fn main(a: IngressArgs) -> anyhow::Result<ExitCode> {
     let drain = Drain::of(&proxy);
     let mut fds = vec![("http".to_string(), http.as_raw_fd())];
     tracing::info!(addr = %http.local_addr()?, "serving HTTP");
-    let mut tasks = vec![tokio::spawn(serve(http, None, proxy.clone(), drain.clone()))];
+    let mut listeners = vec![Listener {
+        socket: Arc::new(http),
+        tls: None,
+    }];
     if let Some(l) = https {
         fds.push(("https".to_string(), l.as_raw_fd()));
         tracing::info!(addr = %l.local_addr()?, "serving HTTPS");
-        let acc = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(certs.clone())));
-        tasks.push(tokio::spawn(serve(l, Some(acc), proxy.clone(), drain.clone())));
+        listeners.push(Listener {
+            socket: Arc::new(l),
+            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config(certs.clone())))),
+        });
     }
+    let workers = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = run_workers(workers, &listeners, &proxy, &drain)?;
     if let Some(t) = taken {
         t.ready()?;
     }
@@ -211,13 +220,16 @@ async fn main(a: IngressArgs) -> anyhow::Result<ExitCode> {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
     }
-    drain.start();
-    for t in tasks {
-        let _ = t.await;
+    drain.start(Duration::from_secs(a.drain_timeout));
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await?;
+    if drain.live() > 0 {
+        tracing::warn!(left = drain.live(), "drain timeout: closing the remaining connections");
     }
-    let left = drain.finished(Duration::from_secs(a.drain_timeout)).await;
-    if left > 0 {
-        tracing::warn!(left, "drain timeout: closing the remaining connections");
-    }
+    drop(listeners);
     Ok(ExitCode::SUCCESS)
 }
