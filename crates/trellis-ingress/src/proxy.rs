@@ -37,7 +37,9 @@ impl Clients {
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(connect_timeout));
         let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(Duration::from_secs(60)).set_host(false);
+        b.pool_idle_timeout(Duration::from_secs(60))
+            .set_host(false)
+            .http1_writev(false);
         let http1 = b.build(conn.clone());
         b.http2_only(true);
         let h2c = b.build(conn);
@@ -197,7 +199,7 @@ fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// The request as it can be sent (again): head and, when kept, the body.
 struct Outgoing {
     method: Method,
-    path_and_query: String,
+    path_and_query: http::uri::PathAndQuery,
     headers: HeaderMap,
     body: Option<Body>,
     kept: Option<Bytes>,
@@ -209,12 +211,11 @@ impl Outgoing {
     }
 
     fn build(&mut self, up: &Upstream) -> Request<Body> {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(up.addr.to_string())
-            .path_and_query(self.path_and_query.as_str())
-            .build()
-            .expect("a valid URI");
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(up.authority.clone());
+        uri.path_and_query = Some(self.path_and_query.clone());
+        let uri = Uri::from_parts(uri).expect("a valid URI");
         let body = match self.body.take() {
             Some(b) => b,
             None => match &self.kept {
@@ -290,7 +291,8 @@ impl Proxy {
         let table = self.table.load_full();
         let (host, port) = host_of(&req);
         let start = Instant::now();
-        let path = req.uri().path().to_string();
+        let log_on = self.settings.access_log;
+        let path = if log_on { req.uri().path().to_string() } else { String::new() };
         let method = req.method().clone();
         let version = req.version();
         let (mut resp, route, upstream) = self.route(&table, req, &host, port, &info).await;
@@ -298,7 +300,7 @@ impl Proxy {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if self.settings.access_log {
+        if log_on {
             let log = LogLine {
                 start,
                 info: &info,
@@ -319,7 +321,7 @@ impl Proxy {
         host: &str,
         port: Option<u16>,
         info: &ConnInfo,
-    ) -> (Response<Body>, Option<String>, Option<SocketAddr>) {
+    ) -> (Response<Body>, Option<Arc<str>>, Option<SocketAddr>) {
         let view = RequestView {
             method: req.method(),
             path: req.uri().path(),
@@ -468,13 +470,22 @@ impl Proxy {
         if let Some(c) = &action.request_headers {
             c.apply(&mut headers);
         }
-        let path = match &action.rewrite_path {
-            Some(c) => c.apply(parts.uri.path(), route.and_then(Route::prefix)),
-            None => parts.uri.path().to_string(),
-        };
-        let path_and_query = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
+        let path_and_query = match (&action.rewrite_path, parts.uri.path_and_query()) {
+            (None, Some(pq)) => pq.clone(),
+            (None, None) => http::uri::PathAndQuery::from_static("/"),
+            (Some(c), _) => {
+                let path = c.apply(parts.uri.path(), route.and_then(Route::prefix));
+                let pq = match parts.uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                match pq.parse() {
+                    Ok(pq) => pq,
+                    Err(e) => {
+                        return (full(StatusCode::BAD_REQUEST, format!("400: rewritten path {pq:?}: {e}\n")), None)
+                    }
+                }
+            }
         };
         let (body, kept) = if body.is_end_stream() {
             (None, None)

@@ -85,7 +85,8 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new())
+    // Small answers: one flattened write beats a writev of head and body.
+    b.http1().keep_alive(true).writev(false).timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     b.http2().timer(hyper_util::rt::TokioTimer::new()).max_concurrent_streams(1000);
     b

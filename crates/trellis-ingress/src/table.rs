@@ -175,6 +175,8 @@ impl Match {
 pub struct Upstream {
     /// The pod address and target port.
     pub addr: SocketAddr,
+    /// `addr` as a URI authority (made once, not per request).
+    pub authority: http::uri::Authority,
     /// Its passive (and active) health, shared by every table that has it.
     pub health: Arc<crate::health::EndpointHealth>,
 }
@@ -355,7 +357,7 @@ pub struct Session {
 #[derive(Debug)]
 pub struct Action {
     /// `ingress ns/name` or `httproute ns/name rule N`, for logs.
-    pub source: String,
+    pub source: Arc<str>,
     /// Answer with a redirect instead of proxying.
     pub redirect: Option<Redirect>,
     /// Plain HTTP to a TLS host of an Ingress: redirect to HTTPS (308).
@@ -589,6 +591,7 @@ impl<'a> Backends<'a> {
                             .into_iter()
                             .map(|addr| Upstream {
                                 addr,
+                                authority: addr.to_string().parse().expect("an address is an authority"),
                                 health: self.health.of(addr),
                             })
                             .collect();
@@ -631,7 +634,7 @@ fn order_of(meta: &trellis_api::objects::ObjectMeta) -> (String, String) {
 
 fn new_action(source: String, id: usize) -> Action {
     Action {
-        source,
+        source: source.into(),
         redirect: None,
         ssl_redirect: false,
         request_headers: None,

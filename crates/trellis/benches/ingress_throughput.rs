@@ -20,8 +20,8 @@
 //! keep-alive, `Connection: close` (a new connection per request) and HTTPS keep-alive.
 //! Then every proxy is driven at a fixed rate of half nginx's keep-alive maximum by an
 //! open-loop generator in this process (64 keep-alive connections; each request is sent
-//! at its scheduled time and its latency counts from that time, so a stall shows) and its
-//! p99 is compared. RSS is the proxy's (nginx: master and workers) after the runs.
+//! at its scheduled time and its latency counts from that time, so a stall shows; a
+//! connection the server closes after an answer is reopened) and its p99 is compared. RSS is the proxy's (nginx: master and workers) after the runs.
 //!
 //! The ingress alone: ROUTES HTTPRoutes are loaded (each its own host), then 50 new
 //! routes are created one at a time through the API; the sample is the time from the
@@ -153,55 +153,103 @@ fn get_status(s: &mut TcpStream, host: &str, path: &str, buf: &mut Vec<u8>) -> s
     }
 }
 
-/// Open-loop load at `rate` requests/s for `secs` over 64 connections (from the
-/// underlay); latencies in ms, counted from each request's scheduled time.
+/// One keep-alive GET on an async connection: the status and whether the server
+/// closes the connection after it (`Connection: close`, as nginx says after
+/// `keepalive_requests`).
+async fn get_async(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<(u16, bool)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /bench HTTP/1.1\r\nHost: bench.test\r\n\r\n").await?;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let close = head.lines().any(|l| l.starts_with("connection:") && l.contains("close"));
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok((status, close));
+        }
+    }
+}
+
+/// Open-loop load at `rate` requests/s for `secs` over 64 keep-alive connections (from
+/// the underlay, one thread, async); latencies in ms, counted from each request's
+/// scheduled time. A connection the server closes after an answer is opened again
+/// before the next request (not an error).
 fn fixed_rate(lab: &Lab, rate: f64, secs: u64) -> (Vec<f64>, u64) {
     let total = (rate * secs as f64) as u64;
-    let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now() + Duration::from_millis(200);
-    let mut threads = Vec::new();
-    for _ in 0..64 {
-        let next = next.clone();
-        threads.push(
-            spawn_in_netns(&lab.state.underlay, move || {
-                let mut s = TcpStream::connect((EDGE, 80))?;
-                s.set_nodelay(true)?;
-                let mut lat = Vec::new();
-                let mut errors = 0;
-                let mut buf = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        return Ok((lat, errors));
-                    }
-                    let at = start + Duration::from_secs_f64(i as f64 / rate);
-                    if let Some(d) = at.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(d);
-                    }
-                    match get_status(&mut s, "bench.test", "/bench", &mut buf) {
-                        Ok(200) => lat.push(at.elapsed().as_secs_f64() * 1e3),
-                        _ => {
-                            errors += 1;
-                            s = TcpStream::connect((EDGE, 80))?;
+    spawn_in_netns(&lab.state.underlay, move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let next = Arc::new(AtomicU64::new(0));
+            let start = tokio::time::Instant::now() + Duration::from_millis(200);
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..64 {
+                let next = next.clone();
+                set.spawn(async move {
+                    let connect = || tokio::net::TcpStream::connect((EDGE, 80));
+                    let mut s = connect().await?;
+                    s.set_nodelay(true)?;
+                    let (mut lat, mut errors, mut buf) = (Vec::new(), 0u64, Vec::new());
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            return Ok::<_, std::io::Error>((lat, errors));
+                        }
+                        let at = start + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(at).await;
+                        match get_async(&mut s, &mut buf).await {
+                            Ok((200, close)) => {
+                                lat.push(at.elapsed().as_secs_f64() * 1e3);
+                                if close {
+                                    s = connect().await?;
+                                    s.set_nodelay(true)?;
+                                }
+                            }
+                            _ => {
+                                errors += 1;
+                                s = connect().await?;
+                                s.set_nodelay(true)?;
+                            }
                         }
                     }
-                }
-            })
-            .unwrap(),
-        );
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in threads {
-        let (l, e) = t.join().unwrap().unwrap();
-        all.extend(l);
-        errors += e;
-    }
-    (all, errors)
+                });
+            }
+            let (mut all, mut errors) = (Vec::new(), 0);
+            while let Some(r) = set.join_next().await {
+                let (l, e) = r.map_err(std::io::Error::other)??;
+                all.extend(l);
+                errors += e;
+            }
+            Ok((all, errors))
+        })
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+    .unwrap()
 }
 
 struct Proxy {
     name: &'static str,
+    /// Its log file in the lab directory (without `.log`).
+    log: &'static str,
     start: Box<dyn Fn(&mut Lab) -> u32>,
 }
 
@@ -211,14 +259,23 @@ fn taskset(cpus: &str, program: &str) -> std::process::Command {
     c
 }
 
-fn wait_serving(lab: &Lab) {
-    assert!(
-        wait_for(Duration::from_secs(20), || {
-            lab.exec_any(&lab.state.underlay, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: bench.test", &format!("http://{EDGE}/bench")])
-                .is_ok_and(|o| o.stdout == b"200")
-        }),
-        "the proxy does not serve"
-    );
+fn answers(lab: &Lab) -> bool {
+    lab.exec_any(&lab.state.underlay, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: bench.test", &format!("http://{EDGE}/bench")])
+        .is_ok_and(|o| o.stdout == b"200")
+}
+
+fn wait_serving(lab: &Lab, name: &str) {
+    if !wait_for(Duration::from_secs(20), || answers(lab)) {
+        let log = std::fs::read_to_string(lab.dir().join(format!("{name}.log"))).unwrap_or_default();
+        panic!("{name} does not serve:\n{log}");
+    }
+}
+
+/// Stop a proxy and wait until its ports are free for the next one.
+fn stop(lab: &mut Lab, pid: u32) {
+    lab.stop(pid, false);
+    assert!(wait_for(Duration::from_secs(10), || !answers(lab)), "the proxy still answers after SIGTERM");
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 fn main() {
@@ -290,7 +347,7 @@ fn main() {
     std::fs::write(
         &haproxy_conf,
         format!(
-            "global\n  nbthread 2\n  maxconn 20000\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  option forwardfor\n  http-reuse always\n\n\
+            "global\n  nbthread 2\n  maxconn 8000\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  option forwardfor\n  http-reuse always\n\n\
              frontend f\n  bind {EDGE}:80\n  bind {EDGE}:443 ssl crt {pem} alpn h2,http/1.1\n  default_backend b\n\nbackend b\n  balance roundrobin\n{servers}",
             pem = pem.display()
         ),
@@ -313,9 +370,10 @@ fn main() {
         }
     };
     let proxies: Vec<Proxy> = vec![
-        Proxy { name: "trellis", start: Box::new(ingress_cmd.clone()) },
+        Proxy { name: "trellis", log: "ingress-bench", start: Box::new(ingress_cmd.clone()) },
         Proxy {
             name: "nginx",
+            log: "nginx",
             start: Box::new({
                 let (conf, cpus, n1) = (nginx_conf.clone(), cpus.clone(), n1.clone());
                 move |lab: &mut Lab| {
@@ -327,6 +385,7 @@ fn main() {
         },
         Proxy {
             name: "haproxy",
+            log: "haproxy",
             start: Box::new({
                 let (conf, cpus, n1) = (haproxy_conf.clone(), cpus.clone(), n1.clone());
                 move |lab: &mut Lab| {
@@ -344,7 +403,7 @@ fn main() {
     let mut results: Vec<(&str, Wrk, Wrk, Wrk, u64)> = Vec::new();
     for p in &proxies {
         let pid = (p.start)(&mut lab);
-        wait_serving(&lab);
+        wait_serving(&lab, p.log);
         wrk(&lab, &format!("http://{EDGE}/bench"), 2, &[]); // warm-up
         let ka = wrk(&lab, &format!("http://{EDGE}/bench"), secs, &[]);
         let nc = wrk(&lab, &format!("http://{EDGE}/bench"), secs, &["-H", "Connection: close"]);
@@ -354,8 +413,7 @@ fn main() {
             "{:8} keep-alive {:>9.0} rps p50 {:>6.2} ms p99 {:>6.2} ms | new conn {:>8.0} rps p99 {:>6.2} ms | TLS {:>9.0} rps p99 {:>6.2} ms | RSS {:>6} KiB | errors {}",
             p.name, ka.rps, ka.p50_ms, ka.p99_ms, nc.rps, nc.p99_ms, tls.rps, tls.p99_ms, rss, ka.errors + nc.errors + tls.errors
         );
-        lab.stop(pid, false);
-        std::thread::sleep(Duration::from_millis(500));
+        stop(&mut lab, pid);
         results.push((p.name, ka, nc, tls, rss));
     }
     if results.len() < 3 {
@@ -377,7 +435,7 @@ fn main() {
     println!("\nfixed rate {rate:.0} rps (half of nginx's keep-alive maximum), 64 connections, open loop, {secs} s (target: trellis p99 <= nginx p99)");
     for p in &proxies {
         let pid = (p.start)(&mut lab);
-        wait_serving(&lab);
+        wait_serving(&lab, p.log);
         let (mut lat, errors) = fixed_rate(&lab, rate, secs);
         println!(
             "{:8} p50 {:>6.2} ms p99 {:>6.2} ms max {:>7.2} ms ({} answers, {errors} errors)",
@@ -387,13 +445,12 @@ fn main() {
             pct(&mut lat, 1.0),
             lat.len()
         );
-        lab.stop(pid, false);
-        std::thread::sleep(Duration::from_millis(500));
+        stop(&mut lab, pid);
     }
 
     // Route changes with ROUTES routes loaded (the ingress alone).
     let pid = ingress_cmd(&mut lab);
-    wait_serving(&lab);
+    wait_serving(&lab, "ingress-bench");
     let cfg = trellis_client::Config::load(&lab.client_config()).unwrap();
     let u = lab.state.underlay.clone();
     let (changes, rss_before, rss_after) = spawn_in_netns(&u, move || {

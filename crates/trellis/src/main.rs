@@ -2,6 +2,11 @@
 //! server, `trellis lab` manages network-namespace labs; `apply`, `get`, `delete`,
 //! `watch`, `api-resources` and `config` are the API client. Thin: each subcommand calls into its crate.
 
+/// mimalloc: the ingress allocates per request on every worker; glibc malloc cost about 9% of
+/// its CPU in the benchmark.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod agent_cmd;
 mod bgp_cmd;
 mod cli_cmd;
