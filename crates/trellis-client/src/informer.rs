@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::Client;
 use futures::StreamExt;
 use serde_json::Value;
 use trellis_api::objects::AnyObject;
 use trellis_api::watch::{self, List, ObjectHead, WatchEvent};
-use crate::Client;
 
 /// What the cache holds.
 #[derive(Debug, Default)]

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use trellis_api::objects::{AnyObject, Endpoint, HttpRoute, Ingress, IngressLoadBalancerIngress, Kind, Secret, Service};
+use trellis_api::objects::{
+    AnyObject, Endpoint, HttpRoute, Ingress, IngressLoadBalancerIngress, Kind, Secret, Service,
+};
 use trellis_client::informer::Informer;
 use trellis_client::{list_path, object_path, Client};
 
@@ -37,7 +39,13 @@ struct Informers {
 
 impl Informers {
     fn all(&self) -> [&Informer; 5] {
-        [&self.ingresses, &self.routes, &self.services, &self.endpoints, &self.secrets]
+        [
+            &self.ingresses,
+            &self.routes,
+            &self.services,
+            &self.endpoints,
+            &self.secrets,
+        ]
     }
 }
 
@@ -64,14 +72,20 @@ pub async fn run(
     let mut subs: Vec<_> = inf.all().iter().map(|i| i.subscribe()).collect();
     let (status_tx, status_rx) = tokio::sync::watch::channel(());
     if !cfg.publish.is_empty() {
-        tokio::spawn(status_loop(client, cfg.clone(), inf.ingresses.clone(), status_rx));
+        tokio::spawn(status_loop(
+            client,
+            cfg.clone(),
+            inf.ingresses.clone(),
+            status_rx,
+        ));
     }
     let mut generation = 0u64;
     let mut last_warnings: Vec<String> = Vec::new();
     loop {
         // Every informer must have listed once before the first table goes in: a table
         // without the Services would answer 503 to everything.
-        let snaps: Option<Vec<Vec<Arc<AnyObject>>>> = inf.all().iter().map(|i| i.snapshot()).collect();
+        let snaps: Option<Vec<Vec<Arc<AnyObject>>>> =
+            inf.all().iter().map(|i| i.snapshot()).collect();
         if let Some(s) = snaps {
             let ingresses = typed(&s[0], |o| match o {
                 AnyObject::Ingress(i) => Some(i),
@@ -146,17 +160,27 @@ async fn status_loop(
         if changed.changed().await.is_err() {
             return;
         }
-        let Some(all) = ingresses.snapshot() else { continue };
+        let Some(all) = ingresses.snapshot() else {
+            continue;
+        };
         for o in all {
             let AnyObject::Ingress(i) = &*o else { continue };
-            if i.spec.ingress_class_name.as_deref().is_some_and(|c| c != cfg.class) {
+            if i.spec
+                .ingress_class_name
+                .as_deref()
+                .is_some_and(|c| c != cfg.class)
+            {
                 continue;
             }
             let have = &i.status.load_balancer.ingress;
             let missing: Vec<&String> = cfg
                 .publish
                 .iter()
-                .filter(|a| !have.iter().any(|h| h.ip.as_ref() == Some(a) || h.hostname.as_ref() == Some(a)))
+                .filter(|a| {
+                    !have
+                        .iter()
+                        .any(|h| h.ip.as_ref() == Some(a) || h.hostname.as_ref() == Some(a))
+                })
                 .collect();
             if missing.is_empty() {
                 continue;
@@ -164,15 +188,24 @@ async fn status_loop(
             let mut new = i.clone();
             for a in missing {
                 let entry = if a.parse::<std::net::IpAddr>().is_ok() {
-                    IngressLoadBalancerIngress { ip: Some(a.clone()), hostname: None }
+                    IngressLoadBalancerIngress {
+                        ip: Some(a.clone()),
+                        hostname: None,
+                    }
                 } else {
-                    IngressLoadBalancerIngress { ip: None, hostname: Some(a.clone()) }
+                    IngressLoadBalancerIngress {
+                        ip: None,
+                        hostname: Some(a.clone()),
+                    }
                 };
                 new.status.load_balancer.ingress.push(entry);
             }
             new.status.load_balancer.ingress.sort();
             let path = object_path(Kind::Ingress, i.namespace(), i.name());
-            if let Err(e) = client.put(&path, &serde_json::to_value(&new).expect("serializes")).await {
+            if let Err(e) = client
+                .put(&path, &serde_json::to_value(&new).expect("serializes"))
+                .await
+            {
                 // A conflict means it changed: the next round sees the new one.
                 tracing::debug!(ingress = %path, "status: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;

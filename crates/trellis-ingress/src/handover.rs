@@ -30,7 +30,12 @@ pub enum HandoverError {
 pub fn take(path: &Path) -> Result<Option<Taken>, HandoverError> {
     let mut s = match UnixStream::connect(path) {
         Ok(s) => s,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
             return Ok(None)
         }
         Err(e) => return Err(e.into()),

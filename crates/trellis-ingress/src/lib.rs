@@ -3,8 +3,8 @@
 //! a hyper reverse proxy ([`proxy`]) serves it over HTTP/1.1, HTTP/2 and TLS with SNI, and
 //! sends requests straight to the ready pod endpoints of the Services.
 
-pub mod handover;
 pub mod controller;
+pub mod handover;
 pub mod health;
 pub mod proxy;
 pub mod ratelimit;

@@ -153,7 +153,10 @@ fn is_upgrade(h: &HeaderMap) -> bool {
         && h.get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -292,7 +295,11 @@ impl Proxy {
         let (host, port) = host_of(&req);
         let start = Instant::now();
         let log_on = self.settings.access_log;
-        let path = if log_on { req.uri().path().to_string() } else { String::new() };
+        let path = if log_on {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        };
         let method = req.method().clone();
         let version = req.version();
         let (mut resp, route, upstream) = self.route(&table, req, &host, port, &info).await;
@@ -344,9 +351,13 @@ impl Proxy {
             if !self.limiter.allow(action.id, info.peer.ip(), rps) {
                 let mut r = full(
                     StatusCode::TOO_MANY_REQUESTS,
-                    format!("429 Too Many Requests: more than {rps} requests per second from {}\n", info.peer.ip()),
+                    format!(
+                        "429 Too Many Requests: more than {rps} requests per second from {}\n",
+                        info.peer.ip()
+                    ),
                 );
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return (r, source, None);
             }
         }
@@ -360,10 +371,13 @@ impl Proxy {
             return (redirect(StatusCode::PERMANENT_REDIRECT, &loc), source, None);
         }
         if let Some(rd) = &action.redirect {
-            let scheme = rd
-                .scheme
-                .clone()
-                .unwrap_or_else(|| if info.tls { "https".into() } else { "http".into() });
+            let scheme = rd.scheme.clone().unwrap_or_else(|| {
+                if info.tls {
+                    "https".into()
+                } else {
+                    "http".into()
+                }
+            });
             let port = match (rd.port, &rd.scheme) {
                 (Some(p), _) => Some(p),
                 (None, Some(_)) => None,
@@ -380,7 +394,10 @@ impl Proxy {
                 port.filter(|p| *p != default_port)
                     .map(|p| format!(":{p}"))
                     .unwrap_or_default(),
-                req.uri().query().map(|q| format!("?{q}")).unwrap_or_default()
+                req.uri()
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default()
             );
             let status = StatusCode::from_u16(rd.status).unwrap_or(StatusCode::FOUND);
             return (redirect(status, &loc), source, None);
@@ -399,7 +416,10 @@ impl Proxy {
     ) -> (Response<Body>, Option<SocketAddr>) {
         let Some(first) = action.pick_backend() else {
             return (
-                full(StatusCode::INTERNAL_SERVER_ERROR, format!("500: route {} has no backend\n", action.source)),
+                full(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("500: route {} has no backend\n", action.source),
+                ),
                 None,
             );
         };
@@ -409,12 +429,13 @@ impl Proxy {
             .as_ref()
             .and_then(|s| cookie(req.headers(), &s.cookie))
             .map(str::to_string);
-        let pinned: Option<(&Arc<Backend>, &Upstream)> = session_cookie.as_deref().and_then(|key| {
-            action
-                .backends
-                .iter()
-                .find_map(|(_, b)| b.by_session(key, now).map(|u| (b, u)))
-        });
+        let pinned: Option<(&Arc<Backend>, &Upstream)> =
+            session_cookie.as_deref().and_then(|key| {
+                action
+                    .backends
+                    .iter()
+                    .find_map(|(_, b)| b.by_session(key, now).map(|u| (b, u)))
+            });
         let backend = pinned.map_or(first, |(b, _)| b);
         if backend.upstreams.is_empty() {
             let why = backend.missing.as_deref().unwrap_or("no endpoint");
@@ -438,10 +459,12 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, v);
         }
-        let orig_host = headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let orig_host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let client_ip = info.peer.ip().to_string();
         let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {client_ip}"),
@@ -482,7 +505,13 @@ impl Proxy {
                 match pq.parse() {
                     Ok(pq) => pq,
                     Err(e) => {
-                        return (full(StatusCode::BAD_REQUEST, format!("400: rewritten path {pq:?}: {e}\n")), None)
+                        return (
+                            full(
+                                StatusCode::BAD_REQUEST,
+                                format!("400: rewritten path {pq:?}: {e}\n"),
+                            ),
+                            None,
+                        )
                     }
                 }
             }
@@ -493,7 +522,13 @@ impl Proxy {
             match body.collect().await {
                 Ok(b) => (None, Some(b.to_bytes())),
                 Err(e) => {
-                    return (full(StatusCode::BAD_REQUEST, format!("400: reading the request body: {e}\n")), None)
+                    return (
+                        full(
+                            StatusCode::BAD_REQUEST,
+                            format!("400: reading the request body: {e}\n"),
+                        ),
+                        None,
+                    )
                 }
             }
         } else {
@@ -512,7 +547,13 @@ impl Proxy {
             Some(t) => match tokio::time::timeout(t, whole).await {
                 Ok(r) => r,
                 Err(_) => Err((
-                    full(StatusCode::GATEWAY_TIMEOUT, format!("504 Gateway Timeout: no answer within {t:?} (route {})\n", action.source)),
+                    full(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "504 Gateway Timeout: no answer within {t:?} (route {})\n",
+                            action.source
+                        ),
+                    ),
                     None,
                 )),
             },
@@ -522,13 +563,17 @@ impl Proxy {
             Ok(x) => x,
             Err((r, up)) => return (r, up),
         };
-        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status()) {
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_upgrade, resp.status())
+        {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let live = self.live.clone();
             live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 if let (Ok(a), Ok(b)) = (client_upgrade.await, upstream_upgrade.await) {
-                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+                    let _ =
+                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
+                            .await;
                 }
                 live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
@@ -543,13 +588,21 @@ impl Proxy {
         if let Some(s) = &action.session {
             let key = session_key(up);
             if session_cookie.as_deref() != Some(key.as_str()) {
-                let max_age = s.max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
-                if let Ok(v) = HeaderValue::from_str(&format!("{}={key}; Path=/; HttpOnly{max_age}", s.cookie)) {
+                let max_age = s
+                    .max_age
+                    .map(|a| format!("; Max-Age={a}"))
+                    .unwrap_or_default();
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("{}={key}; Path=/; HttpOnly{max_age}", s.cookie))
+                {
                     p.headers.append(header::SET_COOKIE, v);
                 }
             }
         }
-        (Response::from_parts(p, body.map_err(BoxError::from).boxed()), Some(up))
+        (
+            Response::from_parts(p, body.map_err(BoxError::from).boxed()),
+            Some(up),
+        )
     }
 
     /// Send to endpoints of `backend` until one answers (or the retries are spent).
@@ -585,7 +638,11 @@ impl Proxy {
             let timeout = self.settings.connect_timeout;
             let sent = CLIENTS.with(|c| {
                 let c = c.get_or_init(|| Clients::new(timeout));
-                if h2c { c.h2c.request(req) } else { c.http1.request(req) }
+                if h2c {
+                    c.h2c.request(req)
+                } else {
+                    c.http1.request(req)
+                }
             });
             let res = match action.backend_timeout {
                 Some(t) => match tokio::time::timeout(t, sent).await {
@@ -593,7 +650,13 @@ impl Proxy {
                     Err(_) => {
                         up.health.answered(504, self.health.now_ms());
                         return Err((
-                            full(StatusCode::GATEWAY_TIMEOUT, format!("504 Gateway Timeout: {} did not answer within {t:?}\n", up.addr)),
+                            full(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                format!(
+                                    "504 Gateway Timeout: {} did not answer within {t:?}\n",
+                                    up.addr
+                                ),
+                            ),
                             Some(up.addr),
                         ));
                     }
@@ -604,9 +667,16 @@ impl Proxy {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     up.health.answered(status, self.health.now_ms());
-                    if retry_5xx && action.retry.codes.contains(&status) && attempt + 1 < max && replayable {
+                    if retry_5xx
+                        && action.retry.codes.contains(&status)
+                        && attempt + 1 < max
+                        && replayable
+                    {
                         last = Some((
-                            full(resp.status(), format!("{status} from {} (retried)\n", up.addr)),
+                            full(
+                                resp.status(),
+                                format!("{status} from {} (retried)\n", up.addr),
+                            ),
                             Some(up.addr),
                         ));
                         if (attempt as u32) < action.retry.attempts {
@@ -625,7 +695,10 @@ impl Proxy {
                         up.health.answered(502, self.health.now_ms());
                     }
                     last = Some((
-                        full(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: {} failed: {}\n", up.addr, error_chain(&e))),
+                        full(
+                            StatusCode::BAD_GATEWAY,
+                            format!("502 Bad Gateway: {} failed: {}\n", up.addr, error_chain(&e)),
+                        ),
                         Some(up.addr),
                     ));
                     if !replayable {
@@ -635,7 +708,10 @@ impl Proxy {
                 Err(e) => {
                     up.health.answered(502, self.health.now_ms());
                     return Err((
-                        full(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: {} failed: {}\n", up.addr, error_chain(&e))),
+                        full(
+                            StatusCode::BAD_GATEWAY,
+                            format!("502 Bad Gateway: {} failed: {}\n", up.addr, error_chain(&e)),
+                        ),
                         Some(up.addr),
                     ));
                 }
@@ -643,7 +719,13 @@ impl Proxy {
         }
         Err(last.unwrap_or_else(|| {
             (
-                full(StatusCode::SERVICE_UNAVAILABLE, format!("503 Service Unavailable: no usable endpoint of {}\n", backend.name)),
+                full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "503 Service Unavailable: no usable endpoint of {}\n",
+                        backend.name
+                    ),
+                ),
                 None,
             )
         }))

@@ -73,7 +73,10 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let ok = (0..20).filter(|_| l.allow_at(1, a, 10, t0)).count();
         assert_eq!(ok, 10);
-        assert!(l.allow_at(1, b, 10, t0), "another client has its own bucket");
+        assert!(
+            l.allow_at(1, b, 10, t0),
+            "another client has its own bucket"
+        );
         assert!(l.allow_at(2, a, 10, t0), "another route has its own bucket");
         let t1 = t0 + Duration::from_millis(250);
         let ok = (0..20).filter(|_| l.allow_at(1, a, 10, t1)).count();

@@ -86,9 +86,14 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // Small answers: one flattened write beats a writev of head and body.
-    b.http1().keep_alive(true).writev(false).timer(hyper_util::rt::TokioTimer::new())
+    b.http1()
+        .keep_alive(true)
+        .writev(false)
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
-    b.http2().timer(hyper_util::rt::TokioTimer::new()).max_concurrent_streams(1000);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(1000);
     b
 }
 
@@ -140,7 +145,12 @@ pub fn run_workers(
                         let mut tasks = Vec::new();
                         for (s, tls) in socks {
                             match TcpListener::from_std(s) {
-                                Ok(l) => tasks.push(tokio::spawn(serve(l, tls, proxy.clone(), drain.clone()))),
+                                Ok(l) => tasks.push(tokio::spawn(serve(
+                                    l,
+                                    tls,
+                                    proxy.clone(),
+                                    drain.clone(),
+                                ))),
                                 Err(e) => tracing::error!("worker {w}: listener: {e}"),
                             }
                         }
@@ -159,7 +169,12 @@ pub fn run_workers(
 }
 
 /// Serve `listener`, over TLS when `tls` is given, until the drain starts.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, proxy: Arc<Proxy>, drain: Drain) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    drain: Drain,
+) {
     let mut stop = drain.stop.subscribe();
     let local = match listener.local_addr() {
         Ok(a) => a,
@@ -213,7 +228,9 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, proxy: Arc<P
                     }
                 }
                 Some(acc) => {
-                    let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)).await else {
+                    let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)).await
+                    else {
                         return;
                     };
                     let conn = b.serve_connection_with_upgrades(TokioIo::new(s), svc);

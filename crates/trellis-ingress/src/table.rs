@@ -23,8 +23,8 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 use trellis_api::objects::{
-    Endpoint, HeaderModifier, HttpPathModifier, HttpRoute, HttpRouteRule, Ingress,
-    IngressBackend, PathMatchType, PathModifierType, PathType, Secret, Service, ValueMatchType,
+    Endpoint, HeaderModifier, HttpPathModifier, HttpRoute, HttpRouteRule, Ingress, IngressBackend,
+    PathMatchType, PathModifierType, PathType, Secret, Service, ValueMatchType,
     RATE_LIMIT_ANNOTATION, SSL_REDIRECT_ANNOTATION, TLS_SECRET_TYPE,
 };
 
@@ -147,7 +147,11 @@ impl Match {
             return false;
         }
         for (name, want) in &self.headers {
-            let got = r.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+            let got = r
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
             let mut any = false;
             for v in got {
                 any |= want.matches(v);
@@ -485,7 +489,9 @@ impl Table {
             .or_else(|| {
                 self.wildcard_any
                     .iter()
-                    .find(|(suffix, _)| host.ends_with(suffix.as_str()) && host.len() > suffix.len())
+                    .find(|(suffix, _)| {
+                        host.ends_with(suffix.as_str()) && host.len() > suffix.len()
+                    })
                     .map(|(_, h)| h)
             })
             .unwrap_or(&self.any_host);
@@ -591,7 +597,10 @@ impl<'a> Backends<'a> {
                             .into_iter()
                             .map(|addr| Upstream {
                                 addr,
-                                authority: addr.to_string().parse().expect("an address is an authority"),
+                                authority: addr
+                                    .to_string()
+                                    .parse()
+                                    .expect("an address is an authority"),
                                 health: self.health.of(addr),
                             })
                             .collect();
@@ -614,7 +623,10 @@ fn annotation<'a>(meta: &'a trellis_api::objects::ObjectMeta, keys: &[&str]) -> 
 fn rate_limit_of(meta: &trellis_api::objects::ObjectMeta, default: Option<u32>) -> Option<u32> {
     annotation(
         meta,
-        &[RATE_LIMIT_ANNOTATION, "nginx.ingress.kubernetes.io/limit-rps"],
+        &[
+            RATE_LIMIT_ANNOTATION,
+            "nginx.ingress.kubernetes.io/limit-rps",
+        ],
     )
     .and_then(|v| v.trim().parse().ok())
     .filter(|v| *v > 0)
@@ -703,7 +715,10 @@ pub fn build(inp: Inputs<'_>, health: &Health) -> Table {
         let rate = rate_limit_of(&ing.metadata, inp.default_rate_limit);
         let ssl_redirect = annotation(
             &ing.metadata,
-            &[SSL_REDIRECT_ANNOTATION, "nginx.ingress.kubernetes.io/ssl-redirect"],
+            &[
+                SSL_REDIRECT_ANNOTATION,
+                "nginx.ingress.kubernetes.io/ssl-redirect",
+            ],
         ) != Some("false");
         let mut tls_hosts: Vec<&str> = Vec::new();
         for tls in &ing.spec.tls {
@@ -716,7 +731,9 @@ pub fn build(inp: Inputs<'_>, health: &Health) -> Table {
                         None
                     }
                     Some(s) if s.spec.kind.as_deref() != Some(TLS_SECRET_TYPE) => {
-                        t.warnings.push(format!("{src}: Secret {ns}/{name} is not of type {TLS_SECRET_TYPE}"));
+                        t.warnings.push(format!(
+                            "{src}: Secret {ns}/{name} is not of type {TLS_SECRET_TYPE}"
+                        ));
                         None
                     }
                     Some(s) => match (s.spec.get(CERT_KEY), s.spec.get(KEY_KEY)) {
@@ -741,22 +758,23 @@ pub fn build(inp: Inputs<'_>, health: &Health) -> Table {
                 }
             }
         }
-        let mk = |backend: &IngressBackend, be: &mut Backends<'_>, host: Option<&str>, id: usize| {
-            let mut a = new_action(src.clone(), id);
-            if let Some(s) = &backend.service {
-                let port = match (&s.port.number, &s.port.name) {
-                    (Some(n), _) => PortRef::Number(*n),
-                    (None, Some(n)) => PortRef::Name(n),
-                    (None, None) => PortRef::Number(0),
-                };
-                a.backends.push((1, be.get(ns, &s.name, port)));
-                a.total_weight = 1;
-            }
-            a.rate_limit = rate;
-            a.ssl_redirect = ssl_redirect
-                && host.is_some_and(|h| tls_hosts.iter().any(|t| t.eq_ignore_ascii_case(h)));
-            Arc::new(a)
-        };
+        let mk =
+            |backend: &IngressBackend, be: &mut Backends<'_>, host: Option<&str>, id: usize| {
+                let mut a = new_action(src.clone(), id);
+                if let Some(s) = &backend.service {
+                    let port = match (&s.port.number, &s.port.name) {
+                        (Some(n), _) => PortRef::Number(*n),
+                        (None, Some(n)) => PortRef::Name(n),
+                        (None, None) => PortRef::Number(0),
+                    };
+                    a.backends.push((1, be.get(ns, &s.name, port)));
+                    a.total_weight = 1;
+                }
+                a.rate_limit = rate;
+                a.ssl_redirect = ssl_redirect
+                    && host.is_some_and(|h| tls_hosts.iter().any(|t| t.eq_ignore_ascii_case(h)));
+                Arc::new(a)
+            };
         if let Some(b) = &ing.spec.default_backend {
             if t.default_action.is_none() {
                 t.default_action = Some(mk(b, &mut be, None, id()));
@@ -809,13 +827,20 @@ pub fn build(inp: Inputs<'_>, health: &Health) -> Table {
             };
             for m in &matches {
                 let Some(when) = to_match(m) else {
-                    t.warnings.push(format!("{}: a match that does not compile is left out", action.source));
+                    t.warnings.push(format!(
+                        "{}: a match that does not compile is left out",
+                        action.source
+                    ));
                     continue;
                 };
                 let hosts: Vec<Option<String>> = if r.spec.hostnames.is_empty() {
                     vec![None]
                 } else {
-                    r.spec.hostnames.iter().map(|h| Some(h.to_ascii_lowercase())).collect()
+                    r.spec
+                        .hostnames
+                        .iter()
+                        .map(|h| Some(h.to_ascii_lowercase()))
+                        .collect()
                 };
                 for h in hosts {
                     let entry = t.host_entry(h.as_deref(), true);
@@ -857,7 +882,9 @@ fn to_match(m: &trellis_api::objects::HttpRouteMatch) -> Option<Match> {
         None => PathMatch::Prefix(String::new()),
         Some(p) => match p.kind {
             PathMatchType::Exact => PathMatch::Exact(p.value.clone()),
-            PathMatchType::PathPrefix => PathMatch::Prefix(p.value.trim_end_matches('/').to_string()),
+            PathMatchType::PathPrefix => {
+                PathMatch::Prefix(p.value.trim_end_matches('/').to_string())
+            }
             PathMatchType::RegularExpression => PathMatch::Regex(anchored(&p.value)?),
         },
     };
@@ -874,7 +901,9 @@ fn to_match(m: &trellis_api::objects::HttpRouteMatch) -> Option<Match> {
     }
     Some(Match {
         path,
-        method: m.method.map(|x| Method::from_bytes(x.as_str().as_bytes()).expect("a known method")),
+        method: m
+            .method
+            .map(|x| Method::from_bytes(x.as_str().as_bytes()).expect("a known method")),
         headers,
         query,
     })
@@ -937,7 +966,10 @@ fn route_action(
     }
     if let Some(s) = &rule.session_persistence {
         a.session = Some(Session {
-            cookie: s.session_name.clone().unwrap_or_else(|| "trellis-session".into()),
+            cookie: s
+                .session_name
+                .clone()
+                .unwrap_or_else(|| "trellis-session".into()),
             max_age: s.absolute_timeout.as_ref().map(|d| d.get().as_secs()),
         });
     }

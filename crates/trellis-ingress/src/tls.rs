@@ -147,9 +147,12 @@ pub fn self_signed() -> Result<CertifiedKey, CertError> {
         message: format!("generating the default certificate: {e}"),
     };
     let key = rcgen::KeyPair::generate().map_err(err)?;
-    let mut p = rcgen::CertificateParams::new(vec!["ingress.trellis.invalid".to_string()]).map_err(err)?;
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "Trellis Ingress Default Certificate");
+    let mut p =
+        rcgen::CertificateParams::new(vec!["ingress.trellis.invalid".to_string()]).map_err(err)?;
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "Trellis Ingress Default Certificate",
+    );
     let cert = p.self_signed(&key).map_err(err)?;
     certified_key(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
 }

@@ -95,14 +95,20 @@ impl Lab {
     pub fn wait_port(&self, netns: &str, addr: SocketAddr, what: &str) -> Result<()> {
         let url = format!("http://{addr}/");
         if wait_for(Duration::from_secs(20), || {
-            self.exec_any(netns, &["curl", "-s", "-o", "/dev/null", "--max-time", "1", &url])
-                .is_ok_and(|o| o.status.success())
+            self.exec_any(
+                netns,
+                &["curl", "-s", "-o", "/dev/null", "--max-time", "1", &url],
+            )
+            .is_ok_and(|o| o.status.success())
         }) {
             return Ok(());
         }
-        let log = std::fs::read_to_string(self.dir().join(format!("{}.log", what.replace(' ', "-"))))
-            .unwrap_or_default();
-        Err(LabError::Io(format!("{what} does not listen on {addr}:\n{log}")))
+        let log =
+            std::fs::read_to_string(self.dir().join(format!("{}.log", what.replace(' ', "-"))))
+                .unwrap_or_default();
+        Err(LabError::Io(format!(
+            "{what} does not listen on {addr}:\n{log}"
+        )))
     }
 
     /// Run `trellis lab echo` (the ingress backend) in pod namespace `netns` on port

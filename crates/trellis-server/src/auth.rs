@@ -289,12 +289,16 @@ mod tests {
         assert!(r.check_write("endpoints", "e", Some("n1")).is_ok());
         assert!(r.check_write("endpoints", "e", Some("n2")).is_err());
         assert!(r.check_write("services", "s", None).is_err());
-        assert!(r.check_read(Kind::Secret, Some(BGP_SECRET_NAMESPACE)).is_ok());
+        assert!(r
+            .check_read(Kind::Secret, Some(BGP_SECRET_NAMESPACE))
+            .is_ok());
         assert!(r.check_read(Kind::Secret, Some("default")).is_err());
         assert!(r.check_read(Kind::Secret, None).is_err());
         assert!(Role::ReadOnly.check_read(Kind::Secret, None).is_err());
         assert!(Role::ReadOnly.check_read(Kind::Service, None).is_ok());
-        let ing = Role::Ingress { name: "edge".into() };
+        let ing = Role::Ingress {
+            name: "edge".into(),
+        };
         assert!(ing.check_read(Kind::Secret, None).is_ok());
         assert!(ing.check_write("ingresses", "web", None).is_ok());
         assert!(ing.check_write("services", "web", None).is_err());

@@ -15,7 +15,11 @@ use crate::resources::{object_key, to_typed};
 use crate::{ApiError, Server};
 
 async fn service(s: &Server, ns: &str, name: &str) -> Result<Option<Service>, ApiError> {
-    let Some(kv) = s.store.get(&object_key(Kind::Service, Some(ns), name)).await? else {
+    let Some(kv) = s
+        .store
+        .get(&object_key(Kind::Service, Some(ns), name))
+        .await?
+    else {
         return Ok(None);
     };
     match to_typed(&kv)? {

@@ -44,7 +44,10 @@ use trellis_lab::{spawn_in_netns, wait_for, Lab};
 const EDGE: &str = "192.168.77.11";
 
 fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -75,7 +78,18 @@ fn ms_of(s: &str) -> f64 {
 }
 
 fn wrk(lab: &Lab, url: &str, secs: u64, extra: &[&str]) -> Wrk {
-    let mut args = vec!["wrk", "-t", "1", "-c", "64", "--latency", "--timeout", "5s", "-H", "Host: bench.test"];
+    let mut args = vec![
+        "wrk",
+        "-t",
+        "1",
+        "-c",
+        "64",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-H",
+        "Host: bench.test",
+    ];
     let d = format!("{secs}s");
     args.extend(["-d", &d]);
     args.extend_from_slice(extra);
@@ -94,13 +108,20 @@ fn wrk(lab: &Lab, url: &str, secs: u64, extra: &[&str]) -> Wrk {
             w.p99_ms = ms_of(r);
         }
         if let Some(r) = l.strip_prefix("Socket errors:") {
-            w.errors += r.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>();
+            w.errors += r
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
         }
         if let Some(r) = l.strip_prefix("Non-2xx or 3xx responses:") {
             w.errors += r.trim().parse::<u64>().unwrap_or(0);
         }
     }
-    assert!(w.rps > 0.0, "wrk {url}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        w.rps > 0.0,
+        "wrk {url}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     w
 }
 
@@ -123,7 +144,12 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// A minimal HTTP/1.1 keep-alive GET; status.
-fn get_status(s: &mut TcpStream, host: &str, path: &str, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+fn get_status(
+    s: &mut TcpStream,
+    host: &str,
+    path: &str,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<u16> {
     write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
     buf.clear();
     let mut chunk = [0u8; 4096];
@@ -135,7 +161,11 @@ fn get_status(s: &mut TcpStream, host: &str, path: &str, buf: &mut Vec<u8>) -> s
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             let len: usize = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
@@ -156,9 +186,13 @@ fn get_status(s: &mut TcpStream, host: &str, path: &str, buf: &mut Vec<u8>) -> s
 /// One keep-alive GET on an async connection: the status and whether the server
 /// closes the connection after it (`Connection: close`, as nginx says after
 /// `keepalive_requests`).
-async fn get_async(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<(u16, bool)> {
+async fn get_async(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(u16, bool)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /bench HTTP/1.1\r\nHost: bench.test\r\n\r\n").await?;
+    s.write_all(b"GET /bench HTTP/1.1\r\nHost: bench.test\r\n\r\n")
+        .await?;
     buf.clear();
     let mut chunk = [0u8; 4096];
     loop {
@@ -169,13 +203,19 @@ async fn get_async(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io:
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             let len: usize = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
-            let close = head.lines().any(|l| l.starts_with("connection:") && l.contains("close"));
+            let close = head
+                .lines()
+                .any(|l| l.starts_with("connection:") && l.contains("close"));
             while buf.len() < end + 4 + len {
                 let n = s.read(&mut chunk).await?;
                 if n == 0 {
@@ -195,7 +235,9 @@ async fn get_async(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io:
 fn fixed_rate(lab: &Lab, rate: f64, secs: u64) -> (Vec<f64>, u64) {
     let total = (rate * secs as f64) as u64;
     spawn_in_netns(&lab.state.underlay, move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async move {
             let next = Arc::new(AtomicU64::new(0));
             let start = tokio::time::Instant::now() + Duration::from_millis(200);
@@ -260,13 +302,27 @@ fn taskset(cpus: &str, program: &str) -> std::process::Command {
 }
 
 fn answers(lab: &Lab) -> bool {
-    lab.exec_any(&lab.state.underlay, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: bench.test", &format!("http://{EDGE}/bench")])
-        .is_ok_and(|o| o.stdout == b"200")
+    lab.exec_any(
+        &lab.state.underlay,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: bench.test",
+            &format!("http://{EDGE}/bench"),
+        ],
+    )
+    .is_ok_and(|o| o.stdout == b"200")
 }
 
 fn wait_serving(lab: &Lab, name: &str) {
     if !wait_for(Duration::from_secs(20), || answers(lab)) {
-        let log = std::fs::read_to_string(lab.dir().join(format!("{name}.log"))).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(lab.dir().join(format!("{name}.log"))).unwrap_or_default();
         panic!("{name} does not serve:\n{log}");
     }
 }
@@ -274,16 +330,26 @@ fn wait_serving(lab: &Lab, name: &str) {
 /// Stop a proxy and wait until its ports are free for the next one.
 fn stop(lab: &mut Lab, pid: u32) {
     lab.stop(pid, false);
-    assert!(wait_for(Duration::from_secs(10), || !answers(lab)), "the proxy still answers after SIGTERM");
+    assert!(
+        wait_for(Duration::from_secs(10), || !answers(lab)),
+        "the proxy still answers after SIGTERM"
+    );
     std::thread::sleep(Duration::from_millis(300));
 }
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "run as root (network namespaces)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run as root (network namespaces)"
+    );
     for tool in ["wrk", "nginx", "haproxy", "openssl", "taskset", "curl"] {
         assert!(
-            std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()),
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success()),
             "{tool} is required"
         );
     }
@@ -295,20 +361,39 @@ fn main() {
     let mut lab = Lab::new(1).expect("lab");
     let timing = Timing::default();
     lab.start_server(&trellis, &timing).unwrap();
-    lab.apply(&trellis, &network_manifest("default", "vxlan")).unwrap();
-    lab.start_cluster_agent(&trellis, 0, "default", &timing).unwrap();
+    lab.apply(&trellis, &network_manifest("default", "vxlan"))
+        .unwrap();
+    lab.start_cluster_agent(&trellis, 0, "default", &timing)
+        .unwrap();
     let plugin = PathBuf::from(env!("CARGO_BIN_EXE_trellis-cni"));
     let mut pods = Vec::new();
     for name in ["e1", "e2"] {
         let pod = lab.add_pod(0, name).unwrap();
-        let ip = lab.cni_add_pod_to(&plugin, &pod.netns, "LABELS=app=echo", None).unwrap();
+        let ip = lab
+            .cni_add_pod_to(&plugin, &pod.netns, "LABELS=app=echo", None)
+            .unwrap();
         lab.start_echo(&trellis, &pod.netns, name).unwrap();
         pods.push(ip);
     }
     let dir = lab.dir();
     let (crt, key) = (dir.join("bench.crt"), dir.join("bench.key"));
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=bench.test", "-addext", "subjectAltName=DNS:bench.test", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bench.test",
+            "-addext",
+            "subjectAltName=DNS:bench.test",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&crt)
@@ -316,7 +401,11 @@ fn main() {
         .unwrap();
     assert!(out.status.success());
     let pem = dir.join("bench.pem");
-    std::fs::write(&pem, [std::fs::read(&crt).unwrap(), std::fs::read(&key).unwrap()].concat()).unwrap();
+    std::fs::write(
+        &pem,
+        [std::fs::read(&crt).unwrap(), std::fs::read(&key).unwrap()].concat(),
+    )
+    .unwrap();
     lab.apply(
         &trellis,
         "apiVersion: trellis/v1\nkind: Service\nmetadata: {name: echo, namespace: default}\nspec:\n  selector: {app: echo}\n  ports: [{port: 80, targetPort: 8080}]\n---\n\
@@ -343,7 +432,11 @@ fn main() {
     )
     .unwrap();
     let haproxy_conf = dir.join("haproxy.cfg");
-    let servers: String = pods.iter().enumerate().map(|(i, p)| format!("  server s{i} {p}:8080\n")).collect();
+    let servers: String = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("  server s{i} {p}:8080\n"))
+        .collect();
     std::fs::write(
         &haproxy_conf,
         format!(
@@ -360,9 +453,18 @@ fn main() {
         let (crt, key) = (crt.clone(), key.clone());
         move |lab: &mut Lab| -> u32 {
             let mut c = lab
-                .ingress_command(&trellis, "bench", format!("{EDGE}:80").parse().unwrap(), Some(format!("{EDGE}:443").parse().unwrap()), &["--threads", "2", "--no-access-log"])
+                .ingress_command(
+                    &trellis,
+                    "bench",
+                    format!("{EDGE}:80").parse().unwrap(),
+                    Some(format!("{EDGE}:443").parse().unwrap()),
+                    &["--threads", "2", "--no-access-log"],
+                )
                 .unwrap();
-            c.arg("--default-cert").arg(&crt).arg("--default-key").arg(&key);
+            c.arg("--default-cert")
+                .arg(&crt)
+                .arg("--default-key")
+                .arg(&key);
             let mut t = taskset(&cpus, c.get_program().to_str().unwrap());
             t.args(c.get_args());
             let n1 = lab.state.nodes[0].netns.clone();
@@ -370,7 +472,11 @@ fn main() {
         }
     };
     let proxies: Vec<Proxy> = vec![
-        Proxy { name: "trellis", log: "ingress-bench", start: Box::new(ingress_cmd.clone()) },
+        Proxy {
+            name: "trellis",
+            log: "ingress-bench",
+            start: Box::new(ingress_cmd.clone()),
+        },
         Proxy {
             name: "nginx",
             log: "nginx",
@@ -397,16 +503,28 @@ fn main() {
         },
     ];
 
-    let only = std::env::var("TRELLIS_BENCH_PROXIES").unwrap_or_else(|_| "trellis,nginx,haproxy".into());
-    let proxies: Vec<Proxy> = proxies.into_iter().filter(|p| only.split(',').any(|o| o == p.name)).collect();
-    println!("ingress throughput: {} s per run, wrk -t1 -c64 from the underlay, proxies on CPUs {cpus}", secs);
+    let only =
+        std::env::var("TRELLIS_BENCH_PROXIES").unwrap_or_else(|_| "trellis,nginx,haproxy".into());
+    let proxies: Vec<Proxy> = proxies
+        .into_iter()
+        .filter(|p| only.split(',').any(|o| o == p.name))
+        .collect();
+    println!(
+        "ingress throughput: {} s per run, wrk -t1 -c64 from the underlay, proxies on CPUs {cpus}",
+        secs
+    );
     let mut results: Vec<(&str, Wrk, Wrk, Wrk, u64)> = Vec::new();
     for p in &proxies {
         let pid = (p.start)(&mut lab);
         wait_serving(&lab, p.log);
         wrk(&lab, &format!("http://{EDGE}/bench"), 2, &[]); // warm-up
         let ka = wrk(&lab, &format!("http://{EDGE}/bench"), secs, &[]);
-        let nc = wrk(&lab, &format!("http://{EDGE}/bench"), secs, &["-H", "Connection: close"]);
+        let nc = wrk(
+            &lab,
+            &format!("http://{EDGE}/bench"),
+            secs,
+            &["-H", "Connection: close"],
+        );
         let tls = wrk(&lab, &format!("https://{EDGE}/bench"), secs, &[]);
         let rss = rss_kib(pid);
         println!(
@@ -421,7 +539,9 @@ fn main() {
     }
     let by = |n: &str| results.iter().find(|r| r.0 == n).unwrap().clone();
     let (t, n, h) = (by("trellis"), by("nginx"), by("haproxy"));
-    println!("\nratios trellis/nginx, trellis/haproxy (target: rps >= 1.2x nginx, >= 1.0x haproxy)");
+    println!(
+        "\nratios trellis/nginx, trellis/haproxy (target: rps >= 1.2x nginx, >= 1.0x haproxy)"
+    );
     for (what, tv, nv, hv) in [
         ("keep-alive rps", t.1.rps, n.1.rps, h.1.rps),
         ("new-conn rps", t.2.rps, n.2.rps, h.2.rps),
@@ -454,8 +574,12 @@ fn main() {
     let cfg = trellis_client::Config::load(&lab.client_config()).unwrap();
     let u = lab.state.underlay.clone();
     let (changes, rss_before, rss_after) = spawn_in_netns(&u, move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-        rt.block_on(route_changes(cfg, routes, pid)).map_err(std::io::Error::other)
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        rt.block_on(route_changes(cfg, routes, pid))
+            .map_err(std::io::Error::other)
     })
     .unwrap()
     .join()
@@ -486,7 +610,11 @@ fn route(i: u64, gen: u64) -> serde_json::Value {
     })
 }
 
-async fn route_changes(cfg: trellis_client::Config, routes: u64, pid: u32) -> Result<(Vec<f64>, u64, u64), String> {
+async fn route_changes(
+    cfg: trellis_client::Config,
+    routes: u64,
+    pid: u32,
+) -> Result<(Vec<f64>, u64, u64), String> {
     let client = trellis_client::Client::new(&cfg).map_err(|e| e.to_string())?;
     let path = "/v1/namespaces/default/httproutes";
     // Load the routes, 16 requests at a time.
@@ -494,10 +622,18 @@ async fn route_changes(cfg: trellis_client::Config, routes: u64, pid: u32) -> Re
     let mut set = tokio::task::JoinSet::new();
     for i in 0..routes {
         if set.len() >= 16 {
-            set.join_next().await.unwrap().map_err(|e| e.to_string())??;
+            set.join_next()
+                .await
+                .unwrap()
+                .map_err(|e| e.to_string())??;
         }
         let c = client.clone();
-        set.spawn(async move { c.post(path, &route(i, 0)).await.map(|_| ()).map_err(|e| e.to_string()) });
+        set.spawn(async move {
+            c.post(path, &route(i, 0))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
     }
     while let Some(r) = set.join_next().await {
         r.map_err(|e| e.to_string())??;
@@ -505,7 +641,9 @@ async fn route_changes(cfg: trellis_client::Config, routes: u64, pid: u32) -> Re
     let last = format!("r{}.test", routes - 1);
     let serves = |host: String| async move {
         tokio::task::spawn_blocking(move || {
-            let Ok(mut s) = TcpStream::connect((EDGE, 80)) else { return false };
+            let Ok(mut s) = TcpStream::connect((EDGE, 80)) else {
+                return false;
+            };
             let mut buf = Vec::new();
             get_status(&mut s, &host, "/bench", &mut buf).is_ok_and(|st| st == 200)
         })
@@ -519,14 +657,20 @@ async fn route_changes(cfg: trellis_client::Config, routes: u64, pid: u32) -> Re
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("\nloaded {routes} routes in {:.1} s", load.elapsed().as_secs_f64());
+    println!(
+        "\nloaded {routes} routes in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
     // New routes, one at a time: create -> first 200.
     let mut samples = Vec::new();
     for j in 0..50u64 {
         let i = routes + j;
         let host = format!("r{i}.test");
         let t0 = Instant::now();
-        client.post(path, &route(i, 0)).await.map_err(|e| e.to_string())?;
+        client
+            .post(path, &route(i, 0))
+            .await
+            .map_err(|e| e.to_string())?;
         let mut s = TcpStream::connect((EDGE, 80)).map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         loop {
@@ -547,7 +691,10 @@ async fn route_changes(cfg: trellis_client::Config, routes: u64, pid: u32) -> Re
     let before = rss_kib(pid);
     let one = "/v1/namespaces/default/httproutes/r0";
     for gen in 1..=1000u64 {
-        client.put(one, &route(0, gen)).await.map_err(|e| e.to_string())?;
+        client
+            .put(one, &route(0, gen))
+            .await
+            .map_err(|e| e.to_string())?;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_kib(pid);

@@ -346,7 +346,11 @@ fn columns(o: &AnyObject) -> Columns {
                 .ingress
                 .iter()
                 .filter_map(|a| a.ip.clone().or_else(|| a.hostname.clone()));
-            let ports = if i.spec.tls.is_empty() { "80" } else { "80, 443" };
+            let ports = if i.spec.tls.is_empty() {
+                "80"
+            } else {
+                "80, 443"
+            };
             (
                 vec![
                     ("CLASS", or_none(i.spec.ingress_class_name.clone())),

@@ -135,8 +135,15 @@ async fn main(a: IngressArgs) -> anyhow::Result<ExitCode> {
     };
 
     let default_cert = match (&a.default_cert, &a.default_key) {
-        (Some(c), Some(k)) => certified_key(&std::fs::read(c)?, &std::fs::read(k)?)
-            .with_context(|| format!("--default-cert {} / --default-key {}", c.display(), k.display()))?,
+        (Some(c), Some(k)) => {
+            certified_key(&std::fs::read(c)?, &std::fs::read(k)?).with_context(|| {
+                format!(
+                    "--default-cert {} / --default-key {}",
+                    c.display(),
+                    k.display()
+                )
+            })?
+        }
         _ => self_signed()?,
     };
     let certs = Arc::new(SniResolver::default());
@@ -146,7 +153,10 @@ async fn main(a: IngressArgs) -> anyhow::Result<ExitCode> {
     });
     let proxy = Arc::new(Proxy::new(Settings {
         connect_timeout: Duration::from_millis(a.connect_timeout_ms),
-        https_port: https.as_ref().and_then(|l| l.local_addr().ok()).map(|x| x.port()),
+        https_port: https
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|x| x.port()),
         access_log: !a.no_access_log,
     }));
     if let Some(path) = a.health_check_path.clone() {
@@ -189,10 +199,14 @@ async fn main(a: IngressArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(addr = %l.local_addr()?, "serving HTTPS");
         listeners.push(Listener {
             socket: Arc::new(l),
-            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config(certs.clone())))),
+            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config(
+                certs.clone(),
+            )))),
         });
     }
-    let workers = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let threads = run_workers(workers, &listeners, &proxy, &drain)?;
     if let Some(t) = taken {
         t.ready()?;
@@ -203,7 +217,9 @@ async fn main(a: IngressArgs) -> anyhow::Result<ExitCode> {
             Some(p) => {
                 let fds = fds.clone();
                 match tokio::task::spawn_blocking(move || handover::serve(&p, &fds)).await {
-                    Ok(Ok(())) => tracing::info!("a new instance took the listening sockets; draining"),
+                    Ok(Ok(())) => {
+                        tracing::info!("a new instance took the listening sockets; draining")
+                    }
                     Ok(Err(e)) => {
                         tracing::error!("handover socket: {e}");
                         std::future::pending::<()>().await
@@ -228,7 +244,10 @@ async fn main(a: IngressArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     if drain.live() > 0 {
-        tracing::warn!(left = drain.live(), "drain timeout: closing the remaining connections");
+        tracing::warn!(
+            left = drain.live(),
+            "drain timeout: closing the remaining connections"
+        );
     }
     drop(listeners);
     Ok(ExitCode::SUCCESS)

@@ -78,7 +78,8 @@ async fn answer(mut req: Request<Incoming>, name: &str, peer: SocketAddr) -> Res
     if let Some(code) = path.strip_prefix("/status/") {
         let s = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok());
         let mut r = full(s.unwrap_or(StatusCode::BAD_REQUEST), format!("{name}\n"));
-        r.headers_mut().insert("x-pod", name.parse().expect("a pod name is a header value"));
+        r.headers_mut()
+            .insert("x-pod", name.parse().expect("a pod name is a header value"));
         return r;
     }
     if let Some(ms) = path.strip_prefix("/sleep/") {
@@ -86,7 +87,12 @@ async fn answer(mut req: Request<Incoming>, name: &str, peer: SocketAddr) -> Res
         return full(StatusCode::OK, format!("{name}\n"));
     }
     if path.starts_with("/grpc") {
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let mut trailers = header::HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().expect("valid"));
         trailers.insert("x-pod", name.parse().expect("valid"));
@@ -95,10 +101,17 @@ async fn answer(mut req: Request<Incoming>, name: &str, peer: SocketAddr) -> Res
             Ok(Frame::trailers(trailers)),
         ]);
         let mut r = Response::new(StreamBody::new(frames).boxed());
-        r.headers_mut().insert(header::CONTENT_TYPE, "application/grpc".parse().expect("valid"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            "application/grpc".parse().expect("valid"),
+        );
         return r;
     }
-    if req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+    if req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
         let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
             return full(StatusCode::BAD_REQUEST, "no Sec-WebSocket-Key\n");
         };
@@ -116,7 +129,10 @@ async fn answer(mut req: Request<Incoming>, name: &str, peer: SocketAddr) -> Res
         let h = r.headers_mut();
         h.insert(header::UPGRADE, "websocket".parse().expect("valid"));
         h.insert(header::CONNECTION, "Upgrade".parse().expect("valid"));
-        h.insert("sec-websocket-accept", accept.parse().expect("base64 is a header value"));
+        h.insert(
+            "sec-websocket-accept",
+            accept.parse().expect("base64 is a header value"),
+        );
         return r;
     }
     let headers: serde_json::Map<String, serde_json::Value> = req
@@ -135,12 +151,17 @@ async fn answer(mut req: Request<Incoming>, name: &str, peer: SocketAddr) -> Res
         "headers": headers,
     });
     let mut r = full(StatusCode::OK, format!("{body}\n"));
-    r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().expect("valid"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("valid"),
+    );
     r
 }
 
 /// Echo WebSocket data frames (unmasked, as a server sends), answer pings, stop on close.
-async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) -> std::io::Result<()> {
+async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+) -> std::io::Result<()> {
     loop {
         let mut h = [0u8; 2];
         s.read_exact(&mut h).await?;
@@ -172,7 +193,7 @@ async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s:
                 return Ok(());
             }
             0x9 => 0xA,
-            0x1 | 0x2 | 0x0 => op,
+            0x0..=0x2 => op,
             _ => continue,
         };
         s.write_all(&frame(reply_op, &data)).await?;

@@ -23,7 +23,8 @@ fn spread(l: &IngressLab, host: &str, path: &str, n: usize) -> BTreeMap<String, 
     let out = l.lab.exec_any(&u, &["curl", "-s", "-H", &h, &url]).unwrap();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-        *m.entry(v["pod"].as_str().unwrap_or("-").to_string()).or_default() += 1;
+        *m.entry(v["pod"].as_str().unwrap_or("-").to_string())
+            .or_default() += 1;
     }
     m
 }
@@ -72,7 +73,11 @@ spec:
     ] {
         let a = l.get(host, path, &[]);
         assert_eq!(a.status, 200, "{host}{path}: {a:?}");
-        assert!(a.pod().starts_with(want), "{host}{path}: wanted {want}, got {}", a.pod());
+        assert!(
+            a.pod().starts_with(want),
+            "{host}{path}: wanted {want}, got {}",
+            a.pod()
+        );
     }
     // X-Forwarded-* and the pod sees the original host.
     let a = l.get("shop.test", "/foo", &[]).json();
@@ -82,7 +87,12 @@ spec:
     assert_eq!(a["headers"]["x-forwarded-for"], "192.168.77.1");
     // Status shows where it is served.
     assert!(
-        common::wait_for_text(|| l.lab.cli(&trellis(), &["get", "ingress", "web", "-o", "json"]).unwrap_or_default(), EDGE),
+        common::wait_for_text(
+            || l.lab
+                .cli(&trellis(), &["get", "ingress", "web", "-o", "json"])
+                .unwrap_or_default(),
+            EDGE
+        ),
         "status.loadBalancer has {EDGE}"
     );
 
@@ -132,8 +142,15 @@ spec:
         ("/m", vec![], "a"),
     ] {
         let a = l.get("api.test", path, &args);
-        let got = if a.status == 200 { a.pod() } else { a.status.to_string() };
-        assert!(got.starts_with(want), "api.test{path} {args:?}: wanted {want}, got {got} ({a:?})");
+        let got = if a.status == 200 {
+            a.pod()
+        } else {
+            a.status.to_string()
+        };
+        assert!(
+            got.starts_with(want),
+            "api.test{path} {args:?}: wanted {want}, got {got} ({a:?})"
+        );
     }
     // The default backend belongs to Ingress hosts only when no route host matches:
     // api.test has routes, so /onetwo is a 404 with a clear body.
@@ -198,7 +215,10 @@ spec:
     let j = l.get("f.test", "/old/x?k=v", &[]).json();
     assert_eq!(j["path"], "/new/x?k=v");
     assert_eq!(j["host"], "internal.test");
-    assert_eq!(l.get("f.test", "/full/a/b", &[]).json()["path"], "/replaced");
+    assert_eq!(
+        l.get("f.test", "/full/a/b", &[]).json()["path"],
+        "/replaced"
+    );
     for (path, status, location) in [
         ("/moved/x?q=1", 301, "https://new.test/here/x?q=1"),
         ("/port", 307, "http://f.test:8443/port"),
@@ -225,12 +245,23 @@ spec:
     .unwrap();
     l.wait_route("canary.test", "/", "");
     let m = spread(&l, "canary.test", "/", 1000);
-    let a: usize = m.iter().filter(|(k, _)| k.starts_with('a')).map(|(_, v)| v).sum();
-    let b: usize = m.iter().filter(|(k, _)| k.starts_with('b')).map(|(_, v)| v).sum();
+    let a: usize = m
+        .iter()
+        .filter(|(k, _)| k.starts_with('a'))
+        .map(|(_, v)| v)
+        .sum();
+    let b: usize = m
+        .iter()
+        .filter(|(k, _)| k.starts_with('b'))
+        .map(|(_, v)| v)
+        .sum();
     assert_eq!(a + b, 1000, "{m:?}");
     assert!((760..=840).contains(&a), "80% ±5% to a: {m:?}");
     // Round-robin over both pods of a service.
-    assert!(m.get("a1").copied().unwrap_or(0) > 300 && m.get("a2").copied().unwrap_or(0) > 300, "{m:?}");
+    assert!(
+        m.get("a1").copied().unwrap_or(0) > 300 && m.get("a2").copied().unwrap_or(0) > 300,
+        "{m:?}"
+    );
 
     // Session persistence: one cookie, one pod.
     l.apply(
@@ -247,10 +278,17 @@ spec:
     .unwrap();
     l.wait_route("sticky.test", "/", "a");
     let first = l.get("sticky.test", "/", &[]);
-    let set = first.header("set-cookie").expect("a session cookie").to_string();
+    let set = first
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
     let pair = set.split(';').next().unwrap().to_string();
     for _ in 0..10 {
-        assert_eq!(l.get("sticky.test", "/", &["-H", &format!("Cookie: {pair}")]).pod(), first.pod());
+        assert_eq!(
+            l.get("sticky.test", "/", &["-H", &format!("Cookie: {pair}")])
+                .pod(),
+            first.pod()
+        );
     }
 
     // 503 with a clear body for a Service without ready endpoints.
@@ -264,7 +302,11 @@ spec:
     .unwrap();
     l.wait_route("empty.test", "/", "503");
     let a = l.get("empty.test", "/", &[]);
-    assert!(a.body.contains("service default/empty has no ready endpoint"), "{a:?}");
+    assert!(
+        a.body
+            .contains("service default/empty has no ready endpoint"),
+        "{a:?}"
+    );
 
     // Retries: a 503 from the pod is retried on the other endpoint for GET.
     l.apply(
@@ -284,7 +326,11 @@ spec:
     l.wait_route("limited.test", "/", "a");
     std::thread::sleep(std::time::Duration::from_secs(1));
     let m = spread(&l, "limited.test", "/", 20);
-    let ok: usize = m.iter().filter(|(k, _)| k.starts_with('a')).map(|(_, v)| v).sum();
+    let ok: usize = m
+        .iter()
+        .filter(|(k, _)| k.starts_with('a'))
+        .map(|(_, v)| v)
+        .sum();
     assert!((4..=7).contains(&ok), "5 rps: {m:?}");
     let a = l.get("limited.test", "/", &[]);
     assert_eq!(a.status, 429, "{a:?}");
@@ -315,9 +361,16 @@ spec:
     let dir = l.lab.dir();
     let (crt, key) = cert_for(&dir, "one", &["one.test"]);
     let (_, other_key) = cert_for(&dir, "two", &["two.test"]);
-    let e = l.apply(&tls_secret("mismatch", &crt, &other_key)).unwrap_err();
-    assert!(e.contains("data[\"tls.key\"]: does not match the certificate"), "{e}");
-    let e = l.apply(&tls_secret("garbage", "not a certificate", &key)).unwrap_err();
+    let e = l
+        .apply(&tls_secret("mismatch", &crt, &other_key))
+        .unwrap_err();
+    assert!(
+        e.contains("data[\"tls.key\"]: does not match the certificate"),
+        "{e}"
+    );
+    let e = l
+        .apply(&tls_secret("garbage", "not a certificate", &key))
+        .unwrap_err();
     assert!(e.contains("data[\"tls.crt\"]"), "{e}");
     let listed: String = ["ingresses", "httproutes", "secrets"]
         .iter()
@@ -329,5 +382,8 @@ spec:
     l.apply(&tls_secret("good", &crt, &key)).unwrap();
     // `get` prints no secret value.
     let table = l.lab.cli(&trellis(), &["get", "secret", "good"]).unwrap();
-    assert!(table.contains("kubernetes.io/tls") && !table.contains("LS0t"), "{table}");
+    assert!(
+        table.contains("kubernetes.io/tls") && !table.contains("LS0t"),
+        "{table}"
+    );
 }

@@ -15,11 +15,24 @@ use common::trellis;
 use trellis_lab::{spawn_in_netns, wait_for};
 
 /// curl over HTTPS to `host` (resolved to the edge), trusting only `ca` (`None`: -k).
-fn https(l: &IngressLab, host: &str, ca: Option<&std::path::Path>, extra: &[&str]) -> (bool, common::ingress::Answer) {
+fn https(
+    l: &IngressLab,
+    host: &str,
+    ca: Option<&std::path::Path>,
+    extra: &[&str],
+) -> (bool, common::ingress::Answer) {
     let resolve = format!("{host}:443:{EDGE}");
     let url = format!("https://{host}/");
     let ca_s = ca.map(|c| c.display().to_string());
-    let mut args = vec!["-s", "--max-time", "5", "-D", "-", "--resolve", resolve.as_str()];
+    let mut args = vec![
+        "-s",
+        "--max-time",
+        "5",
+        "-D",
+        "-",
+        "--resolve",
+        resolve.as_str(),
+    ];
     match &ca_s {
         Some(c) => args.extend(["--cacert", c.as_str()]),
         None => args.push("-k"),
@@ -27,12 +40,21 @@ fn https(l: &IngressLab, host: &str, ca: Option<&std::path::Path>, extra: &[&str
     args.extend_from_slice(extra);
     args.push(&url);
     let u = l.lab.state.underlay.clone();
-    let out = l.lab.exec_any(&u, &[&["curl"][..], &args].concat()).unwrap();
-    (out.status.success(), common::ingress::parse(&String::from_utf8_lossy(&out.stdout)))
+    let out = l
+        .lab
+        .exec_any(&u, &[&["curl"][..], &args].concat())
+        .unwrap();
+    (
+        out.status.success(),
+        common::ingress::parse(&String::from_utf8_lossy(&out.stdout)),
+    )
 }
 
 fn ingress_with_tls(hosts: &[(&str, &str)]) -> String {
-    let tls: Vec<String> = hosts.iter().map(|(h, s)| format!("  - {{hosts: [{h}], secretName: {s}}}")).collect();
+    let tls: Vec<String> = hosts
+        .iter()
+        .map(|(h, s)| format!("  - {{hosts: [{h}], secretName: {s}}}"))
+        .collect();
     let rules: Vec<String> = hosts
         .iter()
         .map(|(h, _)| format!("  - host: {h}\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: a, port: {{number: 80}}}}}}}}]}}"))
@@ -52,23 +74,37 @@ fn tls_sni_rotation_http2_grpc_websocket() {
     let mut cas = Vec::new();
     for h in hosts {
         let (crt, key) = cert_for(&dir, h, &[h]);
-        l.apply(&tls_secret(&h.replace('.', "-"), &crt, &key)).unwrap();
+        l.apply(&tls_secret(&h.replace('.', "-"), &crt, &key))
+            .unwrap();
         cas.push(dir.join(format!("{h}.crt")));
     }
-    l.apply(&ingress_with_tls(&[("one.test", "one-test"), ("two.test", "two-test"), ("three.test", "three-test")]))
-        .unwrap();
+    l.apply(&ingress_with_tls(&[
+        ("one.test", "one-test"),
+        ("two.test", "two-test"),
+        ("three.test", "three-test"),
+    ]))
+    .unwrap();
 
     // SNI: each host is served its own certificate (curl trusts only that one).
     for (h, ca) in hosts.iter().zip(&cas) {
-        assert!(wait_for(Duration::from_secs(15), || https(&l, h, Some(ca), &[]).0), "{h} over TLS");
+        assert!(
+            wait_for(Duration::from_secs(15), || https(&l, h, Some(ca), &[]).0),
+            "{h} over TLS"
+        );
         let (ok, a) = https(&l, h, Some(ca), &[]);
-        assert!(ok && a.status == 200 && a.pod().starts_with('a'), "{h}: {a:?}");
+        assert!(
+            ok && a.status == 200 && a.pod().starts_with('a'),
+            "{h}: {a:?}"
+        );
         assert_eq!(a.json()["headers"]["x-forwarded-proto"], "https");
         // HTTP/2 by ALPN.
         assert_eq!(a.version, "HTTP/2", "{h}");
         // Another host's certificate is not this one.
         let other = &cas[(hosts.iter().position(|x| x == h).unwrap() + 1) % 3];
-        assert!(!https(&l, h, Some(other), &[]).0, "{h} must not verify against another CA");
+        assert!(
+            !https(&l, h, Some(other), &[]).0,
+            "{h} must not verify against another CA"
+        );
     }
     // HTTP/1.1 over TLS when the client asks for it.
     let (ok, a) = https(&l, "one.test", Some(&cas[0]), &["--http1.1"]);
@@ -79,17 +115,35 @@ fn tls_sni_rotation_http2_grpc_websocket() {
         .lab
         .exec_any(&u, &["sh", "-c", &format!("openssl s_client -connect {EDGE}:443 -servername nobody.test </dev/null 2>/dev/null | openssl x509 -noout -subject")])
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Trellis Ingress Default Certificate"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Trellis Ingress Default Certificate"),
+        "{out:?}"
+    );
     // Plain HTTP to a TLS host is redirected to HTTPS.
     let a = l.get("one.test", "/x?y=1", &[]);
-    assert_eq!((a.status, a.header("location")), (308, Some("https://one.test/x?y=1")));
+    assert_eq!(
+        (a.status, a.header("location")),
+        (308, Some("https://one.test/x?y=1"))
+    );
 
     // Rotation: a new certificate for one.test is served without a restart.
     let (crt2, key2) = cert_for(&dir, "one-rotated", &["one.test"]);
     l.apply(&tls_secret("one-test", &crt2, &key2)).unwrap();
     let rotated = dir.join("one-rotated.crt");
-    assert!(wait_for(Duration::from_secs(15), || https(&l, "one.test", Some(&rotated), &[]).0), "rotated certificate served");
-    assert!(!https(&l, "one.test", Some(&cas[0]), &[]).0, "the old certificate is gone");
+    assert!(
+        wait_for(Duration::from_secs(15), || https(
+            &l,
+            "one.test",
+            Some(&rotated),
+            &[]
+        )
+        .0),
+        "rotated certificate served"
+    );
+    assert!(
+        !https(&l, "one.test", Some(&cas[0]), &[]).0,
+        "the old certificate is gone"
+    );
 
     // h2c to a backend whose Service port says appProtocol kubernetes.io/h2c, and
     // HTTP/2 with prior knowledge on the plain listener.
@@ -98,20 +152,29 @@ fn tls_sni_rotation_http2_grpc_websocket() {
     l.wait_route("grpc.test", "/", "c1");
     let a = l.get("grpc.test", "/", &["--http2-prior-knowledge"]);
     assert_eq!(a.version, "HTTP/2");
-    assert_eq!(a.json()["proto"], "HTTP/2.0", "the backend is spoken to in h2c: {a:?}");
+    assert_eq!(
+        a.json()["proto"],
+        "HTTP/2.0",
+        "the backend is spoken to in h2c: {a:?}"
+    );
     let a = l.get("a-only.test", "/", &[]);
     assert_eq!(a.status, 404);
 
     // gRPC: a unary call over h2c; the trailers come through.
     let trailers = spawn_in_netns(&u, || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(grpc_call()).map_err(std::io::Error::other)
     })
     .unwrap()
     .join()
     .unwrap()
     .unwrap();
-    assert!(trailers.contains("grpc-status: 0") && trailers.contains("x-pod: c1"), "{trailers}");
+    assert!(
+        trailers.contains("grpc-status: 0") && trailers.contains("x-pod: c1"),
+        "{trailers}"
+    );
 
     // A WebSocket stays up across 100 route changes.
     let ws_route = |gen: usize| {
@@ -155,21 +218,33 @@ fn tls_sni_rotation_http2_grpc_websocket() {
             l.apply(&ws_route(i)).unwrap();
         }
         to_ws.send(Some(i)).unwrap();
-        from_ws.recv_timeout(Duration::from_secs(10)).unwrap().unwrap_or_else(|e| panic!("after {i} route changes: {e}"));
+        from_ws
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("after {i} route changes: {e}"));
     }
     to_ws.send(None).unwrap();
     ws.join().unwrap().unwrap();
     // New requests see the last version of the route.
-    assert!(wait_for(Duration::from_secs(10), || l.get("ws.test", "/", &[]).json()["headers"]["x-gen"] == "99"));
+    assert!(wait_for(Duration::from_secs(10), || l
+        .get("ws.test", "/", &[])
+        .json()["headers"]["x-gen"]
+        == "99"));
 
     // Who may read a TLS Secret: admin and ingress tokens; not node or read-only ones.
     let server = l.lab.server_dir();
     let token = |args: &[&str]| {
-        let out = std::process::Command::new(trellis()).args(["server", "token", "--dir"]).arg(&server).args(args).output().unwrap();
+        let out = std::process::Command::new(trellis())
+            .args(["server", "token", "--dir"])
+            .arg(&server)
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let ingress_token = std::fs::read_to_string(l.lab.ingress_token(&trellis(), "edge").unwrap()).unwrap();
+    let ingress_token =
+        std::fs::read_to_string(l.lab.ingress_token(&trellis(), "edge").unwrap()).unwrap();
     let admin = std::fs::read_to_string(server.join("admin.token")).unwrap();
     let ca = server.join("ca.pem").display().to_string();
     for (who, tok, want) in [
@@ -181,15 +256,51 @@ fn tls_sni_rotation_http2_grpc_websocket() {
         for path in ["/v1/namespaces/default/secrets/one-test", "/v1/secrets"] {
             let out = l
                 .lab
-                .exec_any(&u, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", &ca, "-H", &format!("Authorization: Bearer {tok}"), &format!("https://192.168.77.1:6443{path}")])
+                .exec_any(
+                    &u,
+                    &[
+                        "curl",
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--cacert",
+                        &ca,
+                        "-H",
+                        &format!("Authorization: Bearer {tok}"),
+                        &format!("https://192.168.77.1:6443{path}"),
+                    ],
+                )
                 .unwrap();
-            assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{who} GET {path}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                want,
+                "{who} GET {path}"
+            );
         }
     }
     // The ingress token writes nothing but Ingress status.
     let out = l
         .lab
-        .exec_any(&u, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", &ca, "-X", "DELETE", "-H", &format!("Authorization: Bearer {}", ingress_token.trim()), "https://192.168.77.1:6443/v1/namespaces/default/services/a"])
+        .exec_any(
+            &u,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+                &ca,
+                "-X",
+                "DELETE",
+                "-H",
+                &format!("Authorization: Bearer {}", ingress_token.trim()),
+                "https://192.168.77.1:6443/v1/namespaces/default/services/a",
+            ],
+        )
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
 }
@@ -211,7 +322,9 @@ fn ws_roundtrip(s: &mut TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
 /// A unary gRPC-shaped call over h2c to grpc.test; the response trailers as text.
 async fn grpc_call() -> Result<String, String> {
     use http_body_util::{BodyExt, Full};
-    let s = tokio::net::TcpStream::connect((EDGE, 80)).await.map_err(|e| e.to_string())?;
+    let s = tokio::net::TcpStream::connect((EDGE, 80))
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(s),

@@ -42,9 +42,9 @@ use trellis_bgp::export::LocalRoute;
 use trellis_bgp::policy::{Action, Filter, MatchOp, Rule};
 use trellis_bgp::speaker::{Peer, Speaker, SpeakerConfig};
 
-use trellis_client::informer::Informer;
 use super::networks::ServedSet;
 use super::Served;
+use trellis_client::informer::Informer;
 
 /// The hold time proposed to peers that do not set one (short: node failures are
 /// noticed within it when BFD is off).

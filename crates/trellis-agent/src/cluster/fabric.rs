@@ -21,11 +21,11 @@ use trellis_fabric::udp::UdpPump;
 use trellis_fabric::{backend, pod_mtu, Desired, Local, NetworkFabric, Peer, TunDevice};
 use trellis_net::Netlink;
 
-use trellis_client::informer::Informer;
 use super::join::update_node_status;
 use super::networks::ServedSet;
 use super::world::World;
 use super::{exclude_hosts, network_spec, node_addresses, ClusterConfig, Served};
+use trellis_client::informer::Informer;
 
 /// What the fabric loop works from: every served network with its ready peers, and the
 /// addresses of all Nodes (for `l2` IPAM).

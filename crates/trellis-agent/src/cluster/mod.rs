@@ -41,9 +41,9 @@ use trellis_net::Netlink;
 use crate::cni_server::Networks;
 use crate::node::Node;
 use fabric::FabricLoop;
-use trellis_client::informer::Informer;
 use join::{detect_local, heartbeat_loop, join, Underlay};
 use networks::Manager;
+use trellis_client::informer::Informer;
 
 /// How the agent joins the cluster.
 #[derive(Debug, Clone)]

@@ -32,12 +32,12 @@ use trellis_api::objects::{self, AnyObject, Backend, NetworkSpec};
 use trellis_client::Client;
 use trellis_fabric::{pod_mtu, Local, NetworkFabric};
 
-use trellis_client::informer::Informer;
 use super::world::{self, World};
 use super::{check_combination, endpoints, exclude_hosts, node_addresses, services};
 use super::{ClusterConfig, ClusterError, Leased, Served, Underlay};
 use crate::cni_server::{Demand, Routes, Want};
 use crate::node::{remove_network, L2Uplink, Node, NodeConfig};
+use trellis_client::informer::Informer;
 
 /// The networks served now, as every controller reads them.
 pub type ServedSet = watch::Receiver<Arc<Vec<Served>>>;

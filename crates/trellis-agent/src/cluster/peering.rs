@@ -19,9 +19,9 @@ use ipnet::Ipv4Net;
 use trellis_api::naming::{fnv1a64, LINK_PREFIX};
 use trellis_net::{sysctl, Netlink, RouteEntry};
 
-use trellis_client::informer::Informer;
 use super::networks::ServedSet;
 use super::world::World;
+use trellis_client::informer::Informer;
 
 /// `rtm_protocol` of the routes between peered worlds.
 pub const PEER_PROTO: u8 = 117;

@@ -26,11 +26,11 @@ use trellis_policy::compile::{Change, Compiler};
 use trellis_policy::model::{Inputs, PodInfo};
 use trellis_policy::table::Table;
 
-use trellis_client::informer::Informer;
 use super::networks::ServedSet;
 use super::Served;
 use crate::gate::{Gate, PodPolicy};
 use crate::ipam::Reservation;
+use trellis_client::informer::Informer;
 use trellis_net::Netns;
 
 /// How long an ADD waits for the first complete view of the policies.

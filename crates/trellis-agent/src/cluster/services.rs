@@ -27,10 +27,10 @@ use trellis_fabric::Local;
 use trellis_net::Netns;
 use trellis_proxy::{EndpointModel, PortModel, Proxy, ProxyConfig, ServiceModel};
 
-use trellis_client::informer::Informer;
 use super::join::publish_programmed;
 use super::networks::{node_ips, ServedSet};
 use super::Served;
+use trellis_client::informer::Informer;
 
 /// The cluster DNS domain.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";

@@ -212,7 +212,11 @@ pub struct HttpRouteFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_redirect: Option<RequestRedirect>,
     /// For `URLRewrite`.
-    #[serde(default, rename = "urlRewrite", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "urlRewrite",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub url_rewrite: Option<UrlRewrite>,
 }
 
@@ -405,7 +409,11 @@ fn err(field: impl Into<String>, m: impl Into<String>) -> ValidationError {
 
 /// Check a header name: an HTTP token.
 fn validate_header_name(n: &str) -> Result<(), String> {
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+    if n.is_empty()
+        || !n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
         return Err(format!("{n:?} is not a valid header name"));
     }
     Ok(())
@@ -429,11 +437,15 @@ impl HeaderModifier {
         let mut seen = BTreeSet::new();
         for (list, name) in [(&self.set, "set"), (&self.add, "add")] {
             for (i, h) in list.iter().enumerate() {
-                validate_header_name(&h.name).map_err(|m| err(format!("{field}.{name}[{i}].name"), m))?;
+                validate_header_name(&h.name)
+                    .map_err(|m| err(format!("{field}.{name}[{i}].name"), m))?;
                 validate_header_value(&h.value)
                     .map_err(|m| err(format!("{field}.{name}[{i}].value"), m))?;
                 if !seen.insert((name, h.name.to_ascii_lowercase())) {
-                    return Err(err(format!("{field}.{name}[{i}].name"), format!("{:?} is named twice", h.name)));
+                    return Err(err(
+                        format!("{field}.{name}[{i}].name"),
+                        format!("{:?} is named twice", h.name),
+                    ));
                 }
             }
         }
@@ -449,20 +461,32 @@ impl HttpPathModifier {
         match self.kind {
             PathModifierType::ReplaceFullPath => {
                 let p = self.replace_full_path.as_deref().ok_or_else(|| {
-                    err(format!("{field}.replaceFullPath"), "is required with type ReplaceFullPath")
+                    err(
+                        format!("{field}.replaceFullPath"),
+                        "is required with type ReplaceFullPath",
+                    )
                 })?;
                 validate_path(p).map_err(|m| err(format!("{field}.replaceFullPath"), m))?;
                 if self.replace_prefix_match.is_some() {
-                    return Err(err(format!("{field}.replacePrefixMatch"), "must not be set with type ReplaceFullPath"));
+                    return Err(err(
+                        format!("{field}.replacePrefixMatch"),
+                        "must not be set with type ReplaceFullPath",
+                    ));
                 }
             }
             PathModifierType::ReplacePrefixMatch => {
                 let p = self.replace_prefix_match.as_deref().ok_or_else(|| {
-                    err(format!("{field}.replacePrefixMatch"), "is required with type ReplacePrefixMatch")
+                    err(
+                        format!("{field}.replacePrefixMatch"),
+                        "is required with type ReplacePrefixMatch",
+                    )
                 })?;
                 validate_path(p).map_err(|m| err(format!("{field}.replacePrefixMatch"), m))?;
                 if self.replace_full_path.is_some() {
-                    return Err(err(format!("{field}.replaceFullPath"), "must not be set with type ReplacePrefixMatch"));
+                    return Err(err(
+                        format!("{field}.replaceFullPath"),
+                        "must not be set with type ReplacePrefixMatch",
+                    ));
                 }
                 if !has_prefix_match {
                     return Err(err(
@@ -480,10 +504,11 @@ impl HttpRouteRule {
     /// Whether every match is a path prefix (what `ReplacePrefixMatch` needs).
     fn prefix_matches_only(&self) -> bool {
         self.matches.is_empty()
-            || self
-                .matches
-                .iter()
-                .all(|m| m.path.as_ref().is_none_or(|p| p.kind == PathMatchType::PathPrefix))
+            || self.matches.iter().all(|m| {
+                m.path
+                    .as_ref()
+                    .is_none_or(|p| p.kind == PathMatchType::PathPrefix)
+            })
     }
 
     fn validate(&self, field: &str, namespace: Option<&str>) -> Result<(), ValidationError> {
@@ -508,9 +533,16 @@ impl HttpRouteRule {
                     } else if h.name.is_empty() {
                         return Err(err(format!("{hf}.name"), "must not be empty"));
                     }
-                    let key = if name == "headers" { h.name.to_ascii_lowercase() } else { h.name.clone() };
+                    let key = if name == "headers" {
+                        h.name.to_ascii_lowercase()
+                    } else {
+                        h.name.clone()
+                    };
                     if !seen.insert(key) {
-                        return Err(err(format!("{hf}.name"), format!("{:?} is matched twice", h.name)));
+                        return Err(err(
+                            format!("{hf}.name"),
+                            format!("{:?} is matched twice", h.name),
+                        ));
                     }
                     if h.kind == ValueMatchType::RegularExpression {
                         validate_regex(&h.value).map_err(|e| err(format!("{hf}.value"), e))?;
@@ -523,21 +555,46 @@ impl HttpRouteRule {
         for (i, flt) in self.filters.iter().enumerate() {
             let f = format!("{field}.filters[{i}]");
             let given = [
-                (FilterType::RequestHeaderModifier, flt.request_header_modifier.is_some(), "requestHeaderModifier"),
-                (FilterType::ResponseHeaderModifier, flt.response_header_modifier.is_some(), "responseHeaderModifier"),
-                (FilterType::RequestRedirect, flt.request_redirect.is_some(), "requestRedirect"),
-                (FilterType::UrlRewrite, flt.url_rewrite.is_some(), "urlRewrite"),
+                (
+                    FilterType::RequestHeaderModifier,
+                    flt.request_header_modifier.is_some(),
+                    "requestHeaderModifier",
+                ),
+                (
+                    FilterType::ResponseHeaderModifier,
+                    flt.response_header_modifier.is_some(),
+                    "responseHeaderModifier",
+                ),
+                (
+                    FilterType::RequestRedirect,
+                    flt.request_redirect.is_some(),
+                    "requestRedirect",
+                ),
+                (
+                    FilterType::UrlRewrite,
+                    flt.url_rewrite.is_some(),
+                    "urlRewrite",
+                ),
             ];
             for (kind, set, name) in given {
                 if kind == flt.kind && !set {
-                    return Err(err(format!("{f}.{name}"), format!("is required with type {:?}", flt.kind)));
+                    return Err(err(
+                        format!("{f}.{name}"),
+                        format!("is required with type {:?}", flt.kind),
+                    ));
                 }
                 if kind != flt.kind && set {
-                    return Err(err(format!("{f}.{name}"), format!("must not be set with type {:?}", flt.kind)));
+                    return Err(err(
+                        format!("{f}.{name}"),
+                        format!("must not be set with type {:?}", flt.kind),
+                    ));
                 }
             }
             if !kinds.insert(flt.kind as u8) {
-                return Err(err(format!("{f}.type"), "each filter type may appear once per rule"));
+                return Err(err(
+                    format!("{f}.type"),
+                    "each filter type may appear once per rule",
+                ));
             }
             if let Some(h) = &flt.request_header_modifier {
                 h.validate(&format!("{f}.requestHeaderModifier"))?;
@@ -549,7 +606,10 @@ impl HttpRouteRule {
                 let rf = format!("{f}.requestRedirect");
                 if let Some(s) = &r.scheme {
                     if s != "http" && s != "https" {
-                        return Err(err(format!("{rf}.scheme"), format!("must be \"http\" or \"https\", got {s:?}")));
+                        return Err(err(
+                            format!("{rf}.scheme"),
+                            format!("must be \"http\" or \"https\", got {s:?}"),
+                        ));
                     }
                 }
                 if let Some(h) = &r.hostname {
@@ -563,7 +623,10 @@ impl HttpRouteRule {
                 }
                 if let Some(c) = r.status_code {
                     if ![301, 302, 303, 307, 308].contains(&c) {
-                        return Err(err(format!("{rf}.statusCode"), format!("must be 301, 302, 303, 307 or 308, got {c}")));
+                        return Err(err(
+                            format!("{rf}.statusCode"),
+                            format!("must be 301, 302, 303, 307 or 308, got {c}"),
+                        ));
                     }
                 }
                 if let Some(p) = &r.path {
@@ -580,23 +643,37 @@ impl HttpRouteRule {
                 }
             }
         }
-        if kinds.contains(&(FilterType::RequestRedirect as u8)) && kinds.contains(&(FilterType::UrlRewrite as u8)) {
-            return Err(err(format!("{field}.filters"), "RequestRedirect and URLRewrite cannot be used together"));
+        if kinds.contains(&(FilterType::RequestRedirect as u8))
+            && kinds.contains(&(FilterType::UrlRewrite as u8))
+        {
+            return Err(err(
+                format!("{field}.filters"),
+                "RequestRedirect and URLRewrite cannot be used together",
+            ));
         }
         if kinds.contains(&(FilterType::RequestRedirect as u8)) && !self.backend_refs.is_empty() {
-            return Err(err(format!("{field}.backendRefs"), "must be empty with a RequestRedirect filter"));
+            return Err(err(
+                format!("{field}.backendRefs"),
+                "must be empty with a RequestRedirect filter",
+            ));
         }
         for (i, b) in self.backend_refs.iter().enumerate() {
             let f = format!("{field}.backendRefs[{i}]");
             if b.group.as_deref().is_some_and(|g| !g.is_empty()) {
-                return Err(err(format!("{f}.group"), "only the core group (\"\") is supported"));
+                return Err(err(
+                    format!("{f}.group"),
+                    "only the core group (\"\") is supported",
+                ));
             }
             if b.kind.as_deref().is_some_and(|k| k != "Service") {
                 return Err(err(format!("{f}.kind"), "only Service is supported"));
             }
             validate_dns1123_label(&b.name).map_err(|m| err(format!("{f}.name"), m))?;
             if b.namespace.is_some() && b.namespace.as_deref() != namespace {
-                return Err(err(format!("{f}.namespace"), "a backend must be in the route's namespace"));
+                return Err(err(
+                    format!("{f}.namespace"),
+                    "a backend must be in the route's namespace",
+                ));
             }
             match b.port {
                 None => return Err(err(format!("{f}.port"), "is required for a Service")),
@@ -604,20 +681,29 @@ impl HttpRouteRule {
                 Some(_) => {}
             }
             if b.weight() > MAX_WEIGHT {
-                return Err(err(format!("{f}.weight"), format!("must be at most {MAX_WEIGHT}")));
+                return Err(err(
+                    format!("{f}.weight"),
+                    format!("must be at most {MAX_WEIGHT}"),
+                ));
             }
         }
         if let Some(t) = &self.timeouts {
             if let (Some(r), Some(b)) = (&t.request, &t.backend_request) {
                 if !r.get().is_zero() && b.get() > r.get() {
-                    return Err(err(format!("{field}.timeouts.backendRequest"), "must not be longer than timeouts.request"));
+                    return Err(err(
+                        format!("{field}.timeouts.backendRequest"),
+                        "must not be longer than timeouts.request",
+                    ));
                 }
             }
         }
         if let Some(r) = &self.retry {
             for (i, c) in r.codes.iter().enumerate() {
                 if !(500..=599).contains(c) {
-                    return Err(err(format!("{field}.retry.codes[{i}]"), format!("must be between 500 and 599, got {c}")));
+                    return Err(err(
+                        format!("{field}.retry.codes[{i}]"),
+                        format!("must be between 500 and 599, got {c}"),
+                    ));
                 }
             }
         }
@@ -705,19 +791,48 @@ mod tests {
     #[test]
     fn bad_routes_name_the_field() {
         let cases = [
-            (json!({"rules": [{"matches": [{"path": {"type": "Prefix", "value": "/"}}]}]}), "spec.rules[0].matches[0].path.type"),
-            (json!({"rules": [{"matches": [{"path": {"value": "x"}}]}]}), "spec.rules[0].matches[0].path.value"),
-            (json!({"rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "(("}}]}]}), "spec.rules[0].matches[0].path.value"),
-            (json!({"rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 304}}]}]}), "spec.rules[0].filters[0].requestRedirect.statusCode"),
-            (json!({"rules": [{"filters": [{"type": "RequestRedirect"}]}]}), "spec.rules[0].filters[0].requestRedirect"),
-            (json!({"rules": [{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+            (
+                json!({"rules": [{"matches": [{"path": {"type": "Prefix", "value": "/"}}]}]}),
+                "spec.rules[0].matches[0].path.type",
+            ),
+            (
+                json!({"rules": [{"matches": [{"path": {"value": "x"}}]}]}),
+                "spec.rules[0].matches[0].path.value",
+            ),
+            (
+                json!({"rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "(("}}]}]}),
+                "spec.rules[0].matches[0].path.value",
+            ),
+            (
+                json!({"rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 304}}]}]}),
+                "spec.rules[0].filters[0].requestRedirect.statusCode",
+            ),
+            (
+                json!({"rules": [{"filters": [{"type": "RequestRedirect"}]}]}),
+                "spec.rules[0].filters[0].requestRedirect",
+            ),
+            (
+                json!({"rules": [{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
                     "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}]}]}),
-             "spec.rules[0].filters[0].urlRewrite.path.type"),
-            (json!({"rules": [{"backendRefs": [{"name": "a"}]}]}), "spec.rules[0].backendRefs[0].port"),
-            (json!({"rules": [{"backendRefs": [{"name": "a", "port": 80, "weight": 2000000}]}]}), "spec.rules[0].backendRefs[0].weight"),
-            (json!({"rules": [{"retry": {"codes": [404]}}]}), "spec.rules[0].retry.codes[0]"),
+                "spec.rules[0].filters[0].urlRewrite.path.type",
+            ),
+            (
+                json!({"rules": [{"backendRefs": [{"name": "a"}]}]}),
+                "spec.rules[0].backendRefs[0].port",
+            ),
+            (
+                json!({"rules": [{"backendRefs": [{"name": "a", "port": 80, "weight": 2000000}]}]}),
+                "spec.rules[0].backendRefs[0].weight",
+            ),
+            (
+                json!({"rules": [{"retry": {"codes": [404]}}]}),
+                "spec.rules[0].retry.codes[0]",
+            ),
             (json!({"hostnames": ["1.2.3.4"]}), "spec.hostnames[0]"),
-            (json!({"rules": [{"timeouts": {"request": "1s", "backendRequest": "2s"}}]}), "spec.rules[0].timeouts.backendRequest"),
+            (
+                json!({"rules": [{"timeouts": {"request": "1s", "backendRequest": "2s"}}]}),
+                "spec.rules[0].timeouts.backendRequest",
+            ),
         ];
         for (spec, field) in cases {
             let e = route(spec.clone()).unwrap_err();

@@ -211,7 +211,8 @@ impl Spec for IngressSpec {
             for (j, p) in http.paths.iter().enumerate() {
                 let field = format!("spec.rules[{i}].http.paths[{j}]");
                 if let Some(path) = &p.path {
-                    validate_path(path).map_err(|m| ValidationError::new(format!("{field}.path"), m))?;
+                    validate_path(path)
+                        .map_err(|m| ValidationError::new(format!("{field}.path"), m))?;
                 }
                 p.backend.validate(&format!("{field}.backend"))?;
             }
@@ -258,7 +259,9 @@ impl IngressBackend {
 /// Check an HTTP path of a route: it starts with `/` and holds no whitespace.
 pub fn validate_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
-        return Err(format!("must be an absolute path starting with '/', got {path:?}"));
+        return Err(format!(
+            "must be an absolute path starting with '/', got {path:?}"
+        ));
     }
     if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("must not contain whitespace, got {path:?}"));
@@ -270,7 +273,9 @@ pub fn validate_path(path: &str) -> Result<(), String> {
 /// IP address. `any_labels` is for messages only (Gateway wildcards match several).
 pub fn validate_host(host: &str, _any_labels: bool) -> Result<(), String> {
     if host.parse::<std::net::IpAddr>().is_ok() {
-        return Err(format!("must be a DNS name, not an IP address, got {host:?}"));
+        return Err(format!(
+            "must be a DNS name, not an IP address, got {host:?}"
+        ));
     }
     let rest = host.strip_prefix("*.").unwrap_or(host);
     if rest.contains('*') {

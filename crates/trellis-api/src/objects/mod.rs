@@ -99,7 +99,7 @@ pub use httproute::{
 };
 pub use ingress::{
     validate_host, validate_path, HttpIngressPath, HttpIngressRuleValue, Ingress, IngressBackend,
-    IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressHostRule, IngressServiceBackend,
+    IngressHostRule, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressServiceBackend,
     IngressSpec, IngressStatus, IngressTls, PathType, ServiceBackendPort, RATE_LIMIT_ANNOTATION,
     SSL_REDIRECT_ANNOTATION, TLS_SECRET_TYPE,
 };

@@ -99,10 +99,15 @@ impl World {
 
 /// The backend service a request lands on (`404` / `default:<svc>`).
 fn lands(t: &Table, host: &str, method: &str, uri: &str, headers: &[(&str, &str)]) -> String {
-    let (path, query) = uri.split_once('?').map_or((uri, None), |(p, q)| (p, Some(q)));
+    let (path, query) = uri
+        .split_once('?')
+        .map_or((uri, None), |(p, q)| (p, Some(q)));
     let mut h = http::HeaderMap::new();
     for (k, v) in headers {
-        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     let m = Method::from_bytes(method.as_bytes()).unwrap();
     let view = RequestView {
@@ -143,8 +148,8 @@ fn ingress_exact_and_prefix_follow_the_kubernetes_table() {
     ));
     let t = w.table();
     let cases = [
-        ("/foo", "a"),    // Exact beats Prefix /foo/ at the same length
-        ("/foo/", "b"),   // trailing slash: prefix
+        ("/foo", "a"),  // Exact beats Prefix /foo/ at the same length
+        ("/foo/", "b"), // trailing slash: prefix
         ("/foo/x", "b"),
         ("/FOO", "d"),    // case-sensitive
         ("/foobar", "d"), // not a segment prefix
@@ -284,12 +289,25 @@ fn backends_know_why_they_are_empty() {
     let m = Method::GET;
     let h = http::HeaderMap::new();
     let at = |p: &str| {
-        let v = RequestView { method: &m, path: p, query: None, headers: &h };
-        let Lookup::Route(r) = t.route("h", &v) else { panic!() };
+        let v = RequestView {
+            method: &m,
+            path: p,
+            query: None,
+            headers: &h,
+        };
+        let Lookup::Route(r) = t.route("h", &v) else {
+            panic!()
+        };
         r.action.backends[0].1.clone()
     };
-    assert_eq!(at("/b").missing.as_deref(), Some("service default/b has no ready endpoint"));
-    assert_eq!(at("/nope").missing.as_deref(), Some("service default/nope does not exist"));
+    assert_eq!(
+        at("/b").missing.as_deref(),
+        Some("service default/b has no ready endpoint")
+    );
+    assert_eq!(
+        at("/nope").missing.as_deref(),
+        Some("service default/nope does not exist")
+    );
     let a = at("/a");
     assert_eq!(a.upstreams[0].addr.to_string(), "10.0.0.1:8080");
     assert!(a.missing.is_none());
@@ -298,8 +316,16 @@ fn backends_know_why_they_are_empty() {
 #[test]
 fn other_classes_are_left_out_and_the_oldest_default_wins() {
     let mut w = World::new();
-    w.ingresses.push(ingress("new", "2026-02-01T00:00:00Z", json!({"defaultBackend": backend("b")})));
-    w.ingresses.push(ingress("old", "2026-01-01T00:00:00Z", json!({"defaultBackend": backend("a")})));
+    w.ingresses.push(ingress(
+        "new",
+        "2026-02-01T00:00:00Z",
+        json!({"defaultBackend": backend("b")}),
+    ));
+    w.ingresses.push(ingress(
+        "old",
+        "2026-01-01T00:00:00Z",
+        json!({"defaultBackend": backend("a")}),
+    ));
     w.ingresses.push(ingress(
         "other",
         "2025-01-01T00:00:00Z",

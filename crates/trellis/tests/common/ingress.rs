@@ -64,7 +64,13 @@ pub fn ingress_lab(extra: &[&str]) -> IngressLab {
     require(&["curl", "openssl"]);
     let mut lab = cluster_lab(2, 0, "vxlan", 0);
     let mut pods = BTreeMap::new();
-    for (n, name, app) in [(0, "a1", "a"), (0, "b1", "b"), (1, "a2", "a"), (1, "b2", "b"), (1, "c1", "c")] {
+    for (n, name, app) in [
+        (0, "a1", "a"),
+        (0, "b1", "b"),
+        (1, "a2", "a"),
+        (1, "b2", "b"),
+        (1, "c1", "c"),
+    ] {
         pods.insert(name.to_string(), echo_pod(&mut lab, n, name, app));
     }
     lab.apply(&trellis(), SERVICES).unwrap();
@@ -108,7 +114,10 @@ impl Answer {
 
     /// A response header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -134,7 +143,9 @@ impl IngressLab {
 
     /// Apply a manifest as admin.
     pub fn apply(&self, manifest: &str) -> Result<String, String> {
-        self.lab.apply(&trellis(), manifest).map_err(|e| e.to_string())
+        self.lab
+            .apply(&trellis(), manifest)
+            .map_err(|e| e.to_string())
     }
 
     /// Wait until `GET host path` lands on a pod of `want` (`404`/`503` for those statuses).
@@ -142,7 +153,11 @@ impl IngressLab {
         let mut last = None;
         let ok = wait_for(Duration::from_secs(15), || {
             let a = self.get(host, path, &[]);
-            let got = if a.status == 200 { a.pod() } else { a.status.to_string() };
+            let got = if a.status == 200 {
+                a.pod()
+            } else {
+                a.status.to_string()
+            };
             let hit = got.starts_with(want);
             last = Some(a);
             hit
@@ -161,7 +176,11 @@ pub fn parse(out: &str) -> Answer {
         let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
         let mut lines = head.lines();
         let first = lines.next().unwrap_or_default();
-        version = first.split_whitespace().next().unwrap_or_default().to_string();
+        version = first
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         status = Some(first)
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|s| s.parse().ok())
@@ -184,9 +203,24 @@ pub fn parse(out: &str) -> Answer {
 pub fn cert_for(dir: &std::path::Path, name: &str, hosts: &[&str]) -> (String, String) {
     let key = dir.join(format!("{name}.key"));
     let crt = dir.join(format!("{name}.crt"));
-    let san = hosts.iter().map(|h| format!("DNS:{h}")).collect::<Vec<_>>().join(",");
+    let san = hosts
+        .iter()
+        .map(|h| format!("DNS:{h}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+        ])
         .arg(format!("/CN={}", hosts[0]))
         .args(["-addext", &format!("subjectAltName={san}"), "-keyout"])
         .arg(&key)
@@ -194,7 +228,11 @@ pub fn cert_for(dir: &std::path::Path, name: &str, hosts: &[&str]) -> (String, S
         .arg(&crt)
         .output()
         .unwrap();
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (
         std::fs::read_to_string(crt).unwrap(),
         std::fs::read_to_string(key).unwrap(),
