@@ -387,3 +387,48 @@ spec:
         "{table}"
     );
 }
+
+/// The source documents' chain: outside client → NodePort → ingress (itself a pod) →
+/// application pods. The ingress pod reaches the API server like any pod; the client
+/// reaches it through another node's port.
+#[test]
+fn ingress_behind_a_node_port() {
+    let mut l = ingress_lab(&[]);
+    let pod = l.lab.add_pod(1, "edge-pod").unwrap();
+    l.lab
+        .cni_add_pod_to(&common::plugin(), &pod.netns, "LABELS=app=ingress", None)
+        .unwrap();
+    let cmd = l
+        .lab
+        .ingress_command(&trellis(), "in-pod", "0.0.0.0:8080".parse().unwrap(), None, &[])
+        .unwrap();
+    l.lab.spawn(&pod.netns, "ingress in-pod", cmd).unwrap();
+    l.lab
+        .wait_port(&pod.netns, "127.0.0.1:8080".parse().unwrap(), "ingress in-pod")
+        .unwrap();
+    l.apply(
+        "apiVersion: trellis/v1\nkind: Service\nmetadata: {name: ingress, namespace: default}\nspec:\n  type: NodePort\n  selector: {app: ingress}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]\n",
+    )
+    .unwrap();
+    l.apply(&format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: chain, namespace: default}}\nspec:\n  rules: [{{host: chain.test, http: {{paths: [{{path: /, pathType: Prefix, backend: {}}}]}}}}]\n",
+        backend("b")
+    ))
+    .unwrap();
+    // Through node n1's port (the ingress pod runs on n2).
+    let u = l.lab.state.underlay.clone();
+    let url = "http://192.168.77.11:30080/chain";
+    let mut last = String::new();
+    let ok = trellis_lab::wait_for(std::time::Duration::from_secs(20), || {
+        let out = l
+            .lab
+            .exec_any(&u, &["curl", "-s", "--max-time", "2", "-H", "Host: chain.test", url])
+            .unwrap();
+        last = String::from_utf8_lossy(&out.stdout).to_string();
+        serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| v["pod"].as_str().is_some_and(|p| p.starts_with('b')))
+    });
+    assert!(ok, "outside → NodePort → ingress pod → b pods: {last}");
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["path"], "/chain");
+    assert_eq!(v["headers"]["x-forwarded-host"], "chain.test");
+}
