@@ -81,45 +81,27 @@ pub async fn run(
     }
     let mut generation = 0u64;
     let mut last_warnings: Vec<String> = Vec::new();
+    let mut last_log = std::time::Instant::now() - Duration::from_secs(10);
     loop {
         // Every informer must have listed once before the first table goes in: a table
         // without the Services would answer 503 to everything.
         let snaps: Option<Vec<Vec<Arc<AnyObject>>>> =
             inf.all().iter().map(|i| i.snapshot()).collect();
         if let Some(s) = snaps {
-            let ingresses = typed(&s[0], |o| match o {
-                AnyObject::Ingress(i) => Some(i),
-                _ => None,
-            });
-            let routes: Vec<&HttpRoute> = typed(&s[1], |o| match o {
-                AnyObject::HttpRoute(r) => Some(r),
-                _ => None,
-            });
-            let services: Vec<&Service> = typed(&s[2], |o| match o {
-                AnyObject::Service(x) => Some(x),
-                _ => None,
-            });
-            let endpoints: Vec<&Endpoint> = typed(&s[3], |o| match o {
-                AnyObject::Endpoint(x) => Some(x),
-                _ => None,
-            });
-            let secrets: Vec<&Secret> = typed(&s[4], |o| match o {
-                AnyObject::Secret(x) => Some(x),
-                _ => None,
-            });
-            let ingresses: Vec<&Ingress> = ingresses;
-            let t = table::build(
-                Inputs {
-                    ingresses: &ingresses,
-                    routes: &routes,
-                    services: &services,
-                    endpoints: &endpoints,
-                    secrets: &secrets,
-                    class: &cfg.class,
-                    default_rate_limit: cfg.default_rate_limit,
-                },
-                &proxy.health,
+            let started = std::time::Instant::now();
+            // The build runs off the control thread, so the informers keep reading
+            // their watches meanwhile (what arrives goes into the next build).
+            let (class, rate, health) = (
+                cfg.class.clone(),
+                cfg.default_rate_limit,
+                proxy.health.clone(),
             );
+            let Ok(t) =
+                tokio::task::spawn_blocking(move || build_from(&s, &class, rate, &health)).await
+            else {
+                tracing::error!("the routing table build panicked; keeping the current table");
+                continue;
+            };
             if t.warnings != last_warnings {
                 for w in &t.warnings {
                     tracing::warn!("{w}");
@@ -132,7 +114,15 @@ pub async fn run(
             }
             certs.set(c);
             generation += 1;
-            tracing::debug!(generation, summary = ?table::summary(&t), "routing table swapped");
+            if last_log.elapsed() >= Duration::from_secs(1) {
+                last_log = std::time::Instant::now();
+                tracing::info!(
+                    generation,
+                    routes = t.route_count,
+                    build_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "routing table swapped"
+                );
+            }
             proxy.set_table(t);
             built.send_replace(generation);
             status_tx.send_replace(());
@@ -147,6 +137,47 @@ pub async fn run(
             s.borrow_and_update();
         }
     }
+}
+
+/// The table from the informers' snapshots (in [`Informers::all`] order).
+fn build_from(
+    s: &[Vec<Arc<AnyObject>>],
+    class: &str,
+    rate: Option<u32>,
+    health: &crate::health::Health,
+) -> table::Table {
+    let ingresses: Vec<&Ingress> = typed(&s[0], |o| match o {
+        AnyObject::Ingress(i) => Some(i),
+        _ => None,
+    });
+    let routes: Vec<&HttpRoute> = typed(&s[1], |o| match o {
+        AnyObject::HttpRoute(r) => Some(r),
+        _ => None,
+    });
+    let services: Vec<&Service> = typed(&s[2], |o| match o {
+        AnyObject::Service(x) => Some(x),
+        _ => None,
+    });
+    let endpoints: Vec<&Endpoint> = typed(&s[3], |o| match o {
+        AnyObject::Endpoint(x) => Some(x),
+        _ => None,
+    });
+    let secrets: Vec<&Secret> = typed(&s[4], |o| match o {
+        AnyObject::Secret(x) => Some(x),
+        _ => None,
+    });
+    table::build(
+        Inputs {
+            ingresses: &ingresses,
+            routes: &routes,
+            services: &services,
+            endpoints: &endpoints,
+            secrets: &secrets,
+            class,
+            default_rate_limit: rate,
+        },
+        health,
+    )
 }
 
 /// Keep our addresses in the status of every Ingress we serve.

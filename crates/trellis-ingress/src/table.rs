@@ -14,7 +14,7 @@
 //! Ingress's `defaultBackend`, unless an HTTPRoute serves its host (then 404, as the
 //! Gateway API says).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -974,15 +974,6 @@ fn route_action(
         });
     }
     a
-}
-
-/// Every object's counts by kind, for logs.
-pub fn summary(t: &Table) -> BTreeMap<&'static str, usize> {
-    BTreeMap::from([
-        ("routes", t.route_count),
-        ("hosts", t.hosts().len()),
-        ("certificates", t.certs.exact.len() + t.certs.wildcard.len()),
-    ])
 }
 
 #[cfg(test)]

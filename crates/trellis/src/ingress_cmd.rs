@@ -76,6 +76,7 @@ pub struct IngressArgs {
 /// The control runtime (API watches, table builds, status, signals) is one thread; the
 /// requests are served by `--threads` workers of their own.
 pub fn run(a: IngressArgs) -> anyhow::Result<ExitCode> {
+    crate::init_tracing();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -400,11 +400,21 @@ fn ingress_behind_a_node_port() {
         .unwrap();
     let cmd = l
         .lab
-        .ingress_command(&trellis(), "in-pod", "0.0.0.0:8080".parse().unwrap(), None, &[])
+        .ingress_command(
+            &trellis(),
+            "in-pod",
+            "0.0.0.0:8080".parse().unwrap(),
+            None,
+            &[],
+        )
         .unwrap();
     l.lab.spawn(&pod.netns, "ingress in-pod", cmd).unwrap();
     l.lab
-        .wait_port(&pod.netns, "127.0.0.1:8080".parse().unwrap(), "ingress in-pod")
+        .wait_port(
+            &pod.netns,
+            "127.0.0.1:8080".parse().unwrap(),
+            "ingress in-pod",
+        )
         .unwrap();
     l.apply(
         "apiVersion: trellis/v1\nkind: Service\nmetadata: {name: ingress, namespace: default}\nspec:\n  type: NodePort\n  selector: {app: ingress}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]\n",
@@ -422,10 +432,22 @@ fn ingress_behind_a_node_port() {
     let ok = trellis_lab::wait_for(std::time::Duration::from_secs(20), || {
         let out = l
             .lab
-            .exec_any(&u, &["curl", "-s", "--max-time", "2", "-H", "Host: chain.test", url])
+            .exec_any(
+                &u,
+                &[
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "2",
+                    "-H",
+                    "Host: chain.test",
+                    url,
+                ],
+            )
             .unwrap();
         last = String::from_utf8_lossy(&out.stdout).to_string();
-        serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| v["pod"].as_str().is_some_and(|p| p.starts_with('b')))
+        serde_json::from_str::<serde_json::Value>(&last)
+            .is_ok_and(|v| v["pod"].as_str().is_some_and(|p| p.starts_with('b')))
     });
     assert!(ok, "outside → NodePort → ingress pod → b pods: {last}");
     let v: serde_json::Value = serde_json::from_str(&last).unwrap();

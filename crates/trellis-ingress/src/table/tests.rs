@@ -344,3 +344,23 @@ fn path_changes() {
     assert_eq!(root.apply("/api", Some("/api")), "/");
     assert_eq!(PathChange::Full("/x".into()).apply("/a/b", None), "/x");
 }
+
+#[test]
+fn ten_thousand_routes_build_quickly() {
+    let mut w = World::new();
+    for i in 0..10_000 {
+        w.routes.push(route(
+            &format!("r{i}"),
+            json!({"hostnames": [format!("r{i}.test")], "rules": [{
+                "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "X-Gen", "value": "1"}]}}],
+                "backendRefs": [{"name": "a", "port": 80}]}]}),
+        ));
+    }
+    let t0 = std::time::Instant::now();
+    let t = w.table();
+    let took = t0.elapsed();
+    assert_eq!(t.route_count, 10_000);
+    assert_eq!(lands(&t, "r9999.test", "GET", "/", &[]), "a");
+    eprintln!("10,000 routes built in {took:?}");
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+}
