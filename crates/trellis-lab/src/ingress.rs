@@ -91,6 +91,11 @@ impl Lab {
         })
     }
 
+    /// The file whose existence makes echo pod `name`'s `/health` answer 503.
+    pub fn echo_health_file(&self, name: &str) -> std::path::PathBuf {
+        self.dir().join(format!("unhealthy-{name}"))
+    }
+
     /// Wait until `addr` answers HTTP from inside `netns` (20 s).
     pub fn wait_port(&self, netns: &str, addr: SocketAddr, what: &str) -> Result<()> {
         let url = format!("http://{addr}/");
@@ -112,10 +117,20 @@ impl Lab {
     }
 
     /// Run `trellis lab echo` (the ingress backend) in pod namespace `netns` on port
-    /// 8080, answering as `name`.
+    /// 8080, answering as `name`; its `/health` fails while [`Lab::echo_health_file`]
+    /// exists.
     pub fn start_echo(&mut self, trellis: &Path, netns: &str, name: &str) -> Result<u32> {
         let mut c = Command::new(trellis);
-        c.args(["lab", "echo", "--listen", "0.0.0.0:8080", "--name", name]);
+        c.args([
+            "lab",
+            "echo",
+            "--listen",
+            "0.0.0.0:8080",
+            "--name",
+            name,
+            "--health-file",
+        ])
+        .arg(self.echo_health_file(name));
         let what = format!("echo {name}");
         let pid = self.spawn(netns, &what, c)?;
         self.wait_port(netns, "127.0.0.1:8080".parse().expect("valid"), &what)?;

@@ -1048,7 +1048,8 @@ mod tests {
         ] {
             assert_eq!(parse_kind(s).unwrap(), k, "{s}");
         }
-        assert!(parse_kind("ingress").is_err());
+        assert!(parse_kind("ingress").is_ok());
+        assert!(parse_kind("gateway").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - `/bench…`: a fixed 13-byte body (what benchmarks fetch);
 //! - `/status/NNN`: that status;
 //! - `/sleep/MS`: answers after MS milliseconds;
+//! - `/health`: 200, or 503 while `--health-file` exists;
 //! - `/grpc…`: the request body back, with trailers `grpc-status: 0` and `x-pod`;
 //! - a WebSocket upgrade: every text or binary message echoed back;
 //! - anything else: JSON naming the pod, method, path, host, protocol and headers.
@@ -34,6 +35,9 @@ pub struct EchoArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// `/health` answers 503 while this file exists (200 otherwise).
+    #[arg(long)]
+    health_file: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -48,14 +52,31 @@ pub fn run(a: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
 async fn serve(a: EchoArgs) -> anyhow::Result<()> {
     let l = tokio::net::TcpListener::bind(a.listen).await?;
     let name: Arc<str> = a.name.into();
+    let health: Arc<Option<std::path::PathBuf>> = Arc::new(a.health_file);
     loop {
         let (s, peer) = l.accept().await?;
         let _ = s.set_nodelay(true);
         let name = name.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let name = name.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(req, &name, peer).await) }
+                let health = health.clone();
+                async move {
+                    if req.uri().path() == "/health" {
+                        let sick = health.as_ref().as_ref().is_some_and(|f| f.exists());
+                        let status = if sick {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::OK
+                        };
+                        return Ok::<_, std::convert::Infallible>(full(
+                            status,
+                            format!("{name}\n"),
+                        ));
+                    }
+                    Ok::<_, std::convert::Infallible>(answer(req, &name, peer).await)
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(s), svc)

@@ -598,7 +598,12 @@ fn api_resources_and_kind_help() {
     let c = Cluster::start();
     let t = Table::parse(&c.ok(&["api-resources"]));
     t.assert_header(&["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]);
-    assert_eq!(t.rows.len(), 15, "{t:?}");
+    assert_eq!(t.rows.len(), 17, "{t:?}");
+    assert_eq!(t.cell("ingresses", "SHORTNAMES"), "ing");
+    assert_eq!(
+        t.cell("httproutes", "APIVERSION"),
+        "trellis/v1,gateway.networking.k8s.io/v1"
+    );
     assert_eq!(t.cell("tenants", "SHORTNAMES"), "tn");
     assert_eq!(t.cell("bgppeers", "SHORTNAMES"), "-");
     assert_eq!(
@@ -692,7 +697,7 @@ spec: {cidr: 10.300.0.0/16}
     // Syntax errors, unknown kinds, a namespace that contradicts -n.
     let err = c.fails(&["apply", "-f", "-"], Some("kind: [unclosed"));
     assert!(err.contains("<stdin>: document 1: invalid YAML"), "{err}");
-    let err = c.fails(&["get", "ingresses"], None);
+    let err = c.fails(&["get", "gateways"], None);
     assert!(err.contains("unknown resource type"), "{err}");
     let pod = "apiVersion: trellis/v1\nkind: Pod\nmetadata: {name: p, namespace: a}\n";
     let err = c.fails(&["apply", "-n", "b", "-f", "-"], Some(pod));

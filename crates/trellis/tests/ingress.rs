@@ -31,7 +31,14 @@ fn spread(l: &IngressLab, host: &str, path: &str, n: usize) -> BTreeMap<String, 
 
 #[test]
 fn ingress_routes_filters_and_errors() {
-    let l = ingress_lab(&["--publish-address", EDGE]);
+    let l = ingress_lab(&[
+        "--publish-address",
+        EDGE,
+        "--health-check-path",
+        "/health",
+        "--health-check-interval",
+        "0.3",
+    ]);
 
     // An Ingress as kubectl would send it: hosts, Exact/Prefix, defaultBackend.
     l.apply(&format!(
@@ -290,6 +297,35 @@ spec:
             first.pod()
         );
     }
+
+    // Active health checks: a1 failing its /health gets no requests until it recovers.
+    let sick = l.lab.echo_health_file("a1");
+    std::fs::write(&sick, "").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let m = spread(&l, "canary.test", "/", 200);
+    assert_eq!(m.get("a1"), None, "a1 fails its health check: {m:?}");
+    assert!(m.get("a2").copied().unwrap_or(0) > 100, "{m:?}");
+    std::fs::remove_file(&sick).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let m = spread(&l, "canary.test", "/", 200);
+    assert!(m.get("a1").copied().unwrap_or(0) > 30, "a1 is back: {m:?}");
+
+    // One JSON access-log line per request, naming the route and the endpoint.
+    let log = std::fs::read_to_string(l.lab.dir().join("ingress-edge.log")).unwrap();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["host"] == "sticky.test")
+        .expect("an access log line for sticky.test");
+    assert_eq!(line["route"], "httproute default/sticky rule 0");
+    assert_eq!(line["status"], 200);
+    assert!(
+        line["upstream"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(":8080")),
+        "{line}"
+    );
+    assert_eq!(line["client"], "192.168.77.1");
 
     // 503 with a clear body for a Service without ready endpoints.
     l.apply(
