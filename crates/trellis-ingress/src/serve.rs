@@ -79,6 +79,33 @@ impl Drain {
     }
 }
 
+/// Serve one connection until it ends or, after the drain starts, until it ends by
+/// itself within [`SELF_CLOSE`] or finishes after being asked to.
+async fn serve_conn<I, S>(io: I, svc: S, stop: &mut watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<crate::proxy::Body>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let b = builder();
+    let conn = b.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped(stop) => {
+            if tokio::time::timeout(SELF_CLOSE, conn.as_mut()).await.is_err() {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
@@ -212,38 +239,15 @@ pub async fn serve(
                 let proxy = proxy.clone();
                 async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, info).await) }
             });
-            let b = builder();
             match tls {
-                None => {
-                    let conn = b.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stopped(&mut stop) => {
-                            if tokio::time::timeout(SELF_CLOSE, conn.as_mut()).await.is_err() {
-                                conn.as_mut().graceful_shutdown();
-                                let _ = conn.await;
-                            }
-                        }
-                    }
-                }
+                None => serve_conn(TokioIo::new(stream), svc, &mut stop).await,
                 Some(acc) => {
                     let Ok(Ok(s)) =
                         tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)).await
                     else {
                         return;
                     };
-                    let conn = b.serve_connection_with_upgrades(TokioIo::new(s), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stopped(&mut stop) => {
-                            if tokio::time::timeout(SELF_CLOSE, conn.as_mut()).await.is_err() {
-                                conn.as_mut().graceful_shutdown();
-                                let _ = conn.await;
-                            }
-                        }
-                    }
+                    serve_conn(TokioIo::new(s), svc, &mut stop).await
                 }
             }
             drop(live);

@@ -137,3 +137,48 @@ impl Lab {
         Ok(pid)
     }
 }
+
+/// A self-signed ECDSA P-256 certificate for `hosts` made with openssl, written to
+/// `dir/NAME.crt` and `dir/NAME.key`; returns their paths.
+pub fn self_signed_cert(
+    dir: &Path,
+    name: &str,
+    hosts: &[&str],
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let san = hosts
+        .iter()
+        .map(|h| format!("DNS:{h}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj"])
+        .arg(format!(
+            "/CN={}",
+            hosts.first().copied().unwrap_or("localhost")
+        ))
+        .args(["-addext", &format!("subjectAltName={san}"), "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .map_err(|e| LabError::Io(format!("openssl: {e}")))?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: "openssl req -x509".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        });
+    }
+    Ok((crt, key))
+}

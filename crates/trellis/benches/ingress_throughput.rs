@@ -31,8 +31,6 @@
 //! Targets: rps >= 1.2x nginx and >= 1.0x haproxy; p99 at the fixed rate <= nginx's;
 //! route change p99 <= 100 ms with 10,000 routes; RSS after 1,000 changes within 10%.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -143,55 +141,16 @@ fn rss_kib(pid: u32) -> u64 {
     own(pid) + children.into_iter().map(own).sum::<u64>()
 }
 
-/// A minimal HTTP/1.1 keep-alive GET; status.
-fn get_status(
-    s: &mut TcpStream,
-    host: &str,
-    path: &str,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<u16> {
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
-    buf.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk)?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(status);
-        }
-    }
-}
-
 /// One keep-alive GET on an async connection: the status and whether the server
 /// closes the connection after it (`Connection: close`, as nginx says after
 /// `keepalive_requests`).
 async fn get_async(
     s: &mut tokio::net::TcpStream,
+    host: &str,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<(u16, bool)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /bench HTTP/1.1\r\nHost: bench.test\r\n\r\n")
+    s.write_all(format!("GET /bench HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .await?;
     buf.clear();
     let mut chunk = [0u8; 4096];
@@ -256,7 +215,7 @@ fn fixed_rate(lab: &Lab, rate: f64, secs: u64) -> (Vec<f64>, u64) {
                         }
                         let at = start + Duration::from_secs_f64(i as f64 / rate);
                         tokio::time::sleep_until(at).await;
-                        match get_async(&mut s, &mut buf).await {
+                        match get_async(&mut s, "bench.test", &mut buf).await {
                             Ok((200, close)) => {
                                 lat.push(at.elapsed().as_secs_f64() * 1e3);
                                 if close {
@@ -376,30 +335,8 @@ fn main() {
         pods.push(ip);
     }
     let dir = lab.dir();
-    let (crt, key) = (dir.join("bench.crt"), dir.join("bench.key"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=bench.test",
-            "-addext",
-            "subjectAltName=DNS:bench.test",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (crt, key) =
+        trellis_lab::ingress::self_signed_cert(&dir, "bench", &["bench.test"]).unwrap();
     let pem = dir.join("bench.pem");
     std::fs::write(
         &pem,
@@ -651,15 +588,13 @@ async fn route_changes(
     }
     let last = format!("r{}.test", routes - 1);
     let serves = |host: String| async move {
-        tokio::task::spawn_blocking(move || {
-            let Ok(mut s) = TcpStream::connect((EDGE, 80)) else {
-                return false;
-            };
-            let mut buf = Vec::new();
-            get_status(&mut s, &host, "/bench", &mut buf).is_ok_and(|st| st == 200)
-        })
-        .await
-        .unwrap_or(false)
+        let Ok(mut s) = tokio::net::TcpStream::connect((EDGE, 80)).await else {
+            return false;
+        };
+        let mut buf = Vec::new();
+        get_async(&mut s, &host, &mut buf)
+            .await
+            .is_ok_and(|(st, _)| st == 200)
     };
     let t = Instant::now();
     while !serves(last.clone()).await {
@@ -682,18 +617,19 @@ async fn route_changes(
             .post(path, &route(i, 0))
             .await
             .map_err(|e| e.to_string())?;
-        let mut s = TcpStream::connect((EDGE, 80)).map_err(|e| e.to_string())?;
+        let connect = || tokio::net::TcpStream::connect((EDGE, 80));
+        let mut s = connect().await.map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         loop {
-            match get_status(&mut s, &host, "/bench", &mut buf) {
-                Ok(200) => break,
-                Ok(_) => {}
-                Err(_) => s = TcpStream::connect((EDGE, 80)).map_err(|e| e.to_string())?,
+            match get_async(&mut s, &host, &mut buf).await {
+                Ok((200, _)) => break,
+                Ok((_, false)) => {}
+                Ok((_, true)) | Err(_) => s = connect().await.map_err(|e| e.to_string())?,
             }
             if t0.elapsed() > Duration::from_secs(10) {
                 return Err(format!("route {host} never served"));
             }
-            std::thread::sleep(Duration::from_millis(1));
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         samples.push(t0.elapsed().as_secs_f64() * 1e3);
     }

@@ -247,6 +247,30 @@ fn tls_sni_rotation_http2_grpc_websocket() {
         std::fs::read_to_string(l.lab.ingress_token(&trellis(), "edge").unwrap()).unwrap();
     let admin = std::fs::read_to_string(server.join("admin.token")).unwrap();
     let ca = server.join("ca.pem").display().to_string();
+    let api = |method: &str, tok: &str, path: &str| {
+        let out = l
+            .lab
+            .exec_any(
+                &u,
+                &[
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--cacert",
+                    &ca,
+                    "-X",
+                    method,
+                    "-H",
+                    &format!("Authorization: Bearer {tok}"),
+                    &format!("https://192.168.77.1:6443{path}"),
+                ],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
     for (who, tok, want) in [
         ("admin", admin.trim().to_string(), "200"),
         ("ingress", ingress_token.trim().to_string(), "200"),
@@ -254,55 +278,12 @@ fn tls_sni_rotation_http2_grpc_websocket() {
         ("read-only", token(&["--read-only"]), "403"),
     ] {
         for path in ["/v1/namespaces/default/secrets/one-test", "/v1/secrets"] {
-            let out = l
-                .lab
-                .exec_any(
-                    &u,
-                    &[
-                        "curl",
-                        "-s",
-                        "-o",
-                        "/dev/null",
-                        "-w",
-                        "%{http_code}",
-                        "--cacert",
-                        &ca,
-                        "-H",
-                        &format!("Authorization: Bearer {tok}"),
-                        &format!("https://192.168.77.1:6443{path}"),
-                    ],
-                )
-                .unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout),
-                want,
-                "{who} GET {path}"
-            );
+            assert_eq!(api("GET", &tok, path), want, "{who} GET {path}");
         }
     }
     // The ingress token writes nothing but Ingress status.
-    let out = l
-        .lab
-        .exec_any(
-            &u,
-            &[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--cacert",
-                &ca,
-                "-X",
-                "DELETE",
-                "-H",
-                &format!("Authorization: Bearer {}", ingress_token.trim()),
-                "https://192.168.77.1:6443/v1/namespaces/default/services/a",
-            ],
-        )
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    let path = "/v1/namespaces/default/services/a";
+    assert_eq!(api("DELETE", ingress_token.trim(), path), "403");
 }
 
 /// Send one masked text frame, read one frame back; its payload.

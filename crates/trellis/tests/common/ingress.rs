@@ -201,38 +201,7 @@ pub fn parse(out: &str) -> Answer {
 
 /// A self-signed certificate and key (PEM) for `hosts`, made with openssl.
 pub fn cert_for(dir: &std::path::Path, name: &str, hosts: &[&str]) -> (String, String) {
-    let key = dir.join(format!("{name}.key"));
-    let crt = dir.join(format!("{name}.crt"));
-    let san = hosts
-        .iter()
-        .map(|h| format!("DNS:{h}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-        ])
-        .arg(format!("/CN={}", hosts[0]))
-        .args(["-addext", &format!("subjectAltName={san}"), "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (crt, key) = trellis_lab::ingress::self_signed_cert(dir, name, hosts).unwrap();
     (
         std::fs::read_to_string(crt).unwrap(),
         std::fs::read_to_string(key).unwrap(),
