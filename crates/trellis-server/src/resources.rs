@@ -48,25 +48,29 @@ pub fn to_object(kv: &KeyValue) -> Result<Value, ApiError> {
 /// A stored object's JSON with `metadata.resourceVersion` set to `revision` (a deleted
 /// object, as of its deletion).
 pub fn to_object_at(kv: &KeyValue, revision: trellis_store::Revision) -> Result<Value, ApiError> {
-    let mut v: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
-    v["metadata"]["resourceVersion"] = Value::String(revision.to_string());
-    Ok(v)
+    Ok(to_typed_at(kv, revision)?.to_value())
 }
 
-/// A stored object, typed.
+/// A stored object, typed, with its resourceVersion.
 pub fn to_typed(kv: &KeyValue) -> Result<AnyObject, ApiError> {
-    AnyObject::from_value(to_object(kv)?)
-        .map_err(|e| ApiError::internal(format!("stored object {} does not parse: {e}", kv.key)))
+    to_typed_at(kv, kv.mod_revision)
+}
+
+/// A stored object, typed, with `metadata.resourceVersion` set to `revision`.
+fn to_typed_at(kv: &KeyValue, revision: trellis_store::Revision) -> Result<AnyObject, ApiError> {
+    let v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
+    let mut o = AnyObject::from_value(v)
+        .map_err(|e| ApiError::internal(format!("stored object {} does not parse: {e}", kv.key)))?;
+    o.metadata_mut().set_revision(revision as u64);
+    Ok(o)
 }
 
 /// The bytes an object is stored as (without its resourceVersion, which is the key's).
 pub fn stored_bytes(obj: &AnyObject) -> Vec<u8> {
-    let mut v = obj.to_value();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-    }
-    serde_json::to_vec(&v).unwrap_or_default()
+    let mut o = obj.clone();
+    o.metadata_mut().resource_version = None;
+    o.to_json()
 }
 
 fn kind_of(plural: &str) -> Result<Kind, ApiError> {
