@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::health::Health;
 use crate::ratelimit::RateLimiter;
-use crate::table::{session_key, Action, Backend, Lookup, RequestView, Route, Table, Upstream};
+use crate::table::{Action, Backend, Lookup, RequestView, Route, Table, Upstream};
 
 /// The upstream connection pools of one worker thread: each worker keeps its own, so a
 /// request never waits on another thread's pool lock or connection task.
@@ -586,8 +586,12 @@ impl Proxy {
             c.apply(&mut p.headers);
         }
         if let Some(s) = &action.session {
-            let key = session_key(up);
-            if session_cookie.as_deref() != Some(key.as_str()) {
+            let key = backend
+                .upstreams
+                .iter()
+                .find(|u| u.addr == up)
+                .map(|u| u.session.as_str());
+            if let Some(key) = key.filter(|k| session_cookie.as_deref() != Some(*k)) {
                 let max_age = s
                     .max_age
                     .map(|a| format!("; Max-Age={a}"))

@@ -127,7 +127,7 @@ fn builder() -> auto::Builder<TokioExecutor> {
 /// A listening socket and, for HTTPS, its TLS acceptor.
 #[derive(Clone)]
 pub struct Listener {
-    /// The bound socket (non-blocking).
+    /// The bound socket, already non-blocking (the flag is shared by every clone).
     pub socket: Arc<std::net::TcpListener>,
     /// TLS, for HTTPS.
     pub tls: Option<TlsAcceptor>,
@@ -159,9 +159,7 @@ pub fn run_workers(
             .build()?;
         let mut socks = Vec::new();
         for l in listeners {
-            let s = l.socket.try_clone()?;
-            s.set_nonblocking(true)?;
-            socks.push((s, l.tls.clone()));
+            socks.push((l.socket.try_clone()?, l.tls.clone()));
         }
         let (proxy, drain) = (proxy.clone(), drain.clone());
         handles.push(

@@ -181,6 +181,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// `addr` as a URI authority (made once, not per request).
     pub authority: http::uri::Authority,
+    /// The session-cookie value that pins a client to it ([`session_key`], made once).
+    pub session: String,
     /// Its passive (and active) health, shared by every table that has it.
     pub health: Arc<crate::health::EndpointHealth>,
 }
@@ -226,7 +228,7 @@ impl Backend {
     pub fn by_session(&self, key: &str, now_ms: u64) -> Option<&Upstream> {
         self.upstreams
             .iter()
-            .find(|u| session_key(u.addr) == key && u.health.usable(now_ms))
+            .find(|u| u.session == key && u.health.usable(now_ms))
     }
 }
 
@@ -601,6 +603,7 @@ impl<'a> Backends<'a> {
                                     .to_string()
                                     .parse()
                                     .expect("an address is an authority"),
+                                session: session_key(addr),
                                 health: self.health.of(addr),
                             })
                             .collect();

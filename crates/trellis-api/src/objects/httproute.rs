@@ -613,7 +613,7 @@ impl HttpRouteRule {
                     }
                 }
                 if let Some(h) = &r.hostname {
-                    validate_host(h, false).map_err(|m| err(format!("{rf}.hostname"), m))?;
+                    validate_host(h).map_err(|m| err(format!("{rf}.hostname"), m))?;
                     if h.starts_with('*') {
                         return Err(err(format!("{rf}.hostname"), "must not be a wildcard"));
                     }
@@ -636,7 +636,7 @@ impl HttpRouteRule {
             if let Some(r) = &flt.url_rewrite {
                 let rf = format!("{f}.urlRewrite");
                 if let Some(h) = &r.hostname {
-                    validate_host(h, false).map_err(|m| err(format!("{rf}.hostname"), m))?;
+                    validate_host(h).map_err(|m| err(format!("{rf}.hostname"), m))?;
                 }
                 if let Some(p) = &r.path {
                     p.validate(&format!("{rf}.path"), prefix_only)?;
@@ -726,7 +726,7 @@ impl Spec for HttpRouteSpec {
 
     fn validate(&self, _status: &HttpRouteStatus) -> Result<(), ValidationError> {
         for (i, h) in self.hostnames.iter().enumerate() {
-            validate_host(h, true).map_err(|m| err(format!("spec.hostnames[{i}]"), m))?;
+            validate_host(h).map_err(|m| err(format!("spec.hostnames[{i}]"), m))?;
         }
         for (i, p) in self.parent_refs.iter().enumerate() {
             if p.name.is_empty() {

@@ -188,7 +188,7 @@ impl Spec for IngressSpec {
         }
         for (i, t) in self.tls.iter().enumerate() {
             for (j, h) in t.hosts.iter().enumerate() {
-                validate_host(h, false)
+                validate_host(h)
                     .map_err(|m| ValidationError::new(format!("spec.tls[{i}].hosts[{j}]"), m))?;
             }
             if let Some(s) = &t.secret_name {
@@ -198,7 +198,7 @@ impl Spec for IngressSpec {
         }
         for (i, r) in self.rules.iter().enumerate() {
             if let Some(h) = &r.host {
-                validate_host(h, false)
+                validate_host(h)
                     .map_err(|m| ValidationError::new(format!("spec.rules[{i}].host"), m))?;
             }
             let Some(http) = &r.http else { continue };
@@ -270,8 +270,8 @@ pub fn validate_path(path: &str) -> Result<(), String> {
 }
 
 /// Check a route's host: a DNS-1123 subdomain, optionally `*.` followed by one; not an
-/// IP address. `any_labels` is for messages only (Gateway wildcards match several).
-pub fn validate_host(host: &str, _any_labels: bool) -> Result<(), String> {
+/// IP address.
+pub fn validate_host(host: &str) -> Result<(), String> {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return Err(format!(
             "must be a DNS name, not an IP address, got {host:?}"
