@@ -3,6 +3,7 @@
 //!
 //! - `/bench…`: a fixed 13-byte body (what benchmarks fetch);
 //! - `/status/NNN`: that status;
+//! - `/fail-on/NAME`: 503 from the pod called NAME, the JSON below from the others;
 //! - `/sleep/MS`: answers after MS milliseconds;
 //! - `/health`: 200, or 503 while `--health-file` exists;
 //! - `/grpc…`: the request body back, with trailers `grpc-status: 0` and `x-pod`;
@@ -102,6 +103,9 @@ async fn answer(mut req: Request<Incoming>, name: &str, peer: SocketAddr) -> Res
         r.headers_mut()
             .insert("x-pod", name.parse().expect("a pod name is a header value"));
         return r;
+    }
+    if path.strip_prefix("/fail-on/") == Some(name) {
+        return full(StatusCode::SERVICE_UNAVAILABLE, format!("{name}\n"));
     }
     if let Some(ms) = path.strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;

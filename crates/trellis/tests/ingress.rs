@@ -350,7 +350,13 @@ spec:
     )
     .unwrap();
     l.wait_route("retry.test", "/", "a");
-    // /status/503 answers 503 from every pod, so the retry also fails: still 503, once per pod.
+    // /fail-on/a1 answers 503 from a1 only: every GET ends 200 from a2 (without the
+    // retry, round-robin would hand a1 its share until it is ejected).
+    for _ in 0..20 {
+        let a = l.get("retry.test", "/fail-on/a1", &[]);
+        assert_eq!((a.status, a.pod().as_str()), (200, "a2"), "{a:?}");
+    }
+    // /status/503 answers 503 from every pod: the retry fails too, and the 503 comes back.
     let a = l.get("retry.test", "/status/503", &[]);
     assert_eq!(a.status, 503);
 
